@@ -1,0 +1,1 @@
+"""The latent cache: text embeddings, boundary latents and finished results (see issue 4)."""

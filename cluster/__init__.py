@@ -1,0 +1,1 @@
+"""How the pieces are put together and run: config, default model, pipeline, CLI."""

@@ -1,0 +1,129 @@
+"""The generation request: one pydantic model shared by the CLI, HTTP and batch rows.
+
+Unset fields come from the preset (`preview` / `final`, tiered generation) and the
+settings; every value is checked against `Settings.limits`, and an invalid one fails
+with an error naming the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from cluster.config import Limits, Settings, get_settings
+
+MAX_SEED = 2**63 - 1
+
+
+def _settings(info: ValidationInfo) -> Settings:
+    return (info.context or {}).get("settings") or get_settings()
+
+
+def _in_range(name: str, value, low, high):
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def describe_errors(error: ValidationError) -> list[dict[str, str]]:
+    """pydantic's errors as `{field, message}` pairs, for CLI, HTTP and batch rows alike."""
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "request",
+            "message": e["msg"].removeprefix("Value error, "),
+        }
+        for e in error.errors()
+    ]
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What the video shows; any language")
+    negative_prompt: str | None = Field(None, description="What to steer away from; default from settings")
+    preset: str | None = Field(None, description="Named settings bundle, e.g. 'preview' or 'final'")
+    height: int | None = Field(None, description="Pixels, a multiple of 16")
+    width: int | None = Field(None, description="Pixels, a multiple of 16")
+    num_frames: int | None = Field(None, description="Frames, with num_frames % 4 == 1")
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = Field(None, description="CFG scale of the high-noise expert")
+    guidance_scale_2: float | None = Field(None, description="CFG scale of the low-noise expert")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when unset")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be blank")
+        limit = _settings(info).limits.max_prompt_chars
+        if len(v) > limit:
+            raise ValueError(f"prompt must be at most {limit} characters, got {len(v)}")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str | None, info: ValidationInfo) -> str | None:
+        presets = _settings(info).presets
+        if v is not None and v not in presets:
+            raise ValueError(f"preset must be one of {sorted(presets)}, got {v!r}")
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _side(cls, v: int | None, info: ValidationInfo) -> int | None:
+        limits: Limits = _settings(info).limits
+        high = limits.max_height if info.field_name == "height" else limits.max_width
+        _in_range(info.field_name, v, limits.min_side, high)
+        if v is not None and v % 16:
+            raise ValueError(f"{info.field_name} must be a multiple of 16, got {v}")
+        return v
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames(cls, v: int | None, info: ValidationInfo) -> int | None:
+        _in_range("num_frames", v, 1, _settings(info).limits.max_frames)
+        if v is not None and v % 4 != 1:
+            raise ValueError(f"num_frames must be 4k+1 (e.g. 17, 33, 81), got {v}")
+        return v
+
+    @field_validator("fps")
+    @classmethod
+    def _fps(cls, v: int | None, info: ValidationInfo) -> int | None:
+        limits = _settings(info).limits
+        return _in_range("fps", v, limits.min_fps, limits.max_fps)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _in_range("num_inference_steps", v, 1, _settings(info).limits.max_steps)
+
+    @field_validator("guidance_scale", "guidance_scale_2")
+    @classmethod
+    def _guidance(cls, v: float | None, info: ValidationInfo) -> float | None:
+        return _in_range(info.field_name, v, 0.0, _settings(info).limits.max_guidance)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self, info: ValidationInfo) -> "GenerationRequest":
+        """Resolve every unset field, so the request says exactly what will run."""
+        settings = _settings(info)
+        self.preset = self.preset or settings.default_preset
+        preset = settings.presets[self.preset]
+        for name in ("height", "width", "num_frames", "fps", "num_inference_steps"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(preset, name))
+        if self.guidance_scale is None:
+            self.guidance_scale = settings.guidance_scale
+        if self.guidance_scale_2 is None:
+            self.guidance_scale_2 = settings.guidance_scale_2
+        if self.negative_prompt is None:
+            self.negative_prompt = settings.negative_prompt
+        if self.seed is None:
+            self.seed = secrets.randbelow(2**31)
+        return self
+
+    @classmethod
+    def build(cls, settings: Settings | None = None, **fields) -> "GenerationRequest":
+        """Validate `fields` against `settings` (default: the process settings)."""
+        return cls.model_validate(fields, context={"settings": settings or get_settings()})

@@ -1,0 +1,136 @@
+"""A diffusers-format Wan2.x text-to-video checkpoint, loaded one component at a time.
+
+A stage loads only what it needs: the text-encoder stage never holds an expert, and each
+expert stage holds exactly one of `transformer` (high-noise) / `transformer_2` (low-noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from functools import cached_property
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+
+from cluster.config import Settings
+
+# Per-file loading bars would drown the CLI's own progress bar and the replica logs.
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
+
+HIGH_NOISE = "transformer"
+LOW_NOISE = "transformer_2"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """The directory is not a loadable Wan2.x T2V checkpoint."""
+
+
+class Checkpoint:
+    def __init__(self, path: str | Path, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.path = Path(path)
+        index_file = self.path / "model_index.json"
+        if not index_file.is_file():
+            raise CheckpointError(f"{self.path} has no model_index.json: not a diffusers checkpoint")
+        self.index = json.loads(index_file.read_text())
+        for name in ("tokenizer", "text_encoder", HIGH_NOISE, "vae", "scheduler"):
+            if self._component_class(name) is None:
+                raise CheckpointError(f"{self.path}: model_index.json names no '{name}' component")
+
+        cuda = torch.cuda.is_available() and self.settings.device != "cpu"
+        self.device = torch.device("cuda" if cuda else "cpu")
+        auto_dtype = "bfloat16" if cuda else "float32"
+        self.dtype = _DTYPES[auto_dtype if self.settings.dtype == "auto" else self.settings.dtype]
+        self.vae_dtype = _DTYPES[self.settings.vae_dtype]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Checkpoint":
+        from cluster.default_model import default_model_dir
+
+        return cls(settings.model or default_model_dir(settings.cache_dir), settings)
+
+    # -- facts about the checkpoint ------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self.settings.model_id or self.index.get("_name_or_path") or self.path.name
+
+    @cached_property
+    def revision(self) -> str:
+        """Hash of the configs and the weight files' sizes and mtimes: changes whenever the model
+        does (hashing tens of GB of weights on every start would take minutes)."""
+        digest = hashlib.sha256()
+        for f in sorted(self.path.rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                digest.update(str(f.relative_to(self.path)).encode())
+                stat = f.stat()
+                digest.update(f.read_bytes() if f.suffix == ".json" else f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        """Wan2.2: steps with t >= ratio * num_train_timesteps go to the high-noise expert."""
+        return self.index.get("boundary_ratio") if self.has_low_noise_expert else None
+
+    @property
+    def has_low_noise_expert(self) -> bool:
+        """False for Wan2.1-style checkpoints: one transformer runs every step."""
+        return self._component_class(LOW_NOISE) is not None and (self.path / LOW_NOISE).is_dir()
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """(1, C, (F-1)//4+1, H//8, W//8) for Wan's VAE, read from the component configs."""
+        vae = self._config("vae")
+        t, s = vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8)
+        channels = self._config(HIGH_NOISE)["in_channels"]
+        return (1, channels, (num_frames - 1) // t + 1, height // s, width // s)
+
+    # -- components ------------------------------------------------------------------------
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path / "tokenizer")
+
+    def text_encoder(self) -> torch.nn.Module:
+        return self._load("text_encoder", self.dtype)
+
+    def expert(self, name: str) -> torch.nn.Module:
+        if name not in (HIGH_NOISE, LOW_NOISE):
+            raise ValueError(f"expert must be {HIGH_NOISE!r} or {LOW_NOISE!r}, not {name!r}")
+        if name == LOW_NOISE and not self.has_low_noise_expert:
+            raise CheckpointError(f"{self.path} is a single-transformer (Wan2.1-style) checkpoint")
+        return self._load(name, self.dtype)
+
+    def vae(self) -> torch.nn.Module:
+        return self._load("vae", self.vae_dtype)
+
+    def scheduler_config(self) -> dict:
+        return dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))
+
+    def scheduler_class(self) -> type:
+        return self._class_of("scheduler")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _component_class(self, name: str) -> tuple[str, str] | None:
+        entry = self.index.get(name)
+        if not entry or entry[0] is None or entry[1] is None:
+            return None
+        return entry[0], entry[1]
+
+    def _config(self, name: str) -> dict:
+        return json.loads((self.path / name / "config.json").read_text())
+
+    def _class_of(self, name: str) -> type:
+        library, class_name = self._component_class(name)
+        return getattr(importlib.import_module(library), class_name)
+
+    def _load(self, name: str, dtype: torch.dtype) -> torch.nn.Module:
+        model = self._class_of(name).from_pretrained(self.path / name, torch_dtype=dtype)
+        return model.to(self.device).eval().requires_grad_(False)

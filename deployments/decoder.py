@@ -1,0 +1,33 @@
+"""Decoder stage: Wan VAE decode of the final latent -> video frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.video_processor import VideoProcessor
+
+from deployments.checkpoint import Checkpoint
+
+
+class Decoder:
+    def __init__(self, checkpoint: Checkpoint):
+        self.vae = checkpoint.vae()
+        self.device = checkpoint.device
+        config = self.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        self.latents_mean = torch.tensor(config.latents_mean).view(shape)
+        self.latents_std = torch.tensor(config.latents_std).view(shape)
+        self.video_processor = VideoProcessor(vae_scale_factor=config.scale_factor_spatial)
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
+        latents = latents.to(self.device, self.vae.dtype)
+        mean = self.latents_mean.to(latents.device, latents.dtype)
+        inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)
+        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return self.video_processor.postprocess_video(video, output_type="np")[0]
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)

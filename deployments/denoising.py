@@ -1,0 +1,86 @@
+"""The Mixture-of-Experts denoising plan: timesteps, the boundary split, latents, scheduler state.
+
+UniPC is a multistep solver: each step uses the model outputs of the previous ones. So
+the scheduler's state travels with the latent when the high-noise expert hands over to
+the low-noise expert, and the pair (latent, scheduler state) is what a phase returns.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from deployments.checkpoint import Checkpoint
+
+SchedulerState = dict[str, Any]
+
+
+@dataclass
+class DenoisingState:
+    """Everything a phase needs to continue the denoising where the previous one stopped."""
+
+    latents: torch.Tensor  # float32, on the CPU between stages
+    scheduler: SchedulerState
+    step: int  # index of the next timestep to run
+
+
+@dataclass(frozen=True)
+class DenoisingPlan:
+    timesteps: tuple[int, ...]
+    boundary_step: int  # steps [0, boundary_step) are high-noise, the rest low-noise
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def high_noise_steps(self) -> range:
+        return range(0, self.boundary_step)
+
+    @property
+    def low_noise_steps(self) -> range:
+        return range(self.boundary_step, self.num_steps)
+
+
+class Scheduler:
+    """Builds the checkpoint's scheduler and moves its state in and out of plain data."""
+
+    def __init__(self, scheduler_class: type, config: dict):
+        self.scheduler_class = scheduler_class
+        self.config = config
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Scheduler":
+        return cls(checkpoint.scheduler_class(), checkpoint.scheduler_config())
+
+    def start(self, num_steps: int, boundary_ratio: float | None) -> tuple[DenoisingPlan, SchedulerState]:
+        scheduler = self.scheduler_class.from_config(self.config)
+        scheduler.set_timesteps(num_steps, device="cpu")
+        scheduler.set_begin_index(0)  # as WanPipeline does: no device sync to find the index
+        timesteps = tuple(int(t) for t in scheduler.timesteps)
+        if boundary_ratio is None:
+            boundary_step = len(timesteps)  # one expert runs every step
+        else:
+            boundary_t = boundary_ratio * scheduler.config.num_train_timesteps
+            boundary_step = sum(1 for t in timesteps if t >= boundary_t)
+        return DenoisingPlan(timesteps, boundary_step), self.capture(scheduler)
+
+    def restore(self, state: SchedulerState):
+        scheduler = self.scheduler_class.from_config(self.config)
+        scheduler.__dict__.update(copy.deepcopy(state))
+        return scheduler
+
+    @staticmethod
+    def capture(scheduler) -> SchedulerState:
+        """The scheduler's mutable state (timesteps, sigmas, step index, multistep history)."""
+        state = {k: v for k, v in vars(scheduler).items() if k != "_internal_dict"}
+        return copy.deepcopy(state)
+
+
+def prepare_latents(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Initial noise, drawn on the CPU so a seed gives the same video on any device."""
+    return randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)

@@ -1,0 +1,65 @@
+"""Expert stage: one Wan transformer running a contiguous range of denoising steps with CFG.
+
+Wan2.2 A14B has two: the high-noise expert (`transformer`, layout and motion) and the
+low-noise expert (`transformer_2`, detail). Each is called once per phase, not per step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from deployments.checkpoint import Checkpoint
+from deployments.denoising import DenoisingState, Scheduler
+from deployments.text_encoder import PromptEmbeddings
+
+StepCallback = Callable[[int], None]  # called with the index of each finished step
+
+
+class Expert:
+    def __init__(self, checkpoint: Checkpoint, name: str):
+        self.name = name
+        self.transformer = checkpoint.expert(name)
+        self.scheduler = Scheduler.from_checkpoint(checkpoint)
+        self.device = checkpoint.device
+        self.dtype = checkpoint.dtype
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        state: DenoisingState,
+        embeddings: PromptEmbeddings,
+        guidance_scale: float,
+        steps: range,
+        on_step: StepCallback | None = None,
+    ) -> DenoisingState:
+        if steps.start != state.step:
+            raise ValueError(f"{self.name}: asked to start at step {steps.start}, state is at {state.step}")
+        scheduler = self.scheduler.restore(state.scheduler)
+        latents = state.latents.to(self.device)
+        prompt = embeddings.prompt.to(self.device, self.dtype)
+        negative = None if embeddings.negative is None else embeddings.negative.to(self.device, self.dtype)
+
+        for i in steps:
+            t = scheduler.timesteps[i]
+            latent_input = latents.to(self.dtype)
+            timestep = t.expand(latents.shape[0])
+            # Named cache contexts let diffusers' step caches (FirstBlockCache, ...) tell the
+            # conditional pass from the unconditional one.
+            context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(scheduler.timesteps)}
+            with self.transformer.cache_context("cond", **context):
+                noise_pred = self.transformer(
+                    hidden_states=latent_input, timestep=timestep, encoder_hidden_states=prompt, return_dict=False
+                )[0]
+            if negative is not None:
+                with self.transformer.cache_context("uncond", **context):
+                    noise_uncond = self.transformer(
+                        hidden_states=latent_input, timestep=timestep, encoder_hidden_states=negative, return_dict=False
+                    )[0]
+                noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(i)
+
+        return DenoisingState(latents.cpu(), Scheduler.capture(scheduler), steps.stop)
