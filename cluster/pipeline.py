@@ -1,7 +1,7 @@
-"""The stages composed in one process: what `t2v generate`, batch fallbacks and tests use.
+"""The stages composed in one process: what `t2v generate`, benchmarks and tests use.
 
 It reads like diffusers' `WanPipeline.__call__`, split where the Serve app splits it:
-text encoder -> high-noise expert -> low-noise expert -> decoder -> mp4.
+text encoder -> high-noise expert -> low-noise expert -> decoder (VAE + mp4).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import numpy as np
 from cluster.config import Settings
 from cluster.request import GenerationRequest
 from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint
-from deployments.decoder import Decoder, to_uint8
-from deployments.denoising import DenoisingState, Scheduler, prepare_latents
+from deployments.decoder import Decoder
+from deployments.denoising import DenoisingState, Scheduler
 from deployments.expert import Expert
 from deployments.text_encoder import TextEncoder
-from deployments.video import encode_mp4, provenance
 
 
 @dataclass
@@ -49,10 +48,10 @@ class Pipeline:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
-    def generate_frames(
+    def denoise(
         self, request: GenerationRequest, on_step: Callable[[int], None] | None = None
-    ) -> tuple[np.ndarray, dict[str, float], dict[str, int]]:
-        """Float frames in [0, 1], (T, H, W, 3), plus stage timings and steps per expert."""
+    ) -> tuple[DenoisingState, dict[str, float]]:
+        """Encode the prompt and run both expert phases: the final latent and stage timings."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -63,37 +62,27 @@ class Pipeline:
             clock = now
 
         # 1. Encode the prompt (and the negative prompt, for classifier-free guidance)
-        guidance = request.guidance_scale > 1.0
-        embeddings = self.text_encoder(request.prompt, request.negative_prompt, guidance)
+        embeddings = self.text_encoder(request.prompt, request.negative_prompt, request.guidance_scale > 1.0)
         lap("encode")
-
-        # 2. Prepare timesteps and split them at the MoE boundary
-        plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
-
-        # 3. Prepare latents
-        shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
-        state = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
-
-        # 4. High-noise phase: layout and motion (every step on a Wan2.1-style checkpoint)
-        state = self.high_noise_expert(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
+        # 2. High-noise phase: timesteps, initial noise, then layout and motion
+        #    (every step on a Wan2.1-style checkpoint)
+        state = self.high_noise_expert.phase(request, embeddings, on_step=on_step)
         lap("high_noise")
-
-        # 5. Low-noise phase: detail
-        if plan.low_noise_steps:
-            state = self.low_noise_expert(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
+        # 3. Low-noise phase: detail, continuing from the handed-over latent and scheduler state
+        if self.low_noise_expert is not None:
+            state = self.low_noise_expert.phase(request, embeddings, state, on_step=on_step)
         lap("low_noise")
+        return state, timings
 
-        # 6. Decode
-        frames = self.decoder(state.latents)
-        lap("decode")
-        steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps)}
-        return frames, timings, steps
+    def generate_frames(self, request: GenerationRequest) -> np.ndarray:
+        """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
+        state, _ = self.denoise(request)
+        return self.decoder(state.latents)
 
     def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
-        frames, timings, steps = self.generate_frames(request, on_step)
-        # 7. Write the mp4, marked as AI-generated
-        start = time.perf_counter()
-        frames = to_uint8(frames)
-        mp4 = encode_mp4(frames, request.fps, provenance(self.model_id, request.seed, request.prompt))
-        timings["mp4"] = time.perf_counter() - start
-        return GenerationResult(request, self.model_id, frames, mp4, timings, steps)
+        state, timings = self.denoise(request, on_step)
+        # 4. Decode, and write the mp4 marked as AI-generated
+        video = self.decoder.video(request, state.latents)
+        plan = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
+        steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps)}
+        return GenerationResult(request, self.model_id, video.frames, video.mp4, {**timings, **video.timings}, steps)

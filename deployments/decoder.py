@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from diffusers.video_processor import VideoProcessor
 
+from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
+from deployments.video import encode_mp4, provenance
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    mp4: bytes
+    timings: dict[str, float]  # seconds: decode, mp4
 
 
 class Decoder:
     def __init__(self, checkpoint: Checkpoint):
+        self.model_id = checkpoint.model_id
         self.vae = checkpoint.vae()
         self.device = checkpoint.device
         config = self.vae.config
@@ -27,6 +40,15 @@ class Decoder:
         inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)
         video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.video_processor.postprocess_video(video, output_type="np")[0]
+
+
+    def video(self, request: GenerationRequest, latents: torch.Tensor) -> DecodedVideo:
+        """Decoded uint8 frames and the mp4 made of them, marked as AI-generated."""
+        start = time.perf_counter()
+        frames = to_uint8(self(latents))
+        decoded = time.perf_counter()
+        mp4 = encode_mp4(frames, request.fps, provenance(self.model_id, request.seed, request.prompt))
+        return DecodedVideo(frames, mp4, {"decode": decoded - start, "mp4": time.perf_counter() - decoded})
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -69,6 +69,9 @@ class Scheduler:
             boundary_step = sum(1 for t in timesteps if t >= boundary_t)
         return DenoisingPlan(timesteps, boundary_step), self.capture(scheduler)
 
+    def plan(self, num_steps: int, boundary_ratio: float | None) -> DenoisingPlan:
+        return self.start(num_steps, boundary_ratio)[0]
+
     def restore(self, state: SchedulerState):
         scheduler = self.scheduler_class.from_config(self.config)
         scheduler.__dict__.update(copy.deepcopy(state))

@@ -10,8 +10,9 @@ from typing import Callable
 
 import torch
 
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState, Scheduler
+from cluster.request import GenerationRequest
+from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from deployments.denoising import DenoisingState, Scheduler, prepare_latents
 from deployments.text_encoder import PromptEmbeddings
 
 StepCallback = Callable[[int], None]  # called with the index of each finished step
@@ -20,10 +21,29 @@ StepCallback = Callable[[int], None]  # called with the index of each finished s
 class Expert:
     def __init__(self, checkpoint: Checkpoint, name: str):
         self.name = name
+        self.checkpoint = checkpoint
         self.transformer = checkpoint.expert(name)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype
+
+    def phase(
+        self,
+        request: GenerationRequest,
+        embeddings: PromptEmbeddings,
+        state: DenoisingState | None = None,
+        on_step: StepCallback | None = None,
+    ) -> DenoisingState:
+        """Run this expert's side of the boundary; the high-noise expert starts from noise."""
+        plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
+        if self.name == HIGH_NOISE:
+            if state is None:
+                shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
+                state = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
+            return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
+        if state is None:
+            raise ValueError(f"{self.name}: the low-noise phase needs the high-noise phase's state")
+        return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
 
     @torch.no_grad()
     def __call__(

@@ -1,0 +1,59 @@
+"""`t2v generate` and `t2v model init`, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deployments.video import probe_mp4
+
+
+def _t2v(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("prompt", ["一只橘猫在草地上奔跑", "an orange cat running on the grass"])
+def test_generate_writes_a_valid_mp4(tmp_path, wan22_dir, prompt):
+    out = tmp_path / "cat.mp4"
+    run = _t2v("generate", prompt, "-o", str(out), "--seed", "3", "--model", str(wan22_dir))
+    assert run.returncode == 0, run.stderr
+    info = probe_mp4(out.read_bytes())
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (17, 64, 64, 16.0)
+    assert info["metadata"]["seed"] == "3"
+    assert "10/10" in run.stderr  # the progress bar reached every denoising step
+
+
+def test_generate_final_preset_and_size(tmp_path, wan22_dir):
+    out = tmp_path / "final.mp4"
+    run = _t2v("generate", "a ball", "-o", str(out), "--preset", "final", "--size", "96x64",
+               "--steps", "4", "--model", str(wan22_dir))
+    assert run.returncode == 0, run.stderr
+    info = probe_mp4(out.read_bytes())
+    assert (info["frames"], info["width"], info["height"]) == (33, 96, 64)
+
+
+def test_generate_bad_input_names_the_field(tmp_path, wan22_dir):
+    run = _t2v("generate", "a ball", "-o", str(tmp_path / "x.mp4"), "--frames", "18", "--model", str(wan22_dir))
+    assert run.returncode == 2
+    assert "num_frames: num_frames must be 4k+1" in run.stderr
+    assert not (tmp_path / "x.mp4").exists()
+    run = _t2v("generate", "a ball", "--size", "big", "--model", str(wan22_dir))
+    assert run.returncode == 2 and "size must be WxH" in run.stderr
+
+
+def test_model_init_and_first_use_cache(tmp_path):
+    run = _t2v("model", "init", "--out", str(tmp_path / "m"))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "m" / "transformer_2" / "diffusion_pytorch_model.safetensors").is_file()
+    # Without --model, the default is built into the cache dir on first use.
+    out = tmp_path / "v.mp4"
+    run = _t2v("generate", "a dog", "-o", str(out), "--steps", "2", env={"T2V_CACHE_DIR": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr
+    assert list((tmp_path / "cache" / "models").glob("t2v-tiny-wan2.2-a14b-*/model_index.json"))
+    assert probe_mp4(out.read_bytes())["frames"] == 17

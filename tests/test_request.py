@@ -1,0 +1,67 @@
+"""The generation request: presets fill what is unset, bad values name their field and range."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from cluster.config import Limits, Settings
+from cluster.request import GenerationRequest, describe_errors
+
+
+def _errors(settings=None, **fields) -> dict[str, str]:
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest.build(settings or Settings(), **fields)
+    return {e["field"]: e["message"] for e in describe_errors(info.value)}
+
+
+def test_presets_fill_unset_fields():
+    settings = Settings()
+    preview = GenerationRequest.build(settings, prompt="a cat")
+    assert preview.preset == "preview"
+    assert (preview.height, preview.width, preview.num_frames, preview.num_inference_steps) == (64, 64, 17, 10)
+    final = GenerationRequest.build(settings, prompt="a cat", preset="final", num_inference_steps=7)
+    assert (final.height, final.num_frames, final.num_inference_steps) == (128, 33, 7)
+    assert (final.guidance_scale, final.guidance_scale_2) == (4.0, 3.0)
+    assert 0 <= final.seed < 2**31  # drawn, and recorded in the request
+
+
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ({"height": 100}, "height", "multiple of 16"),
+        ({"width": 4096}, "width", "between 16 and 256"),
+        ({"num_frames": 18}, "num_frames", "4k+1"),
+        ({"num_frames": 129}, "num_frames", "between 1 and 65"),
+        ({"num_inference_steps": 0}, "num_inference_steps", "between 1 and 60"),
+        ({"fps": 0}, "fps", "between 1 and 60"),
+        ({"guidance_scale": -1}, "guidance_scale", "between 0.0 and 20.0"),
+        ({"seed": -3}, "seed", "greater than or equal to 0"),
+        ({"preset": "ultra"}, "preset", "one of ['final', 'preview']"),
+        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"height": "tall"}, "height", "valid integer"),
+    ],
+)
+def test_invalid_values_name_field_and_range(fields, field, words):
+    errors = _errors(**{"prompt": "a cat", **fields})
+    assert field in errors and words in errors[field], errors
+
+
+def test_prompt_checks():
+    assert "blank" in _errors(prompt="   ")["prompt"]
+    assert "at least 1 character" in _errors(prompt="")["prompt"]
+    assert "at most 10 characters" in _errors(Settings(limits=Limits(max_prompt_chars=10)), prompt="x" * 11)["prompt"]
+
+
+def test_limits_come_from_settings():
+    roomy = Settings(limits=Limits(max_height=1024))
+    assert GenerationRequest.build(roomy, prompt="a cat", height=720).height == 720
+    assert "between 16 and 256" in _errors(prompt="a cat", height=720)["height"]
+
+
+def test_env_feeds_settings(monkeypatch):
+    monkeypatch.setenv("T2V_LIMITS__MAX_STEPS", "5")
+    monkeypatch.setenv("T2V_DEFAULT_PRESET", "final")
+    settings = Settings()
+    assert settings.limits.max_steps == 5 and settings.default_preset == "final"
+    assert "between 1 and 5" in _errors(settings, prompt="a", num_inference_steps=6)["num_inference_steps"]
