@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from diffusers import WanPipeline
 
@@ -37,7 +38,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_staged(pipeline: Pipeline, request: GenerationRequest) -> tuple[dict[str, float], object]:
+def run_staged(pipeline: Pipeline, request: GenerationRequest) -> tuple[dict[str, float], np.ndarray]:
     start = time.perf_counter()
     result = pipeline(request)
     wall = time.perf_counter() - start
@@ -47,7 +48,7 @@ def run_staged(pipeline: Pipeline, request: GenerationRequest) -> tuple[dict[str
     return times, result.frames
 
 
-def run_diffusers(pipe: WanPipeline, request: GenerationRequest) -> tuple[float, object]:
+def run_diffusers(pipe: WanPipeline, request: GenerationRequest) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     frames = pipe(
         prompt=request.prompt,

@@ -39,6 +39,55 @@ class Limits(BaseModel):
     max_prompt_chars: int = 2000
 
 
+class DeploymentSettings(BaseModel):
+    """Placement and scaling of one Serve deployment (written out as-is by `serve build`)."""
+
+    num_cpus: float = 0.25
+    num_gpus: float = 0
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 2
+    max_ongoing_requests: int = 4
+    max_queued_requests: int = -1  # -1: unbounded; the ingress bounds work by active jobs
+
+    def serve_options(self) -> dict:
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+
+
+def _default_deployments() -> dict[str, DeploymentSettings]:
+    # Fractions of 2 CPUs for the embedded default model; on GPUs, give each expert num_gpus=1.
+    return {
+        "Ingress": DeploymentSettings(num_cpus=0.1, max_replicas=2, max_ongoing_requests=256, target_ongoing_requests=64),
+        "JobStore": DeploymentSettings(num_cpus=0.05, max_ongoing_requests=1000, target_ongoing_requests=500),
+        "TextEncoder": DeploymentSettings(num_cpus=0.2, max_replicas=2),
+        "HighNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2),
+        "LowNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2),
+        "Decoder": DeploymentSettings(num_cpus=0.5, max_replicas=2),
+    }
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Jobs queued or in progress across the cluster; beyond it POST gets 503 + Retry-After.
+    max_active_jobs: int = 32
+    retry_after_seconds: int = 5
+    # Where job records and mp4s live: a local path or any pyarrow.fs URI (s3://, gs://, ...),
+    # shared by all replicas. Default: <cache_dir>/outputs.
+    output_uri: str | None = None
+    ray_temp_dir: str = "/tmp/t2v-ray"  # short: Ray's socket paths must stay under 107 bytes
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="T2V_", env_nested_delimiter="__", extra="ignore")
 
@@ -63,6 +112,12 @@ class Settings(BaseSettings):
         "final": Preset(height=128, width=128, num_frames=33, num_inference_steps=20),
     }
     limits: Limits = Limits()
+    serving: ServingSettings = ServingSettings()
+    deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @property
+    def output_uri(self) -> str:
+        return self.serving.output_uri or str(self.cache_dir / "outputs")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "Settings":

@@ -62,7 +62,7 @@ class Pipeline:
             clock = now
 
         # 1. Encode the prompt (and the negative prompt, for classifier-free guidance)
-        embeddings = self.text_encoder(request.prompt, request.negative_prompt, request.guidance_scale > 1.0)
+        embeddings = self.text_encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
         lap("encode")
         # 2. High-noise phase: timesteps, initial noise, then layout and motion
         #    (every step on a Wan2.1-style checkpoint)

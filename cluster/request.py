@@ -123,6 +123,11 @@ class GenerationRequest(BaseModel):
             self.seed = secrets.randbelow(2**31)
         return self
 
+    @property
+    def classifier_free_guidance(self) -> bool:
+        """As in WanPipeline: guidance (and the negative prompt) is on when scale > 1."""
+        return self.guidance_scale > 1.0
+
     @classmethod
     def build(cls, settings: Settings | None = None, **fields) -> "GenerationRequest":
         """Validate `fields` against `settings` (default: the process settings)."""

@@ -1,0 +1,145 @@
+"""The Ray Serve application: one deployment per stage, bound from one settings object.
+
+    serve run cluster.app:build_app                    # embedded default model
+    serve run cluster.app:build_app model=/ckpt/Wan2.2-T2V-A14B-Diffusers
+
+Each deployment wraps a plain stage class from `deployments/` and only adds what
+serving needs: job progress and cancellation, and the shared output store.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from cluster.config import Settings
+from cluster.jobs import JobStore, video_key
+from cluster.request import GenerationRequest
+from cluster.storage import OutputStore
+from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint
+from deployments.decoder import Decoder
+from deployments.denoising import DenoisingState
+from deployments.expert import Expert
+from deployments.ingress import Ingress
+from deployments.text_encoder import PromptEmbeddings, TextEncoder
+
+
+class JobReporter:
+    """A stage's view of its job: start/stop spans, per-step progress, cancellation."""
+
+    def __init__(self, jobs: DeploymentHandle, job_id: str):
+        self.jobs, self.job_id = jobs, job_id
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self._last_step = None
+
+    @contextmanager
+    def stage(self, name: str):
+        # Raises JobCancelled when the job was cancelled while queued for this stage.
+        self.jobs.stage_started.remote(self.job_id, name).result()
+        start = time.time()
+        yield
+        self.span(name, start, time.time())
+
+    def span(self, name: str, start: float, end: float) -> None:
+        self.jobs.stage_done.remote(self.job_id, name, start, end, self.replica)
+
+    def step(self, _index: int) -> None:
+        # Progress goes out without waiting; the previous step's answer (long back by now)
+        # raises JobCancelled, so a cancellation stops the phase within two steps.
+        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id)
+        if previous is not None:
+            previous.result()
+
+
+@serve.deployment(name="JobStore")
+class JobStoreDeployment(JobStore):
+    """The cluster's job records. Exactly one replica: it holds them in memory."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(OutputStore(settings.output_uri))
+
+
+@serve.deployment(name="TextEncoder")
+class TextEncoderDeployment:
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        self.encoder = TextEncoder(Checkpoint.from_settings(settings))
+        self.jobs = jobs
+
+    def encode(self, job_id: str, request: GenerationRequest) -> PromptEmbeddings:
+        with JobReporter(self.jobs, job_id).stage("encode"):
+            return self.encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
+
+
+@serve.deployment
+class ExpertDeployment:
+    """HighNoiseExpert or LowNoiseExpert: one expert per replica (per GPU), one call per phase."""
+
+    def __init__(self, settings: Settings, expert: str, jobs: DeploymentHandle):
+        self.expert = Expert(Checkpoint.from_settings(settings), expert)
+        self.stage = "high_noise" if expert == HIGH_NOISE else "low_noise"
+        self.jobs = jobs
+
+    def denoise(
+        self, job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings, state: DenoisingState | None = None
+    ) -> DenoisingState:
+        reporter = JobReporter(self.jobs, job_id)
+        with reporter.stage(self.stage):
+            return self.expert.phase(request, embeddings, state, on_step=reporter.step)
+
+
+@serve.deployment(name="Decoder")
+class DecoderDeployment:
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        self.decoder = Decoder(Checkpoint.from_settings(settings))
+        self.store = OutputStore(settings.output_uri)
+        self.jobs = jobs
+
+    def decode(self, job_id: str, request: GenerationRequest, state: DenoisingState) -> dict:
+        """VAE decode and mp4, written to the output store; returns the video's facts."""
+        reporter = JobReporter(self.jobs, job_id)
+        with reporter.stage("decode"):
+            start = time.time()
+            video = self.decoder.video(request, state.latents)
+            self.store.write(video_key(job_id), video.mp4)
+        decoded = start + video.timings["decode"]
+        reporter.span("mp4", decoded, time.time())
+        return {"key": video_key(job_id), "bytes": len(video.mp4), "frames": int(video.frames.shape[0])}
+
+
+class AppArgs(BaseModel):
+    """Arguments of `serve run cluster.app:build_app key=value ...`."""
+
+    model: str | None = None  # diffusers checkpoint dir; default: the embedded tiny model
+    config: str | None = None  # YAML file feeding Settings
+
+
+def build_app(args: AppArgs | dict | None = None, settings: Settings | None = None) -> Application:
+    """Bind every stage into one application, placed and scaled from `Settings.deployments`."""
+    if settings is None:
+        args = AppArgs.model_validate(args or {})
+        settings = Settings.from_yaml(args.config) if args.config else Settings()
+        if args.model:
+            settings = settings.model_copy(update={"model": Path(args.model)})
+    checkpoint = Checkpoint.from_settings(settings)  # reads configs only; builds the default model if needed
+    options = {name: d.serve_options() for name, d in settings.deployments.items()}
+
+    jobs = JobStoreDeployment.options(
+        **{**options["JobStore"], "autoscaling_config": None, "num_replicas": 1}
+    ).bind(settings)
+    text_encoder = TextEncoderDeployment.options(**options["TextEncoder"]).bind(settings, jobs)
+    high_noise = ExpertDeployment.options(name="HighNoiseExpert", **options["HighNoiseExpert"]).bind(
+        settings, HIGH_NOISE, jobs
+    )
+    low_noise = None
+    if checkpoint.has_low_noise_expert:
+        low_noise = ExpertDeployment.options(name="LowNoiseExpert", **options["LowNoiseExpert"]).bind(
+            settings, LOW_NOISE, jobs
+        )
+    decoder = DecoderDeployment.options(**options["Decoder"]).bind(settings, jobs)
+    return Ingress.options(**options["Ingress"]).bind(settings, jobs, text_encoder, high_noise, low_noise, decoder)

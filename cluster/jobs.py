@@ -1,0 +1,219 @@
+"""Job records: queued -> in_progress -> completed | failed | cancelled.
+
+One `JobStore` holds every record of the cluster in memory and writes each change of
+status through to the `OutputStore`, so a restarted store (or ingress) loses nothing.
+Stages report progress here step by step and learn here that a job was cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from cluster.request import GenerationRequest
+from cluster.storage import OutputStore
+
+Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+ACTIVE: tuple[Status, ...] = ("queued", "in_progress")
+_ID = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+class JobCancelled(Exception):
+    """Raised inside a stage when its job was cancelled: the stage stops between steps."""
+
+
+class QueueFull(Exception):
+    """Too many active jobs: the caller answers 503 with Retry-After."""
+
+
+class StageSpan(BaseModel):
+    """When a stage worked on the job, and on which replica (shows the pipelining)."""
+
+    stage: str
+    replica: str
+    start: float
+    end: float
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class Job(BaseModel):
+    """A video job, in the OpenAI videos API shape plus what this cluster adds."""
+
+    id: str
+    object: Literal["video"] = "video"
+    model: str
+    status: Status = "queued"
+    progress: int = 0  # percent: denoising steps done / total, across both experts
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    size: str  # "WxH"
+    seconds: str
+    prompt: str
+    error: JobError | None = None
+    # Additions to the OpenAI shape
+    request: dict[str, Any]
+    steps_done: int = 0
+    steps_total: int
+    timings: dict[str, float] = {}  # seconds per stage, plus queue wait
+    trace: list[StageSpan] = []
+    started_at: float | None = None
+    created: float  # precise creation time, for the queue wait and ordering
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def new_job_id() -> str:
+    """128 random bits: not guessable, and safe as a storage key."""
+    return f"video_{secrets.token_hex(16)}"
+
+
+def valid_job_id(job_id: str) -> bool:
+    return bool(_ID.match(job_id))
+
+
+def video_key(job_id: str) -> str:
+    return f"videos/{job_id}.mp4"
+
+
+class JobStore:
+    def __init__(self, store: OutputStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        for key in store.keys("jobs"):
+            data = store.read(key)
+            if data:
+                job = Job.model_validate_json(data)
+                self._jobs[job.id] = job
+
+    # -- queries ---------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def list(self, after: str | None = None, limit: int = 20, order: str = "desc") -> tuple[list[Job], bool]:
+        jobs = sorted(self._jobs.values(), key=lambda j: (j.created, j.id), reverse=order == "desc")
+        if after is not None:
+            ids = [j.id for j in jobs]
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        return jobs[:limit], len(jobs) > limit
+
+    def count_active(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.active)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is None or job.status == "cancelled"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def create(
+        self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None
+    ) -> Job:
+        now = time.time()
+        job = Job(
+            id=new_job_id(),
+            model=model_id,
+            created_at=int(now),
+            created=now,
+            size=f"{request.width}x{request.height}",
+            seconds=f"{request.num_frames / request.fps:g}",
+            prompt=request.prompt,
+            request=request.model_dump(),
+            steps_total=steps_total,
+        )
+        with self._lock:
+            if max_active is not None and self.count_active() >= max_active:
+                raise QueueFull(f"{max_active} jobs are already queued or in progress")
+            self._jobs[job.id] = job
+            self._save(job)
+        return job
+
+    def stage_started(self, job_id: str, stage: str) -> None:
+        """Raises JobCancelled if the job was cancelled while it waited for this stage."""
+        with self._lock:
+            job = self._live(job_id)
+            if job.status == "queued":
+                job.status = "in_progress"
+                job.started_at = time.time()
+                job.timings["queue"] = job.started_at - job.created
+                self._save(job)
+
+    def step_done(self, job_id: str) -> None:
+        """One denoising step finished. Raises JobCancelled to stop the stage."""
+        with self._lock:
+            job = self._live(job_id)
+            job.steps_done = min(job.steps_done + 1, job.steps_total)
+            job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
+
+    def stage_done(self, job_id: str, stage: str, start: float, end: float, replica: str = "") -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
+                job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
+                self._save(job)
+
+    def complete(self, job_id: str) -> Job | None:
+        return self._finish(job_id, "completed")
+
+    def fail(self, job_id: str, code: str, message: str) -> Job | None:
+        return self._finish(job_id, "failed", error=JobError(code=code, message=message))
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel an active job (its stages stop at their next step); None if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.active:
+                job.status = "cancelled"
+                job.completed_at = int(time.time())
+                self._save(job)
+            return job
+
+    def delete(self, job_id: str) -> bool:
+        """Delete a finished job and its video. Active jobs must be cancelled first."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.active:
+                return False
+            del self._jobs[job_id]
+            self.store.delete(f"jobs/{job_id}.json")
+            self.store.delete(video_key(job_id))
+            return True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _live(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None or job.status == "cancelled":
+            raise JobCancelled(job_id)
+        return job
+
+    def _finish(self, job_id: str, status: Status, error: JobError | None = None) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or not job.active:
+                return job  # cancelled meanwhile: cancellation wins
+            job.status, job.error = status, error
+            job.completed_at = int(time.time())
+            if status == "completed":
+                job.progress, job.steps_done = 100, job.steps_total
+            job.timings["total"] = time.time() - job.created
+            self._save(job)
+            return job
+
+    def _save(self, job: Job) -> None:
+        self.store.write(f"jobs/{job.id}.json", json.dumps(job.model_dump(), ensure_ascii=False).encode())

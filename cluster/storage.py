@@ -1,0 +1,58 @@
+"""Where job records and videos live: a local directory or any `pyarrow.fs` URI.
+
+Every replica on every node opens the same store, so nothing depends on which ingress
+replica took a request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+class OutputStore:
+    def __init__(self, uri: str):
+        if "://" not in uri:
+            uri = "file://" + str(Path(uri).expanduser().resolve())
+        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.uri = uri
+        self.fs.create_dir(self.root, recursive=True)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def write(self, key: str, data: bytes) -> None:
+        """Atomic where the filesystem allows: readers see the old or the new bytes, never half."""
+        path = self._path(key)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            self.fs.move(tmp, path)
+        else:  # object stores publish an object only once it is fully written
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(self._path(key)) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.delete_file(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def keys(self, prefix: str) -> list[str]:
+        selector = pafs.FileSelector(self._path(prefix), allow_not_found=True)
+        return [info.path[len(self.root) + 1 :] for info in self.fs.get_file_info(selector) if info.is_file]
+
+    def local_path(self, key: str) -> str | None:
+        """A filesystem path for `key` when the store is local (lets HTTP stream the file)."""
+        return self._path(key) if isinstance(self.fs, pafs.LocalFileSystem) else None

@@ -1,0 +1,209 @@
+"""HTTP ingress: the OpenAI-shaped videos API in front of the stage deployments.
+
+A request reads top to bottom like `Pipeline.__call__`: validate, record the job, then
+text encoder -> high-noise expert -> low-noise expert -> decoder. The ingress passes
+each stage's `DeploymentResponse` straight to the next stage, so embeddings, latents
+and scheduler state travel replica to replica as Ray objects and never through here.
+"""
+
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from cluster.config import Settings
+from cluster.jobs import Job, JobCancelled, QueueFull, valid_job_id, video_key
+from cluster.request import GenerationRequest
+from cluster.storage import OutputStore
+from deployments.api import ApiError, VideoCreateBody, parse_create_body
+from deployments.checkpoint import Checkpoint
+from deployments.denoising import Scheduler
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="t2v-cluster",
+    version="0.1.0",
+    description="Text to video with a Wan2.2-style Mixture-of-Experts model, in the OpenAI videos API shape.",
+)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _read_body(request: Request) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON", "body") from None
+
+
+def _summary(error: BaseException) -> str:
+    """The root cause's one-line message, without Ray's wrapping traceback."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": VideoCreateBody.model_json_schema(by_alias=False)}
+            for media in ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+        },
+    }
+}
+
+
+# Helpers above live before the class: serve.ingress pickles the app when the class is defined.
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: DeploymentHandle,
+        text_encoder: DeploymentHandle,
+        high_noise_expert: DeploymentHandle,
+        low_noise_expert: DeploymentHandle | None,
+        decoder: DeploymentHandle,
+    ):
+        self.settings = settings
+        self.jobs, self.text_encoder, self.decoder = jobs, text_encoder, decoder
+        self.high_noise_expert, self.low_noise_expert = high_noise_expert, low_noise_expert
+        checkpoint = Checkpoint.from_settings(settings)  # configs only: the ingress holds no weights
+        self.model_id = checkpoint.model_id
+        self.boundary_ratio = checkpoint.boundary_ratio
+        self.scheduler = Scheduler.from_checkpoint(checkpoint)
+        self.store = OutputStore(settings.output_uri)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- creating and running jobs ------------------------------------------------------
+
+    @api.post("/v1/videos", status_code=202, openapi_extra=_CREATE_BODY, summary="Create a video job")
+    async def create_video(self, request: Request) -> JSONResponse:
+        job, generation = await self._accept(request)
+        task = asyncio.create_task(self._generate(job.id, generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return JSONResponse(self._public(job), status_code=202)
+
+    @api.post("/v1/videos/sync", openapi_extra=_CREATE_BODY, summary="Generate a video and return the mp4",
+              response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
+    async def create_video_sync(self, request: Request) -> Response:
+        job, generation = await self._accept(request)
+        job = await self._generate(job.id, generation)
+        if job.status != "completed":
+            raise ApiError(500 if job.status == "failed" else 409, job.error.message if job.error else job.status,
+                           code=job.error.code if job.error else job.status)
+        return Response(self.store.read(video_key(job.id)), media_type="video/mp4", headers={"X-Video-Id": job.id})
+
+    async def _accept(self, request: Request) -> tuple[Job, GenerationRequest]:
+        """Validate the body and record the job; 400 names the bad field, 503 when full."""
+        body = parse_create_body(await _read_body(request))
+        generation = body.to_request(self.settings, self.model_id)
+        steps = self.scheduler.plan(generation.num_inference_steps, self.boundary_ratio).num_steps
+        try:
+            job = await self.jobs.create.remote(
+                generation, self.model_id, steps, self.settings.serving.max_active_jobs
+            )
+        except QueueFull as full:
+            retry = str(self.settings.serving.retry_after_seconds)
+            raise ApiError(503, f"server busy: {full}", code="queue_full", headers={"Retry-After": retry})
+        return job, generation
+
+    async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
+        """Run one job through the stages; ends completed, failed or cancelled."""
+        try:
+            # 1. Encode the prompt (and the negative prompt)
+            embeddings = self.text_encoder.encode.remote(job_id, request)
+            # 2. High-noise phase: initial noise, layout and motion
+            state = self.high_noise_expert.denoise.remote(job_id, request, embeddings)
+            # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
+            if self.low_noise_expert is not None:
+                state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, state)
+            # 4. Decode and write the mp4 to the shared store
+            await self.decoder.decode.remote(job_id, request, state)
+            return await self.jobs.complete.remote(job_id)
+        except JobCancelled:
+            return await self.jobs.get.remote(job_id)
+        except Exception as error:  # a stage failed: the job says why, the ingress goes on
+            logger.exception("job %s failed", job_id)
+            return await self.jobs.fail.remote(job_id, "generation_failed", _summary(error))
+
+    # -- reading and managing jobs ------------------------------------------------------
+
+    @api.get("/v1/videos/{video_id}", summary="Retrieve a video job")
+    async def retrieve_video(self, video_id: str) -> dict:
+        return self._public(await self._job(video_id))
+
+    @api.get("/v1/videos/{video_id}/content", summary="Download the mp4", response_class=Response,
+             responses={200: {"content": {"video/mp4": {}}}})
+    async def video_content(self, video_id: str, variant: str = "video") -> Response:
+        job = await self._job(video_id)
+        if variant != "video":
+            raise ApiError(400, f"variant: only 'video' is available, got {variant!r}", "variant")
+        if job.status != "completed":
+            raise ApiError(409, f"video {video_id} is {job.status}, not completed", code="video_not_ready")
+        path = self.store.local_path(video_key(video_id))
+        if path is not None:
+            return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
+        return Response(self.store.read(video_key(video_id)), media_type="video/mp4")
+
+    @api.get("/v1/videos", summary="List video jobs")
+    async def list_videos(
+        self,
+        after: str | None = None,
+        limit: int = Query(20, ge=1, le=100),
+        order: str = Query("desc", pattern="^(asc|desc)$"),
+    ) -> dict:
+        jobs, has_more = await self.jobs.list.remote(after, limit, order)
+        data = [self._public(j) for j in jobs]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+
+    @api.delete("/v1/videos/{video_id}", summary="Cancel a job in flight, or delete a finished one")
+    async def delete_video(self, video_id: str) -> dict:
+        job = await self._job(video_id)
+        if job.active:
+            job = await self.jobs.cancel.remote(video_id)
+            return {"id": video_id, "object": "video.deleted", "deleted": False, "status": job.status}
+        deleted = await self.jobs.delete.remote(video_id)
+        return {"id": video_id, "object": "video.deleted", "deleted": deleted}
+
+    @api.get("/v1/models", summary="Models served")
+    async def list_models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "t2v-cluster"}]}
+
+    @api.get("/healthz", summary="Liveness")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model": self.model_id}
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _job(self, video_id: str) -> Job:
+        job = await self.jobs.get.remote(video_id) if valid_job_id(video_id) else None
+        if job is None:
+            raise ApiError(404, f"no video with id {video_id!r}", "video_id", "video_not_found")
+        return job
+
+    @staticmethod
+    def _public(job: Job) -> dict[str, Any]:
+        return job.model_dump(exclude={"created"})
