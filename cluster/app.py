@@ -47,7 +47,8 @@ class JobReporter:
         self.span(name, start, time.time())
 
     def span(self, name: str, start: float, end: float) -> None:
-        self.jobs.stage_done.remote(self.job_id, name, start, end, self.replica)
+        # Waited for, so the job record is complete before the ingress marks it done.
+        self.jobs.stage_done.remote(self.job_id, name, start, end, self.replica).result()
 
     def step(self, _index: int) -> None:
         # Progress goes out without waiting; the previous step's answer (long back by now)
@@ -119,13 +120,17 @@ class AppArgs(BaseModel):
     config: str | None = None  # YAML file feeding Settings
 
 
-def build_app(args: AppArgs | dict | None = None, settings: Settings | None = None) -> Application:
+def build_app(args: AppArgs) -> Application:
+    """The application builder `serve run` / `serve deploy` call (exactly one argument)."""
+    args = AppArgs.model_validate(args)  # Serve passes an AppArgs; Python callers may pass a dict
+    settings = Settings.from_yaml(args.config) if args.config else Settings()
+    if args.model:
+        settings = settings.model_copy(update={"model": Path(args.model)})
+    return bind_app(settings)
+
+
+def bind_app(settings: Settings) -> Application:
     """Bind every stage into one application, placed and scaled from `Settings.deployments`."""
-    if settings is None:
-        args = AppArgs.model_validate(args or {})
-        settings = Settings.from_yaml(args.config) if args.config else Settings()
-        if args.model:
-            settings = settings.model_copy(update={"model": Path(args.model)})
     checkpoint = Checkpoint.from_settings(settings)  # reads configs only; builds the default model if needed
     options = {name: d.serve_options() for name, d in settings.deployments.items()}
 

@@ -1,4 +1,4 @@
-"""`t2v`: the command line. `t2v generate`, `t2v model init` (and later serve, batch, cache)."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`."""
 
 from __future__ import annotations
 
@@ -42,18 +42,26 @@ def generate(
     guidance_scale_2: Optional[float] = typer.Option(None, "--guidance-2", help="CFG scale, low-noise expert."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     model: Optional[Path] = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
+    url: Optional[str] = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
 ) -> None:
-    """Generate one video in this process, with a progress bar over the denoising steps."""
+    """Generate one video (in this process, or on a server with --url), with a progress bar."""
+    fields = dict(
+        prompt=prompt, preset=preset, seed=seed, num_inference_steps=steps, num_frames=num_frames, fps=fps,
+        guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, negative_prompt=negative_prompt,
+    )
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if url:
+        _generate_remote(url, fields, size, output)
+    else:
+        _generate_local(_settings(model), fields, size, output)
+
+
+def _generate_local(settings: Settings, fields: dict, size: Optional[str], output: Path) -> None:
     from tqdm import tqdm
 
     from cluster.pipeline import Pipeline
     from cluster.request import GenerationRequest
 
-    settings = _settings(model)
-    fields = dict(
-        prompt=prompt, preset=preset, seed=seed, num_inference_steps=steps, num_frames=num_frames, fps=fps,
-        guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, negative_prompt=negative_prompt,
-    )
     if size is not None:
         try:
             width, height = (int(v) for v in size.lower().split("x"))
@@ -61,7 +69,7 @@ def generate(
             raise typer.BadParameter(f"size must be WxH, e.g. 128x128, got {size!r}", param_hint="--size")
         fields.update(width=width, height=height)
     try:
-        request = GenerationRequest.build(settings, **{k: v for k, v in fields.items() if v is not None})
+        request = GenerationRequest.build(settings, **fields)
     except ValidationError as e:
         typer.echo(f"error: {_validation_message(e)}", err=True)
         raise typer.Exit(2)
@@ -76,6 +84,75 @@ def generate(
         f"wrote {output} ({request.width}x{request.height}, {request.num_frames} frames @ {request.fps} fps, "
         f"seed {request.seed}, model {result.model_id}): {stages}"
     )
+
+
+def _generate_remote(url: str, fields: dict, size: Optional[str], output: Path) -> None:
+    from tqdm import tqdm
+
+    from cluster.client import T2VClient, T2VError
+
+    client = T2VClient(url)
+    try:
+        job = client.create(**fields, **({"size": size} if size else {}))
+        with tqdm(total=100, unit="%", desc="denoising") as bar:
+            job = client.wait(job["id"], on_progress=lambda j: bar.update(j["progress"] - bar.n))
+        if job["status"] != "completed":
+            error = job.get("error") or {}
+            typer.echo(f"error: job {job['id']} {job['status']}: {error.get('message', '')}", err=True)
+            raise typer.Exit(1)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(client.content(job["id"]))
+    except T2VError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in job["timings"].items())
+    typer.echo(f"wrote {output} (job {job['id']}, {job['size']}, {job['seconds']} s): {stages}")
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
+    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a running local one, else start one)."),
+    host: Optional[str] = typer.Option(None, help="HTTP host (default from settings: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="HTTP port (default from settings: 8000)."),
+    config: Optional[Path] = typer.Option(None, help="YAML file feeding the settings."),
+) -> None:
+    """Start Ray (or join it), deploy the app and serve until Ctrl-C."""
+    import signal
+    import threading
+
+    from cluster.launch import APP_NAME, connect, deploy
+
+    settings = Settings.from_yaml(config) if config else Settings()
+    serving = settings.serving.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
+    settings = settings.model_copy(update={"serving": serving, **({"model": model} if model else {})})
+
+    import ray
+    from ray import serve as ray_serve
+
+    started_ray = connect(settings, address)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        typer.echo("deploying (the first start builds the default model and loads every stage)...")
+        base = deploy(settings)
+        typer.echo(f"t2v-cluster is serving at {base}   (OpenAPI: {base}/docs)")
+        typer.echo(
+            f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json' "
+            f"-d '{{\"prompt\": \"一只橘猫在草地上奔跑\", \"seed\": 1}}' -o cat.mp4"
+        )
+        typer.echo("Ctrl-C stops it.")
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo("stopping...")
+        if started_ray:
+            ray_serve.shutdown()
+            ray.shutdown()
+        else:  # a cluster we joined keeps running; only our app goes
+            ray_serve.delete(APP_NAME)
 
 
 @model_app.command("init")

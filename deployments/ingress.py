@@ -12,8 +12,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import Settings
@@ -36,6 +38,20 @@ api = FastAPI(
 @api.exception_handler(ApiError)
 async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+# Every error in the same OpenAI shape, also FastAPI's own (unknown path, bad query).
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = "not_found" if error.status_code == 404 else "http_error"
+    return await _api_error(request, ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
+
+
+@api.exception_handler(RequestValidationError)
+async def _query_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = [{"field": str(e["loc"][-1]), "message": e["msg"]} for e in error.errors()]
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return await _api_error(request, ApiError(400, message, errors[0]["field"] if errors else None, errors=errors))
 
 
 async def _read_body(request: Request) -> Any:

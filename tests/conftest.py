@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cluster.config import Settings
+from cluster.config import ServingSettings, Settings
 from cluster.default_model import write_default_model
 
 
@@ -25,3 +27,43 @@ def wan21_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def settings(wan22_dir, tmp_path_factory) -> Settings:
     return Settings(model=wan22_dir, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@dataclass
+class RunningApp:
+    url: str
+    settings: Settings
+    model_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
+    """The real Serve app on a real local Ray, started once per session (~10-45 s here)."""
+    import ray
+    from ray import serve
+
+    from cluster.launch import deploy, ray_environment
+
+    root = tmp_path_factory.mktemp("serve")
+    settings = Settings(
+        model=wan22_dir,
+        cache_dir=root / "cache",
+        serving=ServingSettings(
+            port=_free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test"
+        ),
+    )
+    ray_environment()
+    # address="local": always a fresh cluster, never a developer's running one.
+    ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=4,
+             logging_level="WARNING")
+    try:
+        yield RunningApp(deploy(settings), settings, wan22_dir)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

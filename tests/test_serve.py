@@ -1,0 +1,238 @@
+"""The Serve app over real HTTP on a real local Ray: lifecycle, sync, cancel, errors, queue, list."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from cluster.client import T2VClient
+from deployments.video import probe_mp4
+
+
+@pytest.fixture(scope="module")
+def http(serve_app) -> httpx.Client:
+    with httpx.Client(base_url=serve_app.url, timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(serve_app) -> T2VClient:
+    return T2VClient(serve_app.url)
+
+
+def _wait_active(http: httpx.Client, video_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/videos/{video_id}").json()
+        if job["status"] == "in_progress" and job["steps_done"] > 0:
+            return job
+        assert job["status"] in ("queued", "in_progress"), job
+        time.sleep(0.05)
+    raise TimeoutError(video_id)
+
+
+def test_job_lifecycle_with_real_progress(http):
+    created = http.post("/v1/videos", json={"prompt": "a red ball bouncing", "seed": 11, "steps": 24})
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert (job["object"], job["status"], job["progress"]) == ("video", "queued", 0)
+    assert job["id"].startswith("video_") and isinstance(job["created_at"], int)
+
+    seen = []
+    while job["status"] in ("queued", "in_progress"):
+        job = http.get(f"/v1/videos/{job['id']}").json()
+        seen.append(job["progress"])
+        time.sleep(0.05)
+    assert job["status"] == "completed", job
+    assert job["progress"] == 100 and job["steps_done"] == job["steps_total"] == 24
+    assert seen == sorted(seen), "progress never goes back"
+    assert any(0 < p < 100 for p in seen), f"no intermediate progress seen: {seen}"
+    assert {"queue", "encode", "high_noise", "low_noise", "decode", "mp4", "total"} <= set(job["timings"])
+    assert [s["stage"] for s in job["trace"]] == ["encode", "high_noise", "low_noise", "decode", "mp4"]
+    assert job["completed_at"] >= job["created_at"]
+    assert (job["size"], job["model"]) == ("64x64", "t2v-tiny-wan2.2-a14b")
+
+    content = http.get(f"/v1/videos/{job['id']}/content")
+    assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    info = probe_mp4(content.content)
+    assert (info["frames"], info["width"], info["height"]) == (17, 64, 64)
+    assert info["metadata"]["seed"] == "11" and info["metadata"]["ai_generated"] == "true"
+
+
+def _frames(mp4: bytes) -> np.ndarray:
+    import av
+    import io
+
+    with av.open(io.BytesIO(mp4)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
+
+
+def test_sync_equals_in_process_pipeline(serve_app, http, tmp_path):
+    body = {"prompt": "一只橘猫在草地上奔跑", "seed": 21, "size": "96x64", "num_frames": 9, "steps": 6}
+    response = http.post("/v1/videos/sync", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4" and response.headers["x-video-id"].startswith("video_")
+
+    # The in-process pipeline, with one thread per op as the replicas have (Ray sets
+    # OMP_NUM_THREADS=1 for fractional CPUs): same kernels, so the same frames. The mp4
+    # bytes themselves may differ: x264 is not bit-reproducible across processes here.
+    local = tmp_path / "local.mp4"
+    run = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "generate", body["prompt"], "-o", str(local), "--seed", "21",
+         "--size", "96x64", "--frames", "9", "--steps", "6", "--model", str(serve_app.model_dir)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    served, expected = _frames(response.content), _frames(local.read_bytes())
+    assert served.shape == expected.shape == (9, 64, 96, 3)
+    assert _psnr(served, expected) > 40
+    other = _frames(http.post("/v1/videos/sync", json={**body, "seed": 22}).content)
+    assert _psnr(other, expected) < 25  # a different seed is a different video
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_cancel_in_flight_then_delete(http):
+    job = http.post("/v1/videos", json={"prompt": "slow", "preset": "final", "steps": 60}).json()
+    running = _wait_active(http, job["id"])
+    assert running["status"] == "in_progress"
+
+    cancelled = http.delete(f"/v1/videos/{job['id']}")
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"id": job["id"], "object": "video.deleted", "deleted": False, "status": "cancelled"}
+    time.sleep(2)  # the running phase stops within a step or two
+    first = http.get(f"/v1/videos/{job['id']}").json()
+    time.sleep(2)
+    later = http.get(f"/v1/videos/{job['id']}").json()
+    assert later["status"] == "cancelled"
+    assert later["steps_done"] == first["steps_done"] < 60, "work went on after the cancel"
+    assert http.get(f"/v1/videos/{job['id']}/content").status_code == 409
+
+    deleted = http.delete(f"/v1/videos/{job['id']}").json()
+    assert deleted == {"id": job["id"], "object": "video.deleted", "deleted": True}
+    assert http.get(f"/v1/videos/{job['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        ({"prompt": "x", "size": "100x64"}, "width", "multiple of 16"),
+        ({"prompt": "x", "size": "huge"}, "size", "WxH"),
+        ({"prompt": "x", "num_frames": 18}, "num_frames", "4k+1"),
+        ({"prompt": "x", "steps": 1000}, "num_inference_steps", "between 1 and 60"),
+        ({"prompt": "x", "seconds": 60}, "num_frames", "between 1 and 65"),
+        ({"prompt": "x", "colour": "red"}, "colour", "Extra inputs"),
+        ({"prompt": "x", "model": "sora-2"}, "model", "unknown model"),
+        ({"prompt": "x", "seed": "abc"}, "seed", "valid integer"),
+        ({"size": "64x64"}, "prompt", "Field required"),
+        ({"prompt": "x", "seconds": 1, "num_frames": 17}, "seconds", "not both"),
+    ],
+)
+def test_bad_input_names_the_field(http, body, param, words):
+    response = http.post("/v1/videos", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_bad_bodies_and_unknown_ids(http):
+    response = http.post("/v1/videos", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "body"
+    response = http.post("/v1/videos", json=["a list"])
+    assert response.status_code == 400
+    for bad in ("video_" + "0" * 32, "nope", "video_%2E%2E", "%2E%2E"):
+        for path in (f"/v1/videos/{bad}", f"/v1/videos/{bad}/content"):
+            response = http.get(path)
+            assert response.status_code == 404 and response.json()["error"]["code"] == "video_not_found"
+    response = http.get("/v1/videos/..%2F..%2Fetc%2Fpasswd/content")
+    assert response.status_code == 404 and response.json()["error"]["code"] in ("video_not_found", "not_found")
+    for params, param in (({"limit": 0}, "limit"), ({"order": "sideways"}, "order")):
+        response = http.get("/v1/videos", params=params)
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_full_queue_gets_fast_503_with_retry_after(serve_app, http):
+    limit = serve_app.settings.serving.max_active_jobs
+    body = {"prompt": "burst", "preset": "final", "steps": 30}
+
+    def post(_):
+        start = time.perf_counter()
+        response = httpx.post(f"{serve_app.url}/v1/videos", json=body, timeout=60)
+        return response, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, range(limit + 6)))
+    accepted = [r.json()["id"] for r, _ in results if r.status_code == 202]
+    rejected = [(r, t) for r, t in results if r.status_code == 503]
+    try:
+        assert len(accepted) == limit and len(rejected) == 6
+        for response, seconds in rejected:
+            assert response.headers["retry-after"].isdigit()
+            assert response.json()["error"]["code"] == "queue_full"
+            assert seconds < 5
+    finally:
+        for video_id in accepted:
+            http.delete(f"/v1/videos/{video_id}")
+    # Cancelled jobs leave the queue: new work is accepted again.
+    assert http.post("/v1/videos", json={"prompt": "after the burst", "steps": 2}).status_code == 202
+
+
+def test_list_paginates_and_delete_removes(client):
+    ids = [client.create("list me", seed=i, steps=2)["id"] for i in range(3)]
+    for video_id in ids:
+        assert client.wait(video_id)["status"] == "completed"
+    page = client.list(limit=2)
+    assert page["object"] == "list" and len(page["data"]) == 2 and page["has_more"]
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2]  # newest first
+    rest = client.list(limit=2, after=page["last_id"])
+    assert rest["data"][0]["id"] == ids[0]
+    ascending = client.list(limit=100, order="asc")["data"]
+    assert [j["id"] for j in ascending if j["id"] in ids] == ids
+
+    assert client.delete(ids[1]) == {"id": ids[1], "object": "video.deleted", "deleted": True}
+    listed = {j["id"] for j in client.list(limit=100)["data"]}
+    assert ids[1] not in listed and ids[0] in listed
+
+
+def test_stages_pipeline_across_requests(client):
+    """With several requests in flight, different stages work on different jobs at once."""
+    ids = [client.create("pipelined", seed=i, preset="final", steps=8)["id"] for i in range(4)]
+    jobs = [client.wait(video_id) for video_id in ids]
+    assert all(j["status"] == "completed" for j in jobs)
+    spans = [(job["id"], s) for job in jobs for s in job["trace"]]
+
+    def overlap(a, b) -> float:
+        return min(a["end"], b["end"]) - max(a["start"], b["start"])
+
+    expert_overlaps = [
+        overlap(a, b)
+        for job_a, a in spans if a["stage"] == "low_noise"
+        for job_b, b in spans if b["stage"] == "high_noise" and job_b != job_a and overlap(a, b) > 0
+    ]
+    assert expert_overlaps, "the low-noise expert never worked while the high-noise expert did"
+    replicas = {(s["stage"], s["replica"]) for _, s in spans}
+    high = {r for stage, r in replicas if stage == "high_noise"}
+    low = {r for stage, r in replicas if stage == "low_noise"}
+    assert high and low and not high & low, "each expert runs on its own replica"
+
+
+def test_models_health_and_openapi(http):
+    assert http.get("/healthz").json() == {"status": "ok", "model": "t2v-tiny-wan2.2-a14b"}
+    models = http.get("/v1/models").json()
+    assert models["data"][0]["id"] == "t2v-tiny-wan2.2-a14b"
+    spec = http.get("/openapi.json").json()
+    for path in ("/v1/videos", "/v1/videos/{video_id}", "/v1/videos/{video_id}/content", "/v1/videos/sync"):
+        assert path in spec["paths"], path
+    create = spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(create)
