@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -114,6 +114,17 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     serving: ServingSettings = ServingSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _merge_deployments(cls, given: dict) -> dict:
+        """A YAML or env override names only what it changes; the rest keeps its defaults."""
+        merged = {name: d.model_dump() for name, d in _default_deployments().items()}
+        for name, options in (given or {}).items():
+            if name not in merged:
+                raise ValueError(f"unknown deployment {name!r}; known: {sorted(merged)}")
+            merged[name].update(options.model_dump() if isinstance(options, BaseModel) else options)
+        return merged
 
     @property
     def output_uri(self) -> str:

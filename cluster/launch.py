@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 
 from cluster.config import Settings
 
@@ -19,23 +21,40 @@ def ray_environment() -> None:
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def running_cluster() -> str | None:
+    """The cluster `ray start` left running here (or RAY_ADDRESS), if it answers.
+
+    Not `address="auto"`: that also scans for any Ray process on the machine, and would
+    join a test's or a benchmark's private cluster.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    if not address and record.is_file():
+        address = record.read_text().strip()
+    if not address or "://" in address:
+        return address or None
+    host, _, port = address.rpartition(":")
+    try:  # a record left by a crashed cluster points at nothing
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return address
+    except (OSError, ValueError):
+        return None
+
+
 def connect(settings: Settings, address: str | None = None, num_cpus: float | None = None) -> bool:
     """Join `address`, or a running local cluster, or start one. True when started here."""
     import ray
 
     ray_environment()
+    address = address or running_cluster()
     if address:
         ray.init(address=address, logging_level="WARNING")
         return False
-    try:
-        ray.init(address="auto", logging_level="WARNING")
-        return False
-    except ConnectionError:
-        ray.init(
-            _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=num_cpus,
-            logging_level="WARNING",
-        )
-        return True
+    ray.init(
+        address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=num_cpus,
+        logging_level="WARNING",
+    )
+    return True
 
 
 def deploy(settings: Settings, blocking: bool = False) -> str:

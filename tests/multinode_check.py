@@ -3,7 +3,7 @@
     python tests/multinode_check.py --work-dir /tmp/x [--model /path/to/wan22]
 
 Starts a local three-node Ray cluster (`ray.cluster_utils.Cluster`): a head with no GPU
-and two workers with one logical GPU each. Deploys `build_app` with `num_gpus=1` per
+and two workers with one logical GPU each. Deploys `bind_app(settings)` with `num_gpus=1` per
 expert, so the two experts can only land on different worker nodes. Then generates one
 video over HTTP and asks each expert replica, from inside its own process, where it runs:
 node, actor, the GPU ids Ray assigned, CUDA_VISIBLE_DEVICES, and torch's device (CPU here:
@@ -111,14 +111,6 @@ def make_settings(args):
     return base.model_copy(update={"deployments": deployments, "serving": serving})
 
 
-def bind_app(app_module, settings):
-    """The application from a `Settings` object: `bind_app(settings)`, or the older
-    `build_app(settings=...)` (cluster/app.py is changing under this script)."""
-    if hasattr(app_module, "bind_app"):
-        return app_module.bind_app(settings)
-    return app_module.build_app(settings=settings)
-
-
 def app_status(serve) -> bool:
     """True once the app is RUNNING; raises at once when Serve gives up on it."""
     app = serve.status().applications.get(APP)
@@ -143,7 +135,7 @@ def run(args, state: dict) -> dict:
     from ray.cluster_utils import Cluster
     from ray.serve.context import _get_global_client
 
-    import cluster.app as t2v_app
+    from cluster.app import bind_app
 
     deadline = Deadline(args.timeout)
     settings = make_settings(args)
@@ -162,7 +154,7 @@ def run(args, state: dict) -> dict:
 
     serve.start(proxy_location="HeadOnly", http_options={"host": settings.serving.host, "port": settings.serving.port})
     state["serve"] = True
-    serve.run_many([serve.RunTarget(bind_app(t2v_app, settings), name=APP, route_prefix="/")],
+    serve.run_many([serve.RunTarget(bind_app(settings), name=APP, route_prefix="/")],
                    wait_for_applications_running=False)
     deadline.wait(f"application {APP} RUNNING", lambda: app_status(serve), interval=1.0)
     deployed = time.monotonic()

@@ -65,3 +65,19 @@ def test_env_feeds_settings(monkeypatch):
     settings = Settings()
     assert settings.limits.max_steps == 5 and settings.default_preset == "final"
     assert "between 1 and 5" in _errors(settings, prompt="a", num_inference_steps=6)["num_inference_steps"]
+
+
+def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_text(
+        "limits: {max_height: 720}\n"
+        "deployments:\n  HighNoiseExpert: {num_gpus: 1, max_ongoing_requests: 1}\n"
+    )
+    settings = Settings.from_yaml(config)
+    assert settings.limits.max_height == 720
+    high = settings.deployments["HighNoiseExpert"]
+    assert (high.num_gpus, high.max_ongoing_requests, high.num_cpus) == (1, 1, 0.5)  # the rest keeps defaults
+    assert set(settings.deployments) == {"Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert",
+                                         "Decoder"}
+    with pytest.raises(ValidationError, match="unknown deployment 'Expert'"):
+        Settings(deployments={"Expert": {"num_gpus": 1}})

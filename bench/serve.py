@@ -1,0 +1,411 @@
+"""Serving against the in-process pipeline, side by side in one run: latency, throughput, startup.
+
+On the default model (or `T2V_MODEL`), in one run:
+
+(a) latency: one POST /v1/videos/sync against one in-process `Pipeline(request)`, per preset,
+    interleaved repeat by repeat with the same seed on both sides (median seconds);
+(b) throughput: N preview requests through HTTP at concurrency C against the same N run one
+    after the other in process (videos per minute), with p50/p95 latency of the HTTP requests
+    and each stage's busy fraction during the burst, read from the jobs' traces;
+(c) startup: `t2v serve` as a subprocess, seconds to the first GET /healthz 200 and to the
+    first video (POST /v1/videos/sync 200), and whether Ctrl-C stops it cleanly.
+
+The in-process side runs with torch's default thread count (what `t2v generate` gets) and,
+as an extra row, with one thread: what each Serve replica gets, since Ray sets
+OMP_NUM_THREADS=1 for fractional-CPU actors.
+
+    python -m bench.serve [--repeats 3] [--requests 16] [--concurrency 8] [--rounds 2]
+
+Prints tables, then one JSON object as the last line of stdout. Ray's logs stay in its temp
+dirs (removed after a successful run, kept and named on stderr after a failed one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import torch
+
+from cluster.config import Settings
+from cluster.pipeline import Pipeline
+from cluster.request import GenerationRequest
+
+PRESETS = ("final", "preview")  # final first: the goal is set there
+STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4")
+GOALS = {"latency_ratio": 1.10, "throughput_ratio": 1.5, "startup_s": 30}
+BIN_DIR = os.path.dirname(sys.executable)  # the venv's bin (no realpath: that leaves the venv)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def median_dict(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def rounded(value, digits: int = 4):
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+# -- (c) startup -----------------------------------------------------------------------------
+
+
+def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -> dict:
+    """`t2v serve` in its own Ray cluster: seconds to /healthz 200 and to the first video."""
+    from ray._private.services import find_gcs_addresses
+
+    ray_dir = f"/tmp/t2v-bs-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": ray_dir,
+        "T2V_SERVING__RAY_TEMP_DIR": ray_dir,
+        "T2V_CACHE_DIR": str(settings.cache_dir),  # the default model is built there already
+        "T2V_SERVING__OUTPUT_URI": str(work / "serve-outputs"),
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        **({"T2V_MODEL": str(settings.model)} if settings.model else {}),
+    }
+    env.pop("RAY_ADDRESS", None)
+    # `t2v serve` first tries ray.init(address="auto"), which joins ANY local Ray it finds with
+    # `ps`, whatever the temp dir. Only when one is running (another session's tests), pin it
+    # to a fresh cluster instead, and say so in the results.
+    joined_guard = bool(find_gcs_addresses())
+    if joined_guard:
+        env["RAY_ADDRESS"] = "local"
+        log("startup: another Ray is running here; `t2v serve` gets RAY_ADDRESS=local")
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = work / "t2v-serve.log"
+    out: dict = {"ray_address_local": joined_guard}
+    with open(log_path, "wb") as log_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [os.path.join(BIN_DIR, "t2v"), "serve", "--port", str(port)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
+        )
+    try:
+        with httpx.Client(base_url=url, timeout=10) as http:
+
+            def until(ok) -> float:
+                deadline = start + timeout
+                while time.perf_counter() < deadline:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"t2v serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                    try:
+                        if ok():
+                            return time.perf_counter() - start
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.1)
+                raise TimeoutError(f"t2v serve not ready after {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+            out["healthz_s"] = until(lambda: http.get("/healthz").status_code == 200)
+            log(f"startup: /healthz 200 after {out['healthz_s']:.1f}s")
+            request_start = []
+
+            def first_video() -> bool:
+                request_start[:] = [time.perf_counter()]
+                body = {"prompt": prompt, "seed": 0}
+                return http.post("/v1/videos/sync", json=body, timeout=timeout).status_code == 200
+
+            out["first_video_s"] = until(first_video)
+            out["first_request_s"] = start + out["first_video_s"] - request_start[0]
+            log(f"startup: first video after {out['first_video_s']:.1f}s ({out['first_request_s']:.1f}s request)")
+        # Its own cluster, as a user's first `t2v serve` has: Ray wrote its session into our temp dir.
+        out["own_cluster"] = os.path.isdir(os.path.join(ray_dir, "session_latest")) or joined_guard
+    finally:
+        stop = time.perf_counter()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            out["exit_code"] = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            out["exit_code"] = None
+        out["stop_s"] = time.perf_counter() - stop
+        try:
+            os.killpg(proc.pid, 0)  # anything left of what it started (raylet, workers)?
+            os.killpg(proc.pid, signal.SIGKILL)
+            out["leftovers_killed"] = True
+        except ProcessLookupError:
+            out["leftovers_killed"] = False
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    out["clean_exit"] = out["exit_code"] == 0 and not out["leftovers_killed"]
+    log(f"startup: SIGINT -> exit {out['exit_code']} after {out['stop_s']:.1f}s, leftovers {out['leftovers_killed']}")
+    return out
+
+
+# -- (a) latency -----------------------------------------------------------------------------
+
+
+class Sides:
+    """One request run three ways: over HTTP, and in process with default and with 1 torch thread."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, http: httpx.Client, threads: int):
+        self.settings, self.pipeline, self.http, self.threads = settings, pipeline, http, threads
+
+    def request(self, prompt: str, seed: int, preset: str) -> GenerationRequest:
+        return GenerationRequest.build(self.settings, prompt=prompt, seed=seed, preset=preset)
+
+    def post(self, request: GenerationRequest) -> tuple[float, str]:
+        """One sync request: client-side seconds (mp4 received) and the job id."""
+        body = {"prompt": request.prompt, "seed": request.seed, "preset": request.preset}
+        start = time.perf_counter()
+        response = self.http.post("/v1/videos/sync", json=body)
+        elapsed = time.perf_counter() - start
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /v1/videos/sync: {response.status_code} {response.text[:500]}")
+        return elapsed, response.headers["x-video-id"]
+
+    def job(self, job_id: str) -> dict:
+        return self.http.get(f"/v1/videos/{job_id}").json()
+
+    def http_run(self, request: GenerationRequest) -> dict:
+        wall, job_id = self.post(request)
+        timings = self.job(job_id)["timings"]
+        return {"wall": wall, **{s: timings.get(s, 0.0) for s in ("queue", *STAGES)}}
+
+    def local_run(self, request: GenerationRequest, threads: int) -> dict:
+        torch.set_num_threads(threads)
+        try:
+            start = time.perf_counter()
+            result = self.pipeline(request)
+            return {"wall": time.perf_counter() - start, **{s: result.timings.get(s, 0.0) for s in STAGES}}
+        finally:
+            torch.set_num_threads(self.threads)
+
+    def run(self, side: str, request: GenerationRequest) -> dict:
+        if side == "http":
+            row = self.http_run(request)
+        else:
+            row = self.local_run(request, 1 if side == "local_1t" else self.threads)
+        # other: wall time outside every stage (for HTTP: the request, handoffs between replicas, job records)
+        return {**row, "other": row["wall"] - sum(v for k, v in row.items() if k != "wall")}
+
+
+SIDES = ("http", "local", "local_1t")
+
+
+def bench_latency(sides: Sides, prompt: str, seed: int, preset: str, repeats: int) -> dict:
+    for side in SIDES:  # warm-up: first calls allocate, compile kernels, open connections
+        sides.run(side, sides.request(prompt, seed, preset))
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for i in range(repeats):
+        request = sides.request(prompt, seed + 1 + i, preset)  # a new seed per repeat, the same for every side
+        # Rotate who goes first so drift on a noisy machine hits every side alike.
+        for side in SIDES[i % 3 :] + SIDES[: i % 3]:
+            runs[side].append(sides.run(side, request))
+        log(f"latency {preset} {i + 1}/{repeats}: " + ", ".join(f"{s} {runs[s][-1]['wall']:.3f}s" for s in SIDES))
+    med = {side: median_dict(rows) for side, rows in runs.items()}
+    return {
+        "http_s": med["http"]["wall"],
+        "inprocess_s": med["local"]["wall"],
+        "inprocess_1t_s": med["local_1t"]["wall"],
+        "ratio": med["http"]["wall"] / med["local"]["wall"],
+        "ratio_1t": med["http"]["wall"] / med["local_1t"]["wall"],
+        "stages": med,  # median seconds per stage and side (http: measured on the replicas, plus queue)
+    }
+
+
+# -- (b) throughput --------------------------------------------------------------------------
+
+
+def burst(sides: Sides, requests: list[GenerationRequest], concurrency: int) -> dict:
+    """Every request over HTTP, `concurrency` at a time (sync POSTs from a thread pool)."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        done = list(pool.map(sides.post, requests))
+    wall = time.perf_counter() - start
+    # Busy fraction: the stage's span seconds over the burst's wall time. Above 1 means
+    # several jobs (or replicas) ran that stage at once.
+    busy = {s: 0.0 for s in STAGES}
+    replicas: dict[str, set] = {s: set() for s in STAGES}
+    for _, job_id in done:
+        for span in sides.job(job_id)["trace"]:
+            busy[span["stage"]] += span["end"] - span["start"]
+            replicas[span["stage"]].add(span["replica"])
+    return {
+        "wall": wall,
+        "latencies": [elapsed for elapsed, _ in done],
+        "busy": {s: busy[s] / wall for s in STAGES},
+        "replicas": {s: len(replicas[s]) for s in STAGES},
+    }
+
+
+def sequential(sides: Sides, requests: list[GenerationRequest], threads: int) -> float:
+    start = time.perf_counter()
+    for request in requests:
+        sides.local_run(request, threads)
+    return time.perf_counter() - start
+
+
+def bench_throughput(sides: Sides, prompt: str, seed: int, n: int, concurrency: int, rounds: int) -> dict:
+    requests = [sides.request(prompt, seed + 100 + i, "preview") for i in range(n)]
+    walls: dict[str, list[float]] = {"http": [], "local": [], "local_1t": []}
+    bursts = []
+    for r in range(rounds):
+        # Back to back, order alternating by round, so drift on the machine hits both sides alike.
+        for side in ("local", "local_1t", "http") if r % 2 == 0 else ("http", "local_1t", "local"):
+            if side == "http":
+                bursts.append(burst(sides, requests, concurrency))
+                walls["http"].append(bursts[-1]["wall"])
+            else:
+                walls[side].append(sequential(sides, requests, 1 if side == "local_1t" else sides.threads))
+        log(f"throughput round {r + 1}/{rounds}: " + ", ".join(f"{s} {walls[s][-1]:.2f}s" for s in walls)
+            + f"; replicas {bursts[-1]['replicas']}")
+    vpm = {side: 60 * n / statistics.median(w) for side, w in walls.items()}
+    latencies = [x for b in bursts for x in b["latencies"]]
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "rounds": rounds,
+        "http_videos_per_min": vpm["http"],
+        "sequential_videos_per_min": vpm["local"],
+        "sequential_1t_videos_per_min": vpm["local_1t"],
+        "ratio": vpm["http"] / vpm["local"],
+        "ratio_1t": vpm["http"] / vpm["local_1t"],
+        "p50_s": statistics.median(latencies),  # over every HTTP request of every round
+        "p95_s": percentile(latencies, 0.95),
+        "busy": median_dict([b["busy"] for b in bursts]),
+        "replicas_per_round": [b["replicas"] for b in bursts],
+    }
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def print_tables(result: dict, threads: int) -> None:
+    names = {"http": "http (replicas, 1 thread each)", "local": f"in-process, {threads} threads", "local_1t": "in-process, 1 thread"}
+    print("(a) latency, one request (median seconds)")
+    print(f"{'preset':<8}{'http_s':>10}{'inproc_s':>10}{'ratio':>8}{'inproc1t_s':>12}{'ratio_1t':>10}")
+    for preset, row in result["latency"].items():
+        print(f"{preset:<8}{row['http_s']:>10.3f}{row['inprocess_s']:>10.3f}{row['ratio']:>8.2f}"
+              f"{row['inprocess_1t_s']:>12.3f}{row['ratio_1t']:>10.2f}")
+    print("    per stage (median seconds; http stages as measured on the replicas)")
+    columns = ("queue", *STAGES, "other", "wall")
+    print(f"    {'preset':<8}{'side':<32}" + "".join(f"{c:>11}" for c in columns))
+    for preset, row in result["latency"].items():
+        for side, stages in row["stages"].items():
+            print(f"    {preset:<8}{names[side]:<32}" + "".join(
+                f"{stages[c]:>11.3f}" if c in stages else f"{'-':>11}" for c in columns))
+    t = result["throughput"]
+    print(f"(b) throughput, {t['requests']} preview requests (median of {t['rounds']} rounds)")
+    print(f"    http at concurrency {t['concurrency']}: {t['http_videos_per_min']:.1f} videos/min "
+          f"(p50 {t['p50_s']:.2f}s, p95 {t['p95_s']:.2f}s per request)")
+    print(f"    sequential in-process, {threads} threads: {t['sequential_videos_per_min']:.1f} videos/min -> ratio {t['ratio']:.2f}")
+    print(f"    sequential in-process, 1 thread: {t['sequential_1t_videos_per_min']:.1f} videos/min -> ratio {t['ratio_1t']:.2f}")
+    print("    stage busy fraction during the burst (span seconds / wall): "
+          + ", ".join(f"{s} {v:.2f}" for s, v in t["busy"].items()))
+    s = result["startup"]
+    print(f"(c) startup: `t2v serve` -> /healthz 200 in {s['healthz_s']:.1f}s, first video in {s['first_video_s']:.1f}s "
+          f"({s['first_request_s']:.1f}s request); Ctrl-C -> exit {s['exit_code']} in {s['stop_s']:.1f}s")
+    print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in result["met"].items()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed latency runs per side and preset (default 3)")
+    parser.add_argument("--requests", type=int, default=16, help="preview requests per throughput run (default 16)")
+    parser.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight (default 8)")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, order alternating (default 2)")
+    parser.add_argument("--prompt", default="a red ball bouncing on a beach, cinematic")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--startup-timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from cluster.default_model import default_model_dir
+    from cluster.launch import deploy, ray_environment
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    base = Settings()
+    if base.model is None:
+        default_model_dir(base.cache_dir)  # built before any timing: startup measures a warm cache
+    threads = torch.get_num_threads()  # torch's default: what `t2v generate` gets
+    work = Path(tempfile.mkdtemp(prefix="t2v-bench-"))
+    ray_dir = f"/tmp/t2v-bench-{os.getpid()}"
+    settings = base.model_copy(update={"serving": base.serving.model_copy(update={
+        "port": free_port(), "output_uri": str(work / "outputs"), "ray_temp_dir": ray_dir,
+        "max_active_jobs": max(32, 2 * args.requests),  # the burst must never meet a 503
+    })})
+    result: dict = {"benchmark": "serve"}
+    ok = False
+    # Whatever Ray or a library prints goes to stderr: stdout carries only the tables and the JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            result["startup"] = bench_startup(settings, work, args.prompt, args.startup_timeout)
+
+            ray_environment()
+            # address="local": always a fresh cluster, never someone else's. 4 logical CPUs so
+            # every deployment (and a second replica where autoscaling wants one) fits on 2 cores.
+            ray.init(address="local", _temp_dir=ray_dir, include_dashboard=False, num_cpus=4,
+                     logging_level="WARNING", log_to_driver=False)
+            torch.set_num_threads(threads)
+            url = deploy(settings)
+            pipeline = Pipeline.from_settings(settings)
+            log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads")
+            with httpx.Client(base_url=url, timeout=600) as http:
+                sides = Sides(settings, pipeline, http, threads)
+                result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
+                result["throughput"] = bench_throughput(
+                    sides, args.prompt, args.seed, args.requests, args.concurrency, args.rounds
+                )
+            ok = True
+        finally:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            ray.shutdown()
+            if ok:
+                shutil.rmtree(ray_dir, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                log(f"failed: logs kept in {ray_dir} and {work}")
+
+    result["goals"] = GOALS
+    result["met"] = {
+        "latency_ratio": result["latency"]["final"]["ratio"] <= GOALS["latency_ratio"],
+        "throughput_ratio": result["throughput"]["ratio"] >= GOALS["throughput_ratio"],
+        "startup_s": result["startup"]["healthz_s"] <= GOALS["startup_s"],
+    }
+    result.update(threads=threads, cpus=os.cpu_count(), repeats=args.repeats)
+    print_tables(result, threads)
+    print(json.dumps(rounded(result)), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The official `openai` SDK, pointed at the server, drives the whole video lifecycle."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+from openai import BadRequestError, OpenAI
+
+from deployments.video import probe_mp4
+
+
+@pytest.fixture(scope="module")
+def sdk(serve_app) -> OpenAI:
+    return OpenAI(base_url=f"{serve_app.url}/v1", api_key="unused-without-keys", max_retries=0)
+
+
+def test_sdk_create_retrieve_list_download_delete(sdk, tmp_path):
+    warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks its videos API deprecated
+    # The SDK posts multipart/form-data, seconds as a string; our extras go in extra_body.
+    video = sdk.videos.create(
+        model="t2v-tiny-wan2.2-a14b", prompt="一只橘猫在草地上奔跑", seconds="1", size="64x64",
+        extra_body={"seed": 5, "steps": 4},
+    )
+    assert video.object == "video" and video.status == "queued" and video.progress == 0
+    while video.status in ("queued", "in_progress"):
+        time.sleep(0.2)
+        video = sdk.videos.retrieve(video.id)
+    assert video.status == "completed" and video.progress == 100
+    assert video.size == "64x64" and video.seconds == "1.0625"  # 17 frames at 16 fps
+
+    listed = [v.id for v in sdk.videos.list(limit=5)]
+    assert video.id in listed
+
+    content = sdk.videos.download_content(video.id)
+    path = tmp_path / "sdk.mp4"
+    content.write_to_file(path)
+    info = probe_mp4(path.read_bytes())
+    assert (info["frames"], info["width"], info["height"]) == (17, 64, 64) and info["metadata"]["seed"] == "5"
+
+    deleted = sdk.videos.delete(video.id)
+    assert deleted.deleted and deleted.id == video.id
+
+
+def test_sdk_sees_field_errors(sdk):
+    with pytest.raises(BadRequestError) as info:
+        sdk.videos.create(model="t2v-tiny-wan2.2-a14b", prompt="x", seconds="12", size="720x1280")
+    error = info.value.body
+    assert error["param"] in ("width", "height", "num_frames") and "between" in error["message"]
