@@ -23,7 +23,7 @@ import torch
 from diffusers import WanPipeline
 
 from cluster.config import Settings
-from cluster.pipeline import Pipeline
+from cluster.pipeline import Pipeline, wan_pipeline_arguments
 from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
 from deployments.decoder import to_uint8
@@ -50,18 +50,7 @@ def run_staged(pipeline: Pipeline, request: GenerationRequest) -> tuple[dict[str
 
 def run_diffusers(pipe: WanPipeline, request: GenerationRequest) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    frames = pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        height=request.height,
-        width=request.width,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        guidance_scale_2=request.guidance_scale_2,
-        generator=torch.Generator().manual_seed(request.seed),
-        output_type="np",
-    ).frames[0]
+    frames = pipe(**wan_pipeline_arguments(request)).frames[0]
     return time.perf_counter() - start, frames
 
 

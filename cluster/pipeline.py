@@ -31,6 +31,25 @@ class GenerationResult:
     steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert
 
 
+def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
+    """`diffusers.WanPipeline.__call__` arguments that make the same video as `Pipeline(request)`
+    (the reference our equivalence test and stage benchmark compare against)."""
+    import torch
+
+    return dict(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        height=request.height,
+        width=request.width,
+        num_frames=request.num_frames,
+        num_inference_steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        guidance_scale_2=request.guidance_scale_2 if two_experts else None,
+        generator=torch.Generator().manual_seed(request.seed),
+        output_type="np",
+    )
+
+
 class Pipeline:
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint

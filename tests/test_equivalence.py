@@ -10,7 +10,7 @@ import torch
 from diffusers import WanPipeline
 
 from cluster.config import Settings
-from cluster.pipeline import Pipeline
+from cluster.pipeline import Pipeline, wan_pipeline_arguments
 from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
@@ -19,18 +19,7 @@ from deployments.denoising import DenoisingState, Scheduler, prepare_latents
 def _diffusers_frames(model_dir, request: GenerationRequest, two_experts: bool) -> np.ndarray:
     pipe = WanPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        height=request.height,
-        width=request.width,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        guidance_scale_2=request.guidance_scale_2 if two_experts else None,
-        generator=torch.Generator().manual_seed(request.seed),
-        output_type="np",
-    ).frames[0]
+    return pipe(**wan_pipeline_arguments(request, two_experts)).frames[0]
 
 
 @pytest.mark.parametrize("checkpoint_fixture, two_experts", [("wan22_dir", True), ("wan21_dir", False)])

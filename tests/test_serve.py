@@ -236,3 +236,21 @@ def test_models_health_and_openapi(http):
         assert path in spec["paths"], path
     create = spec["paths"]["/v1/videos"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(create)
+
+
+def test_generate_command_against_the_server(serve_app, tmp_path):
+    out = tmp_path / "remote.mp4"
+    run = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "generate", "一只橘猫在草地上奔跑", "--url", serve_app.url,
+         "-o", str(out), "--seed", "4", "--steps", "5", "--size", "64x48"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "100/100" in run.stderr and "wrote" in run.stdout
+    info = probe_mp4(out.read_bytes())
+    assert (info["frames"], info["width"], info["height"], info["metadata"]["seed"]) == (17, 64, 48, "4")
+    bad = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "generate", "x", "--url", serve_app.url, "--size", "65x48"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "width" in bad.stderr and "multiple of 16" in bad.stderr
