@@ -112,6 +112,7 @@ class Settings(BaseSettings):
         "final": Preset(height=128, width=128, num_frames=33, num_inference_steps=20),
     }
     limits: Limits = Limits()
+    templates_file: Path = Path(__file__).resolve().parent.parent / "cache" / "templates.yaml"
     serving: ServingSettings = ServingSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
 
@@ -125,6 +126,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown deployment {name!r}; known: {sorted(merged)}")
             merged[name].update(options.model_dump() if isinstance(options, BaseModel) else options)
         return merged
+
+    def templates(self):
+        """The template registry (loaded once per file)."""
+        from cache.templates import load_registry
+
+        return load_registry(str(self.templates_file))
 
     @property
     def output_uri(self) -> str:

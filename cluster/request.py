@@ -12,6 +12,7 @@ import secrets
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cluster.config import Limits, Settings, get_settings
+from cluster.errors import FieldError
 
 MAX_SEED = 2**63 - 1
 
@@ -28,21 +29,34 @@ def _in_range(name: str, value, low, high):
 
 def describe_errors(error: ValidationError) -> list[dict[str, str]]:
     """pydantic's errors as `{field, message}` pairs, for CLI, HTTP and batch rows alike."""
-    return [
-        {
-            "field": ".".join(str(p) for p in e["loc"]) or "request",
-            "message": e["msg"].removeprefix("Value error, "),
-        }
-        for e in error.errors()
-    ]
+    described = []
+    for e in error.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # it knows the field (e.g. a template slot) better than loc
+            described.append({"field": cause.field, "message": cause.message})
+        else:
+            field = ".".join(str(p) for p in e["loc"]) or "request"
+            described.append({"field": field, "message": e["msg"].removeprefix("Value error, ")})
+    return described
+
+
+def _check_prompt(prompt: str, settings: Settings) -> None:
+    if not prompt.strip():
+        raise FieldError("prompt", "prompt must not be blank")
+    limit = settings.limits.max_prompt_chars
+    if len(prompt) > limit:
+        raise FieldError("prompt", f"prompt must be at most {limit} characters, got {len(prompt)}")
 
 
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, description="What the video shows; any language")
+    prompt: str | None = Field(None, min_length=1, description="What the video shows; any language")
     negative_prompt: str | None = Field(None, description="What to steer away from; default from settings")
     preset: str | None = Field(None, description="Named settings bundle, e.g. 'preview' or 'final'")
+    template: str | None = Field(None, description="A template name (GET /v1/templates), instead of a prompt")
+    slots: dict[str, str] | None = Field(None, description="Values of the template's slots")
+    base_prompt: str | None = Field(None, description="Set from the template: what the high-noise phase sees")
     height: int | None = Field(None, description="Pixels, a multiple of 16")
     width: int | None = Field(None, description="Pixels, a multiple of 16")
     num_frames: int | None = Field(None, description="Frames, with num_frames % 4 == 1")
@@ -54,12 +68,26 @@ class GenerationRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str, info: ValidationInfo) -> str:
-        if not v.strip():
-            raise ValueError("prompt must not be blank")
-        limit = _settings(info).limits.max_prompt_chars
-        if len(v) > limit:
-            raise ValueError(f"prompt must be at most {limit} characters, got {len(v)}")
+    def _prompt(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            _check_prompt(v, _settings(info))
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            _settings(info).templates().get(v)  # raises, naming the known ones
+        return v
+
+    @field_validator("slots")
+    @classmethod
+    def _slots(cls, v: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        name = info.data.get("template")
+        if v is not None and name is None:
+            raise ValueError("slots need a template")
+        if name is not None:
+            _settings(info).templates().get(name).fill(v)  # raises, naming the slot
         return v
 
     @field_validator("preset")
@@ -108,6 +136,19 @@ class GenerationRequest(BaseModel):
     def _fill_defaults(self, info: ValidationInfo) -> "GenerationRequest":
         """Resolve every unset field, so the request says exactly what will run."""
         settings = _settings(info)
+        if self.template is not None:
+            if self.prompt is not None:
+                raise FieldError("prompt", "give a prompt or a template, not both")
+            template = settings.templates().get(self.template)
+            self.prompt = template.fill(self.slots)
+            _check_prompt(self.prompt, settings)
+            self.base_prompt = template.base_prompt
+            if self.seed is None:
+                self.seed = template.seed  # variants of one template share the high-noise phase
+        elif self.prompt is None:
+            raise FieldError("prompt", "a prompt (or a template) is required")
+        else:
+            self.base_prompt = None
         self.preset = self.preset or settings.default_preset
         preset = settings.presets[self.preset]
         for name in ("height", "width", "num_frames", "fps", "num_inference_steps"):
