@@ -96,6 +96,7 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
         "T2V_CACHE_DIR": str(settings.cache_dir),  # the default model is built there already
         "T2V_SERVING__OUTPUT_URI": str(work / "serve-outputs"),
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONFAULTHANDLER": "1",
         **({"T2V_MODEL": str(settings.model)} if settings.model else {}),
     }
     env.pop("RAY_ADDRESS", None)
@@ -149,11 +150,16 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
         out["own_cluster"] = os.path.isdir(os.path.join(ray_dir, "session_latest")) or joined_guard
     finally:
         stop = time.perf_counter()
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        # Ctrl-C signals the whole foreground process group; Ray's own processes block SIGINT.
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             out["exit_code"] = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             out["exit_code"] = None
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            log(f"t2v serve ignored SIGINT for 60s; its log ends:\n{log_path.read_text()[-6000:]}")
         out["stop_s"] = time.perf_counter() - stop
         try:
             os.killpg(proc.pid, 0)  # anything left of what it started (raylet, workers)?
@@ -352,6 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
     from cluster.launch import deploy, ray_environment
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Every request computes: with the latent cache on, a repeat (or the other side's run of
+    # the same request) would be a cache hit. Harmless where Settings has no `cache`.
+    os.environ["T2V_CACHE__ENABLED"] = "false"
     base = Settings()
     if base.model is None:
         default_model_dir(base.cache_dir)  # built before any timing: startup measures a warm cache

@@ -18,6 +18,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from cache.keys import result_key
+from cache.store import LatentCache
 from cluster.config import Settings
 from cluster.jobs import JobStore, video_key
 from cluster.request import GenerationRequest
@@ -50,6 +52,9 @@ class JobReporter:
         # Waited for, so the job record is complete before the ingress marks it done.
         self.jobs.stage_done.remote(self.job_id, name, start, end, self.replica).result()
 
+    def cache(self, level: str, hit: bool | None) -> None:
+        self.jobs.cache_used.remote(self.job_id, level, hit).result()
+
     def step(self, _index: int) -> None:
         # Progress goes out without waiting; the previous step's answer (long back by now)
         # raises JobCancelled, so a cancellation stops the phase within two steps.
@@ -69,12 +74,18 @@ class JobStoreDeployment(JobStore):
 @serve.deployment(name="TextEncoder")
 class TextEncoderDeployment:
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        self.encoder = TextEncoder(Checkpoint.from_settings(settings))
+        self.encoder = TextEncoder(Checkpoint.from_settings(settings), LatentCache.from_settings(settings))
         self.jobs = jobs
 
-    def encode(self, job_id: str, request: GenerationRequest) -> PromptEmbeddings:
-        with JobReporter(self.jobs, job_id).stage("encode"):
-            return self.encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
+    def encode(self, job_id: str, request: GenerationRequest, base_prompt: bool = False) -> PromptEmbeddings:
+        """The request's prompt, or (for a template's high-noise phase) its base prompt."""
+        reporter = JobReporter(self.jobs, job_id)
+        with reporter.stage("encode_base" if base_prompt else "encode"):
+            text = request.base_prompt if base_prompt else request.prompt
+            embeddings = self.encoder(text, request.negative_prompt, request.classifier_free_guidance)
+        if not base_prompt:
+            reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache else None)
+        return embeddings
 
 
 @serve.deployment
@@ -83,6 +94,7 @@ class ExpertDeployment:
 
     def __init__(self, settings: Settings, expert: str, jobs: DeploymentHandle):
         self.expert = Expert(Checkpoint.from_settings(settings), expert)
+        self.cache = LatentCache.from_settings(settings) if expert == HIGH_NOISE else None
         self.stage = "high_noise" if expert == HIGH_NOISE else "low_noise"
         self.jobs = jobs
 
@@ -91,14 +103,20 @@ class ExpertDeployment:
     ) -> DenoisingState:
         reporter = JobReporter(self.jobs, job_id)
         with reporter.stage(self.stage):
-            return self.expert.phase(request, embeddings, state, on_step=reporter.step)
+            if self.expert.name != HIGH_NOISE:
+                return self.expert.phase(request, embeddings, state, on_step=reporter.step)
+            state, hit = self.expert.shared_phase(request, embeddings, self.cache, on_step=reporter.step)
+        reporter.cache("boundary", hit)
+        return state
 
 
 @serve.deployment(name="Decoder")
 class DecoderDeployment:
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        self.decoder = Decoder(Checkpoint.from_settings(settings))
+        self.checkpoint = Checkpoint.from_settings(settings)
+        self.decoder = Decoder(self.checkpoint)
         self.store = OutputStore(settings.output_uri)
+        self.cache = LatentCache.from_settings(settings)
         self.jobs = jobs
 
     def decode(self, job_id: str, request: GenerationRequest, state: DenoisingState) -> dict:
@@ -108,6 +126,8 @@ class DecoderDeployment:
             start = time.time()
             video = self.decoder.video(request, state.latents)
             self.store.write(video_key(job_id), video.mp4)
+            if self.cache is not None and request.cache:  # the next identical request gets it as is
+                self.cache.put("result", result_key(self.checkpoint, request), video.mp4)
         decoded = start + video.timings["decode"]
         reporter.span("mp4", decoded, time.time())
         return {"key": video_key(job_id), "bytes": len(video.mp4), "frames": int(video.frames.shape[0])}

@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`, `t2v cache`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from cluster.config import Settings
 app = typer.Typer(help="t2v-cluster: text to video with a Wan2.2-style MoE model.", no_args_is_help=True)
 model_app = typer.Typer(help="Manage model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+cache_app = typer.Typer(help="Inspect or clear the latent cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 
 def _settings(model: Optional[Path]) -> Settings:
@@ -77,9 +79,10 @@ def _generate_local(settings: Settings, fields: dict, size: Optional[str], outpu
     pipeline = Pipeline.from_settings(settings)
     with tqdm(total=request.num_inference_steps, unit="step", desc="denoising") as bar:
         result = pipeline(request, on_step=lambda _: bar.update())
+        bar.update(bar.total - bar.n)  # all done, also when the result cache answered
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(result.mp4)
-    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()) or "from the result cache"
     typer.echo(
         f"wrote {output} ({request.width}x{request.height}, {request.num_frames} frames @ {request.fps} fps, "
         f"seed {request.seed}, model {result.model_id}): {stages}"
@@ -153,6 +156,35 @@ def serve(
             ray.shutdown()
         else:  # a cluster we joined keeps running; only our app goes
             ray_serve.delete(APP_NAME)
+
+
+@cache_app.command("stats")
+def cache_stats() -> None:
+    """Hits, misses, evictions, corrupt entries, entries and bytes per cache level."""
+    from cache.store import LatentCache
+
+    cache = LatentCache.from_settings(Settings())
+    if cache is None:
+        typer.echo("the cache is disabled (T2V_CACHE__ENABLED=false)")
+        return
+    typer.echo(f"cache at {cache.directory}")
+    typer.echo(f"{'level':<11}{'hits':>8}{'misses':>8}{'evicted':>9}{'corrupt':>9}{'entries':>9}{'MiB':>10}{'limit MiB':>11}")
+    for level, s in cache.stats().items():
+        typer.echo(
+            f"{level:<11}{s['hits']:>8}{s['misses']:>8}{s['evictions']:>9}{s['corrupt']:>9}{s['entries']:>9}"
+            f"{s['bytes'] / 2**20:>10.1f}{s['size_limit'] / 2**20:>11.0f}"
+        )
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Drop every cached entry and counter (the model cache stays)."""
+    from cache.store import LatentCache
+
+    cache = LatentCache.from_settings(Settings())
+    if cache is not None:
+        cache.clear()
+        typer.echo(f"cleared {cache.directory}")
 
 
 @model_app.command("init")

@@ -30,9 +30,10 @@ class T2VClient:
             raise T2VError(response.status_code, body)
         return response
 
-    def create(self, prompt: str, **fields) -> dict:
-        """Queue a job: returns its record (status "queued")."""
-        return self._call("POST", "/v1/videos", json={"prompt": prompt, **fields}).json()
+    def create(self, prompt: str | None, **fields) -> dict:
+        """Queue a job (a prompt, or template= and slots=): returns its record."""
+        body = {**({"prompt": prompt} if prompt is not None else {}), **fields}
+        return self._call("POST", "/v1/videos", json=body).json()
 
     def retrieve(self, video_id: str) -> dict:
         return self._call("GET", f"/v1/videos/{video_id}").json()

@@ -76,6 +76,18 @@ def _default_deployments() -> dict[str, DeploymentSettings]:
     }
 
 
+class CacheSettings(BaseModel):
+    """The latent cache (cache/): text embeddings, boundary latents, finished results."""
+
+    enabled: bool = True
+    directory: Path | None = None  # default: <cache_dir>/latents, shared by a node's replicas
+    embeddings_bytes: int = 256 * 2**20
+    boundary_bytes: int = 4 * 2**30
+    result_bytes: int = 4 * 2**30
+    memory_embeddings: int = 512  # per-replica LRU in front of the shared store
+    lock_seconds: float = 600  # a computation's lock expires after this (its replica died)
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -114,6 +126,7 @@ class Settings(BaseSettings):
     limits: Limits = Limits()
     templates_file: Path = Path(__file__).resolve().parent.parent / "cache" / "templates.yaml"
     serving: ServingSettings = ServingSettings()
+    cache: CacheSettings = CacheSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
 
     @field_validator("deployments", mode="before")

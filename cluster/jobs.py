@@ -67,6 +67,7 @@ class Job(BaseModel):
     steps_total: int
     timings: dict[str, float] = {}  # seconds per stage, plus queue wait
     trace: list[StageSpan] = []
+    cache: dict[str, bool | None] = {}  # cache level -> hit; None: the level did not apply
     started_at: float | None = None
     created: float  # precise creation time, for the queue wait and ordering
 
@@ -165,6 +166,13 @@ class JobStore:
             if job is not None:
                 job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
                 job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
+                self._save(job)
+
+    def cache_used(self, job_id: str, level: str, hit: bool | None) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.cache[level] = hit
                 self._save(job)
 
     def complete(self, job_id: str) -> Job | None:

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from cache.keys import result_key
+from cache.store import LatentCache
 from cluster.config import Settings
 from cluster.request import GenerationRequest
 from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint
@@ -25,10 +27,11 @@ from deployments.text_encoder import TextEncoder
 class GenerationResult:
     request: GenerationRequest
     model_id: str
-    frames: np.ndarray  # uint8 (T, H, W, 3)
+    frames: np.ndarray | None  # uint8 (T, H, W, 3); None when the mp4 came from the result cache
     mp4: bytes
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert
+    cache: dict[str, bool | None] = field(default_factory=dict)  # level -> hit (None: not used)
 
 
 def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
@@ -51,9 +54,10 @@ def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True)
 
 
 class Pipeline:
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, cache: LatentCache | None = None):
         self.checkpoint = checkpoint
-        self.text_encoder = TextEncoder(checkpoint)
+        self.cache = cache
+        self.text_encoder = TextEncoder(checkpoint, cache)
         self.high_noise_expert = Expert(checkpoint, HIGH_NOISE)
         self.low_noise_expert = Expert(checkpoint, LOW_NOISE) if checkpoint.has_low_noise_expert else None
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
@@ -61,7 +65,7 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
-        return cls(Checkpoint.from_settings(settings))
+        return cls(Checkpoint.from_settings(settings), LatentCache.from_settings(settings))
 
     @property
     def model_id(self) -> str:
@@ -69,8 +73,9 @@ class Pipeline:
 
     def denoise(
         self, request: GenerationRequest, on_step: Callable[[int], None] | None = None
-    ) -> tuple[DenoisingState, dict[str, float]]:
-        """Encode the prompt and run both expert phases: the final latent and stage timings."""
+    ) -> tuple[DenoisingState, dict[str, float], dict[str, bool | None]]:
+        """Encode the prompt and run both expert phases: the final latent, stage timings
+        and which cache levels hit."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -80,28 +85,42 @@ class Pipeline:
             timings[stage] = now - clock
             clock = now
 
-        # 1. Encode the prompt (and the negative prompt, for classifier-free guidance)
-        embeddings = self.text_encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
+        # 1. Encode the prompt (and the negative prompt, for classifier-free guidance);
+        #    a template request's high-noise phase sees its base prompt instead.
+        guidance = request.classifier_free_guidance
+        embeddings = self.text_encoder(request.prompt, request.negative_prompt, guidance)
+        high_embeddings = embeddings
+        if request.template_mode:
+            high_embeddings = self.text_encoder(request.base_prompt, request.negative_prompt, guidance)
         lap("encode")
-        # 2. High-noise phase: timesteps, initial noise, then layout and motion
-        #    (every step on a Wan2.1-style checkpoint)
-        state = self.high_noise_expert.phase(request, embeddings, on_step=on_step)
+        # 2. High-noise phase: timesteps, initial noise, then layout and motion (every step
+        #    on a Wan2.1-style checkpoint); shared by a template's requests through the cache
+        state, boundary_hit = self.high_noise_expert.shared_phase(request, high_embeddings, self.cache, on_step)
         lap("high_noise")
         # 3. Low-noise phase: detail, continuing from the handed-over latent and scheduler state
         if self.low_noise_expert is not None:
             state = self.low_noise_expert.phase(request, embeddings, state, on_step=on_step)
         lap("low_noise")
-        return state, timings
+        return state, timings, {"embeddings": embeddings.cache_hit, "boundary": boundary_hit}
 
     def generate_frames(self, request: GenerationRequest) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
-        state, _ = self.denoise(request)
+        state, _, _ = self.denoise(request)
         return self.decoder(state.latents)
 
     def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
-        state, timings = self.denoise(request, on_step)
+        # 0. An identical request already made: its mp4, no compute
+        key = result_key(self.checkpoint, request) if self.cache is not None and request.cache else None
+        if key is not None and (mp4 := self.cache.get("result", key)) is not None:
+            return GenerationResult(request, self.model_id, None, mp4, cache={"result": True})
+        state, timings, hits = self.denoise(request, on_step)
         # 4. Decode, and write the mp4 marked as AI-generated
         video = self.decoder.video(request, state.latents)
+        if key is not None:
+            self.cache.put("result", key, video.mp4)
         plan = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
         steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps)}
-        return GenerationResult(request, self.model_id, video.frames, video.mp4, {**timings, **video.timings}, steps)
+        return GenerationResult(
+            request, self.model_id, video.frames, video.mp4, {**timings, **video.timings}, steps,
+            {**hits, "result": False if key is not None else None},
+        )

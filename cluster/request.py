@@ -65,6 +65,7 @@ class GenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, description="CFG scale of the high-noise expert")
     guidance_scale_2: float | None = Field(None, description="CFG scale of the low-noise expert")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when unset")
+    cache: bool = Field(True, description="Use the latent cache (and, for templates, the shared high-noise phase)")
 
     @field_validator("prompt")
     @classmethod
@@ -163,6 +164,11 @@ class GenerationRequest(BaseModel):
         if self.seed is None:
             self.seed = secrets.randbelow(2**31)
         return self
+
+    @property
+    def template_mode(self) -> bool:
+        """The high-noise phase runs on the template's base prompt, shared through the cache."""
+        return self.base_prompt is not None and self.cache
 
     @property
     def classifier_free_guidance(self) -> bool:

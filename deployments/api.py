@@ -42,7 +42,10 @@ class VideoCreateBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    prompt: str = Field(description="What the video shows, in any language")
+    prompt: str | None = Field(None, description="What the video shows, in any language")
+    template: str | None = Field(None, description="A template from GET /v1/templates, instead of a prompt")
+    slots: dict[str, str] | None = Field(None, description="The template's slot values")
+    cache: bool = Field(True, description="Use the latent cache")
     model: str | None = Field(None, description="Model id from GET /v1/models; default: the served model")
     size: str | None = Field(None, description="WxH in pixels, e.g. 128x128", examples=["128x128"])
     seconds: float | None = Field(None, gt=0, description="Duration; frames = seconds * fps rounded to 4k+1")

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from cache.keys import boundary_key
+from cache.store import LatentCache
 from cluster.request import GenerationRequest
 from deployments.checkpoint import HIGH_NOISE, Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
@@ -44,6 +46,25 @@ class Expert:
         if state is None:
             raise ValueError(f"{self.name}: the low-noise phase needs the high-noise phase's state")
         return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
+
+    def shared_phase(
+        self,
+        request: GenerationRequest,
+        embeddings: PromptEmbeddings,
+        cache: LatentCache | None,
+        on_step: StepCallback | None = None,
+    ) -> tuple[DenoisingState, bool | None]:
+        """The high-noise phase of a template request: computed once per base prompt and
+        settings (by one replica, while the others wait), then read from the cache.
+        Returns (state, hit); hit is None when the request does not share its phase."""
+        if cache is None or not request.template_mode:
+            return self.phase(request, embeddings, on_step=on_step), None
+        key = boundary_key(self.checkpoint, request)
+        state, hit = cache.get_or_compute("boundary", key, lambda: self.phase(request, embeddings, on_step=on_step))
+        if hit and on_step is not None:
+            for i in range(state.step):  # the steps count as done: progress stays true
+                on_step(i)
+        return state, hit
 
     @torch.no_grad()
     def __call__(

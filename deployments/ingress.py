@@ -22,6 +22,8 @@ from cluster.config import Settings
 from cluster.jobs import Job, JobCancelled, QueueFull, valid_job_id, video_key
 from cluster.request import GenerationRequest
 from cluster.storage import OutputStore
+from cache.keys import result_key
+from cache.store import LatentCache
 from deployments.api import ApiError, VideoCreateBody, parse_create_body
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import Scheduler
@@ -58,7 +60,16 @@ async def _read_body(request: Request) -> Any:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        body: dict[str, Any] = {}
+        for key, value in form.items():
+            if not isinstance(value, str):
+                continue
+            name, _, sub = key.partition("[")  # the openai SDK sends a dict as slots[product]=...
+            if sub.endswith("]"):
+                body.setdefault(name, {})[sub[:-1]] = value
+            else:
+                body[key] = value
+        return body
     try:
         return await request.json()
     except ValueError:
@@ -99,11 +110,11 @@ class Ingress:
         self.settings = settings
         self.jobs, self.text_encoder, self.decoder = jobs, text_encoder, decoder
         self.high_noise_expert, self.low_noise_expert = high_noise_expert, low_noise_expert
-        checkpoint = Checkpoint.from_settings(settings)  # configs only: the ingress holds no weights
-        self.model_id = checkpoint.model_id
-        self.boundary_ratio = checkpoint.boundary_ratio
-        self.scheduler = Scheduler.from_checkpoint(checkpoint)
+        self.checkpoint = Checkpoint.from_settings(settings)  # configs only: the ingress holds no weights
+        self.model_id = self.checkpoint.model_id
+        self.scheduler = Scheduler.from_checkpoint(self.checkpoint)
         self.store = OutputStore(settings.output_uri)
+        self.cache = LatentCache.from_settings(settings)
         self._tasks: set[asyncio.Task] = set()
 
     # -- creating and running jobs ------------------------------------------------------
@@ -111,26 +122,29 @@ class Ingress:
     @api.post("/v1/videos", status_code=202, openapi_extra=_CREATE_BODY, summary="Create a video job")
     async def create_video(self, request: Request) -> JSONResponse:
         job, generation = await self._accept(request)
-        task = asyncio.create_task(self._generate(job.id, generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if job.active:  # not answered from the result cache
+            task = asyncio.create_task(self._generate(job.id, generation))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return JSONResponse(self._public(job), status_code=202)
 
     @api.post("/v1/videos/sync", openapi_extra=_CREATE_BODY, summary="Generate a video and return the mp4",
               response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
     async def create_video_sync(self, request: Request) -> Response:
         job, generation = await self._accept(request)
-        job = await self._generate(job.id, generation)
+        if job.active:
+            job = await self._generate(job.id, generation)
         if job.status != "completed":
             raise ApiError(500 if job.status == "failed" else 409, job.error.message if job.error else job.status,
                            code=job.error.code if job.error else job.status)
         return Response(self.store.read(video_key(job.id)), media_type="video/mp4", headers={"X-Video-Id": job.id})
 
     async def _accept(self, request: Request) -> tuple[Job, GenerationRequest]:
-        """Validate the body and record the job; 400 names the bad field, 503 when full."""
+        """Validate the body and record the job; 400 names the bad field, 503 when full.
+        An identical earlier request's mp4 completes the job at once (result cache)."""
         body = parse_create_body(await _read_body(request))
         generation = body.to_request(self.settings, self.model_id)
-        steps = self.scheduler.plan(generation.num_inference_steps, self.boundary_ratio).num_steps
+        steps = self.scheduler.plan(generation.num_inference_steps, self.checkpoint.boundary_ratio).num_steps
         try:
             job = await self.jobs.create.remote(
                 generation, self.model_id, steps, self.settings.serving.max_active_jobs
@@ -138,15 +152,26 @@ class Ingress:
         except QueueFull as full:
             retry = str(self.settings.serving.retry_after_seconds)
             raise ApiError(503, f"server busy: {full}", code="queue_full", headers={"Retry-After": retry})
+        if self.cache is not None and generation.cache:
+            mp4 = self.cache.get("result", result_key(self.checkpoint, generation))
+            await self.jobs.cache_used.remote(job.id, "result", mp4 is not None)
+            if mp4 is not None:
+                self.store.write(video_key(job.id), mp4)
+                job = await self.jobs.complete.remote(job.id)
         return job, generation
 
     async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
         """Run one job through the stages; ends completed, failed or cancelled."""
         try:
-            # 1. Encode the prompt (and the negative prompt)
+            # 1. Encode the prompt (and the negative prompt); a template request's
+            #    high-noise phase sees its base prompt
             embeddings = self.text_encoder.encode.remote(job_id, request)
-            # 2. High-noise phase: initial noise, layout and motion
-            state = self.high_noise_expert.denoise.remote(job_id, request, embeddings)
+            high_embeddings = embeddings
+            if request.template_mode:
+                high_embeddings = self.text_encoder.encode.remote(job_id, request, base_prompt=True)
+            # 2. High-noise phase: initial noise, layout and motion (shared by a template's
+            #    requests: computed once, then read from the cache)
+            state = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
             # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
             if self.low_noise_expert is not None:
                 state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, state)
@@ -203,6 +228,10 @@ class Ingress:
             return {"id": video_id, "object": "video.deleted", "deleted": False, "status": job.status}
         deleted = await self.jobs.delete.remote(video_id)
         return {"id": video_id, "object": "video.deleted", "deleted": deleted}
+
+    @api.get("/v1/templates", summary="Prompt templates")
+    async def list_templates(self) -> dict:
+        return {"object": "list", "data": self.settings.templates().public()}
 
     @api.get("/v1/models", summary="Models served")
     async def list_models(self) -> dict:

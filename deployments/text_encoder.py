@@ -7,31 +7,37 @@ from dataclasses import dataclass
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
+from cache.keys import embedding_key
+from cache.store import LatentCache, MemoryLRU
 from deployments.checkpoint import Checkpoint
 
 
 @dataclass
 class PromptEmbeddings:
-    prompt: torch.Tensor  # (B, max_sequence_length, text_dim), zero-padded past each prompt's length
+    prompt: torch.Tensor  # (1, max_sequence_length, text_dim), zero-padded past the prompt's length
     negative: torch.Tensor | None  # None when classifier-free guidance is off
+    cache_hit: bool = False  # every text came from the cache
 
 
 class TextEncoder:
-    def __init__(self, checkpoint: Checkpoint):
+    def __init__(self, checkpoint: Checkpoint, cache: LatentCache | None = None):
+        self.checkpoint = checkpoint
         self.tokenizer = checkpoint.tokenizer()
         self.model = checkpoint.text_encoder()
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype  # the experts' dtype: embeddings are their input
         self.max_sequence_length = checkpoint.settings.max_sequence_length
+        self.cache = cache
+        self.memory = MemoryLRU(checkpoint.settings.cache.memory_embeddings)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
 
     @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """As diffusers' `WanPipeline._get_t5_prompt_embeds`, so both give identical embeddings."""
+    def embed(self, text: str) -> torch.Tensor:
+        """As diffusers' `WanPipeline._get_t5_prompt_embeds`, one text per forward as it does."""
         inputs = self.tokenizer(
-            [prompt_clean(t) for t in texts],
+            [prompt_clean(text)],
             padding="max_length",
             max_length=self.max_sequence_length,
             truncation=True,
@@ -44,8 +50,21 @@ class TextEncoder:
         # Padding positions still carry encoder output; Wan was trained with them zeroed.
         return (hidden * mask.unsqueeze(-1)).to(self.dtype).cpu()
 
+    def embed_cached(self, text: str) -> tuple[torch.Tensor, bool]:
+        """Per-replica memory, then the node's shared store, then the model."""
+        if self.cache is None:
+            return self.embed(text), False
+        key = embedding_key(self.checkpoint, text)
+        embedding = self.memory.get(key)
+        if embedding is not None:
+            return embedding, True
+        embedding, hit = self.cache.get_or_compute("embeddings", key, lambda: self.embed(text))
+        self.memory.put(key, embedding)
+        return embedding, hit
+
     def __call__(self, prompt: str, negative_prompt: str = "", guidance: bool = True) -> PromptEmbeddings:
+        positive, hit = self.embed_cached(prompt)
         if not guidance:
-            return PromptEmbeddings(self.embed([prompt]), None)
-        both = self.embed([prompt, negative_prompt])  # one forward for both halves of CFG
-        return PromptEmbeddings(both[:1], both[1:])
+            return PromptEmbeddings(positive, None, hit)
+        negative, negative_hit = self.embed_cached(negative_prompt)
+        return PromptEmbeddings(positive, negative, hit and negative_hit)

@@ -11,6 +11,12 @@ import pytest
 from deployments.video import probe_mp4
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path, monkeypatch):
+    """Each test its own model/latent cache: a result cached by an earlier run would hide the work."""
+    monkeypatch.setenv("T2V_CACHE_DIR", str(tmp_path / "t2v-cache"))
+
+
 def _t2v(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=600,

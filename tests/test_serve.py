@@ -87,7 +87,8 @@ def test_sync_equals_in_process_pipeline(serve_app, http, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "generate", body["prompt"], "-o", str(local), "--seed", "21",
          "--size", "96x64", "--frames", "9", "--steps", "6", "--model", str(serve_app.model_dir)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "T2V_CACHE__ENABLED": "false"}, capture_output=True, text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     served, expected = _frames(response.content), _frames(local.read_bytes())
@@ -134,7 +135,11 @@ def test_cancel_in_flight_then_delete(http):
         ({"prompt": "x", "colour": "red"}, "colour", "Extra inputs"),
         ({"prompt": "x", "model": "sora-2"}, "model", "unknown model"),
         ({"prompt": "x", "seed": "abc"}, "seed", "valid integer"),
-        ({"size": "64x64"}, "prompt", "Field required"),
+        ({"size": "64x64"}, "prompt", "a prompt (or a template) is required"),
+        ({"template": "nope"}, "template", "unknown template 'nope'"),
+        ({"template": "product_showcase"}, "slots.product", "required by template"),
+        ({"template": "scene", "slots": {"subject": "a dog", "mood": "sad"}}, "slots.mood", "not a slot"),
+        ({"prompt": "x", "template": "scene", "slots": {"subject": "a dog"}}, "prompt", "not both"),
         ({"prompt": "x", "seconds": 1, "num_frames": 17}, "seconds", "not both"),
     ],
 )
@@ -254,3 +259,37 @@ def test_generate_command_against_the_server(serve_app, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "width" in bad.stderr and "multiple of 16" in bad.stderr
+
+
+def test_template_requests_share_the_high_noise_phase(serve_app, client):
+    """Through the app, across replicas: one computes the boundary latent, the other reads it."""
+    from cache.store import LatentCache
+
+    cache = LatentCache.from_settings(serve_app.settings)
+    before = cache.stats()["boundary"]
+    bodies = [{"template": "pet_portrait", "slots": {"animal": animal}, "steps": 8} for animal in ("cat", "dog")]
+    ids = [client.create(None, **body)["id"] for body in bodies]  # together: one computes, one waits
+    jobs = [client.wait(i) for i in ids]
+    assert [j["status"] for j in jobs] == ["completed", "completed"]
+    assert sorted(j["cache"]["boundary"] for j in jobs) == [False, True]
+    after = cache.stats()["boundary"]
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
+    assert {j["prompt"] for j in jobs} == {"a ginger cat playing in a sunny garden", "a ginger dog playing in a sunny garden"}
+    assert all(j["steps_done"] == j["steps_total"] == 8 for j in jobs)
+    assert client.content(ids[0]) != client.content(ids[1])
+
+
+def test_identical_request_is_answered_from_the_result_cache(client):
+    body = {"seed": 31, "steps": 4, "size": "64x48"}
+    first = client.wait(client.create("a paper boat on a lake", **body)["id"])
+    assert first["cache"]["result"] is False
+    repeat = client.create("a paper boat on a lake", **body)
+    assert repeat["status"] == "completed" and repeat["cache"]["result"] is True  # in the 202 itself
+    assert client.content(repeat["id"]) == client.content(first["id"])
+    assert client.create("a paper boat on a lake", **body, cache=False)["status"] == "queued"
+
+
+def test_templates_endpoint(http):
+    templates = {t["name"]: t for t in http.get("/v1/templates").json()["data"]}
+    assert templates["product_showcase"]["text"] == "product showcase: {product} on {surface}, {lighting}"
+    assert templates["product_showcase"]["slots"]["surface"]["default"] == "a marble table"

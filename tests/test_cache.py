@@ -1,0 +1,207 @@
+"""The latent cache: templates, the three levels, integrity, single flight and eviction."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cache.store import LatentCache
+from cache.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
+from cluster.config import CacheSettings, Settings
+from cluster.pipeline import Pipeline
+from cluster.request import GenerationRequest
+from deployments.checkpoint import Checkpoint
+
+LIMITS = {"embeddings": 2**24, "boundary": 2**26, "result": 2**24}
+
+
+@pytest.fixture
+def settings(wan22_dir, tmp_path) -> Settings:
+    return Settings(model=wan22_dir, cache_dir=tmp_path / "t2v")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(wan22_dir) -> Checkpoint:
+    return Checkpoint(wan22_dir, Settings(model=wan22_dir))
+
+
+def _pipeline(checkpoint: Checkpoint, directory) -> Pipeline:
+    return Pipeline(checkpoint, LatentCache(directory, LIMITS))
+
+
+def _template(settings, product: str, **fields) -> GenerationRequest:
+    return GenerationRequest.build(settings, template="product_showcase", slots={"product": product},
+                                   num_inference_steps=6, **fields)
+
+
+# -- templates ----------------------------------------------------------------------------
+
+
+def test_registry_fills_templates_and_base_prompts():
+    registry = TemplateRegistry.from_yaml(DEFAULT_TEMPLATES)
+    showcase = registry.get("product_showcase")
+    assert showcase.fill({"product": "red sneakers", "surface": "sand"}) == (
+        "product showcase: red sneakers on sand, soft studio lighting"
+    )
+    assert showcase.base_prompt == "product showcase: a product on a table, soft light"
+    assert {t["name"] for t in registry.public()} == {"product_showcase", "scene", "pet_portrait"}
+    with pytest.raises(ValueError, match="text names"):
+        Template(name="bad", text="{a} and {b}", slots={"a": {"base": "x"}})
+
+
+def test_template_request_takes_template_seed_and_base_prompt(settings):
+    request = _template(settings, "a lamp")
+    assert request.prompt.startswith("product showcase: a lamp on")
+    assert request.base_prompt == "product showcase: a product on a table, soft light"
+    assert request.seed == 1234 and request.template_mode
+    assert not GenerationRequest.build(settings, template="scene", slots={"subject": "a dog"}, cache=False).template_mode
+
+
+# -- the levels through the in-process pipeline -------------------------------------------
+
+
+def test_template_hit_equals_a_fresh_template_mode_run(settings, checkpoint, tmp_path):
+    warm = _pipeline(checkpoint, tmp_path / "warm")
+    first = warm(_template(settings, "red sneakers"))
+    assert first.cache["boundary"] is False
+    hit = warm(_template(settings, "a teapot"))
+    assert hit.cache["boundary"] is True
+    fresh = _pipeline(checkpoint, tmp_path / "fresh")(_template(settings, "a teapot"))
+    assert fresh.cache["boundary"] is False
+    assert np.array_equal(hit.frames, fresh.frames)
+    # Same template, other product: the detail phase really used the full prompt.
+    assert not np.array_equal(hit.frames, first.frames)
+
+
+def test_exact_repeat_returns_the_identical_mp4(settings, checkpoint, tmp_path):
+    pipeline = _pipeline(checkpoint, tmp_path / "c")
+    request = GenerationRequest.build(settings, prompt="a kite over the sea", seed=9, num_inference_steps=4)
+    first = pipeline(request)
+    again = pipeline(request)
+    assert first.cache["result"] is False and again.cache == {"result": True}
+    assert again.mp4 == first.mp4 and again.frames is None
+    other_seed = pipeline(request.model_copy(update={"seed": 10}))
+    assert other_seed.cache["result"] is False and other_seed.mp4 != first.mp4
+    assert pipeline.cache.stats()["result"]["hits"] == 1
+
+
+def test_corrupt_entries_are_detected_dropped_and_recomputed(settings, checkpoint, tmp_path):
+    pipeline = _pipeline(checkpoint, tmp_path / "c")
+    request = _template(settings, "a chair", cache=True)
+    expected = pipeline(request).frames
+    for f in (tmp_path / "c" / "boundary").rglob("*.val"):  # large values live in files
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncate
+    again = pipeline(request.model_copy(update={"fps": 8}))  # not a result hit: the mp4 differs by fps
+    stats = pipeline.cache.stats()["boundary"]
+    assert again.cache["boundary"] is False, "a truncated entry was served"
+    assert stats["corrupt"] == 1
+    assert np.array_equal(again.frames, expected)
+
+
+def test_bit_flip_in_a_small_entry_is_caught(tmp_path):
+    cache = LatentCache(tmp_path, LIMITS)
+    cache.put("embeddings", "k", torch.ones(4))
+    raw = bytearray(cache.levels["embeddings"].get("k"))
+    raw[-1] ^= 0xFF
+    cache.levels["embeddings"].set("k", bytes(raw))
+    assert cache.get("embeddings", "k") is None
+    assert cache.stats()["embeddings"]["corrupt"] == 1 and "k" not in cache.levels["embeddings"]
+
+
+# -- single flight and eviction -------------------------------------------------------------
+
+
+def _compute_in_process(directory: str, log: str) -> None:
+    cache = LatentCache(directory, LIMITS)
+
+    def slow():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.5)
+        return torch.arange(10)
+
+    value, _ = cache.get_or_compute("boundary", "shared", slow)
+    assert torch.equal(value, torch.arange(10))
+
+
+def test_concurrent_requests_compute_once_across_processes(tmp_path):
+    log = tmp_path / "computed.log"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_compute_in_process, args=(str(tmp_path / "c"), str(log))) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert len(log.read_text().splitlines()) == 1
+    stats = LatentCache(tmp_path / "c", LIMITS).stats()["boundary"]
+    assert (stats["misses"], stats["hits"]) == (1, 2)
+
+
+def test_a_failed_computation_leaves_no_entry_and_frees_the_key(tmp_path):
+    cache = LatentCache(tmp_path, LIMITS, lock_seconds=30)
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute("boundary", "k", lambda: (_ for _ in ()).throw(RuntimeError("cancelled")))
+    assert cache.get("boundary", "k") is None
+    value, hit = cache.get_or_compute("boundary", "k", lambda: 7)  # not blocked by a stale lock
+    assert (value, hit) == (7, False)
+
+
+def test_threads_of_one_replica_compute_once(tmp_path):
+    cache = LatentCache(tmp_path, LIMITS)
+    calls = []
+    results = []
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.5)
+        return "latent"
+
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("boundary", "x", compute)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(hit for _, hit in results) == [False, True, True, True]
+
+
+def test_eviction_respects_the_size_limit(tmp_path):
+    limit = 2_000_000
+    cache = LatentCache(tmp_path, {**LIMITS, "result": limit})
+    blob = os.urandom(50_000)
+    for i in range(80):
+        cache.put("result", f"video-{i}", blob + bytes([i]))
+        cache.get("result", "video-0")  # kept warm: least recently *used* goes first
+        assert cache.levels["result"].volume() <= limit
+    stats = cache.stats()["result"]
+    assert stats["evictions"] >= 40 and stats["entries"] == 80 - stats["evictions"]
+    assert cache.get("result", "video-79") is not None and cache.get("result", "video-0") is not None
+    assert cache.get("result", "video-1") is None
+
+
+def test_cache_cli_stats_and_clear(tmp_path, wan22_dir):
+    env = {**os.environ, "T2V_CACHE_DIR": str(tmp_path)}
+    cache = LatentCache.from_settings(Settings(cache_dir=tmp_path))
+    cache.put("result", "k", b"x" * 100)
+    cache.get("result", "k")
+    run = subprocess.run([sys.executable, "-m", "cluster.cli", "cache", "stats"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    row = next(line for line in run.stdout.splitlines() if line.startswith("result")).split()
+    assert row[1:3] == ["1", "0"] and row[5] == "1"  # one hit, no miss, one entry
+    run = subprocess.run([sys.executable, "-m", "cluster.cli", "cache", "clear"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and cache.get("result", "k") is None
+
+
+def test_disabled_cache_is_none(tmp_path):
+    assert LatentCache.from_settings(Settings(cache_dir=tmp_path, cache=CacheSettings(enabled=False))) is None
