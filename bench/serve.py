@@ -65,6 +65,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def cpu_busy(seconds: float = 5.0) -> float | None:
+    """Cores busy machine-wide over `seconds` (from /proc/stat): what else is running."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split()[1:9]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+
+    try:
+        total, idle = sample()
+        time.sleep(seconds)
+        total2, idle2 = sample()
+    except OSError:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle2 - idle) / max(total2 - total, 1))
+
+
 def median_dict(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
@@ -337,6 +352,8 @@ def print_tables(result: dict, threads: int) -> None:
     s = result["startup"]
     print(f"(c) startup: `t2v serve` -> /healthz 200 in {s['healthz_s']:.1f}s, first video in {s['first_video_s']:.1f}s "
           f"({s['first_request_s']:.1f}s request); Ctrl-C -> exit {s['exit_code']} in {s['stop_s']:.1f}s")
+    b = {k: "n/a" if v is None else f"{v:.2f}" for k, v in result["busy_cores"].items()}
+    print(f"machine: {result['cpus']} cores; busy cores before the run {b['before']}, with the Serve app idle {b['serve_idle']}")
     print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in result["met"].items()))
 
 
@@ -371,8 +388,11 @@ def main(argv: list[str] | None = None) -> dict:
         "port": free_port(), "output_uri": str(work / "outputs"), "ray_temp_dir": ray_dir,
         "max_active_jobs": max(32, 2 * args.requests),  # the burst must never meet a 503
     })})
-    result: dict = {"benchmark": "serve"}
+    result: dict = {"benchmark": "serve", "busy_cores": {"before": cpu_busy()}}
     ok = False
+    # A shell's background job inherits SIGINT ignored, and so would `t2v serve`: restore
+    # Python's handler so the child gets SIGINT's default, as in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Whatever Ray or a library prints goes to stderr: stdout carries only the tables and the JSON.
     with contextlib.redirect_stdout(sys.stderr):
         try:
@@ -386,7 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
             torch.set_num_threads(threads)
             url = deploy(settings)
             pipeline = Pipeline.from_settings(settings)
-            log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads")
+            # The in-process side runs beside the idle cluster: this is what that costs.
+            result["busy_cores"]["serve_idle"] = cpu_busy()
+            log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
+                f"busy cores: {result['busy_cores']}")
             with httpx.Client(base_url=url, timeout=600) as http:
                 sides = Sides(settings, pipeline, http, threads)
                 result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
