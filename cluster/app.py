@@ -82,9 +82,9 @@ class TextEncoderDeployment:
         reporter = JobReporter(self.jobs, job_id)
         with reporter.stage("encode_base" if base_prompt else "encode"):
             text = request.base_prompt if base_prompt else request.prompt
-            embeddings = self.encoder(text, request.negative_prompt, request.classifier_free_guidance)
+            embeddings = self.encoder(text, request.negative_prompt, request.classifier_free_guidance, request.cache)
         if not base_prompt:
-            reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache else None)
+            reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache and request.cache else None)
         return embeddings
 
 

@@ -62,6 +62,7 @@ class T2VClient:
                 raise TimeoutError(f"{video_id} still {job['status']} after {timeout}s")
             time.sleep(poll)
 
-    def generate(self, prompt: str, **fields) -> bytes:
+    def generate(self, prompt: str | None, **fields) -> bytes:
         """One request, the mp4 in the response (POST /v1/videos/sync)."""
-        return self._call("POST", "/v1/videos/sync", json={"prompt": prompt, **fields}).content
+        body = {**({"prompt": prompt} if prompt is not None else {}), **fields}
+        return self._call("POST", "/v1/videos/sync", json=body).content

@@ -21,6 +21,12 @@ def ray_environment() -> None:
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def running_cluster() -> str | None:
     """The cluster `ray start` left running here (or RAY_ADDRESS), if it answers.
 

@@ -88,7 +88,7 @@ class Pipeline:
         # 1. Encode the prompt (and the negative prompt, for classifier-free guidance);
         #    a template request's high-noise phase sees its base prompt instead.
         guidance = request.classifier_free_guidance
-        embeddings = self.text_encoder(request.prompt, request.negative_prompt, guidance)
+        embeddings = self.text_encoder(request.prompt, request.negative_prompt, guidance, request.cache)
         high_embeddings = embeddings
         if request.template_mode:
             high_embeddings = self.text_encoder(request.base_prompt, request.negative_prompt, guidance)
@@ -101,7 +101,8 @@ class Pipeline:
         if self.low_noise_expert is not None:
             state = self.low_noise_expert.phase(request, embeddings, state, on_step=on_step)
         lap("low_noise")
-        return state, timings, {"embeddings": embeddings.cache_hit, "boundary": boundary_hit}
+        embeddings_hit = embeddings.cache_hit if self.cache is not None and request.cache else None
+        return state, timings, {"embeddings": embeddings_hit, "boundary": boundary_hit}
 
     def generate_frames(self, request: GenerationRequest) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""

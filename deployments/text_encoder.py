@@ -50,9 +50,9 @@ class TextEncoder:
         # Padding positions still carry encoder output; Wan was trained with them zeroed.
         return (hidden * mask.unsqueeze(-1)).to(self.dtype).cpu()
 
-    def embed_cached(self, text: str) -> tuple[torch.Tensor, bool]:
+    def embed_cached(self, text: str, use_cache: bool = True) -> tuple[torch.Tensor, bool]:
         """Per-replica memory, then the node's shared store, then the model."""
-        if self.cache is None:
+        if self.cache is None or not use_cache:
             return self.embed(text), False
         key = embedding_key(self.checkpoint, text)
         embedding = self.memory.get(key)
@@ -62,9 +62,11 @@ class TextEncoder:
         self.memory.put(key, embedding)
         return embedding, hit
 
-    def __call__(self, prompt: str, negative_prompt: str = "", guidance: bool = True) -> PromptEmbeddings:
-        positive, hit = self.embed_cached(prompt)
+    def __call__(
+        self, prompt: str, negative_prompt: str = "", guidance: bool = True, use_cache: bool = True
+    ) -> PromptEmbeddings:
+        positive, hit = self.embed_cached(prompt, use_cache)
         if not guidance:
             return PromptEmbeddings(positive, None, hit)
-        negative, negative_hit = self.embed_cached(negative_prompt)
+        negative, negative_hit = self.embed_cached(negative_prompt, use_cache)
         return PromptEmbeddings(positive, negative, hit and negative_hit)

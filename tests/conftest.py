@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,26 +35,20 @@ class RunningApp:
     model_dir: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     """The real Serve app on a real local Ray, started once per session (~10-45 s here)."""
     import ray
     from ray import serve
 
-    from cluster.launch import deploy, ray_environment
+    from cluster.launch import deploy, free_port, ray_environment
 
     root = tmp_path_factory.mktemp("serve")
     settings = Settings(
         model=wan22_dir,
         cache_dir=root / "cache",
         serving=ServingSettings(
-            port=_free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test"
+            port=free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test"
         ),
     )
     ray_environment()

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -30,12 +29,6 @@ RESULT_MARKER = "MULTINODE_RESULT "
 APP = "t2v-mn"
 EXPERTS = {"high": "HighNoiseExpert", "low": "LowNoiseExpert"}
 REQUEST = {"prompt": "a cat", "seed": 1, "steps": 4}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def probe(replica_actor) -> dict:
@@ -98,6 +91,7 @@ class Deadline:
 
 def make_settings(args):
     from cluster.config import Settings
+    from cluster.launch import free_port
 
     base = Settings(model=args.model, cache_dir=args.work_dir / "cache")
     deployments = dict(base.deployments)

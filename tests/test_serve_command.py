@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 
 from deployments.video import probe_mp4
-from tests.conftest import _free_port
+from cluster.launch import free_port
 
 
 def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
-    port = _free_port()
+    port = free_port()
     ray_tmp = Path(f"/tmp/t2v-cmd-{os.getpid()}")  # its own, so it cannot join the session's Ray
     env = {
         **os.environ,
