@@ -75,6 +75,7 @@ class JobStoreDeployment(JobStore):
 class TextEncoderDeployment:
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
         self.encoder = TextEncoder(Checkpoint.from_settings(settings), LatentCache.from_settings(settings))
+        self.templates = settings.templates()
         self.jobs = jobs
 
     def encode(self, job_id: str, request: GenerationRequest, base_prompt: bool = False) -> PromptEmbeddings:
@@ -86,6 +87,10 @@ class TextEncoderDeployment:
         if not base_prompt:
             reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache and request.cache else None)
         return embeddings
+
+
+    def closest_template(self, prompt: str) -> tuple[str | None, float]:
+        return self.encoder.closest_template(prompt, self.templates)
 
 
 @serve.deployment

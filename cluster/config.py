@@ -86,6 +86,11 @@ class CacheSettings(BaseModel):
     result_bytes: int = 4 * 2**30
     memory_embeddings: int = 512  # per-replica LRU in front of the shared store
     lock_seconds: float = 600  # a computation's lock expires after this (its replica died)
+    # Approximate match (off by default): a free-form prompt whose embedding is this close
+    # (cosine of mean-pooled UMT5 states) to a template's base prompt reuses that
+    # template's high-noise phase, as NIRVANA reuses the noise of similar prompts.
+    approximate_match: bool = False
+    approximate_threshold: float = 0.9
 
 
 class ServingSettings(BaseModel):

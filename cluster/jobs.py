@@ -68,6 +68,7 @@ class Job(BaseModel):
     timings: dict[str, float] = {}  # seconds per stage, plus queue wait
     trace: list[StageSpan] = []
     cache: dict[str, bool | None] = {}  # cache level -> hit; None: the level did not apply
+    matched_template: dict[str, Any] | None = None  # approximate match: {template, similarity}
     started_at: float | None = None
     created: float  # precise creation time, for the queue wait and ordering
 
@@ -122,7 +123,8 @@ class JobStore:
     # -- lifecycle -------------------------------------------------------------------
 
     def create(
-        self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None
+        self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None,
+        matched_template: dict[str, Any] | None = None,
     ) -> Job:
         now = time.time()
         job = Job(
@@ -135,6 +137,7 @@ class JobStore:
             prompt=request.prompt,
             request=request.model_dump(),
             steps_total=steps_total,
+            matched_template=matched_template,
         )
         with self._lock:
             if max_active is not None and self.count_active() >= max_active:

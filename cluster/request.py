@@ -165,6 +165,10 @@ class GenerationRequest(BaseModel):
             self.seed = secrets.randbelow(2**31)
         return self
 
+    def matched_to(self, template) -> "GenerationRequest":
+        """This free-form request sharing `template`'s high-noise phase (approximate match)."""
+        return self.model_copy(update={"base_prompt": template.base_prompt, "seed": template.seed})
+
     @property
     def template_mode(self) -> bool:
         """The high-noise phase runs on the template's base prompt, shared through the cache."""

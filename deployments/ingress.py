@@ -144,10 +144,16 @@ class Ingress:
         An identical earlier request's mp4 completes the job at once (result cache)."""
         body = parse_create_body(await _read_body(request))
         generation = body.to_request(self.settings, self.model_id)
+        matched = None
+        if self.settings.cache.approximate_match and generation.cache and body.template is None and body.seed is None:
+            name, similarity = await self.text_encoder.closest_template.remote(generation.prompt)
+            if name is not None and similarity >= self.settings.cache.approximate_threshold:
+                generation = generation.matched_to(self.settings.templates().get(name))
+                matched = {"template": name, "similarity": round(similarity, 4)}
         steps = self.scheduler.plan(generation.num_inference_steps, self.checkpoint.boundary_ratio).num_steps
         try:
             job = await self.jobs.create.remote(
-                generation, self.model_id, steps, self.settings.serving.max_active_jobs
+                generation, self.model_id, steps, self.settings.serving.max_active_jobs, matched
             )
         except QueueFull as full:
             retry = str(self.settings.serving.retry_after_seconds)

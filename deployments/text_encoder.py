@@ -9,6 +9,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from cache.keys import embedding_key
 from cache.store import LatentCache, MemoryLRU
+from cache.templates import TemplateRegistry
 from deployments.checkpoint import Checkpoint
 
 
@@ -61,6 +62,21 @@ class TextEncoder:
         embedding, hit = self.cache.get_or_compute("embeddings", key, lambda: self.embed(text))
         self.memory.put(key, embedding)
         return embedding, hit
+
+    def pooled(self, text: str) -> torch.Tensor:
+        """One unit vector per text: the mean of its token states (padding excluded)."""
+        embedding, _ = self.embed_cached(text)
+        tokens = min(self.count_tokens(text), self.max_sequence_length)
+        return torch.nn.functional.normalize(embedding[0, :tokens].float().mean(0), dim=0)
+
+    def closest_template(self, prompt: str, templates: TemplateRegistry) -> tuple[str | None, float]:
+        """The template whose base prompt is most like `prompt`, and the cosine similarity."""
+        if not templates.templates:
+            return None, 0.0
+        query = self.pooled(prompt)
+        scored = [(float(query @ self.pooled(t.base_prompt)), name) for name, t in templates.templates.items()]
+        similarity, name = max(scored)
+        return name, similarity
 
     def __call__(
         self, prompt: str, negative_prompt: str = "", guidance: bool = True, use_cache: bool = True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import ServingSettings, Settings
+from cluster.config import CacheSettings, ServingSettings, Settings
 from cluster.default_model import write_default_model
 
 
@@ -50,6 +50,7 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
         serving=ServingSettings(
             port=free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test"
         ),
+        cache=CacheSettings(approximate_match=True),
     )
     ray_environment()
     # address="local": always a fresh cluster, never a developer's running one.

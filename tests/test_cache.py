@@ -205,3 +205,17 @@ def test_cache_cli_stats_and_clear(tmp_path, wan22_dir):
 
 def test_disabled_cache_is_none(tmp_path):
     assert LatentCache.from_settings(Settings(cache_dir=tmp_path, cache=CacheSettings(enabled=False))) is None
+
+
+def test_closest_template_by_prompt_embedding(settings, checkpoint):
+    from deployments.text_encoder import TextEncoder
+
+    encoder = TextEncoder(checkpoint)
+    registry = settings.templates()
+    name, similarity = encoder.closest_template("a brown animal sitting in a room.", registry)
+    assert name == "pet_portrait" and similarity > 0.9
+    _, unrelated = encoder.closest_template("一只橘猫在草地上奔跑", registry)
+    assert unrelated < 0.7
+    matched = GenerationRequest.build(settings, prompt="a brown animal sitting in a room.").matched_to(
+        registry.get(name))
+    assert matched.template_mode and matched.seed == registry.get(name).seed

@@ -293,3 +293,16 @@ def test_templates_endpoint(http):
     templates = {t["name"]: t for t in http.get("/v1/templates").json()["data"]}
     assert templates["product_showcase"]["text"] == "product showcase: {product} on {surface}, {lighting}"
     assert templates["product_showcase"]["slots"]["surface"]["default"] == "a marble table"
+
+
+def test_free_prompt_close_to_a_template_shares_its_phase(client):
+    """Approximate match (on in this app): a prompt near a template's base prompt reuses it."""
+    near = client.wait(client.create("a brown animal sitting in a room.", steps=6)["id"])
+    assert near["matched_template"]["template"] == "pet_portrait"
+    assert near["matched_template"]["similarity"] >= 0.9
+    assert near["request"]["base_prompt"] == "a brown animal sitting in a room"
+    assert near["cache"]["boundary"] in (True, False)  # template mode: the boundary level applies
+    far = client.wait(client.create("一只橘猫在草地上奔跑", steps=6)["id"])
+    assert far["matched_template"] is None and far["cache"]["boundary"] is None
+    seeded = client.create("a brown animal sitting in a room.", steps=6, seed=3)  # an explicit seed is kept
+    assert seeded["matched_template"] is None
