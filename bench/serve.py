@@ -14,7 +14,7 @@ The in-process side runs with torch's default thread count (what `t2v generate` 
 as an extra row, with one thread: what each Serve replica gets, since Ray sets
 OMP_NUM_THREADS=1 for fractional-CPU actors.
 
-    python -m bench.serve [--repeats 3] [--requests 16] [--concurrency 8] [--rounds 2]
+    python -m bench.serve [--repeats 3] [--requests 16] [--concurrency 8] [--rounds 3]
 
 Prints tables, then one JSON object as the last line of stdout. Ray's logs stay in its temp
 dirs (removed after a successful run, kept and named on stderr after a failed one).
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed latency runs per side and preset (default 3)")
     parser.add_argument("--requests", type=int, default=16, help="preview requests per throughput run (default 16)")
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP requests in flight (default 8)")
-    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, order alternating (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds, order alternating (default 3)")
     parser.add_argument("--prompt", default="a red ball bouncing on a beach, cinematic")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--startup-timeout", type=float, default=300)

@@ -24,6 +24,8 @@ from typing import Any, Callable
 import diskcache
 import torch
 
+from monitoring.metrics import metrics
+
 LEVELS = ("embeddings", "boundary", "result")
 COUNTERS = ("hits", "misses", "evictions", "corrupt")
 _MAGIC = b"T2VC1"
@@ -91,6 +93,7 @@ class LatentCache:
         evicted = store.cull()
         if evicted:
             self._count(level, "evictions", evicted)
+        metrics.set("cache_bytes", store.volume(), level=level)
 
     def get_or_compute(self, level: str, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """The cached value, or `compute()` stored; concurrent callers of one key (on any
@@ -136,6 +139,10 @@ class LatentCache:
 
     def _count(self, level: str, name: str, amount: int = 1) -> None:
         self.counters.incr(f"{level}:{name}", amount)
+        if name in ("hits", "misses"):
+            metrics.inc("cache", amount, level=level, result=name[:-1] if name == "hits" else "miss")
+        else:
+            metrics.inc(name, amount, level=level)
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {

@@ -35,8 +35,8 @@ from deployments.text_encoder import PromptEmbeddings, TextEncoder
 class JobReporter:
     """A stage's view of its job: start/stop spans, per-step progress, cancellation."""
 
-    def __init__(self, jobs: DeploymentHandle, job_id: str):
-        self.jobs, self.job_id = jobs, job_id
+    def __init__(self, jobs: DeploymentHandle, job_id: str, expert: str = ""):
+        self.jobs, self.job_id, self.expert = jobs, job_id, expert
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._last_step = None
 
@@ -58,7 +58,7 @@ class JobReporter:
     def step(self, _index: int) -> None:
         # Progress goes out without waiting; the previous step's answer (long back by now)
         # raises JobCancelled, so a cancellation stops the phase within two steps.
-        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id)
+        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id, self.expert)
         if previous is not None:
             previous.result()
 
@@ -106,7 +106,7 @@ class ExpertDeployment:
     def denoise(
         self, job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings, state: DenoisingState | None = None
     ) -> DenoisingState:
-        reporter = JobReporter(self.jobs, job_id)
+        reporter = JobReporter(self.jobs, job_id, self.stage)
         with reporter.stage(self.stage):
             if self.expert.name != HIGH_NOISE:
                 return self.expert.phase(request, embeddings, state, on_step=reporter.step)

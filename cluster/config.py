@@ -103,6 +103,9 @@ class ServingSettings(BaseModel):
     # shared by all replicas. Default: <cache_dir>/outputs.
     output_uri: str | None = None
     ray_temp_dir: str = "/tmp/t2v-ray"  # short: Ray's socket paths must stay under 107 bytes
+    # Ray's dashboard process writes the Prometheus service-discovery file of the metrics
+    # agents (<ray_temp_dir>/prom_metrics_service_discovery.json): no dashboard, no metrics.
+    metrics: bool = True
 
 
 class Settings(BaseSettings):

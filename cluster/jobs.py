@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from cluster.request import GenerationRequest
 from cluster.storage import OutputStore
+from monitoring.metrics import metrics
 
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ACTIVE: tuple[Status, ...] = ("queued", "in_progress")
@@ -75,6 +76,11 @@ class Job(BaseModel):
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def template(self) -> str:
+        """The template label of metrics: named, approximately matched, or none."""
+        return self.request.get("template") or (self.matched_template or {}).get("template") or "none"
 
 
 def new_job_id() -> str:
@@ -144,6 +150,7 @@ class JobStore:
                 raise QueueFull(f"{max_active} jobs are already queued or in progress")
             self._jobs[job.id] = job
             self._save(job)
+            self._publish()
         return job
 
     def stage_started(self, job_id: str, stage: str) -> None:
@@ -155,13 +162,16 @@ class JobStore:
                 job.started_at = time.time()
                 job.timings["queue"] = job.started_at - job.created
                 self._save(job)
+                metrics.observe("queue", job.timings["queue"], model=job.model)
+                self._publish()
 
-    def step_done(self, job_id: str) -> None:
+    def step_done(self, job_id: str, expert: str = "") -> None:
         """One denoising step finished. Raises JobCancelled to stop the stage."""
         with self._lock:
             job = self._live(job_id)
             job.steps_done = min(job.steps_done + 1, job.steps_total)
             job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
+        metrics.inc("steps", expert=expert, model=job.model)
 
     def stage_done(self, job_id: str, stage: str, start: float, end: float, replica: str = "") -> None:
         with self._lock:
@@ -170,6 +180,7 @@ class JobStore:
                 job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
                 job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
                 self._save(job)
+                metrics.observe("stage", end - start, stage=stage, model=job.model)
 
     def cache_used(self, job_id: str, level: str, hit: bool | None) -> None:
         with self._lock:
@@ -192,6 +203,7 @@ class JobStore:
                 job.status = "cancelled"
                 job.completed_at = int(time.time())
                 self._save(job)
+                self._finished(job)
             return job
 
     def delete(self, job_id: str) -> bool:
@@ -224,7 +236,16 @@ class JobStore:
                 job.progress, job.steps_done = 100, job.steps_total
             job.timings["total"] = time.time() - job.created
             self._save(job)
+            self._finished(job)
             return job
+
+    def _finished(self, job: Job) -> None:
+        metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
+        self._publish()
+
+    def _publish(self) -> None:
+        for status in ACTIVE:
+            metrics.set("in_flight", sum(1 for j in self._jobs.values() if j.status == status), status=status)
 
     def _save(self, job: Job) -> None:
         self.store.write(f"jobs/{job.id}.json", json.dumps(job.model_dump(), ensure_ascii=False).encode())

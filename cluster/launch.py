@@ -57,8 +57,8 @@ def connect(settings: Settings, address: str | None = None, num_cpus: float | No
         ray.init(address=address, logging_level="WARNING")
         return False
     ray.init(
-        address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=num_cpus,
-        logging_level="WARNING",
+        address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=settings.serving.metrics,
+        num_cpus=num_cpus, logging_level="WARNING",
     )
     return True
 

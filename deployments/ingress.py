@@ -27,6 +27,7 @@ from cache.store import LatentCache
 from deployments.api import ApiError, VideoCreateBody, parse_create_body
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import Scheduler
+from monitoring.metrics import metrics
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,6 +36,15 @@ api = FastAPI(
     version="0.1.0",
     description="Text to video with a Wan2.2-style Mixture-of-Experts model, in the OpenAI videos API shape.",
 )
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next):
+    response = await call_next(request)
+    route = request.scope.get("route")  # the path template: ids don't explode the label set
+    endpoint = getattr(route, "path", "unmatched")
+    metrics.inc("http", endpoint=endpoint, method=request.method, status=response.status_code)
+    return response
 
 
 @api.exception_handler(ApiError)

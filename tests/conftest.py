@@ -54,7 +54,7 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     )
     ray_environment()
     # address="local": always a fresh cluster, never a developer's running one.
-    ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=4,
+    ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True, num_cpus=4,
              logging_level="WARNING")
     try:
         yield RunningApp(deploy(settings), settings, wan22_dir)

@@ -1,0 +1,82 @@
+"""The cluster's Prometheus metrics, defined in one place.
+
+They are Ray metrics (`ray.util.metrics`): every replica on every node exports through
+its node's metrics agent, Ray adds node and replica labels, and Prometheus scrapes the
+agents listed in Ray's service-discovery file (monitoring/prometheus.yml), so the
+series aggregate across replicas and nodes with `sum by (...)`. Exported names carry
+Ray's `ray_` prefix, and counters a `_total` suffix: `t2v_http_requests` is scraped as
+`ray_t2v_http_requests_total`.
+
+Outside Ray (`t2v generate`, unit tests) every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600]
+SCORE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+class _Metrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        import ray
+
+        return ray.is_initialized()
+
+    @cached_property
+    def _all(self) -> dict:
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        return {
+            "http": Counter("t2v_http_requests", "HTTP requests by endpoint and status",
+                            tag_keys=("endpoint", "method", "status")),
+            "job": Histogram("t2v_job_duration_seconds", "End-to-end seconds of a finished job",
+                             boundaries=SECONDS, tag_keys=("status", "template", "model")),
+            "queue": Histogram("t2v_queue_wait_seconds", "Seconds from accepted to the first stage",
+                               boundaries=SECONDS, tag_keys=("model",)),
+            "stage": Histogram("t2v_stage_duration_seconds", "Seconds per stage of a job",
+                               boundaries=SECONDS, tag_keys=("stage", "model")),
+            "in_flight": Gauge("t2v_jobs_in_flight", "Jobs queued or in progress", tag_keys=("status",)),
+            "steps": Counter("t2v_denoising_steps", "Denoising steps run", tag_keys=("expert", "model")),
+            "cache": Counter("t2v_cache_lookups", "Cache lookups by level and result",
+                             tag_keys=("level", "result")),
+            "evictions": Counter("t2v_cache_evictions", "Entries evicted to respect the size limit",
+                                 tag_keys=("level",)),
+            "corrupt": Counter("t2v_cache_corrupt_entries", "Corrupt entries detected and dropped",
+                               tag_keys=("level",)),
+            "cache_bytes": Gauge("t2v_cache_size_bytes", "Bytes held by a node's cache level", tag_keys=("level",)),
+            "physics": Histogram("t2v_physics_score", "Physics-plausibility score of each video",
+                                 boundaries=SCORE, tag_keys=("template", "model")),
+            "subscore": Histogram("t2v_physics_subscore", "Physics-plausibility subscores",
+                                  boundaries=SCORE, tag_keys=("subscore", "template", "model")),
+        }
+
+    def _get(self, name: str):
+        if not self.enabled:
+            return None
+        with self._lock:
+            return self._all[name]
+
+    def inc(self, name: str, value: float = 1, **tags: str) -> None:
+        metric = self._get(name)
+        if metric is not None and value:
+            metric.inc(value, tags={k: str(v) for k, v in tags.items()})
+
+    def observe(self, name: str, value: float, **tags: str) -> None:
+        metric = self._get(name)
+        if metric is not None:
+            metric.observe(value, tags={k: str(v) for k, v in tags.items()})
+
+    def set(self, name: str, value: float, **tags: str) -> None:
+        metric = self._get(name)
+        if metric is not None:
+            metric.set(value, tags={k: str(v) for k, v in tags.items()})
+
+
+metrics = _Metrics()
