@@ -132,10 +132,13 @@ class DecoderDeployment:
             video = self.decoder.video(request, state.latents)
             self.store.write(video_key(job_id), video.mp4)
             if self.cache is not None and request.cache:  # the next identical request gets it as is
-                self.cache.put("result", result_key(self.checkpoint, request), video.mp4)
+                self.cache.put("result", result_key(self.checkpoint, request), {"mp4": video.mp4, "physics": video.physics})
         decoded = start + video.timings["decode"]
-        reporter.span("mp4", decoded, time.time())
-        return {"key": video_key(job_id), "bytes": len(video.mp4), "frames": int(video.frames.shape[0])}
+        encoded = decoded + video.timings["mp4"]
+        reporter.span("mp4", decoded, encoded)
+        reporter.span("score", encoded, encoded + video.timings["score"])
+        self.jobs.scored.remote(job_id, video.physics).result()
+        return {"key": video_key(job_id), "bytes": len(video.mp4), "physics": video.physics["score"]}
 
 
 class AppArgs(BaseModel):

@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`, `t2v cache`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`, `t2v cache`, `t2v monitor`."""
 
 from __future__ import annotations
 
@@ -156,6 +156,30 @@ def serve(
             ray.shutdown()
         else:  # a cluster we joined keeps running; only our app goes
             ray_serve.delete(APP_NAME)
+
+
+@app.command()
+def monitor(
+    port: int = typer.Option(9090, help="Prometheus's port."),
+    data: Path = typer.Option(Path("/tmp/t2v-prometheus"), help="Prometheus's storage directory."),
+) -> None:
+    """Run Prometheus on monitoring/prometheus.yml (scrapes the local Ray cluster)."""
+    import shutil
+    import subprocess
+
+    monitoring = Path(__file__).resolve().parent.parent / "monitoring"
+    binary = shutil.which("prometheus")
+    if binary is None:
+        typer.echo("prometheus is not installed: `apt-get install prometheus` (Debian) or see prometheus.io", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Prometheus: http://127.0.0.1:{port}   (metrics: the ray_t2v_* series)")
+    typer.echo(
+        f"Grafana: add a Prometheus data source at http://127.0.0.1:{port}, then Dashboards > Import > "
+        f"{monitoring / 'grafana' / 't2v-cluster.json'} (or provision with {monitoring / 'grafana' / 'provisioning'})"
+    )
+    command = [binary, f"--config.file={monitoring / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
+               f"--web.listen-address=127.0.0.1:{port}"]
+    raise typer.Exit(subprocess.call(command))
 
 
 @cache_app.command("stats")

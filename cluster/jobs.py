@@ -70,6 +70,7 @@ class Job(BaseModel):
     trace: list[StageSpan] = []
     cache: dict[str, bool | None] = {}  # cache level -> hit; None: the level did not apply
     matched_template: dict[str, Any] | None = None  # approximate match: {template, similarity}
+    physics: dict[str, Any] | None = None  # physics-plausibility score and subscores
     started_at: float | None = None
     created: float  # precise creation time, for the queue wait and ordering
 
@@ -189,6 +190,13 @@ class JobStore:
                 job.cache[level] = hit
                 self._save(job)
 
+    def scored(self, job_id: str, physics: dict[str, Any]) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.physics = physics
+                self._save(job)
+
     def complete(self, job_id: str) -> Job | None:
         return self._finish(job_id, "completed")
 
@@ -241,6 +249,11 @@ class JobStore:
 
     def _finished(self, job: Job) -> None:
         metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
+        if job.status == "completed" and job.physics is not None:  # one observation per completed video
+            metrics.observe("physics", job.physics["score"], template=job.template, model=job.model)
+            for name, value in job.physics["subscores"].items():
+                if value is not None:
+                    metrics.observe("subscore", value, subscore=name, template=job.template, model=job.model)
         self._publish()
 
     def _publish(self) -> None:

@@ -1,7 +1,7 @@
 """The stages composed in one process: what `t2v generate`, benchmarks and tests use.
 
 It reads like diffusers' `WanPipeline.__call__`, split where the Serve app splits it:
-text encoder -> high-noise expert -> low-noise expert -> decoder (VAE + mp4).
+text encoder -> high-noise expert -> low-noise expert -> decoder (VAE, mp4, physics score).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert
     cache: dict[str, bool | None] = field(default_factory=dict)  # level -> hit (None: not used)
+    physics: dict | None = None  # monitoring.physics.score_video of the frames
 
 
 def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
@@ -112,16 +113,17 @@ class Pipeline:
     def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
         # 0. An identical request already made: its mp4, no compute
         key = result_key(self.checkpoint, request) if self.cache is not None and request.cache else None
-        if key is not None and (mp4 := self.cache.get("result", key)) is not None:
-            return GenerationResult(request, self.model_id, None, mp4, cache={"result": True})
+        if key is not None and (cached := self.cache.get("result", key)) is not None:
+            return GenerationResult(request, self.model_id, None, cached["mp4"], cache={"result": True},
+                                    physics=cached["physics"])
         state, timings, hits = self.denoise(request, on_step)
         # 4. Decode, and write the mp4 marked as AI-generated
         video = self.decoder.video(request, state.latents)
         if key is not None:
-            self.cache.put("result", key, video.mp4)
+            self.cache.put("result", key, {"mp4": video.mp4, "physics": video.physics})
         plan = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
         steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps)}
         return GenerationResult(
             request, self.model_id, video.frames, video.mp4, {**timings, **video.timings}, steps,
-            {**hits, "result": False if key is not None else None},
+            {**hits, "result": False if key is not None else None}, video.physics,
         )

@@ -12,13 +12,15 @@ from diffusers.video_processor import VideoProcessor
 from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
 from deployments.video import encode_mp4, provenance
+from monitoring.physics import score_video
 
 
 @dataclass
 class DecodedVideo:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     mp4: bytes
-    timings: dict[str, float]  # seconds: decode, mp4
+    timings: dict[str, float]  # seconds: decode, mp4, score
+    physics: dict  # monitoring.physics.score_video's {"score", "subscores", ...}
 
 
 class Decoder:
@@ -48,7 +50,12 @@ class Decoder:
         frames = to_uint8(self(latents))
         decoded = time.perf_counter()
         mp4 = encode_mp4(frames, request.fps, provenance(self.model_id, request.seed, request.prompt))
-        return DecodedVideo(frames, mp4, {"decode": decoded - start, "mp4": time.perf_counter() - decoded})
+        encoded = time.perf_counter()
+        # Scored here, not in a deployment of its own: it takes a fraction of the decode
+        # (bench/physics.py) and the frames are already in this process.
+        physics = score_video(frames, request.fps)
+        timings = {"decode": decoded - start, "mp4": encoded - decoded, "score": time.perf_counter() - encoded}
+        return DecodedVideo(frames, mp4, timings, physics)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -169,10 +169,11 @@ class Ingress:
             retry = str(self.settings.serving.retry_after_seconds)
             raise ApiError(503, f"server busy: {full}", code="queue_full", headers={"Retry-After": retry})
         if self.cache is not None and generation.cache:
-            mp4 = self.cache.get("result", result_key(self.checkpoint, generation))
-            await self.jobs.cache_used.remote(job.id, "result", mp4 is not None)
-            if mp4 is not None:
-                self.store.write(video_key(job.id), mp4)
+            cached = self.cache.get("result", result_key(self.checkpoint, generation))
+            await self.jobs.cache_used.remote(job.id, "result", cached is not None)
+            if cached is not None:
+                self.store.write(video_key(job.id), cached["mp4"])
+                await self.jobs.scored.remote(job.id, cached["physics"])
                 job = await self.jobs.complete.remote(job.id)
         return job, generation
 

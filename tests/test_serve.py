@@ -54,8 +54,8 @@ def test_job_lifecycle_with_real_progress(http):
     assert job["progress"] == 100 and job["steps_done"] == job["steps_total"] == 24
     assert seen == sorted(seen), "progress never goes back"
     assert any(0 < p < 100 for p in seen), f"no intermediate progress seen: {seen}"
-    assert {"queue", "encode", "high_noise", "low_noise", "decode", "mp4", "total"} <= set(job["timings"])
-    assert [s["stage"] for s in job["trace"]] == ["encode", "high_noise", "low_noise", "decode", "mp4"]
+    assert {"queue", "encode", "high_noise", "low_noise", "decode", "mp4", "score", "total"} <= set(job["timings"])
+    assert [s["stage"] for s in job["trace"]] == ["encode", "high_noise", "low_noise", "decode", "mp4", "score"]
     assert job["completed_at"] >= job["created_at"]
     assert (job["size"], job["model"]) == ("64x64", "t2v-tiny-wan2.2-a14b")
 

@@ -1,0 +1,103 @@
+"""A real Prometheus scrapes the running app; every dashboard query returns data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster.client import T2VClient
+from cluster.launch import free_port
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring" / "grafana" / "t2v-cluster.json"
+
+
+def dashboard_queries() -> list[str]:
+    return [t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel["targets"]]
+
+
+@pytest.fixture(scope="module")
+def prometheus(serve_app, tmp_path_factory):
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed (.ci/run installs Debian's package)"
+    root = tmp_path_factory.mktemp("prometheus")
+    discovery = Path(serve_app.settings.serving.ray_temp_dir) / "prom_metrics_service_discovery.json"
+    # monitoring/prometheus.yml, pointed at this session's Ray and scraping every second.
+    config = (Path(__file__).resolve().parents[1] / "monitoring" / "prometheus.yml").read_text()
+    config = config.replace("scrape_interval: 5s", "scrape_interval: 1s")
+    config = config.replace("/tmp/t2v-ray/prom_metrics_service_discovery.json", str(discovery))
+    (root / "prometheus.yml").write_text(config)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def query(url: str, expr: str) -> list[dict]:
+    response = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert response["status"] == "success", (expr, response)
+    return response["data"]["result"]
+
+
+def wait_for(url: str, expr: str, check, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = query(url, expr)
+        if check(result):
+            return result
+        assert time.monotonic() < deadline, f"{expr} never satisfied: {result}"
+        time.sleep(1)
+
+
+def total(result: list[dict]) -> float:
+    return sum(float(r["value"][1]) for r in result)
+
+
+PHYSICS_COUNT = "sum(ray_t2v_physics_score_count)"
+COMPLETED = 'sum(ray_t2v_job_duration_seconds_count{status="completed"})'
+
+
+def test_every_dashboard_query_returns_data(serve_app, prometheus):
+    client = T2VClient(serve_app.url)
+    time.sleep(3)  # a few scrapes of what earlier tests left
+    scored_before = total(query(prometheus, PHYSICS_COUNT))
+    jobs = [client.create(None, template="product_showcase", slots={"product": p}, steps=4)["id"]
+            for p in ("a lamp", "a vase")]  # the second is a template hit
+    jobs.append(client.create("a kite over the sea", steps=4, seed=5)["id"])
+    assert httpx.post(f"{serve_app.url}/v1/videos", json={"prompt": "x", "size": "1x1"}).status_code == 400
+    finished = [client.wait(j) for j in jobs]
+    assert all(j["status"] == "completed" for j in finished)
+    assert any(j["cache"].get("boundary") for j in finished)
+
+    wait_for(prometheus, 'sum(ray_t2v_http_requests_total{status="400"})', lambda r: total(r) >= 1)
+    wait_for(prometheus, "sum(ray_t2v_denoising_steps_total)", lambda r: total(r) > 0)
+    time.sleep(3)  # a few more scrapes, so rate() has two samples of everything
+    empty = [expr for expr in dashboard_queries() if not query(prometheus, expr)]
+    assert not empty, f"dashboard queries without data: {empty}"
+
+    # Every completed video is scored once: the physics histogram counts the completions.
+    wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
+    assert total(query(prometheus, PHYSICS_COUNT)) == total(query(prometheus, COMPLETED))
+    assert all(0 <= j["physics"]["score"] <= 1 and j["physics"]["subscores"] for j in finished)
