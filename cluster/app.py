@@ -18,7 +18,6 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from cache.keys import result_key
 from cache.store import LatentCache
 from cluster.config import Settings
 from cluster.jobs import JobStore, video_key
@@ -104,12 +103,13 @@ class ExpertDeployment:
         self.jobs = jobs
 
     def denoise(
-        self, job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings, state: DenoisingState | None = None
+        self, job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings,
+        state: DenoisingState | None = None, resample_seed: int | None = None,
     ) -> DenoisingState:
         reporter = JobReporter(self.jobs, job_id, self.stage)
         with reporter.stage(self.stage):
             if self.expert.name != HIGH_NOISE:
-                return self.expert.phase(request, embeddings, state, on_step=reporter.step)
+                return self.expert.phase(request, embeddings, state, reporter.step, resample_seed)
             state, hit = self.expert.shared_phase(request, embeddings, self.cache, on_step=reporter.step)
         reporter.cache("boundary", hit)
         return state
@@ -118,27 +118,24 @@ class ExpertDeployment:
 @serve.deployment(name="Decoder")
 class DecoderDeployment:
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        self.checkpoint = Checkpoint.from_settings(settings)
-        self.decoder = Decoder(self.checkpoint)
+        self.decoder = Decoder(Checkpoint.from_settings(settings))
         self.store = OutputStore(settings.output_uri)
-        self.cache = LatentCache.from_settings(settings)
         self.jobs = jobs
 
-    def decode(self, job_id: str, request: GenerationRequest, state: DenoisingState) -> dict:
-        """VAE decode and mp4, written to the output store; returns the video's facts."""
+    def decode(self, job_id: str, request: GenerationRequest, state: DenoisingState, attempt: int = 0) -> dict:
+        """VAE decode, mp4 and physics score; the mp4 goes to the output store (a physics
+        retry's to a key of its own). Returns where, and the score."""
         reporter = JobReporter(self.jobs, job_id)
         with reporter.stage("decode"):
             start = time.time()
             video = self.decoder.video(request, state.latents)
-            self.store.write(video_key(job_id), video.mp4)
-            if self.cache is not None and request.cache:  # the next identical request gets it as is
-                self.cache.put("result", result_key(self.checkpoint, request), {"mp4": video.mp4, "physics": video.physics})
+            key = video_key(job_id, attempt)
+            self.store.write(key, video.mp4)
         decoded = start + video.timings["decode"]
         encoded = decoded + video.timings["mp4"]
         reporter.span("mp4", decoded, encoded)
         reporter.span("score", encoded, encoded + video.timings["score"])
-        self.jobs.scored.remote(job_id, video.physics).result()
-        return {"key": video_key(job_id), "bytes": len(video.mp4), "physics": video.physics["score"]}
+        return {"key": key, "physics": video.physics}
 
 
 class AppArgs(BaseModel):

@@ -37,6 +37,8 @@ class Limits(BaseModel):
     max_fps: int = 60
     max_guidance: float = 20.0
     max_prompt_chars: int = 2000
+    default_physics_retries: int = 2  # when a request sets min_physics_score but no max_retries
+    max_physics_retries: int = 4
 
 
 class DeploymentSettings(BaseModel):

@@ -93,8 +93,9 @@ def valid_job_id(job_id: str) -> bool:
     return bool(_ID.match(job_id))
 
 
-def video_key(job_id: str) -> str:
-    return f"videos/{job_id}.mp4"
+def video_key(job_id: str, attempt: int = 0) -> str:
+    """The job's mp4; a physics retry's candidate has its own until one is chosen."""
+    return f"videos/{job_id}.mp4" if attempt == 0 else f"videos/{job_id}.retry{attempt}.mp4"
 
 
 class JobStore:
@@ -189,6 +190,11 @@ class JobStore:
             if job is not None:
                 job.cache[level] = hit
                 self._save(job)
+
+    def add_steps(self, job_id: str, steps: int) -> None:
+        """A physics retry re-runs the low-noise phase: more steps to make progress over."""
+        with self._lock:
+            self._live(job_id).steps_total += steps
 
     def scored(self, job_id: str, physics: dict[str, Any]) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint
 from deployments.decoder import Decoder
 from deployments.denoising import DenoisingState, Scheduler
 from deployments.expert import Expert
-from deployments.text_encoder import TextEncoder
+from deployments.text_encoder import PromptEmbeddings, TextEncoder
 
 
 @dataclass
@@ -72,11 +72,8 @@ class Pipeline:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
-    def denoise(
-        self, request: GenerationRequest, on_step: Callable[[int], None] | None = None
-    ) -> tuple[DenoisingState, dict[str, float], dict[str, bool | None]]:
-        """Encode the prompt and run both expert phases: the final latent, stage timings
-        and which cache levels hit."""
+    def denoise(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> "Denoised":
+        """Encode the prompt and run both expert phases."""
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -96,19 +93,19 @@ class Pipeline:
         lap("encode")
         # 2. High-noise phase: timesteps, initial noise, then layout and motion (every step
         #    on a Wan2.1-style checkpoint); shared by a template's requests through the cache
-        state, boundary_hit = self.high_noise_expert.shared_phase(request, high_embeddings, self.cache, on_step)
+        boundary, boundary_hit = self.high_noise_expert.shared_phase(request, high_embeddings, self.cache, on_step)
         lap("high_noise")
         # 3. Low-noise phase: detail, continuing from the handed-over latent and scheduler state
+        state = boundary
         if self.low_noise_expert is not None:
-            state = self.low_noise_expert.phase(request, embeddings, state, on_step=on_step)
+            state = self.low_noise_expert.phase(request, embeddings, boundary, on_step=on_step)
         lap("low_noise")
         embeddings_hit = embeddings.cache_hit if self.cache is not None and request.cache else None
-        return state, timings, {"embeddings": embeddings_hit, "boundary": boundary_hit}
+        return Denoised(state, boundary, embeddings, timings, {"embeddings": embeddings_hit, "boundary": boundary_hit})
 
     def generate_frames(self, request: GenerationRequest) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
-        state, _, _ = self.denoise(request)
-        return self.decoder(state.latents)
+        return self.decoder(self.denoise(request).state.latents)
 
     def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
         # 0. An identical request already made: its mp4, no compute
@@ -116,14 +113,35 @@ class Pipeline:
         if key is not None and (cached := self.cache.get("result", key)) is not None:
             return GenerationResult(request, self.model_id, None, cached["mp4"], cache={"result": True},
                                     physics=cached["physics"])
-        state, timings, hits = self.denoise(request, on_step)
-        # 4. Decode, and write the mp4 marked as AI-generated
-        video = self.decoder.video(request, state.latents)
+        denoised = self.denoise(request, on_step)
+        # 4. Decode, write the mp4 marked as AI-generated, score its physics
+        video = self.decoder.video(request, denoised.state.latents)
+        # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
+        attempts = [{"attempt": 0, "seed": request.seed, "score": video.physics["score"]}]
+        for attempt in range(1, request.max_retries + 1):
+            if self.low_noise_expert is None or video.physics["score"] >= (request.min_physics_score or 0):
+                break
+            seed = request.resample_seed(attempt)
+            state = self.low_noise_expert.phase(request, denoised.embeddings, denoised.boundary, on_step, seed)
+            candidate = self.decoder.video(request, state.latents)
+            attempts.append({"attempt": attempt, "seed": seed, "score": candidate.physics["score"]})
+            if candidate.physics["score"] > video.physics["score"]:
+                video = candidate
+        physics = {**video.physics, "attempts": attempts}
         if key is not None:
-            self.cache.put("result", key, {"mp4": video.mp4, "physics": video.physics})
+            self.cache.put("result", key, {"mp4": video.mp4, "physics": physics})
         plan = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
-        steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps)}
+        steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps) * len(attempts)}
         return GenerationResult(
-            request, self.model_id, video.frames, video.mp4, {**timings, **video.timings}, steps,
-            {**hits, "result": False if key is not None else None}, video.physics,
+            request, self.model_id, video.frames, video.mp4, {**denoised.timings, **video.timings}, steps,
+            {**denoised.hits, "result": False if key is not None else None}, physics,
         )
+
+
+@dataclass
+class Denoised:
+    state: DenoisingState  # after the low-noise phase
+    boundary: DenoisingState  # after the high-noise phase (a physics retry starts again here)
+    embeddings: PromptEmbeddings
+    timings: dict[str, float]
+    hits: dict[str, bool | None]

@@ -66,6 +66,10 @@ class GenerationRequest(BaseModel):
     guidance_scale_2: float | None = Field(None, description="CFG scale of the low-noise expert")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when unset")
     cache: bool = Field(True, description="Use the latent cache (and, for templates, the shared high-noise phase)")
+    min_physics_score: float | None = Field(
+        None, ge=0, le=1, description="Below this physics score the low-noise phase is re-sampled (new seed)"
+    )
+    max_retries: int | None = Field(None, ge=0, description="Re-samples at most; default from settings")
 
     @field_validator("prompt")
     @classmethod
@@ -161,6 +165,10 @@ class GenerationRequest(BaseModel):
             self.guidance_scale_2 = settings.guidance_scale_2
         if self.negative_prompt is None:
             self.negative_prompt = settings.negative_prompt
+        if self.max_retries is None:
+            self.max_retries = settings.limits.default_physics_retries if self.min_physics_score is not None else 0
+        elif self.max_retries > settings.limits.max_physics_retries:
+            raise FieldError("max_retries", f"max_retries must be at most {settings.limits.max_physics_retries}")
         if self.seed is None:
             self.seed = secrets.randbelow(2**31)
         return self
@@ -168,6 +176,10 @@ class GenerationRequest(BaseModel):
     def matched_to(self, template) -> "GenerationRequest":
         """This free-form request sharing `template`'s high-noise phase (approximate match)."""
         return self.model_copy(update={"base_prompt": template.base_prompt, "seed": template.seed})
+
+    def resample_seed(self, attempt: int) -> int:
+        """The seed of re-sample `attempt` (1, 2, ...): derived, so a rerun repeats it."""
+        return (self.seed + 1_000_003 * attempt) % MAX_SEED
 
     @property
     def template_mode(self) -> bool:

@@ -57,6 +57,8 @@ class VideoCreateBody(BaseModel):
     guidance_scale_2: float | None = Field(None, validation_alias=AliasChoices("guidance_2", "guidance_scale_2"))
     negative_prompt: str | None = None
     preset: str | None = Field(None, description="preview or final")
+    min_physics_score: float | None = Field(None, description="Re-sample the detail phase below this score")
+    max_retries: int | None = Field(None, description="Re-samples at most (with min_physics_score)")
 
     def to_request(self, settings: Settings, model_id: str) -> GenerationRequest:
         if self.model not in (None, model_id):

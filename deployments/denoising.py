@@ -77,6 +77,20 @@ class Scheduler:
         scheduler.__dict__.update(copy.deepcopy(state))
         return scheduler
 
+    def resample(self, state: DenoisingState, seed: int) -> DenoisingState:
+        """The same layout with new detail noise: the boundary latent re-noised from its clean
+        estimate, x = (1 - sigma) x0 + sigma * noise (flow matching), and the multistep
+        history cleared so the solver restarts there (SDEdit at the MoE boundary)."""
+        x0 = state.scheduler["model_outputs"][-1]  # UniPC keeps its outputs as x0 predictions
+        if x0 is None:
+            raise ValueError("re-sampling needs the high-noise phase's last model output")
+        sigma = float(state.scheduler["sigmas"][state.step])
+        noise = prepare_latents(tuple(state.latents.shape), seed)
+        order = len(state.scheduler["model_outputs"])
+        scheduler = {**state.scheduler, "model_outputs": [None] * order, "timestep_list": [None] * order,
+                     "lower_order_nums": 0, "last_sample": None}
+        return DenoisingState((1 - sigma) * x0.float() + sigma * noise, scheduler, state.step)
+
     @staticmethod
     def capture(scheduler) -> SchedulerState:
         """The scheduler's mutable state (timesteps, sigmas, step index, multistep history)."""

@@ -35,8 +35,10 @@ class Expert:
         embeddings: PromptEmbeddings,
         state: DenoisingState | None = None,
         on_step: StepCallback | None = None,
+        resample_seed: int | None = None,
     ) -> DenoisingState:
-        """Run this expert's side of the boundary; the high-noise expert starts from noise."""
+        """Run this expert's side of the boundary; the high-noise expert starts from noise.
+        `resample_seed` re-draws the low-noise phase's noise (a physics retry)."""
         plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
         if self.name == HIGH_NOISE:
             if state is None:
@@ -45,6 +47,8 @@ class Expert:
             return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
         if state is None:
             raise ValueError(f"{self.name}: the low-noise phase needs the high-noise phase's state")
+        if resample_seed is not None:
+            state = self.scheduler.resample(state, resample_seed)
         return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
 
     def shared_phase(

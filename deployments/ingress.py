@@ -190,16 +190,44 @@ class Ingress:
             #    requests: computed once, then read from the cache)
             state = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
             # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
+            boundary = state
             if self.low_noise_expert is not None:
-                state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, state)
-            # 4. Decode and write the mp4 to the shared store
-            await self.decoder.decode.remote(job_id, request, state)
+                state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, boundary)
+            # 4. Decode, write the mp4 to the shared store, score its physics
+            video = await self.decoder.decode.remote(job_id, request, state)
+            # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
+            physics = await self._repair(job_id, request, embeddings, boundary, video)
+            await self.jobs.scored.remote(job_id, physics)
+            if self.cache is not None and request.cache:  # the next identical request gets it as is
+                mp4 = self.store.read(video_key(job_id))
+                self.cache.put("result", result_key(self.checkpoint, request), {"mp4": mp4, "physics": physics})
             return await self.jobs.complete.remote(job_id)
         except JobCancelled:
             return await self.jobs.get.remote(job_id)
         except Exception as error:  # a stage failed: the job says why, the ingress goes on
             logger.exception("job %s failed", job_id)
             return await self.jobs.fail.remote(job_id, "generation_failed", _summary(error))
+
+    async def _repair(self, job_id, request, embeddings, boundary, video: dict) -> dict:
+        """Re-sample the low-noise phase with new seeds while the score is below the
+        request's minimum; keep the best video. Returns its physics with every attempt."""
+        best, attempts = video, [{"attempt": 0, "seed": request.seed, "score": video["physics"]["score"]}]
+        low_steps = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio).low_noise_steps
+        for attempt in range(1, request.max_retries + 1):
+            if self.low_noise_expert is None or best["physics"]["score"] >= (request.min_physics_score or 0):
+                break
+            seed = request.resample_seed(attempt)
+            await self.jobs.add_steps.remote(job_id, len(low_steps))
+            state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, boundary, seed)
+            candidate = await self.decoder.decode.remote(job_id, request, state, attempt)
+            attempts.append({"attempt": attempt, "seed": seed, "score": candidate["physics"]["score"]})
+            if candidate["physics"]["score"] > best["physics"]["score"]:
+                best = candidate
+        if best["key"] != video_key(job_id):
+            self.store.write(video_key(job_id), self.store.read(best["key"]))
+        for attempt in attempts[1:]:
+            self.store.delete(video_key(job_id, attempt["attempt"]))
+        return {**best["physics"], "attempts": attempts}
 
     # -- reading and managing jobs ------------------------------------------------------
 

@@ -306,3 +306,16 @@ def test_free_prompt_close_to_a_template_shares_its_phase(client):
     assert far["matched_template"] is None and far["cache"]["boundary"] is None
     seeded = client.create("a brown animal sitting in a room.", steps=6, seed=3)  # an explicit seed is kept
     assert seeded["matched_template"] is None
+
+
+def test_low_physics_score_is_repaired_with_new_seeds(client):
+    job = client.wait(client.create("a falling ball", steps=6, seed=2, min_physics_score=0.99, max_retries=1)["id"])
+    assert job["status"] == "completed", job
+    attempts = job["physics"]["attempts"]
+    assert [a["attempt"] for a in attempts] == [0, 1] and attempts[1]["seed"] != attempts[0]["seed"]
+    assert job["physics"]["score"] == max(a["score"] for a in attempts)
+    assert job["steps_total"] > 6 and job["progress"] == 100
+    assert [s["stage"] for s in job["trace"]].count("low_noise") == 2
+    assert client.content(job["id"])[4:8] == b"ftyp"
+    response = httpx.post(f"{client.http.base_url}/v1/videos", json={"prompt": "x", "min_physics_score": 2})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "min_physics_score"
