@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx
 import torch
 
 from cluster.config import Settings
+from cluster.launch import free_port
 from cluster.pipeline import Pipeline
 from cluster.request import GenerationRequest
 
@@ -52,12 +52,6 @@ BIN_DIR = os.path.dirname(sys.executable)  # the venv's bin (no realpath: that l
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,8 +93,6 @@ def rounded(value, digits: int = 4):
 
 def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -> dict:
     """`t2v serve` in its own Ray cluster: seconds to /healthz 200 and to the first video."""
-    from ray._private.services import find_gcs_addresses
-
     ray_dir = f"/tmp/t2v-bs-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
     env = {
         **os.environ,
@@ -114,19 +106,12 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
         "PYTHONFAULTHANDLER": "1",
         **({"T2V_MODEL": str(settings.model)} if settings.model else {}),
     }
-    env.pop("RAY_ADDRESS", None)
-    # `t2v serve` first tries ray.init(address="auto"), which joins ANY local Ray it finds with
-    # `ps`, whatever the temp dir. Only when one is running (another session's tests), pin it
-    # to a fresh cluster instead, and say so in the results.
-    joined_guard = bool(find_gcs_addresses())
-    if joined_guard:
-        env["RAY_ADDRESS"] = "local"
-        log("startup: another Ray is running here; `t2v serve` gets RAY_ADDRESS=local")
+    env.pop("RAY_ADDRESS", None)  # its own RAY_TMPDIR: `t2v serve` starts a cluster of its own
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = work / "t2v-serve.log"
-    out: dict = {"ray_address_local": joined_guard}
+    out: dict = {}
     with open(log_path, "wb") as log_file:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -162,7 +147,7 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
             out["first_request_s"] = start + out["first_video_s"] - request_start[0]
             log(f"startup: first video after {out['first_video_s']:.1f}s ({out['first_request_s']:.1f}s request)")
         # Its own cluster, as a user's first `t2v serve` has: Ray wrote its session into our temp dir.
-        out["own_cluster"] = os.path.isdir(os.path.join(ray_dir, "session_latest")) or joined_guard
+        out["own_cluster"] = os.path.isdir(os.path.join(ray_dir, "session_latest"))
     finally:
         stop = time.perf_counter()
         # Ctrl-C signals the whole foreground process group; Ray's own processes block SIGINT.

@@ -188,9 +188,9 @@ class Ingress:
                 high_embeddings = self.text_encoder.encode.remote(job_id, request, base_prompt=True)
             # 2. High-noise phase: initial noise, layout and motion (shared by a template's
             #    requests: computed once, then read from the cache)
-            state = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
+            boundary = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
             # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
-            boundary = state
+            state = boundary
             if self.low_noise_expert is not None:
                 state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, boundary)
             # 4. Decode, write the mp4 to the shared store, score its physics
