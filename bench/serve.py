@@ -45,7 +45,7 @@ from cluster.pipeline import Pipeline
 from cluster.request import GenerationRequest
 
 PRESETS = ("final", "preview")  # final first: the goal is set there
-STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4")
+STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4", "score")
 GOALS = {"latency_ratio": 1.10, "throughput_ratio": 1.5, "startup_s": 30}
 BIN_DIR = os.path.dirname(sys.executable)  # the venv's bin (no realpath: that leaves the venv)
 
