@@ -11,8 +11,8 @@ On the default model (or `T2V_MODEL`), in one run:
     first video (POST /v1/videos/sync 200), and whether Ctrl-C stops it cleanly.
 
 The in-process side runs with torch's default thread count (what `t2v generate` gets) and,
-as an extra row, with one thread: what each Serve replica gets, since Ray sets
-OMP_NUM_THREADS=1 for fractional-CPU actors.
+as an extra row, with one thread; the replicas' threads are set per deployment
+(`DeploymentSettings.threads`, else Ray's OMP_NUM_THREADS=1 for fractional-CPU actors).
 
     python -m bench.serve [--repeats 3] [--requests 16] [--concurrency 8] [--rounds 3]
 
@@ -313,7 +313,7 @@ def bench_throughput(sides: Sides, prompt: str, seed: int, n: int, concurrency: 
 
 
 def print_tables(result: dict, threads: int) -> None:
-    names = {"http": "http (replicas, 1 thread each)", "local": f"in-process, {threads} threads", "local_1t": "in-process, 1 thread"}
+    names = {"http": "http (replicas)", "local": f"in-process, {threads} threads", "local_1t": "in-process, 1 thread"}
     print("(a) latency, one request (median seconds)")
     print(f"{'preset':<8}{'http_s':>10}{'inproc_s':>10}{'ratio':>8}{'inproc1t_s':>12}{'ratio_1t':>10}")
     for preset, row in result["latency"].items():

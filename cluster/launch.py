@@ -16,7 +16,7 @@ def ray_environment() -> None:
     tools fail without one), and the venv's python first on PATH for `ray job submit`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    bin_dir = os.path.dirname(os.path.realpath(os.sys.executable))
+    bin_dir = os.path.dirname(os.sys.executable)  # not realpath: that leaves the venv for pyenv's bin
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
 
