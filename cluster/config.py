@@ -151,10 +151,11 @@ class Settings(BaseSettings):
     def _merge_deployments(cls, given: dict) -> dict:
         """A YAML or env override names only what it changes; the rest keeps its defaults."""
         merged = {name: d.model_dump() for name, d in _default_deployments().items()}
+        canonical = {name.lower(): name for name in merged}  # env names arrive lower-cased
         for name, options in (given or {}).items():
-            if name not in merged:
+            if name.lower() not in canonical:
                 raise ValueError(f"unknown deployment {name!r}; known: {sorted(merged)}")
-            merged[name].update(options.model_dump() if isinstance(options, BaseModel) else options)
+            merged[canonical[name.lower()]].update(options.model_dump() if isinstance(options, BaseModel) else options)
         return merged
 
     def templates(self):

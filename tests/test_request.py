@@ -67,7 +67,7 @@ def test_env_feeds_settings(monkeypatch):
     assert "between 1 and 5" in _errors(settings, prompt="a", num_inference_steps=6)["num_inference_steps"]
 
 
-def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path):
+def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path, monkeypatch):
     config = tmp_path / "settings.yaml"
     config.write_text(
         "limits: {max_height: 720}\n"
@@ -79,5 +79,7 @@ def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path):
     assert (high.num_gpus, high.max_ongoing_requests, high.num_cpus) == (1, 1, 0.5)  # the rest keeps defaults
     assert set(settings.deployments) == {"Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert",
                                          "Decoder"}
+    monkeypatch.setenv("T2V_DEPLOYMENTS__DECODER__THREADS", "3")  # env names arrive lower-cased
+    assert Settings().deployments["Decoder"].threads == 3
     with pytest.raises(ValidationError, match="unknown deployment 'Expert'"):
         Settings(deployments={"Expert": {"num_gpus": 1}})
