@@ -4,7 +4,7 @@
     serve run cluster.app:build_app model=/ckpt/Wan2.2-T2V-A14B-Diffusers
 
 Each deployment wraps a plain stage class from `deployments/` and only adds what
-serving needs: job progress and cancellation, and the shared output store.
+serving needs: job progress and cancellation, the shared output store and latent cache.
 """
 
 from __future__ import annotations
