@@ -34,10 +34,14 @@ from deployments.text_encoder import PromptEmbeddings, TextEncoder
 class JobReporter:
     """A stage's view of its job: start/stop spans, per-step progress, cancellation."""
 
+    REPORT_SECONDS = 0.25  # progress at most this often: each call costs the compute threads
+
     def __init__(self, jobs: DeploymentHandle, job_id: str, expert: str = ""):
         self.jobs, self.job_id, self.expert = jobs, job_id, expert
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._last_step = None
+        self._unreported = 0
+        self._reported_at = time.monotonic()
 
     @contextmanager
     def stage(self, name: str):
@@ -45,6 +49,9 @@ class JobReporter:
         self.jobs.stage_started.remote(self.job_id, name).result()
         start = time.time()
         yield
+        if self._unreported:
+            self.jobs.step_done.remote(self.job_id, self.expert, self._unreported).result()
+            self._unreported = 0
         self.span(name, start, time.time())
 
     def span(self, name: str, start: float, end: float) -> None:
@@ -55,9 +62,13 @@ class JobReporter:
         self.jobs.cache_used.remote(self.job_id, level, hit).result()
 
     def step(self, _index: int) -> None:
-        # Progress goes out without waiting; the previous step's answer (long back by now)
-        # raises JobCancelled, so a cancellation stops the phase within two steps.
-        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id, self.expert)
+        # Progress goes out without waiting; the previous report's answer (long back by now)
+        # raises JobCancelled, so a cancellation stops the phase within two reports.
+        self._unreported += 1
+        if time.monotonic() - self._reported_at < self.REPORT_SECONDS:
+            return
+        steps, self._unreported, self._reported_at = self._unreported, 0, time.monotonic()
+        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id, self.expert, steps)
         if previous is not None:
             previous.result()
 

@@ -52,8 +52,8 @@ class DeploymentSettings(BaseModel):
     max_ongoing_requests: int = 4
     max_queued_requests: int = -1  # -1: unbounded; the ingress bounds work by active jobs
     # Torch CPU threads per replica. Ray would give a fractional-CPU replica one; two make a
-    # lone request as fast as in-process. PASSIVE: waiting threads sleep instead of spinning,
-    # so replicas sharing cores under load degrade to one thread's speed, not far below it.
+    # lone request faster. PASSIVE: waiting threads sleep instead of spinning, so replicas
+    # sharing cores under load degrade to one thread's speed, not far below (BENCHMARKS.md).
     threads: int = 1
 
     def serve_options(self) -> dict:

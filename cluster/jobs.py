@@ -167,13 +167,13 @@ class JobStore:
                 metrics.observe("queue", job.timings["queue"], model=job.model)
                 self._publish()
 
-    def step_done(self, job_id: str, expert: str = "") -> None:
-        """One denoising step finished. Raises JobCancelled to stop the stage."""
+    def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> None:
+        """Denoising steps finished. Raises JobCancelled to stop the stage."""
         with self._lock:
             job = self._live(job_id)
-            job.steps_done = min(job.steps_done + 1, job.steps_total)
+            job.steps_done = min(job.steps_done + steps, job.steps_total)
             job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
-        metrics.inc("steps", expert=expert, model=job.model)
+        metrics.inc("steps", steps, expert=expert, model=job.model)
 
     def stage_done(self, job_id: str, stage: str, start: float, end: float, replica: str = "") -> None:
         with self._lock:
