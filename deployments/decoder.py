@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ class Decoder:
         self.latents_mean = torch.tensor(config.latents_mean).view(shape)
         self.latents_std = torch.tensor(config.latents_std).view(shape)
         self.video_processor = VideoProcessor(vae_scale_factor=config.scale_factor_spatial)
+        # The Wan VAE keeps its causal-conv feature cache on the module during a decode, so
+        # two decodes at once (a replica serving requests from threads) corrupt each other.
+        self._vae_lock = threading.Lock()
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
@@ -40,9 +44,9 @@ class Decoder:
         latents = latents.to(self.device, self.vae.dtype)
         mean = self.latents_mean.to(latents.device, latents.dtype)
         inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)
-        video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        with self._vae_lock:
+            video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.video_processor.postprocess_video(video, output_type="np")[0]
-
 
     def video(self, request: GenerationRequest, latents: torch.Tensor) -> DecodedVideo:
         """Decoded uint8 frames and the mp4 made of them, marked as AI-generated."""

@@ -117,3 +117,21 @@ def test_expert_refuses_a_state_from_another_step(wan22_dir):
     state = DenoisingState(prepare_latents((1, 16, 5, 8, 8), 0), scheduler_state, 0)
     with pytest.raises(ValueError, match="start at step"):
         pipeline.low_noise_expert(state, embeddings, 3.0, plan.low_noise_steps)
+
+
+def test_concurrent_decodes_equal_sequential_ones(wan22_dir):
+    """A Serve replica decodes requests from several threads; the VAE's per-decode feature
+    cache must not leak between them (it did: a 17-frame video came out with 20 frames)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployments.decoder import Decoder
+
+    checkpoint = Checkpoint(wan22_dir, Settings(model=wan22_dir))
+    decoder = Decoder(checkpoint)
+    latents = [prepare_latents(checkpoint.latent_shape(17, 64, 64), seed) for seed in range(4)]
+    sequential = [decoder(x) for x in latents]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(decoder, latents))
+    for one, other in zip(sequential, concurrent):
+        assert one.shape == other.shape == (17, 64, 64, 3)
+        assert np.array_equal(one, other)
