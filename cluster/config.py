@@ -102,6 +102,13 @@ class CacheSettings(BaseModel):
     approximate_threshold: float = 0.9
 
 
+class SafetySettings(BaseModel):
+    """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
+
+    enabled: bool = True
+    blocklist_file: Path = Path(__file__).resolve().parent.parent / "deployments" / "safety.yaml"
+
+
 class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -144,6 +151,7 @@ class Settings(BaseSettings):
     templates_file: Path = Path(__file__).resolve().parent.parent / "cache" / "templates.yaml"
     serving: ServingSettings = ServingSettings()
     cache: CacheSettings = CacheSettings()
+    safety: SafetySettings = SafetySettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
 
     @field_validator("deployments", mode="before")
@@ -163,6 +171,12 @@ class Settings(BaseSettings):
         from cache.templates import load_registry
 
         return load_registry(str(self.templates_file))
+
+    def content_filter(self):
+        """The prompt filter, or None when switched off (loaded once per file)."""
+        from deployments.safety import load_filter
+
+        return load_filter(str(self.safety.blocklist_file)) if self.safety.enabled else None
 
     @property
     def output_uri(self) -> str:

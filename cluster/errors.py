@@ -2,8 +2,9 @@
 
 
 class FieldError(ValueError):
-    """Bad input in `field` (e.g. "slots.product"); pydantic's own loc can't say it after the fact."""
+    """Bad input in `field` (e.g. "slots.product"); pydantic's own loc can't say it after the fact.
+    `code` is the API error code when it is more specific than "invalid_request"."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, code: str | None = None):
         super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+        self.field, self.message, self.code = field, message, code

@@ -28,12 +28,13 @@ def _in_range(name: str, value, low, high):
 
 
 def describe_errors(error: ValidationError) -> list[dict[str, str]]:
-    """pydantic's errors as `{field, message}` pairs, for CLI, HTTP and batch rows alike."""
+    """pydantic's errors as `{field, message}` pairs (plus `code` when a check has a more
+    specific one than invalid input), for CLI, HTTP and batch rows alike."""
     described = []
     for e in error.errors():
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, FieldError):  # it knows the field (e.g. a template slot) better than loc
-            described.append({"field": cause.field, "message": cause.message})
+            described.append({"field": cause.field, "message": cause.message, **({"code": cause.code} if cause.code else {})})
         else:
             field = ".".join(str(p) for p in e["loc"]) or "request"
             described.append({"field": field, "message": e["msg"].removeprefix("Value error, ")})
@@ -46,6 +47,8 @@ def _check_prompt(prompt: str, settings: Settings) -> None:
     limit = settings.limits.max_prompt_chars
     if len(prompt) > limit:
         raise FieldError("prompt", f"prompt must be at most {limit} characters, got {len(prompt)}")
+    if (content_filter := settings.content_filter()) is not None:
+        content_filter.check(prompt)
 
 
 class GenerationRequest(BaseModel):

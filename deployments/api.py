@@ -23,6 +23,9 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers, self.errors = headers, errors
 
+    def __reduce__(self):  # crosses Ray's process boundaries intact
+        return (type(self), (self.status, self.message, self.param, self.code, self.headers, self.errors))
+
     def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         body: dict[str, Any] = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
@@ -34,7 +37,8 @@ class ApiError(Exception):
 def invalid(error: ValidationError) -> ApiError:
     errors = describe_errors(error)
     message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return ApiError(400, message, param=errors[0]["field"], errors=errors)
+    code = next((e["code"] for e in errors if "code" in e), "invalid_request")
+    return ApiError(400, message, param=errors[0]["field"], code=code, errors=errors)
 
 
 class VideoCreateBody(BaseModel):
