@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v model init`, `t2v cache`, `t2v monitor`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init`, `t2v cache`, `t2v monitor`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from cluster.batch import batch
 from cluster.config import Settings
 
 app = typer.Typer(help="t2v-cluster: text to video with a Wan2.2-style MoE model.", no_args_is_help=True)
@@ -15,6 +16,7 @@ model_app = typer.Typer(help="Manage model checkpoints.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 cache_app = typer.Typer(help="Inspect or clear the latent cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+app.command()(batch)
 
 
 def _settings(model: Optional[Path]) -> Settings:

@@ -43,6 +43,9 @@ class OutputStore:
         except FileNotFoundError:
             return None
 
+    def exists(self, key: str) -> bool:
+        return self.fs.get_file_info(self._path(key)).type == pafs.FileType.File
+
     def delete(self, key: str) -> None:
         try:
             self.fs.delete_file(self._path(key))

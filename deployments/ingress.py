@@ -131,7 +131,7 @@ class Ingress:
 
     @api.post("/v1/videos", status_code=202, openapi_extra=_CREATE_BODY, summary="Create a video job")
     async def create_video(self, request: Request) -> JSONResponse:
-        job, generation = await self._accept(request)
+        job, generation = await self._accept(await _read_body(request))
         if job.active:  # not answered from the result cache
             task = asyncio.create_task(self._generate(job.id, generation))
             self._tasks.add(task)
@@ -141,7 +141,7 @@ class Ingress:
     @api.post("/v1/videos/sync", openapi_extra=_CREATE_BODY, summary="Generate a video and return the mp4",
               response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
     async def create_video_sync(self, request: Request) -> Response:
-        job, generation = await self._accept(request)
+        job, generation = await self._accept(await _read_body(request))
         if job.active:
             job = await self._generate(job.id, generation)
         if job.status != "completed":
@@ -149,10 +149,26 @@ class Ingress:
                            code=job.error.code if job.error else job.status)
         return Response(self.store.read(video_key(job.id)), media_type="video/mp4", headers={"X-Video-Id": job.id})
 
-    async def _accept(self, request: Request) -> tuple[Job, GenerationRequest]:
+    async def submit(self, fields: dict[str, Any], keep: bool = False) -> dict[str, Any]:
+        """One request through the stages for callers inside the cluster (batch jobs): the
+        same validation, job record, capacity and caches as `POST /v1/videos`. Returns the
+        finished job record and its mp4 (the record is then deleted unless `keep`), or
+        the HTTP status and OpenAI-shaped error that POST would have answered."""
+        try:
+            job, generation = await self._accept(fields)
+        except ApiError as error:
+            return {"status": error.status, **error.body(), "headers": error.headers or {}}
+        if job.active:
+            job = await self._generate(job.id, generation)
+        mp4 = self.store.read(video_key(job.id)) if job.status == "completed" else None
+        if not keep and not job.active:
+            await self.jobs.delete.remote(job.id)
+        return {"status": 200, "job": self._public(job), "mp4": mp4}
+
+    async def _accept(self, fields: Any) -> tuple[Job, GenerationRequest]:
         """Validate the body and record the job; 400 names the bad field, 503 when full.
         An identical earlier request's mp4 completes the job at once (result cache)."""
-        body = parse_create_body(await _read_body(request))
+        body = parse_create_body(fields)
         generation = body.to_request(self.settings, self.model_id)
         matched = None
         if self.settings.cache.approximate_match and generation.cache and body.template is None and body.seed is None:

@@ -33,6 +33,7 @@ class RunningApp:
     url: str
     settings: Settings
     model_dir: Path
+    dashboard: str  # Ray's dashboard (job submission) address, http://host:port
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +55,10 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     )
     ray_environment()
     # address="local": always a fresh cluster, never a developer's running one.
-    ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True, num_cpus=4,
-             logging_level="WARNING")
+    context = ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True,
+                       num_cpus=4, logging_level="WARNING")
     try:
-        yield RunningApp(deploy(settings), settings, wan22_dir)
+        yield RunningApp(deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}")
     finally:
         serve.shutdown()
         ray.shutdown()

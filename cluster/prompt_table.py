@@ -1,0 +1,183 @@
+"""The input of a batch run: a prompt table in Parquet, JSONL or CSV, one request per row.
+
+Columns are the fields of `POST /v1/videos` (prompt or template + slots, seed, preset,
+size, steps, ...) plus an optional `id`. Files are opened through `pyarrow.fs`, so the
+input may be a local path or any URI pyarrow knows (s3://, gs://, hdfs://); `.gz` and
+other compressed files are read as such. A row the reader cannot make sense of (a line
+that is not JSON, an unusable id) still becomes a `Row`, carrying its error, so it shows
+up in the manifest as failed instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from deployments.api import VideoCreateBody
+
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+           ".csv": "csv"}
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
+
+
+def request_columns() -> set[str]:
+    """Every name `VideoCreateBody` accepts, aliases included (steps, guidance, ...)."""
+    names = set()
+    for name, field in VideoCreateBody.model_fields.items():
+        names.add(name)
+        alias = field.validation_alias
+        names.update(getattr(alias, "choices", []) or ([alias] if isinstance(alias, str) else []))
+    return names
+
+
+class InputError(ValueError):
+    """The table as a whole is unusable (unreadable, unknown format, duplicate ids)."""
+
+
+@dataclass
+class Row:
+    index: int  # 0-based position in the file: the manifest's order
+    id: str
+    fields: dict  # the request fields as given, nulls dropped
+    request_hash: str  # changes when any field changes: a rerun redoes the row
+    error: str | None = None  # the row is unusable as read (e.g. a line that is not JSON)
+
+    @property
+    def template(self) -> str | None:
+        template = self.fields.get("template")
+        return template if isinstance(template, str) else None
+
+    def request_fields(self) -> dict:
+        """The fields to send. A free-form row without a seed gets one derived from its
+        content, so a rerun or a resumed run makes the same video (HTTP draws a random one)."""
+        fields = dict(self.fields)
+        if "seed" not in fields and "template" not in fields:
+            fields["seed"] = int(self.request_hash, 16) % 2**31
+        return fields
+
+
+def _clean(value):
+    """Arrow's Python values to plain JSON-able ones; missing values (None, NaN) to None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        value = dict(value)  # an Arrow map column (e.g. slots written by pandas or Spark)
+    if isinstance(value, dict):  # a struct column has every row's keys: drop the ones unset here
+        return {k: v for k, v in value.items() if _clean(v) is not None}
+    return value
+
+
+def _content_hash(fields: dict) -> str:
+    """Of the fields as the API reads them, so CSV's "4" and JSON's 4 hash alike (a table
+    converted to another format resumes where it stopped)."""
+    try:
+        fields = VideoCreateBody.model_validate(fields).model_dump(exclude_none=True)
+    except ValueError:
+        pass  # invalid: the row fails anyway; hash what was given
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _format(path: str) -> str:
+    name = path.lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    kind = FORMATS.get(Path(name).suffix)
+    if kind is None:
+        raise InputError(f"{path}: unknown input format; use .parquet, .jsonl or .csv (optionally .gz)")
+    return kind
+
+
+def _records(fs: pafs.FileSystem, path: str, kind: str) -> list[dict | str]:
+    """Row dicts in file order; a JSONL line that does not parse stays a string (its error)."""
+    if kind == "parquet":
+        with fs.open_input_file(path) as f:
+            return pq.read_table(f).to_pylist()
+    with fs.open_input_stream(path) as f:  # decompresses by extension
+        data = f.read()
+    if kind == "csv":
+        # Every column as text: pydantic converts per row, so one bad cell fails one row,
+        # not the whole column's type inference.
+        names = pacsv.open_csv(pa.BufferReader(data)).schema.names
+        options = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
+        return pacsv.read_csv(pa.BufferReader(data), convert_options=options).to_pylist()
+    records: list[dict | str] = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            records.append(f"line {number}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        records.append(record if isinstance(record, dict) else f"line {number}: not a JSON object")
+    return records
+
+
+def _fields(record: dict, known: set[str]) -> tuple[dict, str | None]:
+    fields, error = {}, None
+    for name, value in record.items():
+        value = _clean(value)
+        if name == "id" or name not in known or value is None or value == "":
+            continue
+        if name == "slots" and isinstance(value, str):  # CSV: a JSON object in the cell
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                error = f"slots: must be a JSON object, got {value!r}"
+        fields[name] = value
+    return fields, error
+
+
+def read_table(uri: str) -> tuple[list[Row], list[str]]:
+    """The rows of the table at `uri`, and the columns ignored (not request fields).
+    Raises InputError when the table itself is unusable."""
+    try:
+        if "://" in uri:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+        records = _records(fs, path, _format(path))
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{uri}: cannot read the input: {e}") from None
+    known = request_columns()
+    ignored = sorted({name for r in records if isinstance(r, dict) for name in r} - known - {"id"})
+
+    rows: list[Row] = []
+    given_ids: dict[str, int] = {}  # id -> row index
+    derived_ids: dict[str, int] = {}  # id -> occurrences
+    for index, record in enumerate(records):
+        if isinstance(record, str):  # unreadable line: an id of its position, its error
+            rows.append(Row(index, f"row-{index:06d}", {}, _content_hash({"line": record}), error=record))
+            continue
+        fields, error = _fields(record, known)
+        digest = _content_hash(fields)
+        given = _clean(record.get("id"))
+        if given is None:
+            row_id = f"row-{digest[:12]}"
+            derived_ids[row_id] = derived_ids.get(row_id, 0) + 1
+            if derived_ids[row_id] > 1:  # identical rows: each its own video, told apart by occurrence
+                row_id = f"{row_id}-{derived_ids[row_id]}"
+        else:
+            row_id = str(given)
+            if not ID.match(row_id):
+                error = error or f"id: must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {row_id!r}"
+                row_id = f"row-{index:06d}"
+            elif row_id in given_ids:
+                raise InputError(
+                    f"id {row_id!r} appears more than once (rows {given_ids[row_id] + 1} and {index + 1}); ids must be unique"
+                )
+            else:
+                given_ids[row_id] = index
+        rows.append(Row(index, row_id, fields, digest, error))
+    return rows, ignored

@@ -1,0 +1,277 @@
+"""Batch runs: the prompt-table reader, the manifest, the in-process engine, and real
+`ray job submit` runs against the session's Serve app (mixed rows, rerun, kill and resume,
+Parquet, JSONL and CSV inputs)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from cluster.batch import BatchRun, LocalEngine
+from cluster.cli import app as cli
+from cluster.manifest import MANIFEST, PARTS, Manifest
+from cluster.prompt_table import InputError, read_table
+from cluster.storage import OutputStore
+from deployments.api import ApiError, parse_create_body
+from deployments.video import probe_mp4
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+VALID = [
+    {"id": "cat", "prompt": "一只橘猫在草地上奔跑", "seed": 1, "steps": 4},
+    {"id": "ball", "prompt": "a red ball bouncing on a wooden floor", "steps": 4},
+    {"id": "shoe", "template": "product_showcase", "slots": {"product": "a running shoe"}, "steps": 4},
+    {"id": "mug", "template": "product_showcase", "slots": {"product": "a ceramic mug", "surface": "a desk"},
+     "steps": 4},
+]
+BAD = [
+    {"id": "bad-size", "prompt": "a dog", "size": "100x64"},
+    {"id": "unsafe", "prompt": "一个人被斩首的场景"},
+]
+
+
+def write_table(rows: list[dict], path: Path, extra_lines: list[str] = ()) -> Path:
+    """`rows` as Parquet, JSONL or CSV by suffix (CSV: slots as a JSON cell)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if path.suffix == ".jsonl":
+        lines = [json.dumps(r, ensure_ascii=False) for r in rows] + list(extra_lines)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    elif path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]), path)
+    else:
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
+    return path
+
+
+def manifest_rows(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in pq.read_table(out / MANIFEST).to_pylist()}
+
+
+def validated(settings, row) -> dict | str:
+    """The request a row resolves to, or its error message: what an engine would run."""
+    if row.error:
+        return row.error
+    try:
+        return parse_create_body(row.request_fields()).to_request(settings, "m").model_dump()
+    except ApiError as e:
+        return e.message
+
+
+# -- the prompt table --------------------------------------------------------------------
+
+
+def test_parquet_jsonl_and_csv_give_the_same_requests(settings, tmp_path):
+    rows = [{**r, "notes": "campaign 7"} for r in VALID + BAD]
+    tables = {fmt: read_table(str(write_table(rows, tmp_path / f"prompts.{fmt}"))) for fmt in ("jsonl", "parquet", "csv")}
+    reference, ignored = tables["jsonl"]
+    assert ignored == ["notes"]
+    assert [r.id for r in reference] == [r["id"] for r in rows]
+    for fmt, (table, ignored) in tables.items():
+        assert ignored == ["notes"], fmt
+        assert [validated(settings, r) for r in table] == [validated(settings, r) for r in reference], fmt
+    results = [validated(settings, r) for r in reference]
+    assert "width must be a multiple of 16" in results[4]
+    assert "content filter (category: graphic_violence)" in results[5]
+    assert results[3]["prompt"].startswith("product showcase: a ceramic mug on a desk")
+
+
+def test_bad_lines_ids_and_duplicates(tmp_path):
+    path = write_table(
+        [{"id": "ok", "prompt": "a cat"}, {"id": "no good!", "prompt": "a dog"}, {"prompt": "a boat"}, {"prompt": "a boat"}],
+        tmp_path / "p.jsonl", extra_lines=["{not json", "[1, 2]"],
+    )
+    rows, _ = read_table(str(path))
+    assert [r.error is None for r in rows] == [True, False, True, True, False, False]
+    assert "id: must be" in rows[1].error and "'no good!'" in rows[1].error
+    assert rows[4].error.startswith("line 5: not valid JSON") and rows[5].error == "line 6: not a JSON object"
+    # Rows without an id get one from their content: stable across reads, unique per occurrence.
+    assert rows[2].id.startswith("row-") and rows[3].id == f"{rows[2].id}-2"
+    assert [r.id for r in read_table(str(path))[0]] == [r.id for r in rows]
+    # A free-form row without a seed gets one from its content: a rerun makes the same video.
+    assert rows[2].request_fields()["seed"] == read_table(str(path))[0][2].request_fields()["seed"]
+
+    write_table([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], tmp_path / "dup.jsonl")
+    with pytest.raises(InputError, match="id 'a' appears more than once"):
+        read_table(str(tmp_path / "dup.jsonl"))
+    with pytest.raises(InputError, match="unknown input format"):
+        read_table(str(tmp_path / "prompts.xlsx"))
+    with pytest.raises(InputError, match="cannot read"):
+        read_table(str(tmp_path / "missing.jsonl"))
+
+
+def test_cli_names_the_problem(tmp_path):
+    write_table([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}], tmp_path / "dup.jsonl")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["batch", "--input", str(tmp_path / "dup.jsonl"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "appears more than once" in result.output
+    result = runner.invoke(cli, ["batch", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "cannot read the input" in result.output
+    result = runner.invoke(cli, ["batch", "-i", str(tmp_path / "dup.jsonl"), "-o", "x", "--engine", "spark"])
+    assert result.exit_code == 2 and "'spark' is not one of" in result.output
+
+
+# -- the manifest ------------------------------------------------------------------------
+
+
+def test_manifest_keeps_the_latest_record_per_id(tmp_path):
+    store = OutputStore(str(tmp_path))
+    manifest = Manifest(store)
+    manifest.record({"id": "a", "row": 0, "status": "failed", "error": "boom", "cache_hits": []})
+    manifest.record({"id": "b", "row": 1, "status": "completed", "physics_subscores": {"gravity": None, "flicker": 0.5},
+                     "slots": {"product": "a mug"}, "cache_hits": ["boundary"]})
+    assert len(store.keys(PARTS)) == 2 and not store.exists(MANIFEST)  # written as they finish
+    manifest.record({"id": "a", "row": 0, "status": "completed", "cache_hits": []})
+    assert {k: v["status"] for k, v in manifest.load().items()} == {"a": "completed", "b": "completed"}
+
+    table = manifest.compact(order=["b", "a"])
+    assert table.column("id").to_pylist() == ["b", "a"] and store.keys(PARTS) == []
+    b = manifest_rows(tmp_path)["b"]
+    assert dict(b["physics_subscores"]) == {"gravity": None, "flicker": 0.5} and b["cache_hits"] == ["boundary"]
+    manifest.record({"id": "c", "row": 2, "status": "failed", "cache_hits": []})  # parts on top of a manifest
+    assert set(manifest.load()) == {"a", "b", "c"}
+
+
+# -- the in-process engine ------------------------------------------------------------------
+
+
+def test_local_engine_run_rerun_and_changed_row(settings, tmp_path):
+    rows_path = write_table(VALID + BAD, tmp_path / "p.jsonl")
+    out = tmp_path / "out"
+    engine = LocalEngine(settings)
+    lines: list[str] = []
+
+    def run():
+        lines.clear()
+        rows, _ = read_table(str(rows_path))
+        return asyncio.run(BatchRun(rows, engine, OutputStore(str(out)), log=lines.append).run())
+
+    first = run()
+    assert (first["completed"], first["failed"], first["made"]) == (4, 2, 4)
+    entries = manifest_rows(out)
+    assert {k: e["status"] for k, e in entries.items()} == {
+        "cat": "completed", "ball": "completed", "shoe": "completed", "mug": "completed",
+        "bad-size": "failed", "unsafe": "failed",
+    }
+    assert entries["unsafe"]["error_code"] == "content_policy_violation"
+    # Template rows ran together: the second found the first's high-noise phase.
+    assert "boundary" in entries["shoe"]["cache_hits"] + entries["mug"]["cache_hits"]
+    assert entries["shoe"]["template"] == "product_showcase" and entries["shoe"]["seed"] == 1234
+    video = probe_mp4((out / "videos" / "cat.mp4").read_bytes())
+    assert (video["width"], video["height"], video["frames"]) == (64, 64, 17)
+    assert any("[6/6]" in line and "ETA" in line for line in lines)
+
+    second = run()  # completed rows skipped, failed ones retried
+    assert (second["made"], second["skipped"], second["failed"]) == (0, 4, 2)
+    assert manifest_rows(out)["cat"]["finished_at"] == entries["cat"]["finished_at"]
+
+    write_table([{**VALID[0], "seed": 2}] + VALID[1:] + BAD, rows_path)  # one row changed
+    third = run()
+    assert third["made"] == 1 and manifest_rows(out)["cat"]["seed"] == 2
+
+
+# -- real `ray job submit` against the session's Serve app ----------------------------------
+
+
+def ray_job(serve_app, *args: str, wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    command = [RAY, "job", "submit", "--address", serve_app.dashboard, "--working-dir", str(REPO)]
+    command += [] if wait else ["--no-wait"]
+    command += ["--", "python", "-m", "cluster.batch", *args]
+    deadline = time.monotonic() + 120
+    while True:
+        job = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        # Ray's job agent comes up a little after the cluster does; until then, it says so.
+        if "No available agent to submit job" not in job.stderr or time.monotonic() > deadline:
+            return job
+        time.sleep(2)
+
+
+def test_ray_job_mixed_file_then_rerun(serve_app, tmp_path):
+    source = write_table(VALID + BAD, tmp_path / "prompts.jsonl", extra_lines=["{not json"])
+    out = tmp_path / "out"
+    job = ray_job(serve_app, "--input", str(source), "--output", str(out))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "[7/7]" in job.stdout and "ETA" in job.stdout  # what `ray job logs -f` follows
+
+    entries = manifest_rows(out)
+    assert [e["status"] for e in entries.values()] == ["completed"] * 4 + ["failed"] * 3
+    assert entries["bad-size"]["error_code"] == "invalid_request" and "width" in entries["bad-size"]["error"]
+    assert entries["unsafe"]["error_code"] == "content_policy_violation"
+    assert entries["row-000006"]["error"].startswith("line 7: not valid JSON")
+    for name in ("cat", "ball", "shoe", "mug"):
+        entry = entries[name]
+        video = probe_mp4(Path(entry["output"]).read_bytes())
+        assert (video["width"], video["height"], video["frames"]) == (64, 64, 17)
+        assert 0 <= entry["physics_score"] <= 1 and entry["physics_subscores"]
+        assert entry["model_id"] == "t2v-tiny-wan2.2-a14b" and entry["num_inference_steps"] == 4
+        assert entry["seconds_total"] > 0
+    assert "boundary" in entries["shoe"]["cache_hits"] + entries["mug"]["cache_hits"]
+    assert entries["shoe"]["template"] == entries["mug"]["template"] == "product_showcase"
+    assert "completed 4, failed 3" in (out / "summary.txt").read_text()
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()}
+    rerun = ray_job(serve_app, "--input", str(source), "--output", str(out))
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "7 rows: 4 already done, 3 to run" in rerun.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "videos").iterdir()} == mtimes
+    again = manifest_rows(out)
+    assert [again[k]["finished_at"] for k in ("cat", "mug")] == [entries[k]["finished_at"] for k in ("cat", "mug")]
+
+
+def test_ray_job_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
+    rows = [{"id": f"clip-{i}", "prompt": f"a paper boat number {i} drifting on a pond", "steps": 6} for i in range(6)]
+    source = write_table(rows, tmp_path / "prompts.jsonl")
+    out = tmp_path / "out"
+    args = ("--input", str(source), "--output", str(out), "--concurrency", "1")
+    submitted = ray_job(serve_app, *args, wait=False)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+
+    deadline = time.monotonic() + 300
+    while len(list((out / PARTS).glob("*.parquet"))) < 2:  # two rows finished, the rest to come
+        assert time.monotonic() < deadline, "no rows finished"
+        time.sleep(0.5)
+    stop = subprocess.run([RAY, "job", "stop", "--address", serve_app.dashboard, job_id],
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = subprocess.run([RAY, "job", "status", "--address", serve_app.dashboard, job_id],
+                            capture_output=True, text=True, timeout=60)
+    assert "was stopped" in status.stdout + status.stderr
+    assert len(Manifest(OutputStore(str(out))).load()) < len(rows)  # killed before the end
+
+    resumed = ray_job(serve_app, *args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    done_before = int(re.search(r"6 rows: (\d+) already done", resumed.stdout).group(1))
+    assert 2 <= done_before < 6
+    table = pq.read_table(out / MANIFEST)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)  # each once, none missing
+    assert set(table.column("status").to_pylist()) == {"completed"}
+    assert sorted(p.name for p in (out / "videos").glob("*.mp4")) == sorted(f"{r['id']}.mp4" for r in rows)
+    assert list((out / PARTS).glob("*.parquet")) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_ray_job_reads_parquet_and_csv(serve_app, tmp_path, fmt):
+    source = write_table(VALID[:3] + BAD[:1], tmp_path / f"prompts.{fmt}")
+    out = tmp_path / "out"
+    job = ray_job(serve_app, "--input", str(source), "--output", str(out))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    statuses = {k: e["status"] for k, e in manifest_rows(out).items()}
+    assert statuses == {"cat": "completed", "ball": "completed", "shoe": "completed", "bad-size": "failed"}
+    assert probe_mp4((out / "videos" / "shoe.mp4").read_bytes())["frames"] == 17
