@@ -157,10 +157,10 @@ def test_local_engine_run_rerun_and_changed_row(settings, tmp_path):
     engine = LocalEngine(settings)
     lines: list[str] = []
 
-    def run():
+    def run():  # input and output as pyarrow.fs URIs, as object storage would be given
         lines.clear()
-        rows, _ = read_table(str(rows_path))
-        return asyncio.run(BatchRun(rows, engine, OutputStore(str(out)), log=lines.append).run())
+        rows, _ = read_table(f"file://{rows_path}")
+        return asyncio.run(BatchRun(rows, engine, OutputStore(f"file://{out}"), log=lines.append).run())
 
     first = run()
     assert (first["completed"], first["failed"], first["made"]) == (4, 2, 4)
