@@ -112,15 +112,26 @@ class LatentCache:
 
     @contextmanager
     def _lock(self, level: str, key: str):
-        """A row in the level's shared SQLite: it spans processes, and expires, so a replica
-        killed while computing does not block the key forever. (diskcache.Lock polls every
-        millisecond; a phase takes seconds, so poll gently.)"""
+        """A row in the level's shared SQLite: it spans processes. The holder refreshes it
+        while it computes; if the holder's replica dies, it expires within lock_seconds and
+        a waiter computes instead. (diskcache.Lock polls every millisecond; a phase takes
+        seconds, so poll gently.)"""
         store, name = self.levels[level], f"lock:{key}"
         while not store.add(name, True, expire=self.lock_seconds):
             time.sleep(0.05)
+        released = threading.Event()
+
+        def refresh() -> None:
+            while not released.wait(self.lock_seconds / 3):
+                store.touch(name, expire=self.lock_seconds)
+
+        refresher = threading.Thread(target=refresh, name=f"cache-lock-{level}", daemon=True)
+        refresher.start()
         try:
             yield
         finally:
+            released.set()
+            refresher.join()
             store.delete(name)
 
     def _read(self, level: str, key: str) -> Any | None:

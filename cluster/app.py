@@ -9,6 +9,8 @@ serving needs: job progress and cancellation, the shared output store and latent
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,8 @@ from deployments.denoising import DenoisingState
 from deployments.expert import Expert
 from deployments.ingress import Ingress
 from deployments.text_encoder import PromptEmbeddings, TextEncoder
+
+logger = logging.getLogger("ray.serve")
 
 
 class JobReporter:
@@ -75,10 +79,22 @@ class JobReporter:
 
 @serve.deployment(name="JobStore")
 class JobStoreDeployment(JobStore):
-    """The cluster's job records. Exactly one replica: it holds them in memory."""
+    """The cluster's job records. Exactly one replica: it holds them in memory (and writes
+    them through to the output store, from which a restarted replica reloads them)."""
 
     def __init__(self, settings: Settings):
-        super().__init__(OutputStore(settings.output_uri))
+        serving = settings.serving
+        super().__init__(OutputStore(settings.output_uri), serving.stage_timeout_seconds, serving.runner_lost_seconds)
+        threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                for job_id in self.check():
+                    logger.warning("job %s failed by the watchdog: %s", job_id, self.get(job_id).error.message)
+            except Exception:  # the watchdog must outlive any one bad record
+                logger.exception("job watchdog")
 
 
 @serve.deployment(name="TextEncoder")

@@ -47,6 +47,7 @@ def generate(
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     model: Optional[Path] = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
     url: Optional[str] = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
+    api_key: Optional[str] = typer.Option(None, envvar="T2V_API_KEY", help="The server's API key (with --url)."),
 ) -> None:
     """Generate one video (in this process, or on a server with --url), with a progress bar."""
     fields = dict(
@@ -55,7 +56,7 @@ def generate(
     )
     fields = {k: v for k, v in fields.items() if v is not None}
     if url:
-        _generate_remote(url, fields, size, output)
+        _generate_remote(url, fields, size, output, api_key)
     else:
         _generate_local(_settings(model), fields, size, output)
 
@@ -91,12 +92,12 @@ def _generate_local(settings: Settings, fields: dict, size: Optional[str], outpu
     )
 
 
-def _generate_remote(url: str, fields: dict, size: Optional[str], output: Path) -> None:
+def _generate_remote(url: str, fields: dict, size: Optional[str], output: Path, api_key: Optional[str]) -> None:
     from tqdm import tqdm
 
     from cluster.client import T2VClient, T2VError
 
-    client = T2VClient(url)
+    client = T2VClient(url, api_key)
     try:
         job = client.create(**fields, **({"size": size} if size else {}))
         with tqdm(total=100, unit="%", desc="denoising") as bar:
@@ -139,6 +140,11 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        if not settings.serving.api_keys:
+            note = " (asked for %s)" % settings.serving.host if settings.serving.host != "127.0.0.1" else ""
+            typer.echo(f"no API keys set (T2V_SERVING__API_KEYS): serving on 127.0.0.1 only{note}")
+        else:
+            typer.echo(f"API keys required: {len(settings.serving.api_keys)} configured")
         typer.echo("deploying (the first start builds the default model and loads every stage)...")
         base = deploy(settings)
         typer.echo(f"t2v-cluster is serving at {base}   (OpenAPI: {base}/docs)")

@@ -37,6 +37,8 @@ class Limits(BaseModel):
     max_fps: int = 60
     max_guidance: float = 20.0
     max_prompt_chars: int = 2000
+    # UMT5 tokens (the encoder sees at most max_sequence_length; longer prompts would be cut)
+    max_prompt_tokens: int = 512
     default_physics_retries: int = 2  # when a request sets min_physics_score but no max_retries
     max_physics_retries: int = 4
 
@@ -94,7 +96,7 @@ class CacheSettings(BaseModel):
     boundary_bytes: int = 4 * 2**30
     result_bytes: int = 4 * 2**30
     memory_embeddings: int = 512  # per-replica LRU in front of the shared store
-    lock_seconds: float = 600  # a computation's lock expires after this (its replica died)
+    lock_seconds: float = 30  # held locks are refreshed; one whose holder died expires after this
     # Approximate match (off by default): a free-form prompt whose embedding is this close
     # (cosine of mean-pooled UMT5 states) to a template's base prompt reuses that
     # template's high-noise phase, as NIRVANA reuses the noise of similar prompts.
@@ -122,6 +124,22 @@ class ServingSettings(BaseModel):
     # Ray's dashboard process writes the Prometheus service-discovery file of the metrics
     # agents (<ray_temp_dir>/prom_metrics_service_discovery.json): no dashboard, no metrics.
     metrics: bool = True
+    # Bearer tokens clients must send (`Authorization: Bearer <key>`); each key sees only
+    # the jobs it created. None set: the server binds 127.0.0.1 only.
+    api_keys: list[str] = []
+    max_body_bytes: int = 64 * 1024  # a request body beyond this gets 413 before it is read
+    # Faults: a stage running longer than this fails its job (a hung replica cannot hold a
+    # job forever); a job whose ingress replica stopped heartbeating fails after
+    # runner_lost_seconds; a job whose stage replica died is re-run up to job_retries times.
+    stage_timeout_seconds: float = 600
+    heartbeat_seconds: float = 2
+    runner_lost_seconds: float = 15
+    job_retries: int = 1
+
+    @property
+    def bind_host(self) -> str:
+        """`host`, but loopback only while no API key protects the server."""
+        return self.host if self.api_keys else "127.0.0.1"
 
 
 class Settings(BaseSettings):

@@ -73,6 +73,11 @@ class Job(BaseModel):
     physics: dict[str, Any] | None = None  # physics-plausibility score and subscores
     started_at: float | None = None
     created: float  # precise creation time, for the queue wait and ordering
+    stage: str | None = None  # the stage working on it now (None: queued or finished)
+    retries: int = 0  # re-runs after a stage's replica died
+    owner: str | None = None  # hash of the API key that created it; only that key sees it
+    runner: str | None = None  # the ingress replica running it (heartbeats to the store)
+    stage_since: float | None = None
 
     @property
     def active(self) -> bool:
@@ -99,23 +104,53 @@ def video_key(job_id: str, attempt: int = 0) -> str:
 
 
 class JobStore:
-    def __init__(self, store: OutputStore):
+    def __init__(self, store: OutputStore, stage_timeout: float | None = None, runner_lost: float | None = None):
         self.store = store
+        self.stage_timeout, self.runner_lost = stage_timeout, runner_lost
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._heartbeats: dict[str, float] = {}  # ingress replica -> last heartbeat
+        self._started = time.time()
         for key in store.keys("jobs"):
             data = store.read(key)
             if data:
                 job = Job.model_validate_json(data)
                 self._jobs[job.id] = job
 
+    # -- the watchdog: no job stays active forever ------------------------------------
+
+    def heartbeat(self, runner: str) -> None:
+        self._heartbeats[runner] = time.time()
+
+    def check(self, now: float | None = None) -> list[str]:
+        """Fail the active jobs whose stage overran its timeout, or whose ingress replica
+        stopped heartbeating (it died with the job's orchestration). Returns their ids."""
+        now = time.time() if now is None else now
+        failed = []
+        for job in [j for j in self._jobs.values() if j.active]:
+            if self.stage_timeout and job.stage and now - (job.stage_since or now) > self.stage_timeout:
+                failed.append(job.id)
+                self.fail(job.id, "stage_timeout", f"stage {job.stage} did not finish within {self.stage_timeout:g} s")
+            elif self.runner_lost and job.runner:
+                # A store restarted since has heard from no one yet: give runners the grace too.
+                seen = self._heartbeats.get(job.runner, max(self._started, job.created))
+                if now - seen > self.runner_lost:
+                    failed.append(job.id)
+                    self.fail(job.id, "ingress_lost",
+                              f"the ingress replica running this job stopped (no heartbeat for {self.runner_lost:g} s); "
+                              "submit it again")
+        return failed
+
     # -- queries ---------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def list(self, after: str | None = None, limit: int = 20, order: str = "desc") -> tuple[list[Job], bool]:
-        jobs = sorted(self._jobs.values(), key=lambda j: (j.created, j.id), reverse=order == "desc")
+    def list(
+        self, after: str | None = None, limit: int = 20, order: str = "desc", owner: str | None = None
+    ) -> tuple[list[Job], bool]:
+        jobs = [j for j in self._jobs.values() if j.owner == owner]
+        jobs.sort(key=lambda j: (j.created, j.id), reverse=order == "desc")
         if after is not None:
             ids = [j.id for j in jobs]
             jobs = jobs[ids.index(after) + 1 :] if after in ids else []
@@ -132,7 +167,7 @@ class JobStore:
 
     def create(
         self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None,
-        matched_template: dict[str, Any] | None = None,
+        matched_template: dict[str, Any] | None = None, owner: str | None = None, runner: str | None = None,
     ) -> Job:
         now = time.time()
         job = Job(
@@ -146,6 +181,8 @@ class JobStore:
             request=request.model_dump(),
             steps_total=steps_total,
             matched_template=matched_template,
+            owner=owner,
+            runner=runner,
         )
         with self._lock:
             if max_active is not None and self.count_active() >= max_active:
@@ -159,6 +196,7 @@ class JobStore:
         """Raises JobCancelled if the job was cancelled while it waited for this stage."""
         with self._lock:
             job = self._live(job_id)
+            job.stage, job.stage_since = stage, time.time()
             if job.status == "queued":
                 job.status = "in_progress"
                 job.started_at = time.time()
@@ -179,6 +217,8 @@ class JobStore:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None:
+                if job.stage == stage:
+                    job.stage = None
                 job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
                 job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
                 self._save(job)
@@ -190,6 +230,15 @@ class JobStore:
             if job is not None:
                 job.cache[level] = hit
                 self._save(job)
+
+    def retrying(self, job_id: str, reason: str) -> None:
+        """A stage's replica died under the job: it runs again from the start."""
+        with self._lock:
+            job = self._live(job_id)
+            job.retries += 1
+            job.steps_done = job.progress = 0
+            job.stage = None
+            self._save(job)
 
     def add_steps(self, job_id: str, steps: int) -> None:
         """A physics retry re-runs the low-noise phase: more steps to make progress over."""
@@ -234,8 +283,10 @@ class JobStore:
     # -- helpers ---------------------------------------------------------------------
 
     def _live(self, job_id: str) -> Job:
+        """The job, while it may still run: raises JobCancelled once it is cancelled or has
+        ended otherwise (e.g. failed by the watchdog), so its stages stop."""
         job = self._jobs.get(job_id)
-        if job is None or job.status == "cancelled":
+        if job is None or not job.active:
             raise JobCancelled(job_id)
         return job
 
@@ -244,7 +295,7 @@ class JobStore:
             job = self._jobs.get(job_id)
             if job is None or not job.active:
                 return job  # cancelled meanwhile: cancellation wins
-            job.status, job.error = status, error
+            job.status, job.error, job.stage = status, error, None
             job.completed_at = int(time.time())
             if status == "completed":
                 job.progress, job.steps_done = 100, job.steps_total

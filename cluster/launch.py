@@ -69,6 +69,7 @@ def deploy(settings: Settings, blocking: bool = False) -> str:
 
     from cluster.app import bind_app
 
-    serve.start(http_options={"host": settings.serving.host, "port": settings.serving.port})
+    host = settings.serving.bind_host
+    serve.start(http_options={"host": host, "port": settings.serving.port})
     serve.run(bind_app(settings), name=APP_NAME, route_prefix="/", blocking=blocking)
-    return f"http://{settings.serving.host}:{settings.serving.port}"
+    return f"http://{host}:{settings.serving.port}"

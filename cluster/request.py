@@ -49,6 +49,11 @@ def _check_prompt(prompt: str, settings: Settings) -> None:
         raise FieldError("prompt", f"prompt must be at most {limit} characters, got {len(prompt)}")
     if (content_filter := settings.content_filter()) is not None:
         content_filter.check(prompt)
+    from deployments.text_encoder import count_prompt_tokens  # loads the tokenizer: import when needed
+
+    tokens, limit = count_prompt_tokens(settings, prompt), settings.limits.max_prompt_tokens
+    if tokens > limit:
+        raise FieldError("prompt", f"prompt must be at most {limit} tokens, got {tokens}")
 
 
 class GenerationRequest(BaseModel):

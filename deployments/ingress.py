@@ -8,7 +8,11 @@ and scheduler state travel replica to replica as Ray objects and never through h
 
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import threading
+import time
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -66,7 +70,18 @@ async def _query_error(request: Request, error: RequestValidationError) -> JSONR
     return await _api_error(request, ApiError(400, message, errors[0]["field"] if errors else None, errors=errors))
 
 
-async def _read_body(request: Request) -> Any:
+async def _read_body(request: Request, limit: int) -> Any:
+    """The JSON or form body, refused with 413 past `limit` bytes (before reading it all)."""
+    too_large = ApiError(413, f"request body is larger than {limit} bytes", "body", "body_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():  # chunked uploads have no content-length
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    request._body = bytes(body)  # starlette's cache: .json() / .form() read this
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form()
@@ -84,6 +99,19 @@ async def _read_body(request: Request) -> Any:
         return await request.json()
     except ValueError:
         raise ApiError(400, "request body is not valid JSON", "body") from None
+
+
+def _replica_died(error: BaseException) -> bool:
+    """A replica (of a stage, or the job store a stage reports to) died under the call,
+    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
+    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    while error is not None:
+        if isinstance(error, (RayActorError, ActorUnavailableError)):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
 
 
 def _summary(error: BaseException) -> str:
@@ -125,13 +153,27 @@ class Ingress:
         self.scheduler = Scheduler.from_checkpoint(self.checkpoint)
         self.store = OutputStore(settings.output_uri)
         self.cache = LatentCache.from_settings(settings)
+        self.api_keys = [hashlib.sha256(k.encode()).hexdigest() for k in settings.serving.api_keys]
+        self.max_body = settings.serving.max_body_bytes
         self._tasks: set[asyncio.Task] = set()
+        # The job store fails the jobs of an ingress replica that stops heartbeating.
+        self.runner = serve.get_replica_context().replica_id.unique_id
+        threading.Thread(target=self._heartbeat, name="ingress-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while True:
+            try:
+                self.jobs.heartbeat.remote(self.runner).result(timeout_s=30)
+            except Exception as error:  # the store restarting: keep beating
+                logger.warning("heartbeat to the job store failed: %s", _summary(error))
+            time.sleep(self.settings.serving.heartbeat_seconds)
 
     # -- creating and running jobs ------------------------------------------------------
 
     @api.post("/v1/videos", status_code=202, openapi_extra=_CREATE_BODY, summary="Create a video job")
     async def create_video(self, request: Request) -> JSONResponse:
-        job, generation = await self._accept(await _read_body(request))
+        owner = self._caller(request)
+        job, generation = await self._accept(await _read_body(request, self.max_body), owner)
         if job.active:  # not answered from the result cache
             task = asyncio.create_task(self._generate(job.id, generation))
             self._tasks.add(task)
@@ -141,7 +183,8 @@ class Ingress:
     @api.post("/v1/videos/sync", openapi_extra=_CREATE_BODY, summary="Generate a video and return the mp4",
               response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
     async def create_video_sync(self, request: Request) -> Response:
-        job, generation = await self._accept(await _read_body(request))
+        owner = self._caller(request)
+        job, generation = await self._accept(await _read_body(request, self.max_body), owner)
         if job.active:
             job = await self._generate(job.id, generation)
         if job.status != "completed":
@@ -165,7 +208,7 @@ class Ingress:
             await self.jobs.delete.remote(job.id)
         return {"status": 200, "job": self._public(job), "mp4": mp4}
 
-    async def _accept(self, fields: Any) -> tuple[Job, GenerationRequest]:
+    async def _accept(self, fields: Any, owner: str | None = None) -> tuple[Job, GenerationRequest]:
         """Validate the body and record the job; 400 names the bad field, 503 when full.
         An identical earlier request's mp4 completes the job at once (result cache)."""
         body = parse_create_body(fields)
@@ -179,7 +222,7 @@ class Ingress:
         steps = self.scheduler.plan(generation.num_inference_steps, self.checkpoint.boundary_ratio).num_steps
         try:
             job = await self.jobs.create.remote(
-                generation, self.model_id, steps, self.settings.serving.max_active_jobs, matched
+                generation, self.model_id, steps, self.settings.serving.max_active_jobs, matched, owner, self.runner
             )
         except QueueFull as full:
             retry = str(self.settings.serving.retry_after_seconds)
@@ -194,35 +237,50 @@ class Ingress:
         return job, generation
 
     async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
-        """Run one job through the stages; ends completed, failed or cancelled."""
-        try:
-            # 1. Encode the prompt (and the negative prompt); a template request's
-            #    high-noise phase sees its base prompt
-            embeddings = self.text_encoder.encode.remote(job_id, request)
-            high_embeddings = embeddings
-            if request.template_mode:
-                high_embeddings = self.text_encoder.encode.remote(job_id, request, base_prompt=True)
-            # 2. High-noise phase: initial noise, layout and motion (shared by a template's
-            #    requests: computed once, then read from the cache)
-            boundary = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
-            # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
-            state = boundary
-            if self.low_noise_expert is not None:
-                state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, boundary)
-            # 4. Decode, write the mp4 to the shared store, score its physics
-            video = await self.decoder.decode.remote(job_id, request, state)
-            # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
-            physics = await self._repair(job_id, request, embeddings, boundary, video)
-            await self.jobs.scored.remote(job_id, physics)
-            if self.cache is not None and request.cache:  # the next identical request gets it as is
-                mp4 = self.store.read(video_key(job_id))
-                self.cache.put("result", result_key(self.checkpoint, request), {"mp4": mp4, "physics": physics})
-            return await self.jobs.complete.remote(job_id)
-        except JobCancelled:
-            return await self.jobs.get.remote(job_id)
-        except Exception as error:  # a stage failed: the job says why, the ingress goes on
-            logger.exception("job %s failed", job_id)
-            return await self.jobs.fail.remote(job_id, "generation_failed", _summary(error))
+        """Run one job through the stages; ends completed, failed or cancelled. A stage
+        replica that dies under the job (Serve replaces it) costs a bounded re-run."""
+        for attempt in range(self.settings.serving.job_retries + 1):
+            try:
+                return await self._run_stages(job_id, request)
+            except JobCancelled:
+                return await self.jobs.get.remote(job_id)
+            except Exception as error:
+                job = await self.jobs.get.remote(job_id)
+                stage = (job.stage if job else None) or "a stage"
+                if _replica_died(error) and attempt < self.settings.serving.job_retries and job and job.active:
+                    logger.warning("job %s: %s's replica died (%s); running it again", job_id, stage, _summary(error))
+                    await self.jobs.retrying.remote(job_id, _summary(error))
+                    continue
+                logger.exception("job %s failed", job_id)
+                code = "replica_died" if _replica_died(error) else "generation_failed"
+                message = _summary(error)
+                if _replica_died(error):
+                    message = f"{stage}'s replica died while running this job ({message}); retried {attempt} times"
+                return await self.jobs.fail.remote(job_id, code, message)
+
+    async def _run_stages(self, job_id: str, request: GenerationRequest) -> Job:
+        # 1. Encode the prompt (and the negative prompt); a template request's
+        #    high-noise phase sees its base prompt
+        embeddings = self.text_encoder.encode.remote(job_id, request)
+        high_embeddings = embeddings
+        if request.template_mode:
+            high_embeddings = self.text_encoder.encode.remote(job_id, request, base_prompt=True)
+        # 2. High-noise phase: initial noise, layout and motion (shared by a template's
+        #    requests: computed once, then read from the cache)
+        boundary = self.high_noise_expert.denoise.remote(job_id, request, high_embeddings)
+        # 3. Low-noise phase: detail (absent on Wan2.1-style checkpoints)
+        state = boundary
+        if self.low_noise_expert is not None:
+            state = self.low_noise_expert.denoise.remote(job_id, request, embeddings, boundary)
+        # 4. Decode, write the mp4 to the shared store, score its physics
+        video = await self.decoder.decode.remote(job_id, request, state)
+        # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
+        physics = await self._repair(job_id, request, embeddings, boundary, video)
+        await self.jobs.scored.remote(job_id, physics)
+        if self.cache is not None and request.cache:  # the next identical request gets it as is
+            mp4 = self.store.read(video_key(job_id))
+            self.cache.put("result", result_key(self.checkpoint, request), {"mp4": mp4, "physics": physics})
+        return await self.jobs.complete.remote(job_id)
 
     async def _repair(self, job_id, request, embeddings, boundary, video: dict) -> dict:
         """Re-sample the low-noise phase with new seeds while the score is below the
@@ -248,13 +306,13 @@ class Ingress:
     # -- reading and managing jobs ------------------------------------------------------
 
     @api.get("/v1/videos/{video_id}", summary="Retrieve a video job")
-    async def retrieve_video(self, video_id: str) -> dict:
-        return self._public(await self._job(video_id))
+    async def retrieve_video(self, video_id: str, request: Request) -> dict:
+        return self._public(await self._job(video_id, self._caller(request)))
 
     @api.get("/v1/videos/{video_id}/content", summary="Download the mp4", response_class=Response,
              responses={200: {"content": {"video/mp4": {}}}})
-    async def video_content(self, video_id: str, variant: str = "video") -> Response:
-        job = await self._job(video_id)
+    async def video_content(self, video_id: str, request: Request, variant: str = "video") -> Response:
+        job = await self._job(video_id, self._caller(request))
         if variant != "video":
             raise ApiError(400, f"variant: only 'video' is available, got {variant!r}", "variant")
         if job.status != "completed":
@@ -267,11 +325,12 @@ class Ingress:
     @api.get("/v1/videos", summary="List video jobs")
     async def list_videos(
         self,
+        request: Request,
         after: str | None = None,
         limit: int = Query(20, ge=1, le=100),
         order: str = Query("desc", pattern="^(asc|desc)$"),
     ) -> dict:
-        jobs, has_more = await self.jobs.list.remote(after, limit, order)
+        jobs, has_more = await self.jobs.list.remote(after, limit, order, self._caller(request))
         data = [self._public(j) for j in jobs]
         return {
             "object": "list",
@@ -282,8 +341,8 @@ class Ingress:
         }
 
     @api.delete("/v1/videos/{video_id}", summary="Cancel a job in flight, or delete a finished one")
-    async def delete_video(self, video_id: str) -> dict:
-        job = await self._job(video_id)
+    async def delete_video(self, video_id: str, request: Request) -> dict:
+        job = await self._job(video_id, self._caller(request))
         if job.active:
             job = await self.jobs.cancel.remote(video_id)
             return {"id": video_id, "object": "video.deleted", "deleted": False, "status": job.status}
@@ -291,11 +350,13 @@ class Ingress:
         return {"id": video_id, "object": "video.deleted", "deleted": deleted}
 
     @api.get("/v1/templates", summary="Prompt templates")
-    async def list_templates(self) -> dict:
+    async def list_templates(self, request: Request) -> dict:
+        self._caller(request)
         return {"object": "list", "data": self.settings.templates().public()}
 
     @api.get("/v1/models", summary="Models served")
-    async def list_models(self) -> dict:
+    async def list_models(self, request: Request) -> dict:
+        self._caller(request)
         return {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "t2v-cluster"}]}
 
     @api.get("/healthz", summary="Liveness")
@@ -304,12 +365,26 @@ class Ingress:
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _job(self, video_id: str) -> Job:
+    def _caller(self, request: Request) -> str | None:
+        """The owner of the caller's jobs (a hash of its API key); None when keys are off.
+        401 without a valid key."""
+        if not self.api_keys:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        # Every key compared, in constant time: no timing tells how close a guess was.
+        valid = [hmac.compare_digest(digest, known) for known in self.api_keys]
+        if scheme.lower() != "bearer" or not any(valid):
+            raise ApiError(401, "a valid API key is required: Authorization: Bearer <key>", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return digest[:32]
+
+    async def _job(self, video_id: str, owner: str | None = None) -> Job:
         job = await self.jobs.get.remote(video_id) if valid_job_id(video_id) else None
-        if job is None:
+        if job is None or job.owner != owner:  # another key's job does not exist for this one
             raise ApiError(404, f"no video with id {video_id!r}", "video_id", "video_not_found")
         return job
 
     @staticmethod
     def _public(job: Job) -> dict[str, Any]:
-        return job.model_dump(exclude={"created"})
+        return job.model_dump(exclude={"created", "owner", "runner", "stage_since"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
@@ -11,6 +12,20 @@ from cache.keys import embedding_key
 from cache.store import LatentCache, MemoryLRU
 from cache.templates import TemplateRegistry
 from deployments.checkpoint import Checkpoint
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(checkpoint_dir: str):
+    return Checkpoint(checkpoint_dir).tokenizer()
+
+
+def count_prompt_tokens(settings, text: str) -> int:
+    """Tokens of `text` as the text encoder sees it (cleaned, with the end token): request
+    validation uses it, so an over-long prompt is refused instead of silently cut."""
+    from cluster.default_model import default_model_dir
+
+    path = settings.model or default_model_dir(settings.cache_dir)
+    return len(_tokenizer(str(path))(prompt_clean(text), add_special_tokens=True).input_ids)
 
 
 @dataclass

@@ -34,6 +34,12 @@ class RunningApp:
     settings: Settings
     model_dir: Path
     dashboard: str  # Ray's dashboard (job submission) address, http://host:port
+    api_key: str  # the app requires keys: this one, or other_key (which sees other jobs)
+    other_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +55,8 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
         model=wan22_dir,
         cache_dir=root / "cache",
         serving=ServingSettings(
-            port=free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test"
+            port=free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test",
+            api_keys=["test-key-a", "test-key-b"],
         ),
         cache=CacheSettings(approximate_match=True),
     )
@@ -58,7 +65,8 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     context = ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True,
                        num_cpus=4, logging_level="WARNING")
     try:
-        yield RunningApp(deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}")
+        yield RunningApp(deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}", "test-key-a",
+                         "test-key-b")
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -80,13 +80,14 @@ COMPLETED = 'sum(ray_t2v_job_duration_seconds_count{status="completed"})'
 
 
 def test_every_dashboard_query_returns_data(serve_app, prometheus):
-    client = T2VClient(serve_app.url)
+    client = T2VClient(serve_app.url, serve_app.api_key)
     time.sleep(3)  # a few scrapes of what earlier tests left
     scored_before = total(query(prometheus, PHYSICS_COUNT))
     jobs = [client.create(None, template="product_showcase", slots={"product": p}, steps=4)["id"]
             for p in ("a lamp", "a vase")]  # the second is a template hit
     jobs.append(client.create("a kite over the sea", steps=4, seed=5)["id"])
-    assert httpx.post(f"{serve_app.url}/v1/videos", json={"prompt": "x", "size": "1x1"}).status_code == 400
+    bad = httpx.post(f"{serve_app.url}/v1/videos", json={"prompt": "x", "size": "1x1"}, headers=serve_app.headers)
+    assert bad.status_code == 400
     finished = [client.wait(j) for j in jobs]
     assert all(j["status"] == "completed" for j in finished)
     assert any(j["cache"].get("boundary") for j in finished)

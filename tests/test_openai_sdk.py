@@ -13,7 +13,7 @@ from deployments.video import probe_mp4
 
 @pytest.fixture(scope="module")
 def sdk(serve_app) -> OpenAI:
-    return OpenAI(base_url=f"{serve_app.url}/v1", api_key="unused-without-keys", max_retries=0)
+    return OpenAI(base_url=f"{serve_app.url}/v1", api_key=serve_app.api_key, max_retries=0)
 
 
 def test_sdk_create_retrieve_list_download_delete(sdk, tmp_path):

@@ -18,13 +18,13 @@ from deployments.video import probe_mp4
 
 @pytest.fixture(scope="module")
 def http(serve_app) -> httpx.Client:
-    with httpx.Client(base_url=serve_app.url, timeout=300) as client:
+    with httpx.Client(base_url=serve_app.url, timeout=300, headers=serve_app.headers) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def client(serve_app) -> T2VClient:
-    return T2VClient(serve_app.url)
+    return T2VClient(serve_app.url, serve_app.api_key)
 
 
 def _wait_active(http: httpx.Client, video_id: str, timeout: float = 120) -> dict:
@@ -173,7 +173,7 @@ def test_full_queue_gets_fast_503_with_retry_after(serve_app, http):
 
     def post(_):
         start = time.perf_counter()
-        response = httpx.post(f"{serve_app.url}/v1/videos", json=body, timeout=60)
+        response = httpx.post(f"{serve_app.url}/v1/videos", json=body, timeout=60, headers=serve_app.headers)
         return response, time.perf_counter() - start
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -245,10 +245,11 @@ def test_models_health_and_openapi(http):
 
 def test_generate_command_against_the_server(serve_app, tmp_path):
     out = tmp_path / "remote.mp4"
+    keyed = {**os.environ, "T2V_API_KEY": serve_app.api_key}
     run = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "generate", "一只橘猫在草地上奔跑", "--url", serve_app.url,
          "-o", str(out), "--seed", "4", "--steps", "5", "--size", "64x48"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=keyed,
     )
     assert run.returncode == 0, run.stderr
     assert "100/100" in run.stderr and "wrote" in run.stdout
@@ -256,9 +257,14 @@ def test_generate_command_against_the_server(serve_app, tmp_path):
     assert (info["frames"], info["width"], info["height"], info["metadata"]["seed"]) == (17, 64, 48, "4")
     bad = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "generate", "x", "--url", serve_app.url, "--size", "65x48"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=keyed,
     )
     assert bad.returncode == 2 and "width" in bad.stderr and "multiple of 16" in bad.stderr
+    keyless = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "generate", "x", "--url", serve_app.url, "--api-key", "wrong"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert keyless.returncode == 2 and "HTTP 401" in keyless.stderr and "API key" in keyless.stderr
 
 
 def test_template_requests_share_the_high_noise_phase(serve_app, client):
@@ -317,5 +323,5 @@ def test_low_physics_score_is_repaired_with_new_seeds(client):
     assert job["steps_total"] > 6 and job["progress"] == 100
     assert [s["stage"] for s in job["trace"]].count("low_noise") == 2
     assert client.content(job["id"])[4:8] == b"ftyp"
-    response = httpx.post(f"{client.http.base_url}/v1/videos", json={"prompt": "x", "min_physics_score": 2})
+    response = client.http.post("/v1/videos", json={"prompt": "x", "min_physics_score": 2})
     assert response.status_code == 400 and response.json()["error"]["param"] == "min_physics_score"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,9 +13,20 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deployments.video import probe_mp4
 from cluster.launch import free_port
+
+
+def outward_address() -> str | None:
+    """This machine's address on its network (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return None
 
 
 def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
@@ -30,7 +42,9 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
     }
     env.pop("RAY_ADDRESS", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(wan22_dir)],
+        # Asks for every interface without API keys: gets loopback only, and is told so.
+        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(wan22_dir),
+         "--host", "0.0.0.0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -48,7 +62,12 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
 
     try:
         url = f"http://127.0.0.1:{port}"
+        read_until("serving on 127.0.0.1 only (asked for 0.0.0.0)", timeout=60)
         read_until(f"serving at {url}", timeout=240)
+        address = outward_address()
+        if address and not address.startswith("127."):  # the machine's own address: nothing listens there
+            with pytest.raises(OSError):
+                socket.create_connection((address, port), timeout=2)
         read_until("curl", timeout=10)
         response = httpx.post(f"{url}/v1/videos/sync", json={"prompt": "a cat", "steps": 3}, timeout=120)
         assert response.status_code == 200

@@ -1,0 +1,84 @@
+"""Access and input bounds on the real app: API keys, per-key jobs, body and prompt limits,
+job ids that cannot address anything but a job."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from cluster.config import ServingSettings
+
+
+@pytest.fixture(scope="module")
+def anonymous(serve_app) -> httpx.Client:
+    with httpx.Client(base_url=serve_app.url, timeout=120) as client:
+        yield client
+
+
+def keyed(serve_app, key: str) -> httpx.Client:
+    return httpx.Client(base_url=serve_app.url, timeout=300, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_without_keys_the_server_stays_on_loopback():
+    assert ServingSettings(host="0.0.0.0").bind_host == "127.0.0.1"
+    assert ServingSettings(host="0.0.0.0", api_keys=["k"]).bind_host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/videos"), ("POST", "/v1/videos"), ("POST", "/v1/videos/sync"), ("GET", "/v1/templates"),
+    ("GET", "/v1/models"), ("GET", "/v1/videos/video_00000000000000000000000000000000"),
+    ("DELETE", "/v1/videos/video_00000000000000000000000000000000"),
+])
+def test_every_api_route_needs_a_valid_key(serve_app, anonymous, method, path):
+    for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Basic {serve_app.api_key}"}):
+        response = anonymous.request(method, path, headers=headers, json={"prompt": "a cat"})
+        assert response.status_code == 401, (headers, response.text)
+        assert response.json()["error"]["code"] == "invalid_api_key"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_liveness_needs_no_key(anonymous):
+    assert anonymous.get("/healthz").status_code == 200
+
+
+def test_a_job_is_visible_only_to_the_key_that_created_it(serve_app):
+    with keyed(serve_app, serve_app.api_key) as a, keyed(serve_app, serve_app.other_key) as b:
+        job = a.post("/v1/videos", json={"prompt": "a kite over a hill", "steps": 3, "seed": 8}).json()
+        for method, path in (("GET", f"/v1/videos/{job['id']}"), ("GET", f"/v1/videos/{job['id']}/content"),
+                             ("DELETE", f"/v1/videos/{job['id']}")):
+            response = b.request(method, path)
+            assert response.status_code == 404 and response.json()["error"]["code"] == "video_not_found"
+        assert job["id"] not in [j["id"] for j in b.get("/v1/videos", params={"limit": 100}).json()["data"]]
+        assert job["id"] in [j["id"] for j in a.get("/v1/videos", params={"limit": 100}).json()["data"]]
+        assert a.get(f"/v1/videos/{job['id']}").json()["id"] == job["id"]
+        assert "owner" not in job
+
+
+def test_body_size_is_bounded(serve_app):
+    limit = serve_app.settings.serving.max_body_bytes
+    with keyed(serve_app, serve_app.api_key) as client:
+        response = client.post("/v1/videos", json={"prompt": "x" * (limit + 1)})
+        assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+
+        def chunks():  # no content-length: counted while read
+            for _ in range(limit // 1024 + 2):
+                yield b"x" * 1024
+
+        response = client.post("/v1/videos", content=chunks(), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        assert client.get("/v1/models").status_code == 200  # the replica goes on
+
+
+def test_prompt_tokens_are_bounded(serve_app):
+    with keyed(serve_app, serve_app.api_key) as client:
+        response = client.post("/v1/videos", json={"prompt": "猫" * 600})  # 600 characters, over 512 tokens
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["param"] == "prompt"
+        assert "at most 512 tokens" in error["message"]
+
+
+@pytest.mark.parametrize("video_id", ["..%2F..%2Fjobs", "video_..%2F..%2Fetc%2Fpasswd", "video_0", "%2Fetc%2Fpasswd"])
+def test_job_ids_address_only_jobs(serve_app, video_id):
+    with keyed(serve_app, serve_app.api_key) as client:
+        for path in (f"/v1/videos/{video_id}", f"/v1/videos/{video_id}/content"):
+            assert client.get(path).status_code == 404
