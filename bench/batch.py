@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.cache import VARIANTS
-from bench.serve import BIN_DIR, log, rounded
+from bench.serve import BIN_DIR, cluster_run, log, rounded
 from cluster.config import Settings
 from cluster.launch import deploy, free_port, ray_environment
 
@@ -170,7 +169,7 @@ def print_tables(result: dict) -> None:
         print(f"{name:<10}{side['vpm_run']:>11.1f}{side['run_s']:>8.1f}  {side['cache_hits'] or '-'}")
     print(f"cache speed-up {b['speedup']:.2f}x")
     c = result["expert_batching_ms"]
-    print(f"\n(c) high-noise expert step (CFG), preview shape, ms per request by batch size")
+    print("\n(c) high-noise expert step (CFG), preview shape, ms per request by batch size")
     print("  ".join(f"batch {k}: {v:.1f}" for k, v in c.items()))
     print(f"\ngoal (a) >= {GOAL}x: {'met' if result['met'] else 'not met'} ({result['ratio']:.2f}x)\n")
 
@@ -182,7 +181,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import ray
-    from ray import serve
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     work = Path(tempfile.mkdtemp(prefix="t2v-bb-"))
@@ -199,40 +197,28 @@ def main(argv: list[str] | None = None) -> dict:
     })
     result: dict = {"benchmark": "batch", "rows": args.rows, "concurrency": args.concurrency}
     result["expert_batching_ms"] = expert_batching(settings)
-    ok = False
-    with contextlib.redirect_stdout(sys.stderr):  # stdout: only the tables and the JSON
-        try:
-            ray_environment()
-            context = ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, num_cpus=4,
-                               logging_level="WARNING", log_to_driver=False)
-            dashboard = f"http://{context.dashboard_url}"
-            deploy(settings)
-            log("deployed; (a) free-form")
-            free = {
-                "in_process": in_process(settings, free_form(args.rows, "loop"), work / "loop"),
-                "serve": batch_job(dashboard, free_form(args.rows, "serve"), work / "serve",
-                                   "--concurrency", str(args.concurrency)),
-                "local": batch_job(dashboard, free_form(args.rows, "local"), work / "local", "--engine", "local"),
-            }
-            log("(b) template-heavy")
-            heavy = {
-                "off": batch_job(dashboard, template_heavy(args.rows, cache=False), work / "tpl-off",
-                                 "--concurrency", str(args.concurrency)),
-                "on": batch_job(dashboard, template_heavy(args.rows, cache=True), work / "tpl-on",
-                                "--concurrency", str(args.concurrency)),
-            }
-            heavy["speedup"] = heavy["on"]["vpm_run"] / heavy["off"]["vpm_run"]
-            result.update(free_form=free, template_heavy=heavy)
-            ok = True
-        finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-            ray.shutdown()
-            if ok:
-                shutil.rmtree(ray_dir, ignore_errors=True)
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                log(f"failed: logs kept in {ray_dir} and {work}")
+    with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):  # stdout: tables and JSON
+        ray_environment()
+        context = ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, num_cpus=4,
+                           logging_level="WARNING", log_to_driver=False)
+        dashboard = f"http://{context.dashboard_url}"
+        deploy(settings)
+        log("deployed; (a) free-form")
+        free = {
+            "in_process": in_process(settings, free_form(args.rows, "loop"), work / "loop"),
+            "serve": batch_job(dashboard, free_form(args.rows, "serve"), work / "serve",
+                               "--concurrency", str(args.concurrency)),
+            "local": batch_job(dashboard, free_form(args.rows, "local"), work / "local", "--engine", "local"),
+        }
+        log("(b) template-heavy")
+        heavy = {
+            "off": batch_job(dashboard, template_heavy(args.rows, cache=False), work / "tpl-off",
+                             "--concurrency", str(args.concurrency)),
+            "on": batch_job(dashboard, template_heavy(args.rows, cache=True), work / "tpl-on",
+                            "--concurrency", str(args.concurrency)),
+        }
+        heavy["speedup"] = heavy["on"]["vpm_run"] / heavy["off"]["vpm_run"]
+        result.update(free_form=free, template_heavy=heavy)
     result["ratio"] = result["free_form"]["serve"]["vpm_run"] / result["free_form"]["in_process"]["vpm"]
     result["goal"] = GOAL
     result["met"] = result["ratio"] >= GOAL

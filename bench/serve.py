@@ -54,6 +54,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def cluster_run(ray_dir: str, work: Path):
+    """A benchmark's own Ray and Serve, stopped at the end; Ray's logs and the work folder
+    removed after a successful run, kept and named after a failed one."""
+    import ray
+    from ray import serve
+
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        if ok:
+            shutil.rmtree(ray_dir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"failed: logs kept in {ray_dir} and {work}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -354,7 +376,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     import ray
-    from ray import serve
 
     from cluster.default_model import default_model_dir
     from cluster.launch import deploy, ray_environment
@@ -374,43 +395,31 @@ def main(argv: list[str] | None = None) -> dict:
         "max_active_jobs": max(32, 2 * args.requests),  # the burst must never meet a 503
     })})
     result: dict = {"benchmark": "serve", "busy_cores": {"before": cpu_busy()}}
-    ok = False
     # A shell's background job inherits SIGINT ignored, and so would `t2v serve`: restore
     # Python's handler so the child gets SIGINT's default, as in a terminal.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     # Whatever Ray or a library prints goes to stderr: stdout carries only the tables and the JSON.
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            result["startup"] = bench_startup(settings, work, args.prompt, args.startup_timeout)
+    with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):
+        result["startup"] = bench_startup(settings, work, args.prompt, args.startup_timeout)
 
-            ray_environment()
-            # address="local": always a fresh cluster, never someone else's. 4 logical CPUs so
-            # every deployment (and a second replica where autoscaling wants one) fits on 2 cores.
-            ray.init(address="local", _temp_dir=ray_dir, include_dashboard=False, num_cpus=4,
-                     logging_level="WARNING", log_to_driver=False)
-            torch.set_num_threads(threads)
-            url = deploy(settings)
-            pipeline = Pipeline.from_settings(settings)
-            # The in-process side runs beside the idle cluster: this is what that costs.
-            result["busy_cores"]["serve_idle"] = cpu_busy()
-            log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
-                f"busy cores: {result['busy_cores']}")
-            with httpx.Client(base_url=url, timeout=600) as http:
-                sides = Sides(settings, pipeline, http, threads)
-                result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
-                result["throughput"] = bench_throughput(
-                    sides, args.prompt, args.seed, args.requests, args.concurrency, args.rounds
-                )
-            ok = True
-        finally:
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-            ray.shutdown()
-            if ok:
-                shutil.rmtree(ray_dir, ignore_errors=True)
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                log(f"failed: logs kept in {ray_dir} and {work}")
+        ray_environment()
+        # address="local": always a fresh cluster, never someone else's. 4 logical CPUs so
+        # every deployment (and a second replica where autoscaling wants one) fits on 2 cores.
+        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=False, num_cpus=4,
+                 logging_level="WARNING", log_to_driver=False)
+        torch.set_num_threads(threads)
+        url = deploy(settings)
+        pipeline = Pipeline.from_settings(settings)
+        # The in-process side runs beside the idle cluster: this is what that costs.
+        result["busy_cores"]["serve_idle"] = cpu_busy()
+        log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
+            f"busy cores: {result['busy_cores']}")
+        with httpx.Client(base_url=url, timeout=600) as http:
+            sides = Sides(settings, pipeline, http, threads)
+            result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
+            result["throughput"] = bench_throughput(
+                sides, args.prompt, args.seed, args.requests, args.concurrency, args.rounds
+            )
 
     result["goals"] = GOALS
     result["met"] = {

@@ -15,47 +15,12 @@ import time
 import httpx
 import pytest
 
+from bench.reliability import replica_pids, wait_record, wait_replaced
 from cache.keys import boundary_key
 from cache.store import LatentCache
 from cluster.client import T2VClient
-from cluster.launch import APP_NAME
 from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
-
-
-def replica_pids(deployment: str) -> list[int]:
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:{deployment}"), ("state", "=", "ALIVE")])
-    return sorted(a.pid for a in actors)
-
-
-def wait_healthy(deployment: str, dead: list[int], timeout: float = 180) -> list[int]:
-    """Serve has replaced the killed replica: a live one that is not among `dead`, and the app runs."""
-    from ray import serve
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = replica_pids(deployment)
-        status = serve.status().applications[APP_NAME]
-        if pids and not set(pids) & set(dead) and status.deployments[deployment].status == "HEALTHY":
-            return pids
-        time.sleep(0.5)
-    raise TimeoutError(f"{deployment} not replaced within {timeout} s")
-
-
-def wait_record(client: T2VClient, video_id: str, predicate, timeout: float = 300) -> dict:
-    """Poll through ingress restarts (the proxy answers errors meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            job = client.retrieve(video_id)
-            if predicate(job):
-                return job
-        except Exception:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(video_id)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +45,7 @@ def test_a_stage_replica_killed_under_jobs(serve_app, client, stage, deployment)
     for job in finished:
         assert job["status"] == "completed", job["error"]
     assert finished[0]["retries"] == 1 or stage == "encode"  # the caught one ran again, once
-    wait_healthy(deployment, dead=[pid])
+    wait_replaced(deployment, dead=[pid])
     after = client.wait(client.create(f"a quiet harbour after the {stage} fault", steps=3, seed=5)["id"])
     assert after["status"] == "completed" and after["retries"] == 0  # recovered by itself
 
@@ -103,7 +68,7 @@ def test_a_template_phase_killed_midway_leaves_no_partial_cache_entry(serve_app,
     state = cache.get("boundary", boundary_key(Checkpoint.from_settings(settings), request))
     assert state is not None and state.step > 0  # whole: read back through its checksum
     assert cache.stats()["boundary"]["corrupt"] == 0
-    wait_healthy("HighNoiseExpert", dead=[pid])
+    wait_replaced("HighNoiseExpert", dead=[pid])
 
 
 def test_an_ingress_killed_midway_fails_its_job_and_loses_no_records(serve_app, client):
@@ -113,7 +78,7 @@ def test_an_ingress_killed_midway_fails_its_job_and_loses_no_records(serve_app, 
     wait_record(client, job_id, lambda j: j["status"] == "in_progress")
     os.kill(pid, signal.SIGKILL)
 
-    wait_healthy("Ingress", dead=[pid])
+    wait_replaced("Ingress", dead=[pid])
     # Nothing runs the orphaned job any more: the job store fails it once its ingress is silent.
     orphan = wait_record(client, job_id, lambda j: j["status"] != "in_progress",
                          timeout=serve_app.settings.serving.runner_lost_seconds + 60)
@@ -130,7 +95,7 @@ def test_a_job_store_killed_midway_reloads_every_record(serve_app, client):
     wait_record(client, job_id, lambda j: j["stage"] == "high_noise")
     os.kill(pid, signal.SIGKILL)
 
-    wait_healthy("JobStore", dead=[pid])
+    wait_replaced("JobStore", dead=[pid])
     assert client.retrieve(done["id"])["status"] == "completed"
     job = wait_record(client, job_id, lambda j: j["status"] not in ("queued", "in_progress"))
     # Completed, whether its stages' reports got through on the new store or it ran again.
