@@ -148,8 +148,9 @@ def serve(
         typer.echo("deploying (the first start builds the default model and loads every stage)...")
         base = deploy(settings)
         typer.echo(f"t2v-cluster is serving at {base}   (OpenAPI: {base}/docs)")
+        auth = " -H 'Authorization: Bearer <your key>'" if settings.serving.api_keys else ""
         typer.echo(
-            f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json' "
+            f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json'{auth} "
             f"-d '{{\"prompt\": \"一只橘猫在草地上奔跑\", \"seed\": 1}}' -o cat.mp4"
         )
         typer.echo("Ctrl-C stops it.")
