@@ -185,6 +185,10 @@ def bind_app(settings: Settings) -> Application:
     """Bind every stage into one application, placed and scaled from `Settings.deployments`."""
     checkpoint = Checkpoint.from_settings(settings)  # reads configs only; builds the default model if needed
     options = {name: d.serve_options() for name, d in settings.deployments.items()}
+    if settings.batching.enabled:  # a replica batches only the requests it is given at once
+        for name in ("HighNoiseExpert", "LowNoiseExpert"):
+            ongoing = max(options[name]["max_ongoing_requests"], settings.batching.max_batch_size)
+            options[name]["max_ongoing_requests"] = ongoing
 
     jobs = JobStoreDeployment.options(
         **{**options["JobStore"], "autoscaling_config": None, "num_replicas": 1}

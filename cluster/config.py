@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator
@@ -104,6 +104,26 @@ class CacheSettings(BaseModel):
     approximate_threshold: float = 0.9
 
 
+class BatchingSettings(BaseModel):
+    """Continuous batching in the expert replicas (deployments/batching.py): requests of one
+    shape share each step's forward. Off by default: on the CPU here a batched forward costs
+    the same per request (BENCHMARKS.md), so it would only add the wait; on GPUs, turn it on."""
+
+    enabled: bool = False
+    max_batch_size: int = Field(4, ge=1)  # requests per forward (x2 samples with guidance)
+    max_wait_ms: float = Field(20, ge=0)  # an idle expert waits this long for company
+
+
+class StepCacheSettings(BaseModel):
+    """diffusers' step caches on both experts: reuse transformer work across nearby steps,
+    trading fidelity for speed (bench/stepcache.py measures both). `options` go to the
+    diffusers config (FirstBlockCacheConfig: threshold; TaylorSeerCacheConfig:
+    cache_interval, disable_cache_before_step, max_order, ...)."""
+
+    kind: Literal["none", "first_block", "taylorseer"] = "none"
+    options: dict[str, Any] = {}
+
+
 class SafetySettings(BaseModel):
     """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
 
@@ -170,6 +190,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     cache: CacheSettings = CacheSettings()
     safety: SafetySettings = SafetySettings()
+    batching: BatchingSettings = BatchingSettings()
+    step_cache: StepCacheSettings = StepCacheSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
 
     @field_validator("deployments", mode="before")

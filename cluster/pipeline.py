@@ -59,8 +59,9 @@ class Pipeline:
         self.checkpoint = checkpoint
         self.cache = cache
         self.text_encoder = TextEncoder(checkpoint, cache)
-        self.high_noise_expert = Expert(checkpoint, HIGH_NOISE)
-        self.low_noise_expert = Expert(checkpoint, LOW_NOISE) if checkpoint.has_low_noise_expert else None
+        # One request at a time here: nothing to batch with.
+        self.high_noise_expert = Expert(checkpoint, HIGH_NOISE, batching=False)
+        self.low_noise_expert = Expert(checkpoint, LOW_NOISE, batching=False) if checkpoint.has_low_noise_expert else None
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.decoder = Decoder(checkpoint)
 

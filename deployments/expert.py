@@ -6,6 +6,7 @@ low-noise expert (`transformer_2`, detail). Each is called once per phase, not p
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from cache.keys import boundary_key
 from cache.store import LatentCache
 from cluster.request import GenerationRequest
+from deployments.batching import StepBatcher
 from deployments.checkpoint import HIGH_NOISE, Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
 from deployments.text_encoder import PromptEmbeddings
@@ -20,14 +22,40 @@ from deployments.text_encoder import PromptEmbeddings
 StepCallback = Callable[[int], None]  # called with the index of each finished step
 
 
+def enable_step_cache(transformer, settings) -> bool:
+    """Apply the configured diffusers step cache (`settings.step_cache`); True if one is on."""
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if settings.kind == "none":
+        return False
+    if settings.kind == "first_block":
+        transformer.enable_cache(FirstBlockCacheConfig(**settings.options))
+    else:
+        # diffusers' default patterns ("^blocks.*attn", full match) miss Wan's attn1 / attn2 / ffn.
+        options = {"cache_identifiers": [r"^blocks\.\d+\.(attn1|attn2|ffn)$"], **settings.options}
+        transformer.enable_cache(TaylorSeerCacheConfig(**options))
+    return True
+
+
 class Expert:
-    def __init__(self, checkpoint: Checkpoint, name: str):
+    def __init__(self, checkpoint: Checkpoint, name: str, batching: bool | None = None):
+        """`batching`: share each step's forward with concurrent callers (a Serve replica's
+        requests); default from `settings.batching.enabled`."""
         self.name = name
         self.checkpoint = checkpoint
         self.transformer = checkpoint.expert(name)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype
+        # A step cache keeps per-module state across the steps of one phase: phases take
+        # turns (lock) and start clean, and steps of different requests cannot share forwards.
+        self.step_cache = enable_step_cache(self.transformer, checkpoint.settings.step_cache)
+        self._phase_lock = threading.Lock()
+        config = checkpoint.settings.batching
+        self.batcher = None
+        if (config.enabled if batching is None else batching) and not self.step_cache:
+            self.batcher = StepBatcher(self.transformer, self.scheduler, self.device, self.dtype,
+                                       config.max_batch_size, config.max_wait_ms / 1000)
 
     def phase(
         self,
@@ -81,6 +109,19 @@ class Expert:
     ) -> DenoisingState:
         if steps.start != state.step:
             raise ValueError(f"{self.name}: asked to start at step {steps.start}, state is at {state.step}")
+        if self.batcher is not None:
+            return self.batcher.run(state, embeddings, guidance_scale, steps, on_step)
+        if not self.step_cache:
+            return self._loop(state, embeddings, guidance_scale, steps, on_step)
+        with self._phase_lock:
+            self.transformer._reset_stateful_cache()  # as DiffusionPipeline does between calls
+            return self._loop(state, embeddings, guidance_scale, steps, on_step)
+
+    @torch.no_grad()
+    def _loop(
+        self, state: DenoisingState, embeddings: PromptEmbeddings, guidance_scale: float, steps: range,
+        on_step: StepCallback | None,
+    ) -> DenoisingState:
         scheduler = self.scheduler.restore(state.scheduler)
         latents = state.latents.to(self.device)
         prompt = embeddings.prompt.to(self.device, self.dtype)

@@ -1,0 +1,137 @@
+"""Continuous batching of denoising steps across requests, inside one expert replica.
+
+Requests of one latent shape share each step's transformer forward: their conditional and
+unconditional inputs are stacked, each with its own timestep (Wan's transformer takes one
+per sample), so requests at different step indices batch too. Everything else stays per
+request: the UniPC scheduler and its multistep history, the guidance scale, progress and
+cancellation. A request joins at the next step boundary and leaves when its phase ends,
+as continuous batching does for LLM decoding. An idle engine waits up to `max_wait` for
+company before its first forward; a busy one never waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from deployments.denoising import DenoisingState, Scheduler
+from deployments.text_encoder import PromptEmbeddings
+
+
+@dataclass
+class _Member:
+    scheduler: object  # this request's UniPC scheduler, restored from its state
+    latents: torch.Tensor  # (1, C, T, H, W) on the device
+    prompt: torch.Tensor
+    negative: torch.Tensor | None
+    guidance: float
+    steps: list[int]  # indices still to run
+    on_step: Callable[[int], None] | None
+    stop: int  # the step index after the phase
+    future: Future = field(default_factory=Future)
+    ready_since: float = field(default_factory=time.monotonic)  # when it last stepped (or arrived)
+
+    @property
+    def key(self) -> tuple:
+        """Requests batch with their own kind: same latent shape, guidance on or off."""
+        return tuple(self.latents.shape), self.negative is not None
+
+
+class StepBatcher:
+    """Runs phases for many threads (a replica's concurrent requests) on one worker thread."""
+
+    def __init__(self, transformer, scheduler: Scheduler, device, dtype, max_batch: int, max_wait: float):
+        self.transformer, self.scheduler = transformer, scheduler
+        self.device, self.dtype = device, dtype
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self.batch_sizes: list[int] = []  # requests per forward, for tests and benchmarks
+        self._waiting: list[_Member] = []
+        self._active: list[_Member] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._work, name="step-batcher", daemon=True).start()
+
+    def run(self, state: DenoisingState, embeddings: PromptEmbeddings, guidance_scale: float, steps: range,
+            on_step: Callable[[int], None] | None = None) -> DenoisingState:
+        """The same contract as `Expert.__call__`; blocks until this request's phase is done."""
+        negative = None if embeddings.negative is None else embeddings.negative.to(self.device, self.dtype)
+        member = _Member(
+            self.scheduler.restore(state.scheduler), state.latents.to(self.device),
+            embeddings.prompt.to(self.device, self.dtype), negative, guidance_scale, list(steps), on_step, steps.stop,
+        )
+        if not member.steps:
+            return DenoisingState(state.latents, state.scheduler, steps.stop)
+        with self._cond:
+            self._waiting.append(member)
+            self._cond.notify()
+        return member.future.result()
+
+    # -- the worker ----------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Move waiting requests in; an idle engine first waits up to max_wait for more."""
+        with self._cond:
+            while not self._waiting and not self._active:
+                self._cond.wait()
+            if not self._active:
+                deadline = time.monotonic() + self.max_wait
+                while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            self._active += self._waiting
+            self._waiting = []
+
+    def _work(self) -> None:
+        while True:
+            self._admit()
+            # The kind whose request has waited longest for a step goes next, so requests of
+            # another shape take turns instead of starving behind a bigger group.
+            groups: dict[tuple, list[_Member]] = {}
+            for member in sorted(self._active, key=lambda m: m.ready_since):
+                groups.setdefault(member.key, []).append(member)
+            batch = next(iter(groups.values()))[: self.max_batch]
+            try:
+                self._step(batch)
+            except Exception as error:  # a bad forward fails its batch, not the engine
+                for member in batch:
+                    self._leave(member, error=error)
+
+    @torch.no_grad()
+    def _step(self, batch: list[_Member]) -> None:
+        timesteps = [m.scheduler.timesteps[m.steps[0]] for m in batch]
+        guided = [m for m in batch if m.negative is not None]
+        latents = torch.cat([m.latents for m in batch] + [m.latents for m in guided]).to(self.dtype)
+        text = torch.cat([m.prompt for m in batch] + [m.negative for m in guided])
+        t = torch.stack([timesteps[i] for i in range(len(batch))] + [timesteps[batch.index(m)] for m in guided])
+        self.batch_sizes.append(len(batch))
+        with self.transformer.cache_context("batch"):
+            noise = self.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        conditional, unconditional = noise[: len(batch)], noise[len(batch):]
+        for i, member in enumerate(batch):
+            prediction = conditional[i : i + 1]
+            if member.negative is not None:
+                uncond = unconditional[guided.index(member) : guided.index(member) + 1]
+                prediction = uncond + member.guidance * (prediction - uncond)
+            index = member.steps.pop(0)
+            member.latents = member.scheduler.step(prediction, timesteps[i], member.latents, return_dict=False)[0]
+            member.ready_since = time.monotonic()
+            try:
+                if member.on_step is not None:
+                    member.on_step(index)
+            except Exception as error:  # e.g. JobCancelled: this request leaves now
+                self._leave(member, error=error)
+                continue
+            if not member.steps:
+                self._leave(member)
+
+    def _leave(self, member: _Member, error: BaseException | None = None) -> None:
+        with self._cond:
+            if member in self._active:
+                self._active.remove(member)
+        if error is not None:
+            member.future.set_exception(error)
+        else:
+            member.future.set_result(DenoisingState(member.latents.cpu(), Scheduler.capture(member.scheduler), member.stop))

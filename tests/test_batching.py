@@ -1,0 +1,108 @@
+"""Continuous batching in an expert: batched equals unbatched, requests join and leave
+between steps, the idle wait is bounded, a cancelled request leaves alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from cluster.config import BatchingSettings, Settings
+from cluster.jobs import JobCancelled
+from cluster.request import GenerationRequest
+from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from deployments.expert import Expert
+from deployments.text_encoder import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def parts(wan22_dir):
+    settings = Settings(model=wan22_dir)
+    checkpoint = Checkpoint(wan22_dir, settings)
+    return settings, TextEncoder(checkpoint), Expert(checkpoint, HIGH_NOISE, batching=False)
+
+
+def batching_expert(wan22_dir, max_batch: int = 4, max_wait_ms: float = 200) -> Expert:
+    settings = Settings(model=wan22_dir, batching=BatchingSettings(enabled=True, max_batch_size=max_batch,
+                                                                   max_wait_ms=max_wait_ms))
+    return Expert(Checkpoint(wan22_dir, settings), HIGH_NOISE)
+
+
+def job(parts, prompt: str, seed: int, steps: int = 10, guidance: float = 4.0):
+    settings, encoder, _ = parts
+    request = GenerationRequest.build(settings, prompt=prompt, seed=seed, guidance_scale=guidance,
+                                      num_inference_steps=steps)
+    return request, encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
+
+
+REQUESTS = [("a red ball bouncing", 1, 10, 4.0), ("一只橘猫在草地上奔跑", 2, 10, 5.5), ("a kite at dusk", 3, 10, 1.0)]
+
+
+def test_batched_phases_equal_unbatched_ones(wan22_dir, parts):
+    expert = batching_expert(wan22_dir)
+    jobs = [job(parts, *r) for r in REQUESTS]  # the third without guidance: a group of its own
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        batched = list(pool.map(lambda j: expert.phase(*j), jobs))
+    alone = [parts[2].phase(*j) for j in jobs]
+    for b, a in zip(batched, alone):
+        assert b.step == a.step and (b.latents - a.latents).abs().max() <= 1e-4
+        assert b.scheduler["model_outputs"][-1] is not None
+    assert max(expert.batcher.batch_sizes) == 2  # the two guided ones shared forwards
+
+
+def test_requests_join_and_leave_between_steps(wan22_dir, parts):
+    expert = batching_expert(wan22_dir, max_wait_ms=0)
+    long_job, short_job = job(parts, "a long ride", 5, steps=20), job(parts, "a short hop", 6, steps=6)
+    third_step = threading.Event()
+    results = {}
+
+    def long_run():
+        results["long"] = expert.phase(*long_job, on_step=lambda i: i == 3 and third_step.set())
+
+    runner = threading.Thread(target=long_run)
+    runner.start()
+    third_step.wait(60)
+    results["short"] = expert.phase(*short_job)  # joins the long one, at another step index
+    runner.join(60)
+
+    sizes = expert.batcher.batch_sizes
+    assert sizes[0] == 1 and 2 in sizes and sizes[-1] == 1  # alone, joined, alone again after it left
+    high_steps_short = results["short"].step
+    assert sizes.count(2) == high_steps_short  # shared every step of the short one
+    for name, j in (("long", long_job), ("short", short_job)):
+        assert (results[name].latents - parts[2].phase(*j).latents).abs().max() <= 1e-4
+
+
+def test_an_idle_expert_waits_at_most_max_wait_for_company(wan22_dir, parts):
+    expert = batching_expert(wan22_dir, max_wait_ms=400)
+    first_step = []
+    start = time.monotonic()
+    expert.phase(*job(parts, "alone", 7, steps=4), on_step=lambda i: first_step.append(time.monotonic() - start))
+    assert 0.35 <= first_step[0] <= 0.4 + 2.0  # waited for company, then no longer than max_wait (+ one forward)
+
+    with ThreadPoolExecutor(2) as pool:  # a second request inside the window joins the first forward
+        first = pool.submit(expert.phase, *job(parts, "first", 8, steps=4))
+        time.sleep(0.1)
+        second = pool.submit(expert.phase, *job(parts, "second", 9, steps=4))
+        first.result(), second.result()
+    assert expert.batcher.batch_sizes[-3:] == [2, 2, 2]
+
+
+def test_a_cancelled_request_leaves_and_the_others_go_on(wan22_dir, parts):
+    expert = batching_expert(wan22_dir)
+    keep, drop = job(parts, "stays", 10), job(parts, "goes", 11)
+
+    def cancel_at_two(i):
+        if i == 2:
+            raise JobCancelled("goes")
+
+    with ThreadPoolExecutor(2) as pool:
+        kept = pool.submit(expert.phase, *keep)
+        dropped = pool.submit(expert.phase, *drop, on_step=cancel_at_two)
+        with pytest.raises(JobCancelled):
+            dropped.result()
+        assert (kept.result().latents - parts[2].phase(*keep).latents).abs().max() <= 1e-4
+    assert torch.is_tensor(kept.result().latents)
