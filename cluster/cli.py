@@ -168,6 +168,34 @@ def serve(
 
 
 @app.command()
+def plan(
+    gpus: int = typer.Option(..., help="GPUs (replicas) for the two experts together."),
+    steps: int = typer.Option(40, help="Denoising steps per video."),
+    model: Optional[Path] = typer.Option(None, help="Checkpoint whose scheduler splits the steps (default: embedded)."),
+    high_cost: float = typer.Option(1.0, help="Seconds per high-noise step, relative (measure: bench/stages)."),
+    low_cost: float = typer.Option(1.0, help="Seconds per low-noise step, relative."),
+) -> None:
+    """Split GPUs between the experts so that neither is the bottleneck (cluster/sizing.py)."""
+    import yaml
+
+    from cluster.sizing import expert_split
+    from deployments.checkpoint import Checkpoint
+    from deployments.denoising import Scheduler
+
+    checkpoint = Checkpoint.from_settings(_settings(model))
+    split = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
+    high, low = len(split.high_noise_steps), len(split.low_noise_steps)
+    try:
+        result = expert_split(gpus, high, low, high_cost, low_cost)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--gpus")
+    typer.echo(f"{steps} steps: {high} high-noise, {low} low-noise (boundary {checkpoint.boundary_ratio})")
+    typer.echo(f"{gpus} GPUs: HighNoiseExpert x{result.high_noise}, LowNoiseExpert x{result.low_noise}; "
+               f"busy {result.busy[0]:.0%} / {result.busy[1]:.0%}")
+    typer.echo(yaml.safe_dump({"deployments": result.as_settings()}, sort_keys=False).rstrip())
+
+
+@app.command()
 def monitor(
     port: int = typer.Option(9090, help="Prometheus's port."),
     data: Path = typer.Option(Path("/tmp/t2v-prometheus"), help="Prometheus's storage directory."),

@@ -1,0 +1,114 @@
+"""Cross-request batching in the experts, off vs on, through the Serve app.
+
+    python -m bench.throughput [--levels 1 2 4 8] [--requests 8]
+
+Two copies of the app run side by side on one local Ray cluster, one with
+`batching.enabled` false (route /off) and one with it true (route /on, max batch 8,
+max wait 20 ms). For each concurrency level, the same number of distinct preview
+requests (POST /v1/videos/sync, cache off) goes to /off, then to /on: videos per minute
+and p50/p95 latency. Goal at concurrency 8: on >= 1.5x off, p95 no worse than 1.3x.
+
+Prints a table, then one JSON object as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench.serve import cluster_run, log, percentile, rounded
+from cluster.config import BatchingSettings, Settings
+from cluster.launch import free_port, ray_environment
+
+GOALS = {"throughput_ratio": 1.5, "p95_ratio": 1.3}
+
+
+def run_level(url: str, route: str, concurrency: int, n: int, tag: str) -> dict:
+    def one(i: int) -> float:
+        body = {"prompt": f"a paper lantern drifting, {tag} {route} {i}", "seed": i, "preset": "preview", "cache": False}
+        start = time.perf_counter()
+        response = httpx.post(f"{url}{route}/v1/videos/sync", json=body, timeout=600)
+        if response.status_code != 200:
+            raise RuntimeError(f"{route}: {response.status_code} {response.text[:300]}")
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - start
+    return {"vpm": n / wall * 60, "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "wall": wall}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--requests", type=int, default=8, help="requests per level and side (2x at the top level)")
+    args = parser.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from cluster.app import bind_app
+
+    work = Path(tempfile.mkdtemp(prefix="t2v-bt-"))
+    ray_dir = f"/tmp/t2v-bt-{os.getpid()}"
+    base = Settings()
+    if base.model is None:
+        from cluster.default_model import default_model_dir
+
+        base = base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+    port = free_port()
+    def side(name: str, **update) -> Settings:  # each app its own job records and cache
+        serving = base.serving.model_copy(update={"port": port, "ray_temp_dir": ray_dir, "max_active_jobs": 64,
+                                                  "output_uri": str(work / name / "outputs")})
+        return base.model_copy(update={"serving": serving, "cache_dir": work / name, **update})
+
+    sides = {"off": side("off"), "on": side("on", batching=BatchingSettings(enabled=True, max_batch_size=8, max_wait_ms=20))}
+    result: dict = {"benchmark": "throughput", "levels": {}}
+    with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):
+        ray_environment()
+        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=False, num_cpus=4,
+                 logging_level="WARNING", log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for name, settings in sides.items():
+            serve.run(bind_app(settings), name=f"t2v-{name}", route_prefix=f"/{name}")
+        url = f"http://127.0.0.1:{port}"
+        for name in sides:  # warm-up: first calls allocate and open connections
+            run_level(url, f"/{name}", 1, 1, "warm")
+        for level in args.levels:
+            n = args.requests * (2 if level == max(args.levels) else 1)
+            row = {name: run_level(url, f"/{name}", level, n, f"c{level}") for name in sides}
+            row["throughput_ratio"] = row["on"]["vpm"] / row["off"]["vpm"]
+            row["p95_ratio"] = row["on"]["p95"] / row["off"]["p95"]
+            result["levels"][level] = row
+            log(f"concurrency {level}: {row['throughput_ratio']:.2f}x")
+    top = result["levels"][max(args.levels)]
+    result["goals"] = GOALS
+    result["met"] = {"throughput_ratio": top["throughput_ratio"] >= GOALS["throughput_ratio"],
+                     "p95_ratio": top["p95_ratio"] <= GOALS["p95_ratio"]}
+
+    print(f"\nbatching off vs on (max batch 8, max wait 20 ms), preview, {args.requests} requests a level")
+    print(f"{'concurrency':>11}{'off vpm':>9}{'on vpm':>8}{'ratio':>7}{'off p50':>9}{'on p50':>8}{'off p95':>9}{'on p95':>8}"
+          f"{'p95 ratio':>10}")
+    for level, row in result["levels"].items():
+        print(f"{level:>11}{row['off']['vpm']:>9.1f}{row['on']['vpm']:>8.1f}{row['throughput_ratio']:>6.2f}x"
+              f"{row['off']['p50']:>9.2f}{row['on']['p50']:>8.2f}{row['off']['p95']:>9.2f}{row['on']['p95']:>8.2f}"
+              f"{row['p95_ratio']:>9.2f}x")
+    print(f"goals at concurrency {max(args.levels)}: throughput >= {GOALS['throughput_ratio']}x "
+          f"({'met' if result['met']['throughput_ratio'] else 'not met'}), p95 <= {GOALS['p95_ratio']}x "
+          f"({'met' if result['met']['p95_ratio'] else 'not met'})\n")
+    print(json.dumps(rounded(result)), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
