@@ -41,7 +41,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.cache import VARIANTS
-from bench.serve import BIN_DIR, cluster_run, log, rounded
+from bench.serve import BIN_DIR, cluster_run, log, model_settings, rounded
 from cluster.config import Settings
 from cluster.launch import deploy, free_port, ray_environment
 
@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     work = Path(tempfile.mkdtemp(prefix="t2v-bb-"))
     ray_dir = f"/tmp/t2v-bb-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
-    base = Settings()
-    if base.model is None:
-        from cluster.default_model import default_model_dir
-
-        base = base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+    base = model_settings()
     settings = base.model_copy(update={
         "cache_dir": work / "cache",  # nothing cached from earlier runs
         "serving": base.serving.model_copy(update={

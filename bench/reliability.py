@@ -33,9 +33,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import cluster_run, log, percentile, rounded
+from bench.serve import cluster_run, log, model_settings, percentile, rounded
 from cluster.client import T2VClient
-from cluster.config import ServingSettings, Settings
+from cluster.config import ServingSettings
 from cluster.launch import APP_NAME, deploy, free_port, ray_environment
 
 DEPLOYMENTS = ("Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert", "Decoder")
@@ -238,11 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="t2v-br-"))
     ray_dir = f"/tmp/t2v-br-{os.getpid()}"
-    base = Settings()
-    if base.model is None:
-        from cluster.default_model import default_model_dir
-
-        base = base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+    base = model_settings()
     key = "bench-key"
     settings = base.model_copy(update={
         "cache_dir": work / "cache",

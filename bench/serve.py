@@ -76,6 +76,15 @@ def cluster_run(ray_dir: str, work: Path):
             log(f"failed: logs kept in {ray_dir} and {work}")
 
 
+def model_settings() -> Settings:
+    """The process settings with the model resolved (`T2V_MODEL`, else the embedded default,
+    built now so no benchmark times the build)."""
+    from cluster.default_model import default_model_dir
+
+    base = Settings()
+    return base if base.model else base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from bench.serve import log, rounded
-from cluster.config import Settings, StepCacheSettings
+from bench.serve import log, model_settings, rounded
+from cluster.config import StepCacheSettings
 from cluster.pipeline import Pipeline
 from cluster.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default="final")
     args = parser.parse_args(argv)
 
-    base = Settings()
-    if base.model is None:
-        from cluster.default_model import default_model_dir
-
-        base = base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+    base = model_settings()
     base = base.model_copy(update={"cache": base.cache.model_copy(update={"enabled": False})})
     pipelines = {name: Pipeline(Checkpoint(base.model, base.model_copy(update={"step_cache": config})))
                  for name, config in CONFIGS.items()}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import cluster_run, log, percentile, rounded
+from bench.serve import cluster_run, log, model_settings, percentile, rounded
 from cluster.config import BatchingSettings, Settings
 from cluster.launch import free_port, ray_environment
 from cluster.sizing import expert_split
@@ -89,11 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="t2v-bt-"))
     ray_dir = f"/tmp/t2v-bt-{os.getpid()}"
-    base = Settings()
-    if base.model is None:
-        from cluster.default_model import default_model_dir
-
-        base = base.model_copy(update={"model": default_model_dir(base.cache_dir)})
+    base = model_settings()
     port = free_port()
     def side(name: str, **update) -> Settings:  # each app its own job records and cache
         serving = base.serving.model_copy(update={"port": port, "ray_temp_dir": ray_dir, "max_active_jobs": 64,
