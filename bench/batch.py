@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     result["expert_batching_ms"] = expert_batching(settings)
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):  # stdout: tables and JSON
         ray_environment()
-        context = ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, num_cpus=4,
-                           logging_level="WARNING", log_to_driver=False)
+        context = ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, dashboard_port=free_port(),
+                           num_cpus=4, logging_level="WARNING", log_to_driver=False)
         dashboard = f"http://{context.dashboard_url}"
         deploy(settings)
         log("deployed; (a) free-form")

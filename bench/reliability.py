@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"benchmark": "reliability", "max_active_jobs": 8}
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):
         ray_environment()
-        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, num_cpus=4,
-                 logging_level="WARNING", log_to_driver=False)
+        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, dashboard_port=free_port(),
+                 num_cpus=4, logging_level="WARNING", log_to_driver=False)
         url = deploy(settings)
         client = T2VClient(url, key, timeout=60)
         log("(a) fuzzing")

@@ -13,6 +13,7 @@ import hmac
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -34,6 +35,8 @@ from deployments.denoising import Scheduler
 from monitoring.metrics import metrics
 
 logger = logging.getLogger("ray.serve")
+PLAYGROUND = Path(__file__).resolve().parent / "playground"
+PLAYGROUND_ASSETS = {"playground.js": "text/javascript", "playground.css": "text/css"}
 
 api = FastAPI(
     title="t2v-cluster",
@@ -358,6 +361,18 @@ class Ingress:
     async def list_models(self, request: Request) -> dict:
         self._caller(request)
         return {"object": "list", "data": [{"id": self.model_id, "object": "model", "owned_by": "t2v-cluster"}]}
+
+    # -- the playground: a static page on the public API ------------------------------------
+
+    @api.get("/", include_in_schema=False)
+    async def playground(self) -> FileResponse:
+        return FileResponse(PLAYGROUND / "index.html", media_type="text/html")
+
+    @api.get("/playground/{name}", include_in_schema=False)
+    async def playground_asset(self, name: str) -> FileResponse:
+        if name not in PLAYGROUND_ASSETS:  # a fixed set: no path reaches beyond the folder
+            raise ApiError(404, f"no playground file {name!r}", code="not_found")
+        return FileResponse(PLAYGROUND / name, media_type=PLAYGROUND_ASSETS[name])
 
     @api.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict:

@@ -62,8 +62,10 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     )
     ray_environment()
     # address="local": always a fresh cluster, never a developer's running one.
+    # Its own dashboard port: jobs submitted by the tests must not reach another Ray on this
+    # machine (a developer's `t2v serve` holds 8265).
     context = ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True,
-                       num_cpus=4, logging_level="WARNING")
+                       dashboard_port=free_port(), num_cpus=4, logging_level="WARNING")
     try:
         yield RunningApp(deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}", "test-key-a",
                          "test-key-b")

@@ -1,0 +1,112 @@
+"""The playground page, driven in a real headless Chromium against the real app: submit a
+prompt, watch progress reach 100 %, play the video, see the score; a bad size shows the
+field's error; a job is cancelled. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    # Headless as root on a closed network: no sandbox, no background connections.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_script_timeout(30)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait(driver, condition, timeout: float = 180):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def field(driver, element_id: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    element = driver.find_element(By.ID, element_id)
+    element.clear()
+    element.send_keys(value)
+
+
+def text(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def test_prompt_to_playing_video_with_its_score(serve_app, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{serve_app.url}/")
+    field(browser, "api-key", serve_app.api_key)  # entered once, kept in the browser
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#template option")) > 1)  # templates loaded
+
+    field(browser, "prompt", "一只橘猫在草地上奔跑")
+    field(browser, "seed", "21")
+    field(browser, "steps", "6")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda d: d.find_element(By.ID, "job-progress").get_attribute("value") == "100")
+    wait(browser, lambda d: d.execute_script("return document.getElementById('job-video').readyState") >= 2)
+    playing = browser.execute_async_script(
+        "const done = arguments[0], v = document.getElementById('job-video');"
+        "v.play().then(() => setTimeout(() => done(!v.paused && v.currentTime > 0), 300), e => done(String(e)));"
+    )
+    assert playing is True
+    assert text(browser, "#job-status") == "completed"
+    assert 0 <= float(text(browser, "#job-score")) <= 1
+    assert "high_noise" in text(browser, "#job-timings") and "miss" in text(browser, "#job-cache")
+    assert browser.find_element(By.ID, "job-download").get_attribute("href").startswith("blob:")
+    job_id = text(browser, "#job-id")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#gallery li[data-id="{job_id}"] video'))
+    assert "physics" in text(browser, f'#gallery li[data-id="{job_id}"]')
+    browser.save_screenshot(str(ARTIFACTS / "playground-completed.png"))
+
+
+def test_a_bad_size_shows_the_fields_error(serve_app, browser):
+    from selenium.webdriver.common.by import By
+
+    field(browser, "prompt", "a dog on a beach")
+    field(browser, "size", "100x64")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda d: "multiple of 16" in d.find_element(By.CSS_SELECTOR, '[data-error-for="size"]').text, 30)
+    browser.save_screenshot(str(ARTIFACTS / "playground-field-error.png"))
+    field(browser, "size", "")
+
+
+def test_a_job_is_cancelled_from_the_page(serve_app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    field(browser, "prompt", "a long flight over the mountains")
+    field(browser, "steps", "40")
+    Select(browser.find_element(By.ID, "preset")).select_by_visible_text("final")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda d: text(d, "#job-status") == "in_progress" and int(d.find_element(By.ID, "job-progress").get_attribute("value")) > 0)
+    browser.find_element(By.ID, "job-cancel").click()
+    wait(browser, lambda d: text(d, "#job-status") == "cancelled", 60)
+    job_id = text(browser, "#job-id")
+    wait(browser, lambda d: "cancelled" in d.find_element(By.CSS_SELECTOR, f'#gallery li[data-id="{job_id}"]').text, 30)
+    browser.save_screenshot(str(ARTIFACTS / "playground-cancelled.png"))
