@@ -231,7 +231,7 @@ class JobStore:
                 job.cache[level] = hit
                 self._save(job)
 
-    def retrying(self, job_id: str, reason: str) -> None:
+    def retrying(self, job_id: str) -> None:
         """A stage's replica died under the job: it runs again from the start."""
         with self._lock:
             job = self._live(job_id)

@@ -240,8 +240,17 @@ class Ingress:
         return job, generation
 
     async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
-        """Run one job through the stages; ends completed, failed or cancelled. A stage
-        replica that dies under the job (Serve replaces it) costs a bounded re-run."""
+        """Run one job through the stages; ends completed, failed or cancelled, whatever
+        goes wrong (a job left active with nothing running it would hang forever)."""
+        try:
+            return await self._attempts(job_id, request)
+        except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
+            logger.exception("job %s: orchestration failed", job_id)
+            return await self.jobs.fail.remote(job_id, "internal_error", _summary(error))
+
+    async def _attempts(self, job_id: str, request: GenerationRequest) -> Job:
+        """The stages, re-run once more per `serving.job_retries` when a stage replica died
+        under the job (Serve replaces it)."""
         for attempt in range(self.settings.serving.job_retries + 1):
             try:
                 return await self._run_stages(job_id, request)
@@ -252,7 +261,10 @@ class Ingress:
                 stage = (job.stage if job else None) or "a stage"
                 if _replica_died(error) and attempt < self.settings.serving.job_retries and job and job.active:
                     logger.warning("job %s: %s's replica died (%s); running it again", job_id, stage, _summary(error))
-                    await self.jobs.retrying.remote(job_id, _summary(error))
+                    try:
+                        await self.jobs.retrying.remote(job_id)
+                    except JobCancelled:  # cancelled (or timed out) meanwhile: that stands
+                        return await self.jobs.get.remote(job_id)
                     continue
                 logger.exception("job %s failed", job_id)
                 code = "replica_died" if _replica_died(error) else "generation_failed"
