@@ -31,6 +31,7 @@ from typing import Any, Optional
 
 import typer
 
+from cluster.errors import error_summary
 from cluster.launch import APP_NAME
 from cluster.manifest import MANIFEST, STAGES, Manifest
 from cluster.prompt_table import InputError, Row, read_table
@@ -58,11 +59,6 @@ class Outcome:
         return cls("failed", error_code=code, error=message)
 
 
-def _summary(error: BaseException) -> str:
-    cause = getattr(error, "cause", None) or error
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:500]
-
 
 class ServeEngine:
     """Rows through the running Serve app, as HTTP requests would go."""
@@ -86,7 +82,7 @@ class ServeEngine:
             self.handle = serve.get_app_handle(app_name)
         except Exception as e:  # Serve not started, or no such app
             raise EngineError(
-                f"no Serve app {app_name!r} on this Ray cluster ({_summary(e)}): "
+                f"no Serve app {app_name!r} on this Ray cluster ({error_summary(e)}): "
                 "start it with `t2v serve` (or use --engine local)"
             ) from None
 
@@ -98,7 +94,7 @@ class ServeEngine:
             try:
                 result = await self.handle.submit.remote(fields)
             except Exception as error:  # a replica died under the row, or the app went away
-                return Outcome.failed("generation_failed", _summary(error))
+                return Outcome.failed("generation_failed", error_summary(error))
             if result["status"] == 503:  # the cluster is full: wait, as HTTP clients do
                 await asyncio.sleep(float(result["headers"].get("Retry-After", 5)))
                 continue
@@ -136,7 +132,7 @@ class LocalEngine:
         try:
             result = await asyncio.to_thread(self.pipeline, request)
         except Exception as error:
-            return Outcome.failed("generation_failed", _summary(error))
+            return Outcome.failed("generation_failed", error_summary(error))
         job = {"request": request.model_dump(), "timings": result.timings, "cache": result.cache,
                "physics": result.physics, "model": result.model_id, "id": None}
         return Outcome("completed", job, result.mp4)

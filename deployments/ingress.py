@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import Settings
+from cluster.errors import error_summary
 from cluster.jobs import Job, JobCancelled, QueueFull, valid_job_id, video_key
 from cluster.request import GenerationRequest
 from cluster.storage import OutputStore
@@ -117,12 +118,6 @@ def _replica_died(error: BaseException) -> bool:
     return False
 
 
-def _summary(error: BaseException) -> str:
-    """The root cause's one-line message, without Ray's wrapping traceback."""
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
-
 
 _CREATE_BODY = {
     "requestBody": {
@@ -168,7 +163,7 @@ class Ingress:
             try:
                 self.jobs.heartbeat.remote(self.runner).result(timeout_s=30)
             except Exception as error:  # the store restarting: keep beating
-                logger.warning("heartbeat to the job store failed: %s", _summary(error))
+                logger.warning("heartbeat to the job store failed: %s", error_summary(error))
             time.sleep(self.settings.serving.heartbeat_seconds)
 
     # -- creating and running jobs ------------------------------------------------------
@@ -246,7 +241,7 @@ class Ingress:
             return await self._attempts(job_id, request)
         except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
             logger.exception("job %s: orchestration failed", job_id)
-            return await self.jobs.fail.remote(job_id, "internal_error", _summary(error))
+            return await self.jobs.fail.remote(job_id, "internal_error", error_summary(error))
 
     async def _attempts(self, job_id: str, request: GenerationRequest) -> Job:
         """The stages, re-run once more per `serving.job_retries` when a stage replica died
@@ -260,7 +255,8 @@ class Ingress:
                 job = await self.jobs.get.remote(job_id)
                 stage = (job.stage if job else None) or "a stage"
                 if _replica_died(error) and attempt < self.settings.serving.job_retries and job and job.active:
-                    logger.warning("job %s: %s's replica died (%s); running it again", job_id, stage, _summary(error))
+                    logger.warning("job %s: %s's replica died (%s); running it again",
+                                   job_id, stage, error_summary(error))
                     try:
                         await self.jobs.retrying.remote(job_id)
                     except JobCancelled:  # cancelled (or timed out) meanwhile: that stands
@@ -268,7 +264,7 @@ class Ingress:
                     continue
                 logger.exception("job %s failed", job_id)
                 code = "replica_died" if _replica_died(error) else "generation_failed"
-                message = _summary(error)
+                message = error_summary(error)
                 if _replica_died(error):
                     message = f"{stage}'s replica died while running this job ({message}); retried {attempt} times"
                 return await self.jobs.fail.remote(job_id, code, message)
