@@ -6,7 +6,9 @@ On the default model (or `T2V_MODEL`), in one run:
     interleaved repeat by repeat with the same seed on both sides (median seconds);
 (b) throughput: N preview requests through HTTP at concurrency C against the same N run one
     after the other in process (videos per minute), with p50/p95 latency of the HTTP requests
-    and each stage's busy fraction during the burst, read from the jobs' traces;
+    and each stage's busy fraction during the burst, read from the jobs' traces; the CPU
+    seconds per video of every process by role (bench/cpu.py), and the ceiling they set:
+    cores / the least CPU one video needs (the pipeline on one thread);
 (c) startup: `t2v serve` as a subprocess, seconds to the first GET /healthz 200 and to the
     first video (POST /v1/videos/sync 200), and whether Ctrl-C stops it cleanly.
 
@@ -39,6 +41,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench.cpu import BENCHMARK, CpuMeter, ceiling
 from cluster.config import Settings
 from cluster.launch import free_port
 from cluster.pipeline import Pipeline
@@ -311,19 +314,28 @@ def sequential(sides: Sides, requests: list[GenerationRequest], threads: int) ->
 def bench_throughput(sides: Sides, prompt: str, seed: int, n: int, concurrency: int, rounds: int) -> dict:
     requests = [sides.request(prompt, seed + 100 + i, "preview") for i in range(n)]
     walls: dict[str, list[float]] = {"http": [], "local": [], "local_1t": []}
+    cpu: dict[str, list[dict[str, float]]] = {side: [] for side in walls}  # CPU s per video, by role
     bursts = []
     for r in range(rounds):
         # Back to back, order alternating by round, so drift on the machine hits both sides alike.
         for side in ("local", "local_1t", "http") if r % 2 == 0 else ("http", "local_1t", "local"):
+            meter = CpuMeter().start()
             if side == "http":
                 bursts.append(burst(sides, requests, concurrency))
                 walls["http"].append(bursts[-1]["wall"])
             else:
                 walls[side].append(sequential(sides, requests, 1 if side == "local_1t" else sides.threads))
+            cpu[side].append({name: seconds / n for name, seconds in meter.stop().items()})
         log(f"throughput round {r + 1}/{rounds}: " + ", ".join(f"{s} {walls[s][-1]:.2f}s" for s in walls)
             + f"; replicas {bursts[-1]['replicas']}")
     vpm = {side: 60 * n / statistics.median(w) for side, w in walls.items()}
     latencies = [x for b in bursts for x in b["latencies"]]
+    roles = sorted({name for rows in cpu.values() for row in rows for name in row})
+    cpu_per_video = {side: {name: statistics.median(row.get(name, 0.0) for row in rows) for name in roles}
+                     for side, rows in cpu.items()}
+    # The least CPU one video needs: the pipeline alone on one thread (no intra-op overhead).
+    least = cpu_per_video["local_1t"][BENCHMARK]
+    cores = os.cpu_count() or 1
     return {
         "concurrency": concurrency,
         "requests": n,
@@ -337,6 +349,10 @@ def bench_throughput(sides: Sides, prompt: str, seed: int, n: int, concurrency: 
         "p95_s": percentile(latencies, 0.95),
         "busy": median_dict([b["busy"] for b in bursts]),
         "replicas_per_round": [b["replicas"] for b in bursts],
+        "cpu_s_per_video": cpu_per_video,
+        "cpu_s_per_video_total": {side: sum(row.values()) for side, row in cpu_per_video.items()},
+        "ceiling_videos_per_min": ceiling(cores, least),
+        "ceiling_ratio": ceiling(cores, least) / vpm["local"],
     }
 
 
@@ -365,6 +381,16 @@ def print_tables(result: dict, threads: int) -> None:
     print(f"    sequential in-process, 1 thread: {t['sequential_1t_videos_per_min']:.1f} videos/min -> ratio {t['ratio_1t']:.2f}")
     print("    stage busy fraction during the burst (span seconds / wall): "
           + ", ".join(f"{s} {v:.2f}" for s, v in t["busy"].items()))
+    print("    CPU seconds per video, every process on the machine, by role (median of rounds)")
+    sides = ("http", "local", "local_1t")
+    print(f"    {'role':<56}" + "".join(f"{names[side]:>30}" for side in sides))
+    per_video = t["cpu_s_per_video"]
+    for name in sorted(per_video["http"], key=lambda n: -per_video["http"][n]):
+        print(f"    {name:<56}" + "".join(f"{per_video[side].get(name, 0.0):>30.3f}" for side in sides))
+    print(f"    {'total':<56}" + "".join(f"{t['cpu_s_per_video_total'][side]:>30.3f}" for side in sides))
+    print(f"    ceiling: {result['cpus']} cores / {per_video['local_1t'][BENCHMARK]:.3f} CPU s per video (the pipeline "
+          f"on one thread) = {t['ceiling_videos_per_min']:.1f} videos/min, {t['ceiling_ratio']:.2f}x the sequential "
+          f"loop: no schedule on this machine can beat that")
     s = result["startup"]
     print(f"(c) startup: `t2v serve` -> /healthz 200 in {s['healthz_s']:.1f}s, first video in {s['first_video_s']:.1f}s "
           f"({s['first_request_s']:.1f}s request); Ctrl-C -> exit {s['exit_code']} in {s['stop_s']:.1f}s")
@@ -436,6 +462,8 @@ def main(argv: list[str] | None = None) -> dict:
         "throughput_ratio": result["throughput"]["ratio"] >= GOALS["throughput_ratio"],
         "startup_s": result["startup"]["healthz_s"] <= GOALS["startup_s"],
     }
+    # Whether any schedule could meet the throughput goal on this machine (bench/cpu.py).
+    result["throughput_goal_reachable"] = result["throughput"]["ceiling_ratio"] >= GOALS["throughput_ratio"]
     result.update(threads=threads, cpus=os.cpu_count(), repeats=args.repeats)
     print_tables(result, threads)
     print(json.dumps(rounded(result)), flush=True)
