@@ -77,7 +77,7 @@ class Job(BaseModel):
     retries: int = 0  # re-runs after a stage's replica died
     owner: str | None = None  # hash of the API key that created it; only that key sees it
     runner: str | None = None  # the ingress replica running it (heartbeats to the store)
-    stage_since: float | None = None
+    stage_since: float | None = None  # when the current stage started, or the last one ended
 
     @property
     def active(self) -> bool:
@@ -123,14 +123,21 @@ class JobStore:
         self._heartbeats[runner] = time.time()
 
     def check(self, now: float | None = None) -> list[str]:
-        """Fail the active jobs whose stage overran its timeout, or whose ingress replica
-        stopped heartbeating (it died with the job's orchestration). Returns their ids."""
+        """Fail the active jobs whose stage overran its timeout, that sat between stages as
+        long (their next call was lost), or whose ingress replica stopped heartbeating (it
+        died with the job's orchestration). Returns their ids."""
         now = time.time() if now is None else now
         failed = []
         for job in [j for j in self._jobs.values() if j.active]:
-            if self.stage_timeout and job.stage and now - (job.stage_since or now) > self.stage_timeout:
+            since = now - (job.stage_since or now)
+            if self.stage_timeout and job.stage and since > self.stage_timeout:
                 failed.append(job.id)
                 self.fail(job.id, "stage_timeout", f"stage {job.stage} did not finish within {self.stage_timeout:g} s")
+            elif self.stage_timeout and job.status == "in_progress" and not job.stage and since > self.stage_timeout:
+                # Between stages a job waits milliseconds: this one's next call got lost in the cluster.
+                failed.append(job.id)
+                self.fail(job.id, "stalled", f"no stage started within {self.stage_timeout:g} s after the last one "
+                          f"finished ({job.trace[-1].stage if job.trace else 'none'}); submit it again")
             elif self.runner_lost and job.runner:
                 # A store restarted since has heard from no one yet: give runners the grace too.
                 seen = self._heartbeats.get(job.runner, max(self._started, job.created))
@@ -218,7 +225,7 @@ class JobStore:
             job = self._jobs.get(job_id)
             if job is not None:
                 if job.stage == stage:
-                    job.stage = None
+                    job.stage, job.stage_since = None, time.time()  # between stages: watched too
                 job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
                 job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
                 self._save(job)
@@ -237,7 +244,7 @@ class JobStore:
             job = self._live(job_id)
             job.retries += 1
             job.steps_done = job.progress = 0
-            job.stage = None
+            job.stage, job.stage_since = None, time.time()
             self._save(job)
 
     def add_steps(self, job_id: str, steps: int) -> None:

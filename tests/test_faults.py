@@ -115,14 +115,18 @@ def test_the_watchdog_fails_overrunning_and_orphaned_jobs(tmp_path, settings):
     request = GenerationRequest.build(settings, prompt="a cat", seed=1)
     hung = store.create(request, "m", 10, runner="ingress-1")
     orphan = store.create(request, "m", 10, runner="ingress-2")
+    lost = store.create(request, "m", 10)  # its encode finished, then the next call never came
     now = time.time()
     store.heartbeat("ingress-1")
     store.heartbeat("ingress-2")
     store.stage_started(hung.id, "high_noise")
+    store.stage_started(lost.id, "encode")
+    store.stage_done(lost.id, "encode", now, now)
 
     assert store.check(now + 1) == []
-    assert store.check(now + 6) == [hung.id]  # its stage overran 5 s
+    assert store.check(now + 6) == [hung.id, lost.id]  # a stage overran 5 s; 5 s between stages
     assert store.get(hung.id).error.message == "stage high_noise did not finish within 5 s"
+    assert store.get(lost.id).error.code == "stalled" and "after the last one finished (encode)" in store.get(lost.id).error.message
     with pytest.raises(JobCancelled):  # its stage stops at its next progress report
         store.step_done(hung.id, "high_noise")
     assert store.check(now + 11) == [orphan.id]  # ingress-2 silent for over 10 s
