@@ -46,6 +46,8 @@ class JobReporter:
         self._last_step = None
         self._unreported = 0
         self._reported_at = time.monotonic()
+        self._spans: list[tuple[str, float, float]] = []
+        self._cache: dict[str, bool | None] = {}
 
     @contextmanager
     def stage(self, name: str):
@@ -53,17 +55,20 @@ class JobReporter:
         self.jobs.stage_started.remote(self.job_id, name).result()
         start = time.time()
         yield
-        if self._unreported:
-            self.jobs.step_done.remote(self.job_id, self.expert, self._unreported).result()
-            self._unreported = 0
-        self.span(name, start, time.time())
+        # One call closes the stage: its span and sub-spans, the steps not reported yet and the
+        # cache levels it used. Waited for, so the record is complete before the ingress goes on.
+        self.jobs.stage_done.remote(
+            self.job_id, name, start, time.time(), self.replica, self._unreported, self.expert, self._cache, self._spans
+        ).result()
+        self._unreported, self._spans, self._cache = 0, [], {}
 
     def span(self, name: str, start: float, end: float) -> None:
-        # Waited for, so the job record is complete before the ingress marks it done.
-        self.jobs.stage_done.remote(self.job_id, name, start, end, self.replica).result()
+        """A part of the current stage timed on its own (the decoder's mp4 and score)."""
+        self._spans.append((name, start, end))
 
     def cache(self, level: str, hit: bool | None) -> None:
-        self.jobs.cache_used.remote(self.job_id, level, hit).result()
+        """A cache level the current stage used (None: it did not apply)."""
+        self._cache[level] = hit
 
     def step(self, _index: int) -> None:
         # Progress goes out without waiting; the previous report's answer (long back by now)
@@ -110,8 +115,8 @@ class TextEncoderDeployment:
         with reporter.stage("encode_base" if base_prompt else "encode"):
             text = request.base_prompt if base_prompt else request.prompt
             embeddings = self.encoder(text, request.negative_prompt, request.classifier_free_guidance, request.cache)
-        if not base_prompt:
-            reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache and request.cache else None)
+            if not base_prompt:
+                reporter.cache("embeddings", embeddings.cache_hit if self.encoder.cache and request.cache else None)
         return embeddings
 
 
@@ -138,7 +143,7 @@ class ExpertDeployment:
             if self.expert.name != HIGH_NOISE:
                 return self.expert.phase(request, embeddings, state, reporter.step, resample_seed)
             state, hit = self.expert.shared_phase(request, embeddings, self.cache, on_step=reporter.step)
-        reporter.cache("boundary", hit)
+            reporter.cache("boundary", hit)
         return state
 
 
@@ -158,10 +163,10 @@ class DecoderDeployment:
             video = self.decoder.video(request, state.latents)
             key = video_key(job_id, attempt)
             self.store.write(key, video.mp4)
-        decoded = start + video.timings["decode"]
-        encoded = decoded + video.timings["mp4"]
-        reporter.span("mp4", decoded, encoded)
-        reporter.span("score", encoded, encoded + video.timings["score"])
+            decoded = start + video.timings["decode"]
+            encoded = decoded + video.timings["mp4"]
+            reporter.span("mp4", decoded, encoded)
+            reporter.span("score", encoded, encoded + video.timings["score"])
         return {"key": key, "physics": video.physics}
 
 

@@ -175,6 +175,7 @@ class JobStore:
     def create(
         self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None,
         matched_template: dict[str, Any] | None = None, owner: str | None = None, runner: str | None = None,
+        cache: dict[str, bool | None] | None = None,
     ) -> Job:
         now = time.time()
         job = Job(
@@ -190,6 +191,7 @@ class JobStore:
             matched_template=matched_template,
             owner=owner,
             runner=runner,
+            cache=cache or {},
         )
         with self._lock:
             if max_active is not None and self.count_active() >= max_active:
@@ -220,23 +222,29 @@ class JobStore:
             job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
         metrics.inc("steps", steps, expert=expert, model=job.model)
 
-    def stage_done(self, job_id: str, stage: str, start: float, end: float, replica: str = "") -> None:
+    def stage_done(
+        self, job_id: str, stage: str, start: float, end: float, replica: str = "", steps: int = 0,
+        expert: str = "", cache: dict[str, bool | None] | None = None, spans: list[tuple[str, float, float]] = (),
+    ) -> None:
+        """A stage finished: its span and sub-spans (the decoder's mp4 and score), the denoising
+        steps it had not reported yet and the cache levels it used, in one call."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is not None:
-                if job.stage == stage:
-                    job.stage, job.stage_since = None, time.time()  # between stages: watched too
-                job.timings[stage] = job.timings.get(stage, 0.0) + (end - start)
-                job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
-                self._save(job)
-                metrics.observe("stage", end - start, stage=stage, model=job.model)
-
-    def cache_used(self, job_id: str, level: str, hit: bool | None) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is not None:
-                job.cache[level] = hit
-                self._save(job)
+            if job is None:
+                return
+            if job.stage == stage:
+                job.stage, job.stage_since = None, time.time()  # between stages: watched too
+            if steps and job.active:
+                job.steps_done = min(job.steps_done + steps, job.steps_total)
+                job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
+            job.cache.update(cache or {})
+            for name, begin, finish in ((stage, start, end), *spans):
+                job.timings[name] = job.timings.get(name, 0.0) + (finish - begin)
+                job.trace.append(StageSpan(stage=name, replica=replica, start=begin, end=finish))
+                metrics.observe("stage", finish - begin, stage=name, model=job.model)
+            self._save(job)
+        if steps:
+            metrics.inc("steps", steps, expert=expert, model=job.model)
 
     def retrying(self, job_id: str) -> None:
         """A stage's replica died under the job: it runs again from the start."""

@@ -218,20 +218,22 @@ class Ingress:
                 generation = generation.matched_to(self.settings.templates().get(name))
                 matched = {"template": name, "similarity": round(similarity, 4)}
         steps = self.scheduler.plan(generation.num_inference_steps, self.checkpoint.boundary_ratio).num_steps
+        cached, cache_levels = None, {}
+        if self.cache is not None and generation.cache:
+            cached = self.cache.get("result", result_key(self.checkpoint, generation))
+            cache_levels = {"result": cached is not None}
         try:
             job = await self.jobs.create.remote(
-                generation, self.model_id, steps, self.settings.serving.max_active_jobs, matched, owner, self.runner
+                generation, self.model_id, steps, self.settings.serving.max_active_jobs, matched, owner, self.runner,
+                cache_levels,
             )
         except QueueFull as full:
             retry = str(self.settings.serving.retry_after_seconds)
             raise ApiError(503, f"server busy: {full}", code="queue_full", headers={"Retry-After": retry})
-        if self.cache is not None and generation.cache:
-            cached = self.cache.get("result", result_key(self.checkpoint, generation))
-            await self.jobs.cache_used.remote(job.id, "result", cached is not None)
-            if cached is not None:
-                self.store.write(video_key(job.id), cached["mp4"])
-                await self.jobs.scored.remote(job.id, cached["physics"])
-                job = await self.jobs.complete.remote(job.id)
+        if cached is not None:
+            self.store.write(video_key(job.id), cached["mp4"])
+            await self.jobs.scored.remote(job.id, cached["physics"])
+            job = await self.jobs.complete.remote(job.id)
         return job, generation
 
     async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
