@@ -218,9 +218,7 @@ class JobStore:
         """Denoising steps finished. Raises JobCancelled to stop the stage."""
         with self._lock:
             job = self._live(job_id)
-            job.steps_done = min(job.steps_done + steps, job.steps_total)
-            job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
-        metrics.inc("steps", steps, expert=expert, model=job.model)
+            self._add_steps(job, steps, expert)
 
     def stage_done(
         self, job_id: str, stage: str, start: float, end: float, replica: str = "", steps: int = 0,
@@ -235,16 +233,13 @@ class JobStore:
             if job.stage == stage:
                 job.stage, job.stage_since = None, time.time()  # between stages: watched too
             if steps and job.active:
-                job.steps_done = min(job.steps_done + steps, job.steps_total)
-                job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
+                self._add_steps(job, steps, expert)
             job.cache.update(cache or {})
             for name, begin, finish in ((stage, start, end), *spans):
                 job.timings[name] = job.timings.get(name, 0.0) + (finish - begin)
                 job.trace.append(StageSpan(stage=name, replica=replica, start=begin, end=finish))
                 metrics.observe("stage", finish - begin, stage=name, model=job.model)
             self._save(job)
-        if steps:
-            metrics.inc("steps", steps, expert=expert, model=job.model)
 
     def retrying(self, job_id: str) -> None:
         """A stage's replica died under the job: it runs again from the start."""
@@ -304,6 +299,12 @@ class JobStore:
         if job is None or not job.active:
             raise JobCancelled(job_id)
         return job
+
+    @staticmethod
+    def _add_steps(job: Job, steps: int, expert: str) -> None:
+        job.steps_done = min(job.steps_done + steps, job.steps_total)
+        job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
+        metrics.inc("steps", steps, expert=expert, model=job.model)
 
     def _finish(self, job_id: str, status: Status, error: JobError | None = None) -> Job | None:
         with self._lock:
