@@ -211,10 +211,11 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
 
 
 class Sides:
-    """One request run three ways: over HTTP, and in process with default and with 1 torch thread."""
+    """One request run three ways: over HTTP, and in process with default and with 1 torch thread
+    (`single`: a pipeline whose experts run a guided step's forwards one after the other)."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, http: httpx.Client, threads: int):
-        self.settings, self.pipeline, self.http, self.threads = settings, pipeline, http, threads
+    def __init__(self, settings: Settings, pipeline: Pipeline, single: Pipeline, http: httpx.Client, threads: int):
+        self.settings, self.pipeline, self.single, self.http, self.threads = settings, pipeline, single, http, threads
 
     def request(self, prompt: str, seed: int, preset: str) -> GenerationRequest:
         return GenerationRequest.build(self.settings, prompt=prompt, seed=seed, preset=preset)
@@ -239,9 +240,10 @@ class Sides:
 
     def local_run(self, request: GenerationRequest, threads: int) -> dict:
         torch.set_num_threads(threads)
+        pipeline = self.single if threads == 1 else self.pipeline
         try:
             start = time.perf_counter()
-            result = self.pipeline(request)
+            result = pipeline(request)
             return {"wall": time.perf_counter() - start, **{s: result.timings.get(s, 0.0) for s in STAGES}}
         finally:
             torch.set_num_threads(self.threads)
@@ -444,12 +446,13 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(threads)
         url = deploy(settings)
         pipeline = Pipeline.from_settings(settings)
+        single = Pipeline.from_settings(settings.model_copy(update={"parallel_guidance": False}))
         # The in-process side runs beside the idle cluster: this is what that costs.
         result["busy_cores"]["serve_idle"] = cpu_busy()
         log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
             f"busy cores: {result['busy_cores']}")
         with httpx.Client(base_url=url, timeout=600) as http:
-            sides = Sides(settings, pipeline, http, threads)
+            sides = Sides(settings, pipeline, single, http, threads)
             result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
             result["throughput"] = bench_throughput(
                 sides, args.prompt, args.seed, args.requests, args.concurrency, args.rounds

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from deployments.denoising import DenoisingState, Scheduler
+from deployments.guidance import GuidancePair
 from deployments.text_encoder import PromptEmbeddings
 
 
@@ -45,8 +46,10 @@ class _Member:
 class StepBatcher:
     """Runs phases for many threads (a replica's concurrent requests) on one worker thread."""
 
-    def __init__(self, transformer, scheduler: Scheduler, device, dtype, max_batch: int, max_wait: float):
-        self.transformer, self.scheduler = transformer, scheduler
+    def __init__(self, transformer, scheduler: Scheduler, device, dtype, max_batch: int, max_wait: float,
+                 pair: GuidancePair | None = None):
+        """`pair`: run the conditional and unconditional halves as two forwards side by side (CPU)."""
+        self.transformer, self.scheduler, self.pair = transformer, scheduler, pair
         self.device, self.dtype = device, dtype
         self.max_batch, self.max_wait = max_batch, max_wait
         self.batch_sizes: list[int] = []  # requests per forward, for tests and benchmarks
@@ -103,13 +106,22 @@ class StepBatcher:
     def _step(self, batch: list[_Member]) -> None:
         timesteps = [m.scheduler.timesteps[m.steps[0]] for m in batch]
         guided = [m for m in batch if m.negative is not None]
-        latents = torch.cat([m.latents for m in batch] + [m.latents for m in guided]).to(self.dtype)
-        text = torch.cat([m.prompt for m in batch] + [m.negative for m in guided])
-        t = torch.stack([timesteps[i] for i in range(len(batch))] + [timesteps[batch.index(m)] for m in guided])
         self.batch_sizes.append(len(batch))
-        with self.transformer.cache_context("batch"):
-            noise = self.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
-        conditional, unconditional = noise[: len(batch)], noise[len(batch):]
+        latents = [m.latents for m in batch] + [m.latents for m in guided]
+        text = [m.prompt for m in batch] + [m.negative for m in guided]
+        t = [timesteps[i] for i in range(len(batch))] + [timesteps[batch.index(m)] for m in guided]
+
+        def forward(rows: slice) -> torch.Tensor:  # no step cache here: an expert with one does not batch
+            return self.transformer(
+                hidden_states=torch.cat(latents[rows]).to(self.dtype), timestep=torch.stack(t[rows]),
+                encoder_hidden_states=torch.cat(text[rows]), return_dict=False,
+            )[0]
+
+        if guided and self.pair is not None:
+            conditional, unconditional = self.pair(lambda: forward(slice(len(batch))), lambda: forward(slice(len(batch), None)))
+        else:
+            noise = forward(slice(None))
+            conditional, unconditional = noise[: len(batch)], noise[len(batch):]
         for i, member in enumerate(batch):
             prediction = conditional[i : i + 1]
             if member.negative is not None:

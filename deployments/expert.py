@@ -7,6 +7,7 @@ low-noise expert (`transformer_2`, detail). Each is called once per phase, not p
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -17,6 +18,7 @@ from cluster.request import GenerationRequest
 from deployments.batching import StepBatcher
 from deployments.checkpoint import HIGH_NOISE, Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
+from deployments.guidance import pair_for
 from deployments.text_encoder import PromptEmbeddings
 
 StepCallback = Callable[[int], None]  # called with the index of each finished step
@@ -51,11 +53,13 @@ class Expert:
         # turns (lock) and start clean, and steps of different requests cannot share forwards.
         self.step_cache = enable_step_cache(self.transformer, checkpoint.settings.step_cache)
         self._phase_lock = threading.Lock()
+        # The step cache's contexts are one state per transformer: its two forwards take turns.
+        self.pair = None if self.step_cache else pair_for(self.device, checkpoint.settings.parallel_guidance)
         config = checkpoint.settings.batching
         self.batcher = None
         if (config.enabled if batching is None else batching) and not self.step_cache:
             self.batcher = StepBatcher(self.transformer, self.scheduler, self.device, self.dtype,
-                                       config.max_batch_size, config.max_wait_ms / 1000)
+                                       config.max_batch_size, config.max_wait_ms / 1000, self.pair)
 
     def phase(
         self,
@@ -131,18 +135,23 @@ class Expert:
             t = scheduler.timesteps[i]
             latent_input = latents.to(self.dtype)
             timestep = t.expand(latents.shape[0])
-            # Named cache contexts let diffusers' step caches (FirstBlockCache, ...) tell the
-            # conditional pass from the unconditional one.
             context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(scheduler.timesteps)}
-            with self.transformer.cache_context("cond", **context):
-                noise_pred = self.transformer(
-                    hidden_states=latent_input, timestep=timestep, encoder_hidden_states=prompt, return_dict=False
-                )[0]
-            if negative is not None:
-                with self.transformer.cache_context("uncond", **context):
-                    noise_uncond = self.transformer(
-                        hidden_states=latent_input, timestep=timestep, encoder_hidden_states=negative, return_dict=False
+
+            def forward(text: torch.Tensor, branch: str) -> torch.Tensor:
+                # Named cache contexts let diffusers' step caches (FirstBlockCache, ...) tell the
+                # conditional pass from the unconditional one; without a cache there is none to set.
+                with self.transformer.cache_context(branch, **context) if self.step_cache else nullcontext():
+                    return self.transformer(
+                        hidden_states=latent_input, timestep=timestep, encoder_hidden_states=text, return_dict=False
                     )[0]
+
+            if negative is None:
+                noise_pred = forward(prompt, "cond")
+            else:
+                if self.pair is not None:
+                    noise_pred, noise_uncond = self.pair(lambda: forward(prompt, "cond"), lambda: forward(negative, "uncond"))
+                else:
+                    noise_pred, noise_uncond = forward(prompt, "cond"), forward(negative, "uncond")
                 noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if on_step is not None:
