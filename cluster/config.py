@@ -57,9 +57,16 @@ class DeploymentSettings(BaseModel):
     # lone request faster. PASSIVE: waiting threads sleep instead of spinning, so replicas
     # sharing cores under load degrade to one thread's speed, not far below (BENCHMARKS.md).
     threads: int = 1
+    access_log: bool = True  # Serve's per-call access log line (off for the job store's heartbeats)
 
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        logging = {}
+        if not self.access_log:
+            from ray.serve.schema import LoggingConfig
+
+            # The whole block, as `serve build` writes it, so serve.yaml and the bound app agree.
+            logging = {"logging_config": LoggingConfig(enable_access_log=False).model_dump()}
         return {
             "ray_actor_options": {
                 "num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "runtime_env": {"env_vars": env},
@@ -72,6 +79,7 @@ class DeploymentSettings(BaseModel):
             },
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            **logging,
         }
 
 
@@ -79,7 +87,9 @@ def _default_deployments() -> dict[str, DeploymentSettings]:
     # Fractions of 2 CPUs for the embedded default model; on GPUs, give each expert num_gpus=1.
     return {
         "Ingress": DeploymentSettings(num_cpus=0.1, max_replicas=2, max_ongoing_requests=256, target_ongoing_requests=64),
-        "JobStore": DeploymentSettings(num_cpus=0.05, max_ongoing_requests=1000, target_ongoing_requests=500),
+        # Every ingress heartbeats its jobs here every 2 s: no access-log line per call.
+        "JobStore": DeploymentSettings(num_cpus=0.05, max_ongoing_requests=1000, target_ongoing_requests=500,
+                                       access_log=False),
         "TextEncoder": DeploymentSettings(num_cpus=0.2, max_replicas=2),
         "HighNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2),
         "LowNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2),
