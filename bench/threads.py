@@ -6,7 +6,9 @@ threads per thread that starts a parallel region; this measures one expert forwa
 `final` shape, and one large elementwise op, on the main thread and then on a second thread;
 and, in another process, on a second thread only (the model loaded with one thread, so the
 main thread never starts a pool). Fresh processes under each OpenMP wait policy (read at
-process start).
+process start). In each place also one guided step (the prompt's and the negative prompt's
+forward) run in turn, and side by side on deployments/guidance.py's two single-threaded
+workers, as the experts run it.
 
     python -m bench.threads [--repeats 10]
 
@@ -38,6 +40,7 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
 
     from bench.serve import model_settings
     from deployments.checkpoint import HIGH_NOISE, Checkpoint
+    from deployments.guidance import GuidancePair
 
     settings = model_settings()
     checkpoint = Checkpoint.from_settings(settings)
@@ -48,20 +51,34 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
     t = torch.full((1,), 900.0)
     big = torch.randn(1, 576, 1024)  # well above ATen's grain size: a parallel region per op
 
+    negative = torch.randn_like(text)
+
+    def forward(embeddings: torch.Tensor = text) -> torch.Tensor:
+        return transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeddings, return_dict=False)[0]
+
+    def ms_per_call(call, n: int) -> float:
+        for _ in range(2):
+            call()
+        start = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - start) / n * 1000
+
     def run(out: dict, place: str) -> None:
         with torch.no_grad():
-            for _ in range(2):
-                transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
-            forward_ms = (time.perf_counter() - start) / repeats * 1000
+            forward_ms = ms_per_call(forward, repeats)
             start = time.perf_counter()
             for _ in range(2000):
                 big.mul(1.5)
-            out[place] = {"forward_ms": forward_ms, "elementwise_us": (time.perf_counter() - start) / 2000 * 1e6}
+            elementwise_us = (time.perf_counter() - start) / 2000 * 1e6
+            # A guided step: the prompt's and the negative prompt's forward, in turn or side by side.
+            in_turn = ms_per_call(lambda: (forward(text), forward(negative)), max(1, repeats // 2))
+            side_by_side = ms_per_call(lambda: pair(lambda: forward(text), lambda: forward(negative)), max(1, repeats // 2))
+        out[place] = {"forward_ms": forward_ms, "elementwise_us": elementwise_us,
+                      "guided_in_turn_ms": in_turn, "guided_side_by_side_ms": side_by_side}
 
     torch.set_num_threads(threads)
+    pair = GuidancePair(threads)  # what the experts use (deployments/guidance.py)
     out: dict = {"threads": threads}
     if not only_thread:
         run(out, "main")
@@ -94,13 +111,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"one high-noise expert forward at the final shape, and one elementwise op on 590k floats "
           f"({result['policies']['default']['threads']} torch threads)")
-    print(f"{'OMP_WAIT_POLICY':<18}{'place':<16}{'forward ms':>12}{'vs main':>9}{'mul us':>9}{'vs main':>9}")
+    print(f"{'OMP_WAIT_POLICY':<18}{'place':<16}{'forward ms':>12}{'vs main':>9}{'mul us':>9}{'vs main':>9}"
+          f"{'guided in turn':>16}{'side by side':>14}{'speed-up':>10}")
     for policy, row in result["policies"].items():
         for place in PLACES:
             cell, main_cell = row[place], row["main"]
             print(f"{policy:<18}{place:<16}{cell['forward_ms']:>12.1f}"
                   f"{cell['forward_ms'] / main_cell['forward_ms']:>9.2f}{cell['elementwise_us']:>9.1f}"
-                  f"{cell['elementwise_us'] / main_cell['elementwise_us']:>9.2f}")
+                  f"{cell['elementwise_us'] / main_cell['elementwise_us']:>9.2f}{cell['guided_in_turn_ms']:>16.1f}"
+                  f"{cell['guided_side_by_side_ms']:>14.1f}"
+                  f"{cell['guided_in_turn_ms'] / cell['guided_side_by_side_ms']:>9.2f}x")
     print(json.dumps(result), flush=True)
     return result
 

@@ -56,6 +56,10 @@ def test_job_lifecycle_with_real_progress(http):
     assert any(0 < p < 100 for p in seen), f"no intermediate progress seen: {seen}"
     assert {"queue", "encode", "high_noise", "low_noise", "decode", "mp4", "score", "total"} <= set(job["timings"])
     assert [s["stage"] for s in job["trace"]] == ["encode", "high_noise", "low_noise", "decode", "mp4", "score"]
+    # decode's timing is the VAE alone: with its parts (mp4, score) it makes up the decoder's span.
+    decoder_span = next(s["end"] - s["start"] for s in job["trace"] if s["stage"] == "decode")
+    parts = sum(job["timings"][name] for name in ("decode", "mp4", "score"))
+    assert job["timings"]["decode"] < decoder_span and parts == pytest.approx(decoder_span, abs=1e-6)
     assert job["completed_at"] >= job["created_at"]
     assert (job["size"], job["model"]) == ("64x64", "t2v-tiny-wan2.2-a14b")
 
