@@ -60,6 +60,15 @@ class CpuMeter:
         return dict(used)
 
 
+# What the serving path spends per video besides the stages' own work: HTTP, routing, job records.
+CONTROL_PLANE = ("Ingress", "JobStore", RAY)
+
+
+def control_plane(cpu_per_video: dict[str, float]) -> float:
+    """CPU seconds per video of the roles that serve requests without computing them."""
+    return sum(cpu_per_video.get(name, 0.0) for name in CONTROL_PLANE)
+
+
 def ceiling(cores: int, cpu_seconds_per_video: float) -> float:
     """Videos per minute if every core did nothing but the measured CPU work per video."""
     return 60 * cores / cpu_seconds_per_video

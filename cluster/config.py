@@ -54,8 +54,9 @@ class DeploymentSettings(BaseModel):
     max_ongoing_requests: int = 4
     max_queued_requests: int = -1  # -1: unbounded; the ingress bounds work by active jobs
     # Torch CPU threads per replica. Ray would give a fractional-CPU replica one; two make a
-    # lone request faster. PASSIVE: waiting threads sleep instead of spinning, so replicas
-    # sharing cores under load degrade to one thread's speed, not far below (BENCHMARKS.md).
+    # lone request faster (an expert runs a guided step's two forwards side by side on them).
+    # PASSIVE: waiting threads sleep instead of spinning, so replicas sharing cores under
+    # load degrade to one thread's speed, not far below (BENCHMARKS.md).
     threads: int = 1
     access_log: bool = True  # Serve's per-call access log line (off for the job store's heartbeats)
 

@@ -5,7 +5,8 @@ two forwards are independent. On a CPU, two forwards with one intra-op thread ea
 threads at once, beat two forwards with two intra-op threads each in turn: no OpenMP
 barrier after every op, and no worker pool that sleeps between ops (on a Serve replica's
 executor thread libgomp's pool does not spin, BENCHMARKS.md "CPU threads in replicas").
-The results are bit-identical: each forward does the same arithmetic on one thread.
+Each forward does the same arithmetic as before, so the results are bit-identical
+(tests/test_guidance.py).
 On a GPU the kernels already run asynchronously; there the forwards stay sequential.
 """
 

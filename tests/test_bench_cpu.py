@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from bench.cpu import BENCHMARK, RAY, CpuMeter, ceiling, role
+from bench.cpu import BENCHMARK, RAY, CpuMeter, ceiling, control_plane, role
 
 
 def test_roles_name_serve_deployments_ray_and_the_benchmark():
@@ -37,3 +37,10 @@ def test_the_meter_counts_cpu_where_it_was_spent():
 
 def test_the_ceiling_is_what_the_cores_can_do():
     assert ceiling(2, 0.75) == 160.0  # two cores, 0.75 CPU s per video
+
+
+def test_the_control_plane_is_the_serving_roles_that_compute_nothing():
+    per_video = {"Ingress": 0.05, "JobStore": 0.08, RAY: 0.1, "HighNoiseExpert": 0.5, "TextEncoder": 0.07,
+                 "other": 0.01, BENCHMARK: 0.004}
+    assert control_plane(per_video) == 0.23
+    assert control_plane({"HighNoiseExpert": 0.5}) == 0.0
