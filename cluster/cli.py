@@ -201,8 +201,9 @@ def monitor(
     data: Path = typer.Option(Path("/tmp/t2v-prometheus"), help="Prometheus's storage directory."),
 ) -> None:
     """Run Prometheus on monitoring/prometheus.yml (scrapes the local Ray cluster)."""
+    import os
     import shutil
-    import subprocess
+    import sys
 
     monitoring = Path(__file__).resolve().parent.parent / "monitoring"
     binary = shutil.which("prometheus")
@@ -216,7 +217,10 @@ def monitor(
     )
     command = [binary, f"--config.file={monitoring / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
                f"--web.listen-address=127.0.0.1:{port}"]
-    raise typer.Exit(subprocess.call(command))
+    sys.stdout.flush()
+    # Prometheus takes this process's place: Ctrl-C and a service manager's SIGTERM reach it
+    # directly, and no orphaned Prometheus outlives a killed `t2v monitor`.
+    os.execv(binary, command)
 
 
 @cache_app.command("stats")

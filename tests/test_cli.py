@@ -63,3 +63,36 @@ def test_model_init_and_first_use_cache(tmp_path):
     assert run.returncode == 0, run.stderr
     assert list((tmp_path / "cache" / "models").glob("t2v-tiny-wan2.2-a14b-*/model_index.json"))
     assert probe_mp4(out.read_bytes())["frames"] == 17
+
+
+def test_monitor_runs_prometheus_and_stops_with_it(tmp_path):
+    """`t2v monitor` becomes Prometheus on monitoring/prometheus.yml: ready to query, and a
+    SIGTERM to the command stops Prometheus itself (nothing left listening)."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monitor = subprocess.Popen([sys.executable, "-m", "cluster.cli", "monitor", "--port", str(port),
+                                "--data", str(tmp_path / "tsdb")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, ready = time.monotonic() + 60, False
+        while not ready and time.monotonic() < deadline and monitor.poll() is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert ready, f"Prometheus never became ready: {monitor.stdout.read1().decode(errors='replace')[-2000:]}"
+        config = httpx.get(f"http://127.0.0.1:{port}/api/v1/status/config").json()["data"]["yaml"]
+        assert "prom_metrics_service_discovery.json" in config  # the shipped config, finding Ray's agents
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=30)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
