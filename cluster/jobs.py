@@ -239,11 +239,11 @@ class JobStore:
             # timings add up to the wall time as the in-process Pipeline's do; the trace keeps
             # the whole span (the replica was busy for all of it).
             own = (end - start) - sum(finish - begin for _, begin, finish in spans)
-            job.trace.append(StageSpan(stage=stage, replica=replica, start=start, end=end))
-            for name, seconds in ((stage, own), *((name, finish - begin) for name, begin, finish in spans)):
+            for name, begin, finish in ((stage, start, end), *spans):
+                job.trace.append(StageSpan(stage=name, replica=replica, start=begin, end=finish))
+                seconds = own if name == stage else finish - begin
                 job.timings[name] = job.timings.get(name, 0.0) + seconds
                 metrics.observe("stage", seconds, stage=name, model=job.model)
-            job.trace += [StageSpan(stage=name, replica=replica, start=begin, end=finish) for name, begin, finish in spans]
             self._save(job)
 
     def retrying(self, job_id: str) -> None:

@@ -148,10 +148,8 @@ class Expert:
             if negative is None:
                 noise_pred = forward(prompt, "cond")
             else:
-                if self.pair is not None:
-                    noise_pred, noise_uncond = self.pair(lambda: forward(prompt, "cond"), lambda: forward(negative, "uncond"))
-                else:
-                    noise_pred, noise_uncond = forward(prompt, "cond"), forward(negative, "uncond")
+                cond, uncond = (lambda: forward(prompt, "cond")), (lambda: forward(negative, "uncond"))
+                noise_pred, noise_uncond = self.pair(cond, uncond) if self.pair is not None else (cond(), uncond())
                 noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if on_step is not None:
