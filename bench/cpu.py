@@ -48,7 +48,7 @@ class CpuMeter:
             out[process.pid] = (role(process.pid, command), times.user + times.system)
         return out
 
-    def start(self) -> "CpuMeter":
+    def start(self) -> CpuMeter:
         self._start = self._snapshot()
         return self
 

@@ -1,6 +1,6 @@
 """Time per clip and separation of the physics-plausibility scorer on its synthetic suite.
 
-Scores every `monitoring.physics.synthetic_clip` kind (33 frames of 128x128 at 16 fps by default), times
+Scores every `bench.synthetic_clips.synthetic_clip` kind (33 frames of 128x128 at 16 fps by default), times
 `score_video` on each (median of repeats after one warm-up), and reports the separation: the lowest
 plausible score minus the highest violation score (the static clip is neither). The goal is under
 500 ms per clip; the load average is printed too, since other jobs may share the machine.
@@ -21,7 +21,8 @@ import time
 
 import cv2
 
-from monitoring.physics import KINDS, PLAUSIBLE, SUBSCORES, VIOLATIONS, score_video, synthetic_clip
+from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
+from monitoring.physics import SUBSCORES, score_video
 
 GOAL_MS = 500
 SHORT = {
@@ -76,8 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         cv2.setNumThreads(args.threads)
     load = os.getloadavg()[0]
-    log(f"{args.frames} frames of {args.size}x{args.size}, {cv2.getNumThreads()} OpenCV threads, "
-        f"{os.cpu_count()} cores, load average {load:.2f}")
+    log(
+        f"{args.frames} frames of {args.size}x{args.size}, {cv2.getNumThreads()} OpenCV threads, "
+        f"{os.cpu_count()} cores, load average {load:.2f}"
+    )
 
     rows = {kind: bench_clip(kind, args) for kind in KINDS}
     print_table(rows)

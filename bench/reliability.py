@@ -35,12 +35,18 @@ import httpx
 
 from bench.serve import cluster_run, log, model_settings, percentile, rounded
 from cluster.client import T2VClient
-from cluster.config import ServingSettings
-from cluster.launch import APP_NAME, deploy, free_port, ray_environment
+from cluster.launch import APP_NAME, deploy, free_port, start_private_ray
+from contract.settings import ServingSettings
 
 DEPLOYMENTS = ("Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert", "Decoder")
-STAGE_OF = {"TextEncoder": "encode", "HighNoiseExpert": "high_noise", "LowNoiseExpert": "low_noise",
-            "Decoder": "decode", "JobStore": "high_noise", "Ingress": "high_noise"}
+STAGE_OF = {
+    "TextEncoder": "encode",
+    "HighNoiseExpert": "high_noise",
+    "LowNoiseExpert": "low_noise",
+    "Decoder": "decode",
+    "JobStore": "high_noise",
+    "Ingress": "high_noise",
+}
 FUZZ_SKIP = {"POST /v1/videos/sync"}  # holds a connection per generation; same validation as POST /v1/videos
 
 
@@ -51,7 +57,9 @@ def replica_pids(deployment: str) -> list[int]:
     """PIDs of the live replicas of one deployment of the app (Ray's state API)."""
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:{deployment}"), ("state", "=", "ALIVE")])
+    actors = list_actors(
+        filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:{deployment}"), ("state", "=", "ALIVE")]
+    )
     return sorted(a.pid for a in actors)
 
 
@@ -98,14 +106,22 @@ def fuzz(url: str, headers: dict[str, str], examples: int) -> tuple[dict[str, in
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis.settings(max_examples=examples, deadline=None, database=None,
-                                 suppress_health_check=list(hypothesis.HealthCheck),
-                                 verbosity=hypothesis.Verbosity.quiet)
+            @hypothesis.settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(hypothesis.HealthCheck),
+                verbosity=hypothesis.Verbosity.quiet,
+            )
             def send(case) -> None:
                 response = case.call(base_url=url, headers=headers, timeout=60)
                 counts["requests"] += 1
                 status = response.status_code
-                if status == 503 and response.json()["error"]["code"] == "queue_full" and "retry-after" in response.headers:
+                if (
+                    status == 503
+                    and response.json()["error"]["code"] == "queue_full"
+                    and "retry-after" in response.headers
+                ):
                     counts["503_queue_full"] += 1  # overload, answered as designed
                 elif status >= 500:
                     failures.append(f"{status} {case.as_curl_command()}: {response.text[:300]}")
@@ -133,8 +149,9 @@ def fault(client: T2VClient, deployment: str, runner_lost: float) -> dict:
     """One job caught in `deployment`'s work, its replica killed; how it ended."""
     (pid,) = replica_pids(deployment)
     stage = STAGE_OF[deployment]
-    job_id = client.create(f"a lighthouse in a storm, {deployment} fault", preset="final", steps=12, seed=7,
-                           cache=False)["id"]
+    job_id = client.create(
+        f"a lighthouse in a storm, {deployment} fault", preset="final", steps=12, seed=7, cache=False
+    )["id"]
     if deployment != "TextEncoder":  # encoding takes milliseconds: killed with the job on its way in
         wait_record(client, job_id, lambda j: j["stage"] == stage, timeout=120)
     killed = time.monotonic()
@@ -142,15 +159,15 @@ def fault(client: T2VClient, deployment: str, runner_lost: float) -> dict:
     wait_replaced(deployment, [pid])
     recovered = time.monotonic() - killed
     try:
-        job = wait_record(client, job_id, lambda j: j["status"] not in ("queued", "in_progress"),
-                          timeout=runner_lost + 300)
+        job = wait_record(
+            client, job_id, lambda j: j["status"] not in ("queued", "in_progress"), timeout=runner_lost + 300
+        )
         outcome = job["status"] if job["status"] == "completed" else f"failed: {job['error']['code']}"
         retries, lost = job["retries"], False
     except TimeoutError:
         outcome, retries, lost = "still active", None, True
     after = client.wait(client.create(f"a harbour after the {deployment} fault", steps=3, seed=8)["id"])
-    return {"outcome": outcome, "retries": retries, "lost": lost, "replaced_s": recovered,
-            "next_job": after["status"]}
+    return {"outcome": outcome, "retries": retries, "lost": lost, "replaced_s": recovered, "next_job": after["status"]}
 
 
 # -- (c) overload ------------------------------------------------------------------------------
@@ -187,8 +204,9 @@ def burst(url: str, headers: dict[str, str], n: int) -> dict:
     def post(i: int) -> tuple[int, float, str | None]:
         start = time.perf_counter()
         with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
-            response = http.post("/v1/videos", json={"prompt": f"a swarm of fireflies, burst {i}", "steps": 4, "seed": i,
-                                                     "cache": False})
+            response = http.post(
+                "/v1/videos", json={"prompt": f"a swarm of fireflies, burst {i}", "steps": 4, "seed": i, "cache": False}
+            )
         elapsed = time.perf_counter() - start
         ok = response.status_code == 202 or response.headers.get("retry-after")
         return response.status_code if ok else -response.status_code, elapsed, response.json().get("id")
@@ -202,20 +220,25 @@ def burst(url: str, headers: dict[str, str], n: int) -> dict:
     sampler.join()
     rejection = [r[1] for r in rejected]
     return {
-        "burst": n, "accepted": len(accepted), "rejected_503": len(rejected),
+        "burst": n,
+        "accepted": len(accepted),
+        "rejected_503": len(rejected),
         "other": len(results) - len(accepted) - len(rejected),
         "rejection_p50_s": percentile(rejection, 0.5) if rejection else None,
         "rejection_p99_s": percentile(rejection, 0.99) if rejection else None,
         "accepted_completed": finished.count("completed"),
-        "rss_before_mib": baseline / 2**20, "rss_peak_mib": max(peak) / 2**20,
+        "rss_before_mib": baseline / 2**20,
+        "rss_peak_mib": max(peak) / 2**20,
     }
 
 
 def print_tables(result: dict) -> None:
     f = result["fuzz"]
     print("\n(a) schema fuzzing (schemathesis, from /openapi.json)")
-    print(f"requests {f['requests']}: 2xx {f['2xx']}, 4xx {f['4xx']}, 503 queue_full {f['503_queue_full']}, "
-          f"other 5xx {f['5xx']}; replicas died: {result['fuzz_replicas_died']}")
+    print(
+        f"requests {f['requests']}: 2xx {f['2xx']}, 4xx {f['4xx']}, 503 queue_full {f['503_queue_full']}, "
+        f"other 5xx {f['5xx']}; replicas died: {result['fuzz_replicas_died']}"
+    )
     print("\n(b) faults: one job in the stage, its replica SIGKILLed")
     print(f"{'replica killed':<17}{'job ended':<24}{'re-runs':>8}{'replaced s':>11}  next job")
     for name, r in result["faults"].items():
@@ -223,8 +246,10 @@ def print_tables(result: dict) -> None:
     print(f"jobs lost: {sum(r['lost'] for r in result['faults'].values())}")
     b = result["burst"]
     print(f"\n(c) burst of {b['burst']} (max_active_jobs {result['max_active_jobs']})")
-    print(f"accepted {b['accepted']} (completed {b['accepted_completed']}), rejected 503 {b['rejected_503']}, "
-          f"other {b['other']}; rejection p50 {b['rejection_p50_s']:.3f} s, p99 {b['rejection_p99_s']:.3f} s")
+    print(
+        f"accepted {b['accepted']} (completed {b['accepted_completed']}), rejected 503 {b['rejected_503']}, "
+        f"other {b['other']}; rejection p50 {b['rejection_p50_s']:.3f} s, p99 {b['rejection_p99_s']:.3f} s"
+    )
     print(f"Ray processes' RSS: {b['rss_before_mib']:.0f} MiB before, {b['rss_peak_mib']:.0f} MiB peak\n")
 
 
@@ -234,23 +259,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--burst", type=int, default=5, help="burst size, in multiples of max_active_jobs")
     args = parser.parse_args(argv)
 
-    import ray
-
     work = Path(tempfile.mkdtemp(prefix="t2v-br-"))
     ray_dir = f"/tmp/t2v-br-{os.getpid()}"
     base = model_settings()
     key = "bench-key"
-    settings = base.model_copy(update={
-        "cache_dir": work / "cache",
-        "serving": ServingSettings(port=free_port(), output_uri=str(work / "outputs"), ray_temp_dir=ray_dir,
-                                   max_active_jobs=8, api_keys=[key]),
-    })
+    settings = base.model_copy(
+        update={
+            "cache_dir": work / "cache",
+            "serving": ServingSettings(
+                port=free_port(),
+                output_uri=str(work / "outputs"),
+                ray_temp_dir=ray_dir,
+                max_active_jobs=8,
+                api_keys=[key],
+            ),
+        }
+    )
     headers = {"Authorization": f"Bearer {key}"}
     result: dict = {"benchmark": "reliability", "max_active_jobs": 8}
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):
-        ray_environment()
-        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, dashboard_port=free_port(),
-                 num_cpus=4, logging_level="WARNING", log_to_driver=False)
+        start_private_ray(ray_dir, 4, dashboard=True, log_to_driver=False)
         url = deploy(settings)
         client = T2VClient(url, key, timeout=60)
         log("(a) fuzzing")

@@ -43,10 +43,10 @@ import httpx
 import torch
 
 from bench.cpu import BENCHMARK, CpuMeter, ceiling, control_plane
-from cluster.config import Settings
-from cluster.launch import free_port
+from cluster.launch import free_port, start_private_ray
 from cluster.pipeline import Pipeline
-from cluster.request import GenerationRequest
+from contract.request import GenerationRequest
+from contract.settings import Settings
 
 PRESETS = ("final", "preview")  # final first: the goal is set there
 STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4", "score")
@@ -83,7 +83,7 @@ def cluster_run(ray_dir: str, work: Path):
 def model_settings() -> Settings:
     """The process settings with the model resolved (`T2V_MODEL`, else the embedded default,
     built now so no benchmark times the build)."""
-    from cluster.default_model import default_model_dir
+    from deployments.default_model import default_model_dir
 
     base = Settings()
     return base if base.model else base.model_copy(update={"model": default_model_dir(base.cache_dir)})
@@ -96,6 +96,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def cpu_busy(seconds: float = 5.0) -> float | None:
     """Cores busy machine-wide over `seconds` (from /proc/stat): what else is running."""
+
     def sample() -> tuple[int, int]:
         values = [int(v) for v in Path("/proc/stat").read_text().split()[1:9]]
         return sum(values), values[3] + values[4]  # total, idle + iowait
@@ -151,7 +152,10 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
         start = time.perf_counter()
         proc = subprocess.Popen(
             [os.path.join(BIN_DIR, "t2v"), "serve", "--port", str(port)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,  # own process group
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group
         )
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
@@ -329,13 +333,18 @@ def bench_throughput(sides: Sides, prompt: str, seed: int, n: int, concurrency: 
             else:
                 walls[side].append(sequential(sides, requests, 1 if side == "local_1t" else sides.threads))
             cpu[side].append({name: seconds / n for name, seconds in meter.stop().items()})
-        log(f"throughput round {r + 1}/{rounds}: " + ", ".join(f"{s} {walls[s][-1]:.2f}s" for s in walls)
-            + f"; replicas {bursts[-1]['replicas']}")
+        log(
+            f"throughput round {r + 1}/{rounds}: "
+            + ", ".join(f"{s} {walls[s][-1]:.2f}s" for s in walls)
+            + f"; replicas {bursts[-1]['replicas']}"
+        )
     vpm = {side: 60 * n / statistics.median(w) for side, w in walls.items()}
     latencies = [x for b in bursts for x in b["latencies"]]
     roles = sorted({name for rows in cpu.values() for row in rows for name in row})
-    cpu_per_video = {side: {name: statistics.median(row.get(name, 0.0) for row in rows) for name in roles}
-                     for side, rows in cpu.items()}
+    cpu_per_video = {
+        side: {name: statistics.median(row.get(name, 0.0) for row in rows) for name in roles}
+        for side, rows in cpu.items()
+    }
     # The least CPU one video needs: the pipeline alone on one thread (no intra-op overhead);
     # served, a video also costs the control plane's share, whatever the stages do.
     least = cpu_per_video["local_1t"][BENCHMARK]
@@ -372,23 +381,35 @@ def print_tables(result: dict, threads: int) -> None:
     print("(a) latency, one request (median seconds)")
     print(f"{'preset':<8}{'http_s':>10}{'inproc_s':>10}{'ratio':>8}{'inproc1t_s':>12}{'ratio_1t':>10}")
     for preset, row in result["latency"].items():
-        print(f"{preset:<8}{row['http_s']:>10.3f}{row['inprocess_s']:>10.3f}{row['ratio']:>8.2f}"
-              f"{row['inprocess_1t_s']:>12.3f}{row['ratio_1t']:>10.2f}")
+        print(
+            f"{preset:<8}{row['http_s']:>10.3f}{row['inprocess_s']:>10.3f}{row['ratio']:>8.2f}"
+            f"{row['inprocess_1t_s']:>12.3f}{row['ratio_1t']:>10.2f}"
+        )
     print("    per stage (median seconds; http stages as measured on the replicas)")
     columns = ("queue", *STAGES, "other", "wall")
     print(f"    {'preset':<8}{'side':<32}" + "".join(f"{c:>11}" for c in columns))
     for preset, row in result["latency"].items():
         for side, stages in row["stages"].items():
-            print(f"    {preset:<8}{names[side]:<32}" + "".join(
-                f"{stages[c]:>11.3f}" if c in stages else f"{'-':>11}" for c in columns))
+            print(
+                f"    {preset:<8}{names[side]:<32}"
+                + "".join(f"{stages[c]:>11.3f}" if c in stages else f"{'-':>11}" for c in columns)
+            )
     t = result["throughput"]
     print(f"(b) throughput, {t['requests']} preview requests (median of {t['rounds']} rounds)")
-    print(f"    http at concurrency {t['concurrency']}: {t['http_videos_per_min']:.1f} videos/min "
-          f"(p50 {t['p50_s']:.2f}s, p95 {t['p95_s']:.2f}s per request)")
-    print(f"    sequential in-process, {threads} threads: {t['sequential_videos_per_min']:.1f} videos/min -> ratio {t['ratio']:.2f}")
-    print(f"    sequential in-process, 1 thread: {t['sequential_1t_videos_per_min']:.1f} videos/min -> ratio {t['ratio_1t']:.2f}")
-    print("    stage busy fraction during the burst (span seconds / wall): "
-          + ", ".join(f"{s} {v:.2f}" for s, v in t["busy"].items()))
+    print(
+        f"    http at concurrency {t['concurrency']}: {t['http_videos_per_min']:.1f} videos/min "
+        f"(p50 {t['p50_s']:.2f}s, p95 {t['p95_s']:.2f}s per request)"
+    )
+    print(
+        f"    sequential in-process, {threads} threads: {t['sequential_videos_per_min']:.1f} videos/min -> ratio {t['ratio']:.2f}"
+    )
+    print(
+        f"    sequential in-process, 1 thread: {t['sequential_1t_videos_per_min']:.1f} videos/min -> ratio {t['ratio_1t']:.2f}"
+    )
+    print(
+        "    stage busy fraction during the burst (span seconds / wall): "
+        + ", ".join(f"{s} {v:.2f}" for s, v in t["busy"].items())
+    )
     print("    CPU seconds per video, every process on the machine, by role (median of rounds)")
     sides = ("http", "local", "local_1t")
     print(f"    {'role':<56}" + "".join(f"{names[side]:>30}" for side in sides))
@@ -396,16 +417,24 @@ def print_tables(result: dict, threads: int) -> None:
     for name in sorted(per_video["http"], key=lambda n: -per_video["http"][n]):
         print(f"    {name:<56}" + "".join(f"{per_video[side].get(name, 0.0):>30.3f}" for side in sides))
     print(f"    {'total':<56}" + "".join(f"{t['cpu_s_per_video_total'][side]:>30.3f}" for side in sides))
-    print(f"    ceiling: {result['cpus']} cores / {per_video['local_1t'][BENCHMARK]:.3f} CPU s per video (the pipeline "
-          f"on one thread) = {t['ceiling_videos_per_min']:.1f} videos/min, {t['ceiling_ratio']:.2f}x the sequential "
-          f"loop: no schedule on this machine can beat that")
-    print(f"    served ceiling: plus the control plane's {t['control_plane_cpu_s']:.3f} CPU s per video (ingress, job store, "
-          f"Ray and Serve) = {t['served_ceiling_videos_per_min']:.1f} videos/min, {t['served_ceiling_ratio']:.2f}x the loop")
+    print(
+        f"    ceiling: {result['cpus']} cores / {per_video['local_1t'][BENCHMARK]:.3f} CPU s per video (the pipeline "
+        f"on one thread) = {t['ceiling_videos_per_min']:.1f} videos/min, {t['ceiling_ratio']:.2f}x the sequential "
+        f"loop: no schedule on this machine can beat that"
+    )
+    print(
+        f"    served ceiling: plus the control plane's {t['control_plane_cpu_s']:.3f} CPU s per video (ingress, job store, "
+        f"Ray and Serve) = {t['served_ceiling_videos_per_min']:.1f} videos/min, {t['served_ceiling_ratio']:.2f}x the loop"
+    )
     s = result["startup"]
-    print(f"(c) startup: `t2v serve` -> /healthz 200 in {s['healthz_s']:.1f}s, first video in {s['first_video_s']:.1f}s "
-          f"({s['first_request_s']:.1f}s request); Ctrl-C -> exit {s['exit_code']} in {s['stop_s']:.1f}s")
+    print(
+        f"(c) startup: `t2v serve` -> /healthz 200 in {s['healthz_s']:.1f}s, first video in {s['first_video_s']:.1f}s "
+        f"({s['first_request_s']:.1f}s request); Ctrl-C -> exit {s['exit_code']} in {s['stop_s']:.1f}s"
+    )
     b = {k: "n/a" if v is None else f"{v:.2f}" for k, v in result["busy_cores"].items()}
-    print(f"machine: {result['cpus']} cores; busy cores before the run {b['before']}, with the Serve app idle {b['serve_idle']}")
+    print(
+        f"machine: {result['cpus']} cores; busy cores before the run {b['before']}, with the Serve app idle {b['serve_idle']}"
+    )
     print("goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in result["met"].items()))
 
 
@@ -420,10 +449,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--startup-timeout", type=float, default=300)
     args = parser.parse_args(argv)
 
-    import ray
-
-    from cluster.default_model import default_model_dir
-    from cluster.launch import deploy, ray_environment
+    from cluster.launch import deploy
+    from deployments.default_model import default_model_dir
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Every request computes: with the latent cache on, a repeat (or the other side's run of
@@ -435,10 +462,18 @@ def main(argv: list[str] | None = None) -> dict:
     threads = torch.get_num_threads()  # torch's default: what `t2v generate` gets
     work = Path(tempfile.mkdtemp(prefix="t2v-bench-"))
     ray_dir = f"/tmp/t2v-bench-{os.getpid()}"
-    settings = base.model_copy(update={"serving": base.serving.model_copy(update={
-        "port": free_port(), "output_uri": str(work / "outputs"), "ray_temp_dir": ray_dir,
-        "max_active_jobs": max(32, 2 * args.requests),  # the burst must never meet a 503
-    })})
+    settings = base.model_copy(
+        update={
+            "serving": base.serving.model_copy(
+                update={
+                    "port": free_port(),
+                    "output_uri": str(work / "outputs"),
+                    "ray_temp_dir": ray_dir,
+                    "max_active_jobs": max(32, 2 * args.requests),  # the burst must never meet a 503
+                }
+            )
+        }
+    )
     result: dict = {"benchmark": "serve", "busy_cores": {"before": cpu_busy()}}
     # A shell's background job inherits SIGINT ignored, and so would `t2v serve`: restore
     # Python's handler so the child gets SIGINT's default, as in a terminal.
@@ -446,20 +481,19 @@ def main(argv: list[str] | None = None) -> dict:
     # Whatever Ray or a library prints goes to stderr: stdout carries only the tables and the JSON.
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):
         result["startup"] = bench_startup(settings, work, args.prompt, args.startup_timeout)
-
-        ray_environment()
         # address="local": always a fresh cluster, never someone else's. 4 logical CPUs so
         # every deployment (and a second replica where autoscaling wants one) fits on 2 cores.
-        ray.init(address="local", _temp_dir=ray_dir, include_dashboard=False, num_cpus=4,
-                 logging_level="WARNING", log_to_driver=False)
+        start_private_ray(ray_dir, 4, log_to_driver=False)
         torch.set_num_threads(threads)
         url = deploy(settings)
         pipeline = Pipeline.from_settings(settings)
         single = Pipeline.from_settings(settings.model_copy(update={"parallel_guidance": False}))
         # The in-process side runs beside the idle cluster: this is what that costs.
         result["busy_cores"]["serve_idle"] = cpu_busy()
-        log(f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
-            f"busy cores: {result['busy_cores']}")
+        log(
+            f"deployed at {url}; in process: model {pipeline.model_id}, {threads} torch threads; "
+            f"busy cores: {result['busy_cores']}"
+        )
         with httpx.Client(base_url=url, timeout=600) as http:
             sides = Sides(settings, pipeline, single, http, threads)
             result["latency"] = {p: bench_latency(sides, args.prompt, args.seed, p, args.repeats) for p in PRESETS}
@@ -476,7 +510,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Whether any schedule could meet the throughput goal on this machine (bench/cpu.py), and
     # any schedule of the stages behind this control plane.
     result["throughput_goal_reachable"] = result["throughput"]["ceiling_ratio"] >= GOALS["throughput_ratio"]
-    result["throughput_goal_reachable_served"] = result["throughput"]["served_ceiling_ratio"] >= GOALS["throughput_ratio"]
+    result["throughput_goal_reachable_served"] = (
+        result["throughput"]["served_ceiling_ratio"] >= GOALS["throughput_ratio"]
+    )
     result.update(threads=threads, cpus=os.cpu_count(), repeats=args.repeats)
     print_tables(result, threads)
     print(json.dumps(rounded(result)), flush=True)

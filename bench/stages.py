@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from diffusers import WanPipeline
 
-from cluster.config import Settings
 from cluster.pipeline import Pipeline, wan_pipeline_arguments
-from cluster.request import GenerationRequest
+from contract.request import GenerationRequest
+from contract.settings import Settings
 from deployments.checkpoint import Checkpoint
 from deployments.decoder import to_uint8
 
@@ -70,7 +70,9 @@ def bench_preset(pipeline: Pipeline, pipe: WanPipeline, request: GenerationReque
                 staged.append(run_staged(pipeline, request)[0])
             else:
                 diffusers.append(run_diffusers(pipe, request)[0])
-        log(f"{request.preset}: repeat {i + 1}/{repeats}: staged {staged[-1]['staged_s']:.3f}s, diffusers {diffusers[-1]:.3f}s")
+        log(
+            f"{request.preset}: repeat {i + 1}/{repeats}: staged {staged[-1]['staged_s']:.3f}s, diffusers {diffusers[-1]:.3f}s"
+        )
 
     out = {key: statistics.median(run[key] for run in staged) for key in (*STAGES, "staged_s", "staged_mp4_s")}
     out["diffusers_s"] = statistics.median(diffusers)

@@ -20,9 +20,9 @@ import time
 import numpy as np
 
 from bench.serve import log, model_settings, rounded
-from cluster.config import StepCacheSettings
 from cluster.pipeline import Pipeline
-from cluster.request import GenerationRequest
+from contract.request import GenerationRequest
+from contract.settings import StepCacheSettings
 from deployments.checkpoint import Checkpoint
 from deployments.decoder import to_uint8
 from monitoring.physics import score_video
@@ -34,8 +34,14 @@ CONFIGS = {
     "taylorseer 2": StepCacheSettings(kind="taylorseer", options={"cache_interval": 2, "disable_cache_before_step": 2}),
     "taylorseer 4": StepCacheSettings(kind="taylorseer", options={"cache_interval": 4, "disable_cache_before_step": 2}),
 }
-PROMPTS = ["a red ball bouncing on a wooden floor", "一只橘猫在草地上奔跑", "a kite over the sea at dusk",
-           "a paper boat drifting on a pond", "a cyclist crossing a bridge", "a lantern swinging in the wind"]
+PROMPTS = [
+    "a red ball bouncing on a wooden floor",
+    "一只橘猫在草地上奔跑",
+    "a kite over the sea at dusk",
+    "a paper boat drifting on a pond",
+    "a cyclist crossing a bridge",
+    "a lantern swinging in the wind",
+]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,10 +57,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = model_settings()
     base = base.model_copy(update={"cache": base.cache.model_copy(update={"enabled": False})})
-    pipelines = {name: Pipeline(Checkpoint(base.model, base.model_copy(update={"step_cache": config})))
-                 for name, config in CONFIGS.items()}
-    requests = [GenerationRequest.build(base, prompt=p, seed=i, preset=args.preset)
-                for i, p in enumerate(PROMPTS[: args.prompts])]
+    pipelines = {
+        name: Pipeline(Checkpoint(base.model, base.model_copy(update={"step_cache": config})))
+        for name, config in CONFIGS.items()
+    }
+    requests = [
+        GenerationRequest.build(base, prompt=p, seed=i, preset=args.preset)
+        for i, p in enumerate(PROMPTS[: args.prompts])
+    ]
     for pipeline in pipelines.values():  # warm-up
         pipeline.generate_frames(requests[0])
 
@@ -70,10 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"benchmark": "stepcache", "preset": args.preset, "prompts": len(requests), "configs": {}}
     base_s = statistics.median(seconds["none"])
     for name in CONFIGS:
-        quality = [psnr(f, ref) for f, ref in zip(frames[name], frames["none"])]
+        quality = [psnr(f, ref) for f, ref in zip(frames[name], frames["none"], strict=False)]
         physics = [score_video(f, requests[0].fps)["score"] for f in frames[name]]
         result["configs"][name] = {
-            "seconds": statistics.median(seconds[name]), "speedup": base_s / statistics.median(seconds[name]),
+            "seconds": statistics.median(seconds[name]),
+            "speedup": base_s / statistics.median(seconds[name]),
             "psnr_db": None if math.isinf(min(quality)) else min(quality),  # None: identical frames
             "physics": statistics.fmean(physics),
         }

@@ -39,12 +39,13 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
         torch.set_num_threads(1)  # loading starts no OpenMP pool on the main thread
 
     from bench.serve import model_settings
-    from deployments.checkpoint import HIGH_NOISE, Checkpoint
+    from contract.experts import ExpertKind
+    from deployments.checkpoint import Checkpoint
     from deployments.guidance import GuidancePair
 
     settings = model_settings()
     checkpoint = Checkpoint.from_settings(settings)
-    transformer = checkpoint.expert(HIGH_NOISE).eval()
+    transformer = checkpoint.expert(ExpertKind.HIGH_NOISE).eval()
     preset = settings.presets["final"]
     x = torch.randn(1, *checkpoint.latent_shape(preset.num_frames, preset.height, preset.width)[1:])
     text = torch.randn(1, 512, transformer.config.text_dim)
@@ -73,9 +74,15 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
             elementwise_us = (time.perf_counter() - start) / 2000 * 1e6
             # A guided step: the prompt's and the negative prompt's forward, in turn or side by side.
             in_turn = ms_per_call(lambda: (forward(text), forward(negative)), max(1, repeats // 2))
-            side_by_side = ms_per_call(lambda: pair(lambda: forward(text), lambda: forward(negative)), max(1, repeats // 2))
-        out[place] = {"forward_ms": forward_ms, "elementwise_us": elementwise_us,
-                      "guided_in_turn_ms": in_turn, "guided_side_by_side_ms": side_by_side}
+            side_by_side = ms_per_call(
+                lambda: pair(lambda: forward(text), lambda: forward(negative)), max(1, repeats // 2)
+            )
+        out[place] = {
+            "forward_ms": forward_ms,
+            "elementwise_us": elementwise_us,
+            "guided_in_turn_ms": in_turn,
+            "guided_side_by_side_ms": side_by_side,
+        }
 
     torch.set_num_threads(threads)
     pair = GuidancePair(threads)  # what the experts use (deployments/guidance.py)
@@ -104,23 +111,34 @@ def main(argv: list[str] | None = None) -> dict:
             env["OMP_WAIT_POLICY"] = policy
         row = {}
         for child in ("both", "only_thread"):
-            done = subprocess.run([sys.executable, "-m", "bench.threads", "--child", child, "--repeats", str(args.repeats)],
-                                  env=env, capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "bench.threads", "--child", child, "--repeats", str(args.repeats)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         result["policies"][policy] = row
 
-    print(f"one high-noise expert forward at the final shape, and one elementwise op on 590k floats "
-          f"({result['policies']['default']['threads']} torch threads)")
-    print(f"{'OMP_WAIT_POLICY':<18}{'place':<16}{'forward ms':>12}{'vs main':>9}{'mul us':>9}{'vs main':>9}"
-          f"{'guided in turn':>16}{'side by side':>14}{'speed-up':>10}")
+    print(
+        f"one high-noise expert forward at the final shape, and one elementwise op on 590k floats "
+        f"({result['policies']['default']['threads']} torch threads)"
+    )
+    print(
+        f"{'OMP_WAIT_POLICY':<18}{'place':<16}{'forward ms':>12}{'vs main':>9}{'mul us':>9}{'vs main':>9}"
+        f"{'guided in turn':>16}{'side by side':>14}{'speed-up':>10}"
+    )
     for policy, row in result["policies"].items():
         for place in PLACES:
             cell, main_cell = row[place], row["main"]
-            print(f"{policy:<18}{place:<16}{cell['forward_ms']:>12.1f}"
-                  f"{cell['forward_ms'] / main_cell['forward_ms']:>9.2f}{cell['elementwise_us']:>9.1f}"
-                  f"{cell['elementwise_us'] / main_cell['elementwise_us']:>9.2f}{cell['guided_in_turn_ms']:>16.1f}"
-                  f"{cell['guided_side_by_side_ms']:>14.1f}"
-                  f"{cell['guided_in_turn_ms'] / cell['guided_side_by_side_ms']:>9.2f}x")
+            print(
+                f"{policy:<18}{place:<16}{cell['forward_ms']:>12.1f}"
+                f"{cell['forward_ms'] / main_cell['forward_ms']:>9.2f}{cell['elementwise_us']:>9.1f}"
+                f"{cell['elementwise_us'] / main_cell['elementwise_us']:>9.2f}{cell['guided_in_turn_ms']:>16.1f}"
+                f"{cell['guided_side_by_side_ms']:>14.1f}"
+                f"{cell['guided_in_turn_ms'] / cell['guided_side_by_side_ms']:>9.2f}x"
+            )
     print(json.dumps(result), flush=True)
     return result
 

@@ -2,31 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 from cache.store import cache_key
-from cluster.request import GenerationRequest
-from deployments.checkpoint import Checkpoint
+from contract.request import GenerationRequest
 
 
-def _model(checkpoint: Checkpoint) -> dict:
-    return {"model": checkpoint.model_id, "revision": checkpoint.revision, "dtype": str(checkpoint.dtype)}
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What of a model a cached value depends on (a checkpoint gives its own: `Checkpoint.identity`)."""
+
+    model: str
+    revision: str  # changes whenever the weights or configs do
+    dtype: str
+    boundary_ratio: float | None = None
+    max_sequence_length: int = 512
+
+    @property
+    def weights(self) -> dict[str, str]:
+        """What every level's key holds: which weights, at which precision."""
+        return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
 
 
-def embedding_key(checkpoint: Checkpoint, text: str) -> str:
-    return cache_key(level="embeddings", **_model(checkpoint),
-                     max_sequence_length=checkpoint.settings.max_sequence_length, text=text)
+# What the high-noise phase of a request depends on (its base prompt, not the full one).
+BOUNDARY_FIELDS = {
+    "base_prompt",
+    "negative_prompt",
+    "seed",
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "guidance_scale",
+}
 
 
-def boundary_key(checkpoint: Checkpoint, request: GenerationRequest) -> str:
+def embedding_key(model: ModelIdentity, text: str) -> str:
+    return cache_key(level="embeddings", **model.weights, max_sequence_length=model.max_sequence_length, text=text)
+
+
+def boundary_key(model: ModelIdentity, request: GenerationRequest) -> str:
     """The high-noise phase's inputs: the base prompt (not the full one), shape and noise."""
-    return cache_key(
-        level="boundary", **_model(checkpoint), boundary_ratio=checkpoint.boundary_ratio,
-        base_prompt=request.base_prompt, negative_prompt=request.negative_prompt, seed=request.seed,
-        height=request.height, width=request.width, num_frames=request.num_frames,
-        steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-    )
+    phase = request.model_dump(include=BOUNDARY_FIELDS)
+    return cache_key(level="boundary", **model.weights, boundary_ratio=model.boundary_ratio, **phase)
 
 
-def result_key(checkpoint: Checkpoint, request: GenerationRequest) -> str:
+def result_key(model: ModelIdentity, request: GenerationRequest) -> str:
     """Everything that shapes the mp4 (the preset only through the values it filled in)."""
     fields = request.model_dump(exclude={"preset", "template", "slots"})
-    return cache_key(level="result", **_model(checkpoint), **fields)
+    return cache_key(level="result", **asdict(model), **fields)

@@ -17,9 +17,10 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diskcache
 import torch
@@ -59,7 +60,7 @@ def unpack(raw: bytes) -> Any:
 
 class LatentCache:
     @classmethod
-    def from_settings(cls, settings) -> "LatentCache | None":
+    def from_settings(cls, settings) -> LatentCache | None:
         """The node's cache, or None when the settings turn it off."""
         c = settings.cache
         if not c.enabled:
@@ -73,7 +74,9 @@ class LatentCache:
         # cull_limit=0: we cull after each write ourselves, to count what was evicted.
         self.levels = {
             level: diskcache.Cache(
-                self.directory / level, size_limit=size_limits[level], eviction_policy="least-recently-used",
+                self.directory / level,
+                size_limit=size_limits[level],
+                eviction_policy="least-recently-used",
                 cull_limit=0,
             )
             for level in LEVELS

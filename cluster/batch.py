@@ -25,17 +25,17 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from cluster.errors import error_summary
 from cluster.launch import APP_NAME
 from cluster.manifest import MANIFEST, STAGES, Manifest
 from cluster.prompt_table import InputError, Row, read_table
-from cluster.storage import OutputStore
+from contract.errors import RequestInvalid, error_summary
+from contract.storage import OutputStore
 
 COMPACT_EVERY = 64  # finished rows between folds of the manifest's parts
 
@@ -55,9 +55,8 @@ class Outcome:
     error: str | None = None
 
     @classmethod
-    def failed(cls, code: str, message: str) -> "Outcome":
+    def failed(cls, code: str, message: str) -> Outcome:
         return cls("failed", error_code=code, error=message)
-
 
 
 class ServeEngine:
@@ -103,7 +102,9 @@ class ServeEngine:
             job = result["job"]
             if job["status"] != "completed":
                 error = job.get("error") or {}
-                return Outcome("failed", job, None, error.get("code", job["status"]), error.get("message", job["status"]))
+                return Outcome(
+                    "failed", job, None, error.get("code", job["status"]), error.get("message", job["status"])
+                )
             return Outcome("completed", job, result["mp4"])
 
 
@@ -123,18 +124,22 @@ class LocalEngine:
         return self.pipeline.model_id
 
     async def generate(self, fields: dict[str, Any]) -> Outcome:
-        from deployments.api import ApiError, parse_create_body
-
         try:
-            request = parse_create_body(fields).to_request(self.settings, self.pipeline.model_id)
-        except ApiError as e:
+            request = self.pipeline.validator.body(fields)
+        except RequestInvalid as e:
             return Outcome.failed(e.code, e.message)
         try:
             result = await asyncio.to_thread(self.pipeline, request)
         except Exception as error:
             return Outcome.failed("generation_failed", error_summary(error))
-        job = {"request": request.model_dump(), "timings": result.timings, "cache": result.cache,
-               "physics": result.physics, "model": result.model_id, "id": None}
+        job = {
+            "request": request.model_dump(),
+            "timings": result.timings,
+            "cache": result.cache,
+            "physics": result.physics.model_dump(),
+            "model": result.model_id,
+            "id": None,
+        }
         return Outcome("completed", job, result.mp4)
 
 
@@ -189,8 +194,12 @@ class Progress:
         done = self.completed + self.failed
         elapsed = time.monotonic() - self.start
         eta = elapsed / done * (self.todo - done)
-        detail = (f"physics {entry['physics_score']:.2f}" + (f", cache {'+'.join(entry['cache_hits'])}" if entry["cache_hits"] else "")
-                  if entry["status"] == "completed" else f"{entry['error_code']}: {entry['error']}")
+        detail = (
+            f"physics {entry['physics_score']:.2f}"
+            + (f", cache {'+'.join(entry['cache_hits'])}" if entry["cache_hits"] else "")
+            if entry["status"] == "completed"
+            else f"{entry['error_code']}: {entry['error']}"
+        )
         self.log(
             f"[{self.skipped + done:>{len(str(self.total))}}/{self.total}] {entry['status']:<9} {entry['id']} "
             f"{entry['seconds_total']:.1f}s {detail} | {done / elapsed * 60:.1f} rows/min, ETA {_duration(eta)}"
@@ -203,8 +212,15 @@ def _duration(seconds: float) -> str:
 
 
 class BatchRun:
-    def __init__(self, rows: list[Row], engine, output: OutputStore, concurrency: int | None = None,
-                 retry_failed: bool = True, log=print):
+    def __init__(
+        self,
+        rows: list[Row],
+        engine,
+        output: OutputStore,
+        concurrency: int | None = None,
+        retry_failed: bool = True,
+        log=print,
+    ):
         self.rows, self.engine, self.output, self.log = rows, engine, output, log
         self.concurrency = concurrency or engine.default_concurrency
         self.retry_failed = retry_failed
@@ -230,8 +246,10 @@ class BatchRun:
         # One template's rows together: the first computes the shared high-noise phase,
         # the rest find it in the cache (or wait for it: single flight).
         todo.sort(key=lambda r: (r.template is None, r.template or "", r.index))
-        self.log(f"{len(self.rows)} rows: {len(self.rows) - len(todo)} already done, {len(todo)} to run "
-                 f"on the {self.engine.name} engine ({model_id}), {self.concurrency} at a time")
+        self.log(
+            f"{len(self.rows)} rows: {len(self.rows) - len(todo)} already done, {len(todo)} to run "
+            f"on the {self.engine.name} engine ({model_id}), {self.concurrency} at a time"
+        )
         progress = Progress(len(self.rows), len(self.rows) - len(todo), self.log)
         queue: asyncio.Queue[Row] = asyncio.Queue()
         for row in todo:
@@ -284,7 +302,9 @@ class BatchRun:
             + (f", {progress.completed / seconds * 60:.1f} videos/min)" if seconds > 0 and progress.completed else ")"),
         ]
         if scores:
-            lines.append(f"  physics score: mean {statistics.fmean(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}")
+            lines.append(
+                f"  physics score: mean {statistics.fmean(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}"
+            )
         if hits:
             lines.append("  cache hits: " + ", ".join(f"{level} {n}" for level, n in sorted(hits.items())))
         if failed:
@@ -292,25 +312,40 @@ class BatchRun:
             lines += [f"    {e['id']} (row {e['row'] + 1}): {e['error_code']}: {e['error']}" for e in failed[:50]]
             if len(failed) > 50:
                 lines.append(f"    ... and {len(failed) - 50} more (see the manifest)")
-        return {"rows": len(self.rows), "completed": len(completed), "failed": len(failed),
-                "made": progress.completed, "skipped": progress.skipped, "seconds": seconds, "lines": lines}
+        return {
+            "rows": len(self.rows),
+            "completed": len(completed),
+            "failed": len(failed),
+            "made": progress.completed,
+            "skipped": progress.skipped,
+            "seconds": seconds,
+            "lines": lines,
+        }
 
 
-class EngineName(str, Enum):
+class EngineName(StrEnum):
     serve = "serve"
     local = "local"
 
 
 def batch(
-    input: str = typer.Option(..., "--input", "-i", help="Prompt table: .parquet, .jsonl or .csv; a path or pyarrow.fs URI."),
-    output: str = typer.Option(..., "--output", "-o", help="Where videos/ and manifest.parquet go; a path or pyarrow.fs URI."),
-    engine: EngineName = typer.Option(EngineName.serve, help="serve: the running Serve app (handles); local: the stages in this process."),
-    concurrency: Optional[int] = typer.Option(None, min=1, help="Rows in flight (default: 8 on serve, 1 on local)."),
+    input: str = typer.Option(
+        ..., "--input", "-i", help="Prompt table: .parquet, .jsonl or .csv; a path or pyarrow.fs URI."
+    ),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="Where videos/ and manifest.parquet go; a path or pyarrow.fs URI."
+    ),
+    engine: EngineName = typer.Option(
+        EngineName.serve, help="serve: the running Serve app (handles); local: the stages in this process."
+    ),
+    concurrency: int | None = typer.Option(None, min=1, help="Rows in flight (default: 8 on serve, 1 on local)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="Rerun rows that failed before."),
     app_name: str = typer.Option(APP_NAME, "--app", help="Name of the Serve app (serve engine)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster (serve engine; default: RAY_ADDRESS, which `ray job submit` sets)."),
-    model: Optional[Path] = typer.Option(None, help="Checkpoint for the local engine (default: embedded tiny model)."),
-    config: Optional[Path] = typer.Option(None, help="YAML settings for the local engine."),
+    address: str | None = typer.Option(
+        None, help="Ray cluster (serve engine; default: RAY_ADDRESS, which `ray job submit` sets)."
+    ),
+    model: Path | None = typer.Option(None, help="Checkpoint for the local engine (default: embedded tiny model)."),
+    config: Path | None = typer.Option(None, help="YAML settings for the local engine."),
 ) -> None:
     """Generate a video per row of a prompt table; write videos/<id>.mp4 and manifest.parquet.
     Rerunning the same command skips the rows already done."""
@@ -319,13 +354,13 @@ def batch(
         if engine == EngineName.serve:
             runner_engine = ServeEngine(app_name, address)
         else:
-            from cluster.config import Settings
+            from contract.settings import Settings
 
             settings = Settings.from_yaml(config) if config else Settings()
             runner_engine = LocalEngine(settings.model_copy(update={"model": model}) if model else settings)
     except (InputError, EngineError) as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if ignored:
         typer.echo(f"note: columns ignored (not request fields): {', '.join(ignored)}")
     log = lambda line: print(line, flush=True)  # noqa: E731 - unbuffered: job logs follow it live

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-from pydantic import ValidationError
 
 from cluster.batch import batch
-from cluster.config import Settings
+from contract.settings import Settings
 
 app = typer.Typer(help="t2v-cluster: text to video with a Wan2.2-style MoE model.", no_args_is_help=True)
 model_app = typer.Typer(help="Manage model checkpoints.", no_args_is_help=True)
@@ -19,40 +17,41 @@ app.add_typer(cache_app, name="cache")
 app.command()(batch)
 
 
-def _settings(model: Optional[Path]) -> Settings:
+def _settings(model: Path | None) -> Settings:
     settings = Settings()
     if model is not None:
         settings = settings.model_copy(update={"model": model})
     return settings
 
 
-def _validation_message(error: ValidationError) -> str:
-    from cluster.request import describe_errors
-
-    return "; ".join(f"{e['field']}: {e['message']}" for e in describe_errors(error))
-
-
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What the video shows, in any language."),
     output: Path = typer.Option(Path("out.mp4"), "--output", "-o", help="Where to write the mp4."),
-    preset: Optional[str] = typer.Option(None, help="Settings bundle: preview or final."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (random when unset)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps."),
-    size: Optional[str] = typer.Option(None, help="WxH, e.g. 128x128."),
-    num_frames: Optional[int] = typer.Option(None, "--frames", help="Frame count, 4k+1."),
-    fps: Optional[int] = typer.Option(None),
-    guidance_scale: Optional[float] = typer.Option(None, "--guidance", help="CFG scale, high-noise expert."),
-    guidance_scale_2: Optional[float] = typer.Option(None, "--guidance-2", help="CFG scale, low-noise expert."),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
-    model: Optional[Path] = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
-    url: Optional[str] = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
-    api_key: Optional[str] = typer.Option(None, envvar="T2V_API_KEY", help="The server's API key (with --url)."),
+    preset: str | None = typer.Option(None, help="Settings bundle: preview or final."),
+    seed: int | None = typer.Option(None, help="Random seed (random when unset)."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps."),
+    size: str | None = typer.Option(None, help="WxH, e.g. 128x128."),
+    num_frames: int | None = typer.Option(None, "--frames", help="Frame count, 4k+1."),
+    fps: int | None = typer.Option(None),
+    guidance_scale: float | None = typer.Option(None, "--guidance", help="CFG scale, high-noise expert."),
+    guidance_scale_2: float | None = typer.Option(None, "--guidance-2", help="CFG scale, low-noise expert."),
+    negative_prompt: str | None = typer.Option(None, "--negative-prompt"),
+    model: Path | None = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
+    url: str | None = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
+    api_key: str | None = typer.Option(None, envvar="T2V_API_KEY", help="The server's API key (with --url)."),
 ) -> None:
     """Generate one video (in this process, or on a server with --url), with a progress bar."""
     fields = dict(
-        prompt=prompt, preset=preset, seed=seed, num_inference_steps=steps, num_frames=num_frames, fps=fps,
-        guidance_scale=guidance_scale, guidance_scale_2=guidance_scale_2, negative_prompt=negative_prompt,
+        prompt=prompt,
+        preset=preset,
+        seed=seed,
+        num_inference_steps=steps,
+        num_frames=num_frames,
+        fps=fps,
+        guidance_scale=guidance_scale,
+        guidance_scale_2=guidance_scale_2,
+        negative_prompt=negative_prompt,
     )
     fields = {k: v for k, v in fields.items() if v is not None}
     if url:
@@ -61,25 +60,25 @@ def generate(
         _generate_local(_settings(model), fields, size, output)
 
 
-def _generate_local(settings: Settings, fields: dict, size: Optional[str], output: Path) -> None:
+def _generate_local(settings: Settings, fields: dict, size: str | None, output: Path) -> None:
     from tqdm import tqdm
 
     from cluster.pipeline import Pipeline
-    from cluster.request import GenerationRequest
+    from contract.errors import FieldError, RequestInvalid
+    from contract.request import parse_size
 
     if size is not None:
         try:
-            width, height = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise typer.BadParameter(f"size must be WxH, e.g. 128x128, got {size!r}", param_hint="--size")
-        fields.update(width=width, height=height)
-    try:
-        request = GenerationRequest.build(settings, **fields)
-    except ValidationError as e:
-        typer.echo(f"error: {_validation_message(e)}", err=True)
-        raise typer.Exit(2)
-
+            fields["width"], fields["height"] = parse_size(size)
+        except FieldError as e:
+            raise typer.BadParameter(e.message, param_hint="--size") from None
     pipeline = Pipeline.from_settings(settings)
+    try:
+        request = pipeline.validator.request(**fields)
+    except RequestInvalid as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
     with tqdm(total=request.num_inference_steps, unit="step", desc="denoising") as bar:
         result = pipeline(request, on_step=lambda _: bar.update())
         bar.update(bar.total - bar.n)  # all done, also when the result cache answered
@@ -92,7 +91,7 @@ def _generate_local(settings: Settings, fields: dict, size: Optional[str], outpu
     )
 
 
-def _generate_remote(url: str, fields: dict, size: Optional[str], output: Path, api_key: Optional[str]) -> None:
+def _generate_remote(url: str, fields: dict, size: str | None, output: Path, api_key: str | None) -> None:
     from tqdm import tqdm
 
     from cluster.client import T2VClient, T2VError
@@ -110,18 +109,20 @@ def _generate_remote(url: str, fields: dict, size: Optional[str], output: Path, 
         output.write_bytes(client.content(job["id"]))
     except T2VError as e:
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in job["timings"].items())
     typer.echo(f"wrote {output} (job {job['id']}, {job['size']}, {job['seconds']} s): {stages}")
 
 
 @app.command()
 def serve(
-    model: Optional[Path] = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
-    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a running local one, else start one)."),
-    host: Optional[str] = typer.Option(None, help="HTTP host (default from settings: 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="HTTP port (default from settings: 8000)."),
-    config: Optional[Path] = typer.Option(None, help="YAML file feeding the settings."),
+    model: Path | None = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
+    address: str | None = typer.Option(
+        None, help="Join this Ray cluster (default: a running local one, else start one)."
+    ),
+    host: str | None = typer.Option(None, help="HTTP host (default from settings: 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="HTTP port (default from settings: 8000)."),
+    config: Path | None = typer.Option(None, help="YAML file feeding the settings."),
 ) -> None:
     """Start Ray (or join it), deploy the app and serve until Ctrl-C."""
     import signal
@@ -141,7 +142,8 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         if not settings.serving.api_keys:
-            note = " (asked for %s)" % settings.serving.host if settings.serving.host != "127.0.0.1" else ""
+            host = settings.serving.host
+            note = f" (asked for {host})" if host != "127.0.0.1" else ""
             typer.echo(f"no API keys set (T2V_SERVING__API_KEYS): serving on 127.0.0.1 only{note}")
         else:
             typer.echo(f"API keys required: {len(settings.serving.api_keys)} configured")
@@ -151,7 +153,7 @@ def serve(
         auth = " -H 'Authorization: Bearer <your key>'" if settings.serving.api_keys else ""
         typer.echo(
             f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json'{auth} "
-            f"-d '{{\"prompt\": \"一只橘猫在草地上奔跑\", \"seed\": 1}}' -o cat.mp4"
+            f'-d \'{{"prompt": "一只橘猫在草地上奔跑", "seed": 1}}\' -o cat.mp4'
         )
         typer.echo("Ctrl-C stops it.")
         while not stop.wait(1.0):
@@ -171,7 +173,7 @@ def serve(
 def plan(
     gpus: int = typer.Option(..., help="GPUs (replicas) for the two experts together."),
     steps: int = typer.Option(40, help="Denoising steps per video."),
-    model: Optional[Path] = typer.Option(None, help="Checkpoint whose scheduler splits the steps (default: embedded)."),
+    model: Path | None = typer.Option(None, help="Checkpoint whose scheduler splits the steps (default: embedded)."),
     high_cost: float = typer.Option(1.0, help="Seconds per high-noise step, relative (measure: bench/stages)."),
     low_cost: float = typer.Option(1.0, help="Seconds per low-noise step, relative."),
 ) -> None:
@@ -188,10 +190,12 @@ def plan(
     try:
         result = expert_split(gpus, high, low, high_cost, low_cost)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--gpus")
+        raise typer.BadParameter(str(e), param_hint="--gpus") from None
     typer.echo(f"{steps} steps: {high} high-noise, {low} low-noise (boundary {checkpoint.boundary_ratio})")
-    typer.echo(f"{gpus} GPUs: HighNoiseExpert x{result.high_noise}, LowNoiseExpert x{result.low_noise}; "
-               f"busy {result.busy[0]:.0%} / {result.busy[1]:.0%}")
+    typer.echo(
+        f"{gpus} GPUs: HighNoiseExpert x{result.high_noise}, LowNoiseExpert x{result.low_noise}; "
+        f"busy {result.busy[0]:.0%} / {result.busy[1]:.0%}"
+    )
     typer.echo(yaml.safe_dump({"deployments": result.as_settings()}, sort_keys=False).rstrip())
 
 
@@ -215,8 +219,12 @@ def monitor(
         f"Grafana: add a Prometheus data source at http://127.0.0.1:{port}, then Dashboards > Import > "
         f"{monitoring / 'grafana' / 't2v-cluster.json'} (or provision with {monitoring / 'grafana' / 'provisioning'})"
     )
-    command = [binary, f"--config.file={monitoring / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
-               f"--web.listen-address=127.0.0.1:{port}"]
+    command = [
+        binary,
+        f"--config.file={monitoring / 'prometheus.yml'}",
+        f"--storage.tsdb.path={data}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     sys.stdout.flush()
     # Prometheus takes this process's place: Ctrl-C and a service manager's SIGTERM reach it
     # directly, and no orphaned Prometheus outlives a killed `t2v monitor`.
@@ -233,7 +241,9 @@ def cache_stats() -> None:
         typer.echo("the cache is disabled (T2V_CACHE__ENABLED=false)")
         return
     typer.echo(f"cache at {cache.directory}")
-    typer.echo(f"{'level':<11}{'hits':>8}{'misses':>8}{'evicted':>9}{'corrupt':>9}{'entries':>9}{'MiB':>10}{'limit MiB':>11}")
+    typer.echo(
+        f"{'level':<11}{'hits':>8}{'misses':>8}{'evicted':>9}{'corrupt':>9}{'entries':>9}{'MiB':>10}{'limit MiB':>11}"
+    )
     for level, s in cache.stats().items():
         typer.echo(
             f"{level:<11}{s['hits']:>8}{s['misses']:>8}{s['evictions']:>9}{s['corrupt']:>9}{s['entries']:>9}"
@@ -254,11 +264,11 @@ def cache_clear() -> None:
 
 @model_app.command("init")
 def model_init(
-    out: Optional[Path] = typer.Option(None, help="Directory to write (default: the model cache)."),
+    out: Path | None = typer.Option(None, help="Directory to write (default: the model cache)."),
     single_expert: bool = typer.Option(False, help="Write a Wan2.1-style single-transformer checkpoint."),
 ) -> None:
     """Write the embedded default model (tiny Wan2.2 A14B architecture, seeded weights)."""
-    from cluster.default_model import default_model_dir, write_default_model
+    from deployments.default_model import default_model_dir, write_default_model
 
     if out is None and not single_expert:
         path = default_model_dir(Settings().cache_dir)

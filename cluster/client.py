@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -48,8 +49,9 @@ class T2VClient:
     def content(self, video_id: str) -> bytes:
         return self._call("GET", f"/v1/videos/{video_id}/content").content
 
-    def wait(self, video_id: str, timeout: float = 600, poll: float = 0.25,
-             on_progress: Callable[[dict], None] | None = None) -> dict:
+    def wait(
+        self, video_id: str, timeout: float = 600, poll: float = 0.25, on_progress: Callable[[dict], None] | None = None
+    ) -> dict:
         """Poll until the job leaves queued / in_progress; returns the final record."""
         deadline = time.monotonic() + timeout
         while True:

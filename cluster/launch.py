@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from cluster.config import Settings
+from contract.settings import Settings
 
 APP_NAME = "t2v"
 
@@ -57,10 +57,31 @@ def connect(settings: Settings, address: str | None = None, num_cpus: float | No
         ray.init(address=address, logging_level="WARNING")
         return False
     ray.init(
-        address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=settings.serving.metrics,
-        num_cpus=num_cpus, logging_level="WARNING",
+        address="local",
+        _temp_dir=settings.serving.ray_temp_dir,
+        include_dashboard=settings.serving.metrics,
+        num_cpus=num_cpus,
+        logging_level="WARNING",
     )
     return True
+
+
+def start_private_ray(temp_dir: str, num_cpus: float, dashboard: bool = False, log_to_driver: bool = True):
+    """A fresh local Ray of its own for tests and benchmarks: never a running one (address="local"),
+    logical CPUs enough for every fractional replica, and a dashboard (job submission, the
+    metrics agents' discovery file) on a free port when asked: never a developer's 8265."""
+    import ray
+
+    ray_environment()
+    return ray.init(
+        address="local",
+        _temp_dir=temp_dir,
+        include_dashboard=dashboard,
+        dashboard_port=free_port() if dashboard else None,
+        num_cpus=num_cpus,
+        logging_level="WARNING",
+        log_to_driver=log_to_driver,
+    )
 
 
 def deploy(settings: Settings, blocking: bool = False) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.storage import OutputStore
+from contract.storage import OutputStore
 
 STAGES = ("queue", "encode", "high_noise", "low_noise", "decode", "mp4", "score")
 

@@ -1,26 +1,32 @@
-"""The stages composed in one process: what `t2v generate`, benchmarks and tests use.
+"""The stages composed in one process: what `t2v generate`, the local batch engine,
+benchmarks and tests use.
 
-It reads like diffusers' `WanPipeline.__call__`, split where the Serve app splits it:
-text encoder -> high-noise expert -> low-noise expert -> decoder (VAE, mp4, physics score).
+It runs the same `JobRunner` as the Serve ingress, on stage calls that go to the plain
+stage classes in this process: text encoder -> high-noise expert -> low-noise expert ->
+decoder (VAE, mp4, physics score). Step by step it equals diffusers' `WanPipeline`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from cache.keys import result_key
 from cache.store import LatentCache
-from cluster.config import Settings
-from cluster.request import GenerationRequest
-from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint
+from contract.experts import ExpertKind
+from contract.messages import PhysicsResult, Video
+from contract.request import GenerationRequest
+from contract.settings import Settings
+from deployments.checkpoint import Checkpoint
 from deployments.decoder import Decoder
-from deployments.denoising import DenoisingState, Scheduler
+from deployments.denoising import DenoisingPlan, DenoisingState, Scheduler
 from deployments.expert import Expert
+from deployments.runner import JobRunner, Stages
 from deployments.text_encoder import PromptEmbeddings, TextEncoder
+from deployments.validation import RequestValidator
 
 
 @dataclass
@@ -30,9 +36,9 @@ class GenerationResult:
     frames: np.ndarray | None  # uint8 (T, H, W, 3); None when the mp4 came from the result cache
     mp4: bytes
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert
+    steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert stage
     cache: dict[str, bool | None] = field(default_factory=dict)  # level -> hit (None: not used)
-    physics: dict | None = None  # monitoring.physics.score_video of the frames
+    physics: PhysicsResult | None = None
 
 
 def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
@@ -54,88 +60,122 @@ def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True)
     )
 
 
+@dataclass
+class _Job:
+    """What the in-process stages note about one job: timings, cache levels, frames."""
+
+    on_step: Callable[[int], None] | None
+    timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, bool | None] = field(default_factory=dict)
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # per attempt
+
+    def timed(self, stage: str, start: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
 class Pipeline:
     def __init__(self, checkpoint: Checkpoint, cache: LatentCache | None = None):
         self.checkpoint = checkpoint
         self.cache = cache
         self.text_encoder = TextEncoder(checkpoint, cache)
         # One request at a time here: nothing to batch with.
-        self.high_noise_expert = Expert(checkpoint, HIGH_NOISE, batching=False)
-        self.low_noise_expert = Expert(checkpoint, LOW_NOISE, batching=False) if checkpoint.has_low_noise_expert else None
+        self.high_noise_expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False)
+        self.low_noise_expert = (
+            Expert(checkpoint, ExpertKind.LOW_NOISE, batching=False) if checkpoint.has_low_noise_expert else None
+        )
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.decoder = Decoder(checkpoint)
+        self.validator = RequestValidator(checkpoint.settings, checkpoint)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Pipeline":
+    def from_settings(cls, settings: Settings) -> Pipeline:
         return cls(Checkpoint.from_settings(settings), LatentCache.from_settings(settings))
 
     @property
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
-    def denoise(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> "Denoised":
-        """Encode the prompt and run both expert phases."""
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
+    def plan(self, request: GenerationRequest) -> DenoisingPlan:
+        return self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
 
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = now - clock
-            clock = now
+    def runner(self, job: _Job) -> JobRunner:
+        """The shared stage sequence on this process's stage classes."""
+        return JobRunner(self._stages(job), self.plan, self.checkpoint.identity, self.cache)
 
-        # 1. Encode the prompt (and the negative prompt, for classifier-free guidance);
-        #    a template request's high-noise phase sees its base prompt instead.
-        guidance = request.classifier_free_guidance
-        embeddings = self.text_encoder(request.prompt, request.negative_prompt, guidance, request.cache)
-        high_embeddings = embeddings
-        if request.template_mode:
-            high_embeddings = self.text_encoder(request.base_prompt, request.negative_prompt, guidance)
-        lap("encode")
-        # 2. High-noise phase: timesteps, initial noise, then layout and motion (every step
-        #    on a Wan2.1-style checkpoint); shared by a template's requests through the cache
-        boundary, boundary_hit = self.high_noise_expert.shared_phase(request, high_embeddings, self.cache, on_step)
-        lap("high_noise")
-        # 3. Low-noise phase: detail, continuing from the handed-over latent and scheduler state
-        state = boundary
-        if self.low_noise_expert is not None:
-            state = self.low_noise_expert.phase(request, embeddings, boundary, on_step=on_step)
-        lap("low_noise")
-        embeddings_hit = embeddings.cache_hit if self.cache is not None and request.cache else None
-        return Denoised(state, boundary, embeddings, timings, {"embeddings": embeddings_hit, "boundary": boundary_hit})
+    def _stages(self, job: _Job) -> Stages:
+        def encode(_job_id: str, request: GenerationRequest, base_prompt: bool) -> PromptEmbeddings:
+            start = time.perf_counter()
+            text = request.base_prompt if base_prompt else request.prompt
+            embeddings = self.text_encoder(
+                text, request.negative_prompt, request.classifier_free_guidance, request.cache
+            )
+            if not base_prompt:
+                job.cache["embeddings"] = embeddings.cache_hit if self.cache is not None and request.cache else None
+            job.timed("encode", start)
+            return embeddings
+
+        def high_noise(_job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings) -> DenoisingState:
+            start = time.perf_counter()
+            state, job.cache["boundary"] = self.high_noise_expert.shared_phase(
+                request, embeddings, self.cache, job.on_step
+            )
+            job.timed("high_noise", start)
+            return state
+
+        def low_noise(
+            _job_id: str,
+            request: GenerationRequest,
+            embeddings: PromptEmbeddings,
+            boundary: DenoisingState,
+            resample_seed: int | None,
+        ) -> DenoisingState:
+            start = time.perf_counter()
+            state = self.low_noise_expert.phase(request, embeddings, boundary, job.on_step, resample_seed)
+            job.timed("low_noise", start)
+            return state
+
+        def decode(_job_id: str, request: GenerationRequest, state: DenoisingState, attempt: int) -> Video:
+            seed = request.resample_seed(attempt) if attempt else request.seed
+            video = self.decoder.video(request, state.latents, seed)
+            for part, seconds in video.timings.items():
+                job.timings[part] = job.timings.get(part, 0.0) + seconds
+            job.frames[attempt] = video.frames
+            return Video(attempt=attempt, seed=seed, physics=video.physics, mp4=video.mp4)
+
+        return Stages(encode, high_noise, low_noise if self.low_noise_expert is not None else None, decode)
+
+    def denoise(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> Denoised:
+        """Encode the prompt and run both expert phases (steps 1-3 of the runner), keeping the
+        boundary: what tests and benchmarks look into."""
+        job = _Job(on_step)
+        denoised = self.runner(job).denoise("local", request)
+        return Denoised(denoised.state, denoised.boundary, denoised.embeddings, job.timings, job.cache)
 
     def generate_frames(self, request: GenerationRequest) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
         return self.decoder(self.denoise(request).state.latents)
 
     def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
-        # 0. An identical request already made: its mp4, no compute
-        key = result_key(self.checkpoint, request) if self.cache is not None and request.cache else None
-        if key is not None and (cached := self.cache.get("result", key)) is not None:
-            return GenerationResult(request, self.model_id, None, cached["mp4"], cache={"result": True},
-                                    physics=cached["physics"])
-        denoised = self.denoise(request, on_step)
-        # 4. Decode, write the mp4 marked as AI-generated, score its physics
-        video = self.decoder.video(request, denoised.state.latents)
-        # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
-        attempts = [{"attempt": 0, "seed": request.seed, "score": video.physics["score"]}]
-        for attempt in range(1, request.max_retries + 1):
-            if self.low_noise_expert is None or video.physics["score"] >= (request.min_physics_score or 0):
-                break
-            seed = request.resample_seed(attempt)
-            state = self.low_noise_expert.phase(request, denoised.embeddings, denoised.boundary, on_step, seed)
-            candidate = self.decoder.video(request, state.latents)
-            attempts.append({"attempt": attempt, "seed": seed, "score": candidate.physics["score"]})
-            if candidate.physics["score"] > video.physics["score"]:
-                video = candidate
-        physics = {**video.physics, "attempts": attempts}
-        if key is not None:
-            self.cache.put("result", key, {"mp4": video.mp4, "physics": physics})
-        plan = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
-        steps = {HIGH_NOISE: len(plan.high_noise_steps), LOW_NOISE: len(plan.low_noise_steps) * len(attempts)}
+        job = _Job(on_step)
+        runner = self.runner(job)
+        if (cached := runner.cached(request)) is not None:
+            return GenerationResult(
+                request, self.model_id, None, cached.mp4, cache={"result": True}, physics=cached.physics
+            )
+        outcome = asyncio.run(runner.run_stages("local", request))
+        plan = self.plan(request)
+        steps = {ExpertKind.HIGH_NOISE.stage: len(plan.high_noise_steps)}
+        if self.low_noise_expert is not None:
+            steps[ExpertKind.LOW_NOISE.stage] = len(plan.low_noise_steps) * outcome.attempts
         return GenerationResult(
-            request, self.model_id, video.frames, video.mp4, {**denoised.timings, **video.timings}, steps,
-            {**denoised.hits, "result": False if key is not None else None}, physics,
+            request,
+            self.model_id,
+            job.frames[outcome.video.attempt],
+            outcome.video.mp4,
+            job.timings,
+            steps,
+            {**job.cache, "result": outcome.result_cache},
+            outcome.physics,
         )
 
 

@@ -22,11 +22,17 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from deployments.api import VideoCreateBody
+from contract.request import VideoCreateBody
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-           ".csv": "csv"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+}
 COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 
 
@@ -171,7 +177,10 @@ def read_table(uri: str) -> tuple[list[Row], list[str]]:
         else:
             row_id = str(given)
             if not ID.match(row_id):
-                error = error or f"id: must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {row_id!r}"
+                error = (
+                    error
+                    or f"id: must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {row_id!r}"
+                )
                 row_id = f"row-{index:06d}"
             elif row_id in given_ids:
                 raise InputError(

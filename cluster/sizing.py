@@ -27,8 +27,9 @@ class ExpertSplit:
         }
 
 
-def expert_split(replicas: int, high_steps: int, low_steps: int, high_cost: float = 1.0,
-                 low_cost: float = 1.0) -> ExpertSplit:
+def expert_split(
+    replicas: int, high_steps: int, low_steps: int, high_cost: float = 1.0, low_cost: float = 1.0
+) -> ExpertSplit:
     """The split of `replicas` expert replicas (GPUs) between the experts with the highest
     throughput; ties go to the split with the less idle pool."""
     if replicas < 2:

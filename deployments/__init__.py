@@ -1,2 +1,5 @@
-"""One module per stage. Stage logic is plain Python (usable in-process, in batch jobs and
-in tests); the Serve deployments wrap these classes and add no logic of their own."""
+"""The stages, each as a plain class (`text_encoder.py`, `expert.py`, `decoder.py`, ...)
+usable in process, in batch jobs and in tests, and next to it the Ray Serve deployment
+that wraps it (`*_deployment.py`: `TextEncoder`, `HighNoiseExpert`, `LowNoiseExpert`,
+`Decoder`, `JobStore`). `runner.py` is the stage sequence, written once; `ingress.py` (with
+`http.py`) is the HTTP API that runs it on the deployments."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -46,8 +46,16 @@ class _Member:
 class StepBatcher:
     """Runs phases for many threads (a replica's concurrent requests) on one worker thread."""
 
-    def __init__(self, transformer, scheduler: Scheduler, device, dtype, max_batch: int, max_wait: float,
-                 pair: GuidancePair | None = None):
+    def __init__(
+        self,
+        transformer,
+        scheduler: Scheduler,
+        device,
+        dtype,
+        max_batch: int,
+        max_wait: float,
+        pair: GuidancePair | None = None,
+    ):
         """`pair`: run the conditional and unconditional halves as two forwards side by side (CPU)."""
         self.transformer, self.scheduler, self.pair = transformer, scheduler, pair
         self.device, self.dtype = device, dtype
@@ -58,13 +66,25 @@ class StepBatcher:
         self._cond = threading.Condition()
         threading.Thread(target=self._work, name="step-batcher", daemon=True).start()
 
-    def run(self, state: DenoisingState, embeddings: PromptEmbeddings, guidance_scale: float, steps: range,
-            on_step: Callable[[int], None] | None = None) -> DenoisingState:
+    def run(
+        self,
+        state: DenoisingState,
+        embeddings: PromptEmbeddings,
+        guidance_scale: float,
+        steps: range,
+        on_step: Callable[[int], None] | None = None,
+    ) -> DenoisingState:
         """The same contract as `Expert.__call__`; blocks until this request's phase is done."""
         negative = None if embeddings.negative is None else embeddings.negative.to(self.device, self.dtype)
         member = _Member(
-            self.scheduler.restore(state.scheduler), state.latents.to(self.device),
-            embeddings.prompt.to(self.device, self.dtype), negative, guidance_scale, list(steps), on_step, steps.stop,
+            self.scheduler.restore(state.scheduler),
+            state.latents.to(self.device),
+            embeddings.prompt.to(self.device, self.dtype),
+            negative,
+            guidance_scale,
+            list(steps),
+            on_step,
+            steps.stop,
         )
         if not member.steps:
             return DenoisingState(state.latents, state.scheduler, steps.stop)
@@ -113,15 +133,19 @@ class StepBatcher:
 
         def forward(rows: slice) -> torch.Tensor:  # no step cache here: an expert with one does not batch
             return self.transformer(
-                hidden_states=torch.cat(latents[rows]).to(self.dtype), timestep=torch.stack(t[rows]),
-                encoder_hidden_states=torch.cat(text[rows]), return_dict=False,
+                hidden_states=torch.cat(latents[rows]).to(self.dtype),
+                timestep=torch.stack(t[rows]),
+                encoder_hidden_states=torch.cat(text[rows]),
+                return_dict=False,
             )[0]
 
         if guided and self.pair is not None:
-            conditional, unconditional = self.pair(lambda: forward(slice(len(batch))), lambda: forward(slice(len(batch), None)))
+            conditional, unconditional = self.pair(
+                lambda: forward(slice(len(batch))), lambda: forward(slice(len(batch), None))
+            )
         else:
             noise = forward(slice(None))
-            conditional, unconditional = noise[: len(batch)], noise[len(batch):]
+            conditional, unconditional = noise[: len(batch)], noise[len(batch) :]
         for i, member in enumerate(batch):
             prediction = conditional[i : i + 1]
             if member.negative is not None:
@@ -146,4 +170,6 @@ class StepBatcher:
         if error is not None:
             member.future.set_exception(error)
         else:
-            member.future.set_result(DenoisingState(member.latents.cpu(), Scheduler.capture(member.scheduler), member.stop))
+            member.future.set_result(
+                DenoisingState(member.latents.cpu(), Scheduler.capture(member.scheduler), member.stop)
+            )

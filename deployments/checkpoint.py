@@ -16,14 +16,15 @@ import diffusers
 import torch
 import transformers
 
-from cluster.config import Settings
+from cache.keys import ModelIdentity
+from contract.experts import ExpertKind
+from contract.settings import Settings
+from deployments.default_model import default_model_dir
 
 # Per-file loading bars would drown the CLI's own progress bar and the replica logs.
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
 
-HIGH_NOISE = "transformer"
-LOW_NOISE = "transformer_2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -39,7 +40,7 @@ class Checkpoint:
         if not index_file.is_file():
             raise CheckpointError(f"{self.path} has no model_index.json: not a diffusers checkpoint")
         self.index = json.loads(index_file.read_text())
-        for name in ("tokenizer", "text_encoder", HIGH_NOISE, "vae", "scheduler"):
+        for name in ("tokenizer", "text_encoder", ExpertKind.HIGH_NOISE.subfolder, "vae", "scheduler"):
             if self._component_class(name) is None:
                 raise CheckpointError(f"{self.path}: model_index.json names no '{name}' component")
 
@@ -50,9 +51,7 @@ class Checkpoint:
         self.vae_dtype = _DTYPES[self.settings.vae_dtype]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Checkpoint":
-        from cluster.default_model import default_model_dir
-
+    def from_settings(cls, settings: Settings) -> Checkpoint:
         return cls(settings.model or default_model_dir(settings.cache_dir), settings)
 
     # -- facts about the checkpoint ------------------------------------------------------
@@ -74,6 +73,13 @@ class Checkpoint:
         return digest.hexdigest()[:16]
 
     @property
+    def identity(self) -> ModelIdentity:
+        """What cached values of this model depend on."""
+        return ModelIdentity(
+            self.model_id, self.revision, str(self.dtype), self.boundary_ratio, self.settings.max_sequence_length
+        )
+
+    @property
     def boundary_ratio(self) -> float | None:
         """Wan2.2: steps with t >= ratio * num_train_timesteps go to the high-noise expert."""
         return self.index.get("boundary_ratio") if self.has_low_noise_expert else None
@@ -81,13 +87,14 @@ class Checkpoint:
     @property
     def has_low_noise_expert(self) -> bool:
         """False for Wan2.1-style checkpoints: one transformer runs every step."""
-        return self._component_class(LOW_NOISE) is not None and (self.path / LOW_NOISE).is_dir()
+        low = ExpertKind.LOW_NOISE.subfolder
+        return self._component_class(low) is not None and (self.path / low).is_dir()
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """(1, C, (F-1)//4+1, H//8, W//8) for Wan's VAE, read from the component configs."""
         vae = self._config("vae")
         t, s = vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8)
-        channels = self._config(HIGH_NOISE)["in_channels"]
+        channels = self._config(ExpertKind.HIGH_NOISE.subfolder)["in_channels"]
         return (1, channels, (num_frames - 1) // t + 1, height // s, width // s)
 
     # -- components ------------------------------------------------------------------------
@@ -100,12 +107,17 @@ class Checkpoint:
     def text_encoder(self) -> torch.nn.Module:
         return self._load("text_encoder", self.dtype)
 
-    def expert(self, name: str) -> torch.nn.Module:
-        if name not in (HIGH_NOISE, LOW_NOISE):
-            raise ValueError(f"expert must be {HIGH_NOISE!r} or {LOW_NOISE!r}, not {name!r}")
-        if name == LOW_NOISE and not self.has_low_noise_expert:
+    def expert(self, kind: ExpertKind) -> torch.nn.Module:
+        if not isinstance(kind, ExpertKind):
+            raise ValueError(f"expert must be one of {[k.name for k in ExpertKind]}, not {kind!r}")
+        if kind is ExpertKind.LOW_NOISE and not self.has_low_noise_expert:
             raise CheckpointError(f"{self.path} is a single-transformer (Wan2.1-style) checkpoint")
-        return self._load(name, self.dtype)
+        return self._load(kind.subfolder, self.dtype)
+
+    @cached_property
+    def experts(self) -> tuple[ExpertKind, ...]:
+        """The experts this checkpoint has: both for Wan2.2, the high-noise one alone for Wan2.1."""
+        return tuple(ExpertKind) if self.has_low_noise_expert else (ExpertKind.HIGH_NOISE,)
 
     def vae(self) -> torch.nn.Module:
         return self._load("vae", self.vae_dtype)

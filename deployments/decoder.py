@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from diffusers.video_processor import VideoProcessor
 
-from cluster.request import GenerationRequest
+from contract.messages import PhysicsResult
+from contract.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
 from deployments.video import encode_mp4, provenance
 from monitoring.physics import score_video
@@ -21,7 +22,7 @@ class DecodedVideo:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     mp4: bytes
     timings: dict[str, float]  # seconds: decode, mp4, score
-    physics: dict  # monitoring.physics.score_video's {"score", "subscores", ...}
+    physics: PhysicsResult
 
 
 class Decoder:
@@ -48,16 +49,19 @@ class Decoder:
             video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
         return self.video_processor.postprocess_video(video, output_type="np")[0]
 
-    def video(self, request: GenerationRequest, latents: torch.Tensor) -> DecodedVideo:
-        """Decoded uint8 frames and the mp4 made of them, marked as AI-generated."""
+    def video(self, request: GenerationRequest, latents: torch.Tensor, seed: int | None = None) -> DecodedVideo:
+        """Decoded uint8 frames, the mp4 made of them marked as AI-generated (with `seed`, a
+        repair attempt's, or the request's), and their physics score."""
         start = time.perf_counter()
         frames = to_uint8(self(latents))
         decoded = time.perf_counter()
-        mp4 = encode_mp4(frames, request.fps, provenance(self.model_id, request.seed, request.prompt))
+        mp4 = encode_mp4(
+            frames, request.fps, provenance(self.model_id, request.seed if seed is None else seed, request.prompt)
+        )
         encoded = time.perf_counter()
         # Scored here, not in a deployment of its own: it takes a fraction of the decode
         # (bench/physics.py) and the frames are already in this process.
-        physics = score_video(frames, request.fps)
+        physics = PhysicsResult.of(score_video(frames, request.fps))
         timings = {"decode": decoded - start, "mp4": encoded - decoded, "score": time.perf_counter() - encoded}
         return DecodedVideo(frames, mp4, timings, physics)
 

@@ -54,7 +54,7 @@ class Scheduler:
         self.config = config
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> "Scheduler":
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> Scheduler:
         return cls(checkpoint.scheduler_class(), checkpoint.scheduler_config())
 
     def start(self, num_steps: int, boundary_ratio: float | None) -> tuple[DenoisingPlan, SchedulerState]:
@@ -87,8 +87,13 @@ class Scheduler:
         sigma = float(state.scheduler["sigmas"][state.step])
         noise = prepare_latents(tuple(state.latents.shape), seed)
         order = len(state.scheduler["model_outputs"])
-        scheduler = {**state.scheduler, "model_outputs": [None] * order, "timestep_list": [None] * order,
-                     "lower_order_nums": 0, "last_sample": None}
+        scheduler = {
+            **state.scheduler,
+            "model_outputs": [None] * order,
+            "timestep_list": [None] * order,
+            "lower_order_nums": 0,
+            "last_sample": None,
+        }
         return DenoisingState((1 - sigma) * x0.float() + sigma * noise, scheduler, state.step)
 
     @staticmethod

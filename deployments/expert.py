@@ -1,22 +1,24 @@
 """Expert stage: one Wan transformer running a contiguous range of denoising steps with CFG.
 
-Wan2.2 A14B has two: the high-noise expert (`transformer`, layout and motion) and the
-low-noise expert (`transformer_2`, detail). Each is called once per phase, not per step.
+Wan2.2 A14B has two (`contract.experts.ExpertKind`): the high-noise expert (layout and
+motion) and the low-noise expert (detail). Each is called once per phase, not per step.
+Served by `HighNoiseExpert` / `LowNoiseExpert` in expert_deployment.py.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 
 from cache.keys import boundary_key
 from cache.store import LatentCache
-from cluster.request import GenerationRequest
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
 from deployments.batching import StepBatcher
-from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from deployments.checkpoint import Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
 from deployments.guidance import pair_for
 from deployments.text_encoder import PromptEmbeddings
@@ -40,12 +42,12 @@ def enable_step_cache(transformer, settings) -> bool:
 
 
 class Expert:
-    def __init__(self, checkpoint: Checkpoint, name: str, batching: bool | None = None):
+    def __init__(self, checkpoint: Checkpoint, kind: ExpertKind, batching: bool | None = None):
         """`batching`: share each step's forward with concurrent callers (a Serve replica's
         requests); default from `settings.batching.enabled`."""
-        self.name = name
+        self.kind = kind
         self.checkpoint = checkpoint
-        self.transformer = checkpoint.expert(name)
+        self.transformer = checkpoint.expert(kind)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype
@@ -58,8 +60,15 @@ class Expert:
         config = checkpoint.settings.batching
         self.batcher = None
         if (config.enabled if batching is None else batching) and not self.step_cache:
-            self.batcher = StepBatcher(self.transformer, self.scheduler, self.device, self.dtype,
-                                       config.max_batch_size, config.max_wait_ms / 1000, self.pair)
+            self.batcher = StepBatcher(
+                self.transformer,
+                self.scheduler,
+                self.device,
+                self.dtype,
+                config.max_batch_size,
+                config.max_wait_ms / 1000,
+                self.pair,
+            )
 
     def phase(
         self,
@@ -72,13 +81,13 @@ class Expert:
         """Run this expert's side of the boundary; the high-noise expert starts from noise.
         `resample_seed` re-draws the low-noise phase's noise (a physics retry)."""
         plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
-        if self.name == HIGH_NOISE:
+        if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
                 shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
                 state = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
             return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
         if state is None:
-            raise ValueError(f"{self.name}: the low-noise phase needs the high-noise phase's state")
+            raise ValueError(f"{self.kind.stage}: the low-noise phase needs the high-noise phase's state")
         if resample_seed is not None:
             state = self.scheduler.resample(state, resample_seed)
         return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
@@ -95,7 +104,7 @@ class Expert:
         Returns (state, hit); hit is None when the request does not share its phase."""
         if cache is None or not request.template_mode:
             return self.phase(request, embeddings, on_step=on_step), None
-        key = boundary_key(self.checkpoint, request)
+        key = boundary_key(self.checkpoint.identity, request)
         state, hit = cache.get_or_compute("boundary", key, lambda: self.phase(request, embeddings, on_step=on_step))
         if hit and on_step is not None:
             for i in range(state.step):  # the steps count as done: progress stays true
@@ -112,7 +121,7 @@ class Expert:
         on_step: StepCallback | None = None,
     ) -> DenoisingState:
         if steps.start != state.step:
-            raise ValueError(f"{self.name}: asked to start at step {steps.start}, state is at {state.step}")
+            raise ValueError(f"{self.kind.stage}: asked to start at step {steps.start}, state is at {state.step}")
         if self.batcher is not None:
             return self.batcher.run(state, embeddings, guidance_scale, steps, on_step)
         if not self.step_cache:
@@ -123,7 +132,11 @@ class Expert:
 
     @torch.no_grad()
     def _loop(
-        self, state: DenoisingState, embeddings: PromptEmbeddings, guidance_scale: float, steps: range,
+        self,
+        state: DenoisingState,
+        embeddings: PromptEmbeddings,
+        guidance_scale: float,
+        steps: range,
         on_step: StepCallback | None,
     ) -> DenoisingState:
         scheduler = self.scheduler.restore(state.scheduler)
@@ -135,9 +148,13 @@ class Expert:
             t = scheduler.timesteps[i]
             latent_input = latents.to(self.dtype)
             timestep = t.expand(latents.shape[0])
-            context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(scheduler.timesteps)}
+            context = {
+                "step_index": i,
+                "sigma": float(scheduler.sigmas[i]),
+                "num_inference_steps": len(scheduler.timesteps),
+            }
 
-            def forward(text: torch.Tensor, branch: str) -> torch.Tensor:
+            def forward(text: torch.Tensor, branch: str, latent_input=latent_input, timestep=timestep, context=context):
                 # Named cache contexts let diffusers' step caches (FirstBlockCache, ...) tell the
                 # conditional pass from the unconditional one; without a cache there is none to set.
                 with self.transformer.cache_context(branch, **context) if self.step_cache else nullcontext():

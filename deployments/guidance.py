@@ -13,9 +13,10 @@ On a GPU the kernels already run asynchronously; there the forwards stay sequent
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import cache
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from cluster.errors import FieldError
+from contract.errors import FieldError
+from contract.settings import Settings
 
+BLOCKLIST = Path(__file__).with_name("safety.yaml")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
@@ -34,7 +36,14 @@ class ContentFilter:
                 self.patterns[category] = re.compile("|".join(parts))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ContentFilter":
+    def from_settings(cls, settings: Settings) -> ContentFilter | None:
+        """The configured filter (the shipped block list unless one is set), or None when off."""
+        if not settings.safety.enabled:
+            return None
+        return load_filter(str(settings.safety.blocklist_file or BLOCKLIST))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ContentFilter:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         categories = {}
         for name, languages in (data.get("categories") or {}).items():
@@ -50,8 +59,11 @@ class ContentFilter:
     def check(self, text: str, field: str = "prompt") -> None:
         category = self.category(text)
         if category is not None:
-            raise FieldError(field, f"{field} was rejected by the content filter (category: {category})",
-                             code="content_policy_violation")
+            raise FieldError(
+                field,
+                f"{field} was rejected by the content filter (category: {category})",
+                code="content_policy_violation",
+            )
 
 
 @lru_cache

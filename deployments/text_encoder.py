@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from cache.keys import embedding_key
 from cache.store import LatentCache, MemoryLRU
-from cache.templates import TemplateRegistry
+from contract.templates import TemplateRegistry
 from deployments.checkpoint import Checkpoint
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(checkpoint_dir: str):
-    return Checkpoint(checkpoint_dir).tokenizer()
-
-
-def count_prompt_tokens(settings, text: str) -> int:
-    """Tokens of `text` as the text encoder sees it (cleaned, with the end token): request
-    validation uses it, so an over-long prompt is refused instead of silently cut."""
-    from cluster.default_model import default_model_dir
-
-    path = settings.model or default_model_dir(settings.cache_dir)
-    return len(_tokenizer(str(path))(prompt_clean(text), add_special_tokens=True).input_ids)
+def count_tokens(tokenizer, text: str) -> int:
+    """Tokens of `text` as the text encoder sees it (cleaned, with the end token)."""
+    return len(tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
 
 
 @dataclass
@@ -47,7 +37,7 @@ class TextEncoder:
         self.memory = MemoryLRU(checkpoint.settings.cache.memory_embeddings)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
+        return count_tokens(self.tokenizer, text)
 
     @torch.no_grad()
     def embed(self, text: str) -> torch.Tensor:
@@ -70,7 +60,7 @@ class TextEncoder:
         """Per-replica memory, then the node's shared store, then the model."""
         if self.cache is None or not use_cache:
             return self.embed(text), False
-        key = embedding_key(self.checkpoint, text)
+        key = embedding_key(self.checkpoint.identity, text)
         embedding = self.memory.get(key)
         if embedding is not None:
             return embedding, True

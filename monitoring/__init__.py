@@ -1,1 +1,2 @@
-"""Prometheus metrics, the physics-plausibility scorer and the Grafana dashboard (see issue 5)."""
+"""Prometheus metrics (`metrics`), the physics-plausibility scorer (`physics`; its method in
+docs/physics.md), the Grafana dashboard and the Prometheus config."""

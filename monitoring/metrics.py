@@ -34,27 +34,49 @@ class _Metrics:
         from ray.util.metrics import Counter, Gauge, Histogram
 
         return {
-            "http": Counter("t2v_http_requests", "HTTP requests by endpoint and status",
-                            tag_keys=("endpoint", "method", "status")),
-            "job": Histogram("t2v_job_duration_seconds", "End-to-end seconds of a finished job",
-                             boundaries=SECONDS, tag_keys=("status", "template", "model")),
-            "queue": Histogram("t2v_queue_wait_seconds", "Seconds from accepted to the first stage",
-                               boundaries=SECONDS, tag_keys=("model",)),
-            "stage": Histogram("t2v_stage_duration_seconds", "Seconds per stage of a job",
-                               boundaries=SECONDS, tag_keys=("stage", "model")),
+            "http": Counter(
+                "t2v_http_requests", "HTTP requests by endpoint and status", tag_keys=("endpoint", "method", "status")
+            ),
+            "job": Histogram(
+                "t2v_job_duration_seconds",
+                "End-to-end seconds of a finished job",
+                boundaries=SECONDS,
+                tag_keys=("status", "template", "model"),
+            ),
+            "queue": Histogram(
+                "t2v_queue_wait_seconds",
+                "Seconds from accepted to the first stage",
+                boundaries=SECONDS,
+                tag_keys=("model",),
+            ),
+            "stage": Histogram(
+                "t2v_stage_duration_seconds",
+                "Seconds per stage of a job",
+                boundaries=SECONDS,
+                tag_keys=("stage", "model"),
+            ),
             "in_flight": Gauge("t2v_jobs_in_flight", "Jobs queued or in progress", tag_keys=("status",)),
             "steps": Counter("t2v_denoising_steps", "Denoising steps run", tag_keys=("expert", "model")),
-            "cache": Counter("t2v_cache_lookups", "Cache lookups by level and result",
-                             tag_keys=("level", "result")),
-            "evictions": Counter("t2v_cache_evictions", "Entries evicted to respect the size limit",
-                                 tag_keys=("level",)),
-            "corrupt": Counter("t2v_cache_corrupt_entries", "Corrupt entries detected and dropped",
-                               tag_keys=("level",)),
+            "cache": Counter("t2v_cache_lookups", "Cache lookups by level and result", tag_keys=("level", "result")),
+            "evictions": Counter(
+                "t2v_cache_evictions", "Entries evicted to respect the size limit", tag_keys=("level",)
+            ),
+            "corrupt": Counter(
+                "t2v_cache_corrupt_entries", "Corrupt entries detected and dropped", tag_keys=("level",)
+            ),
             "cache_bytes": Gauge("t2v_cache_size_bytes", "Bytes held by a node's cache level", tag_keys=("level",)),
-            "physics": Histogram("t2v_physics_score", "Physics-plausibility score of each video",
-                                 boundaries=SCORE, tag_keys=("template", "model")),
-            "subscore": Histogram("t2v_physics_subscore", "Physics-plausibility subscores",
-                                  boundaries=SCORE, tag_keys=("subscore", "template", "model")),
+            "physics": Histogram(
+                "t2v_physics_score",
+                "Physics-plausibility score of each video",
+                boundaries=SCORE,
+                tag_keys=("template", "model"),
+            ),
+            "subscore": Histogram(
+                "t2v_physics_subscore",
+                "Physics-plausibility subscores",
+                boundaries=SCORE,
+                tag_keys=("subscore", "template", "model"),
+            ),
         }
 
     def _get(self, name: str):

@@ -1,101 +1,11 @@
 """Physics-plausibility score of a generated clip, from computable signals only (CPU, numpy/OpenCV, no weights).
 
-    score_video(frames, fps) -> {"score": float, "subscores": {...}, "notes": {...}, "details": {...}, ...}
+`score_video(frames, fps)` takes uint8 frames of shape (T, H, W, 3) (RGB) and the clip's frame rate (> 0),
+and returns a JSON-serialisable dict: "score" (in [0, 1], 1 = plausible), "subscores" (name -> [0, 1] or
+None), "notes" (why a subscore is None), "object_tracked", "details" (raw measurements), "frames", "fps".
+Bad input raises ValueError. 33 frames of 128x128 take ~0.15-0.3 s on two busy cores (`python -m bench.physics`).
 
-`frames` is uint8 of shape (T, H, W, 3) (RGB, as our decoder makes them), `fps` the clip's frame rate
-(> 0). Anything else raises ValueError naming the problem. 33 frames of 128x128 take ~0.15-0.3 s on two
-busy cores (`python -m bench.physics`).
-
-How it looks at a clip
-----------------------
-*One object*: frames are downscaled to at most `TRACK_SIZE` px on the longer side; the foreground is what
-differs by more than `FOREGROUND_LEVEL` from the temporal median frame, after removing each frame's global
-brightness offset (so flicker does not turn the whole frame into foreground), cleaned by a 3x3 opening.
-Its largest connected component is "the object"; centroid, area and whether it touches the border make the
-track. The object is tracked when the clip has at least `MIN_TRACK_FRAMES` frames, the object is found in
-at least that many, and it moves at least its own diameter (else it sits in the median frame itself and
-only slivers of it differ from it). On noise the threshold rises with the frame's median difference, and a
-blob over half the frame is not taken for an object.
-
-*Pixels*: dense Farneback optical flow, forward and backward between consecutive frames, on grayscale
-downscaled to at most `FLOW_SIZE` px. Coarse-to-fine flow loses small objects that move more than their own
-size per frame (a falling ball), so where the object is tracked in both frames its region is initialised
-with the track's displacement and refined on the finest level.
-
-Subscores (each in [0, 1], 1 = plausible)
------------------------------------------
-Error-like measurements x map to [0, 1] through `soft(x, tau) = 1 / (1 + (x / tau)**2)`: 1 at x = 0, flat
-near 0 (sensor-noise-sized errors cost almost nothing), 0.5 at x = tau, falling as 1/x**2 beyond.
-
-``temporal_consistency``
-    Flow-warping error (Lai et al., "Learning Blind Video Temporal Consistency", ECCV 2018): frame t+1 is
-    warped onto frame t with the forward flow (cv2.remap) and compared with it, mean absolute RGB
-    difference in 8-bit levels, over the pixels that pass Lai et al.'s forward-backward occlusion check
-    |f + b(x + f)|^2 < 0.01 (|f|^2 + |b(x + f)|^2) + 0.5, averaged over pairs. soft(error, TAU_WARP).
-    Needs 2 frames.
-``flicker``
-    VBench "temporal flickering" (mean absolute difference of consecutive frames, 8-bit levels), adapted to
-    moving scenes: only over the static background, the pixels with forward and backward flow below 0.5 px
-    that are not the tracked object; pairs with less than 10% of them are skipped. soft(error,
-    TAU_FLICKER). Not applicable to 1 frame or when no pair has a static background (a camera move).
-``motion_smoothness``
-    VBench "motion smoothness" rebuilds each frame from its neighbours with a frame interpolator and scores
-    the error; without weights we measure the interpolator's premise on the flow itself. A pixel of frame
-    t sits at x(t); x(t-1) = x + flow(t -> t-1), x(t+1) = x + flow(t -> t+1), and interpolating between
-    the neighbours misses it by |flow(t -> t+1) + flow(t -> t-1)| / 2 px (half the second difference). The
-    median over moving pixels (speed > 0.5 px/frame) per frame, the median over frames, in px at the
-    FLOW_SIZE scale: soft(miss, TAU_SMOOTH). Gravity's constant acceleration misses by a fraction of a
-    pixel; jitter, stutter and noise by pixels. The median over frames leaves single events (a bounce, a
-    teleport) to the object subscores. Not applicable to fewer than 3 frames or a clip without motion.
-``object_continuity``
-    The tracked object must not teleport, vanish and reappear, or pop into or out of existence away from
-    the frame border (a basic object-permanence check). Events: a teleport is a frame-to-frame centroid
-    jump above max(4 x the median jump, half the object's diameter, 2 px); a vanish is a gap in the track
-    whose ends are not at the border; an appearance or disappearance is a first or last sighting away from
-    both the border and the clip's ends. exp(-CONTINUITY_PER_EVENT x number of events).
-``gravity``
-    Free flight follows one constant downward acceleration. The track (frames away from the border) is
-    cut at bounces (the vertical velocity flips sign with a jump above max(4 x the median |dv|, 2
-    px/frame); the extreme frame goes to neither side), at teleports and at gaps over 3 frames; pieces of
-    at least 4 points spanning a vertical extent of max(3 px, 2% of the height, a quarter of the diameter)
-    are free flight. All are fitted together, y = a t^2/2 + b_j t + c_j: one shared a, their own b_j, c_j,
-    so differing accelerations across pieces show as misfit. R = the share of the residual variance of
-    straight lines per piece that the shared quadratic term removes. direction = 0.5 + 0.5 sign(a) R
-    (1: clearly downward, image y grows down; 0.5: no visible acceleration; 0: clearly upward);
-    fit = soft(rms residual / diameter, TAU_GRAVITY_FIT); gravity = direction x fit. Not applicable
-    without free flight (a rolling or resting object).
-``energy_conservation``
-    A static floor cannot add energy, and nothing else touches the object. Across each bounce between two
-    free-flight pieces, compare E = (vx^2 + vy^2) / 2 + a (y_contact - y) (kinetic plus potential per
-    unit mass, with the fitted a; constant within a piece by construction of the fit; vx from a straight
-    line per piece). rho = E_after / E_before is the restitution squared and must stay <= 1: each bounce
-    gives soft(max(0, rho - 1.05), TAU_ENERGY), the subscore is their product. Energy gained in flight,
-    without a contact, bends the parabola and shows in ``gravity``. Not applicable without a bounce
-    between two fitted pieces.
-``mass_conservation``
-    WorldModelBench's mass check: the object's size stays stable. Robust coefficient of variation of its
-    area over the frames where it does not touch the border, (p90 - p10) / (2.56 median) (= std / mean for
-    a normal distribution), soft(cv, TAU_MASS). Assumes roughly fronto-parallel motion: an object coming
-    at the camera grows too.
-
-Combination
------------
-``score`` is the weighted geometric mean (`WEIGHTS`, all 1) of the subscores that apply, each floored at
-`FLOOR` = 0.01 so that one zero does not erase the rest: exp(sum w log s / sum w). Geometric, because a
-plausible clip must obey every law: one clearly broken law pulls the score down much further than in an
-arithmetic mean, while small imperfections everywhere cost little. Subscores that do not apply (too
-short, static, no object tracked, no free flight, no bounce) are None in ``subscores`` with their reason
-in ``notes`` and are left out of the mean. If none applies (a single frame) the score is 0.5: no
-evidence either way.
-
-Result
-------
-{"score": float in [0, 1], "subscores": {name: float in [0, 1] | None}, "notes": {name: why it is None},
-"object_tracked": bool, "details": {raw measurements: errors, events, fitted acceleration, energy ratios,
-area spread ...}, "frames": T, "fps": fps}. All JSON-serialisable.
-
-`synthetic_clip(kind)` renders the small deterministic suite (a ball under gravity that bounces, one that
-rolls, their violations, a static scene) used by tests/test_physics.py and bench/physics.py.
+The method, subscore by subscore: docs/physics.md
 """
 
 from __future__ import annotations
@@ -131,10 +41,6 @@ SUBSCORES = (
     "mass_conservation",
 )
 WEIGHTS = dict.fromkeys(SUBSCORES, 1.0)
-
-KINDS = ("bounce", "roll", "reversed_gravity", "teleport", "flicker", "size_change", "energy_gain", "vanish", "static")
-PLAUSIBLE = ("bounce", "roll")
-VIOLATIONS = ("reversed_gravity", "teleport", "flicker", "size_change", "energy_gain", "vanish")
 
 
 def soft(x: float, tau: float) -> float:
@@ -183,8 +89,9 @@ def _sample(image: np.ndarray, grid: np.ndarray, flow: np.ndarray) -> np.ndarray
     return cv2.remap(image, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _guided(a: np.ndarray, b: np.ndarray, flow: np.ndarray, region: np.ndarray, shift: tuple[float, float]
-            ) -> np.ndarray:
+def _guided(
+    a: np.ndarray, b: np.ndarray, flow: np.ndarray, region: np.ndarray, shift: tuple[float, float]
+) -> np.ndarray:
     """`flow` refined on the finest level only, after setting the object's region to the track's displacement."""
     init = flow.copy()
     init[region] = shift
@@ -247,12 +154,7 @@ def _pixel_measures(small: np.ndarray, object_masks: np.ndarray | None, guide: d
         # positions x(i-1), x(i), x(i+1) of a pixel: the midpoint of its neighbours misses x(i) by |a| / 2
         miss = 0.5 * np.sqrt(((ahead + back)[moving] ** 2).sum(-1))
         interpolation.append(float(np.median(miss)))
-    return {
-        "warp": warp,
-        "flicker": flicker,
-        "interpolation": interpolation,
-        "motion_frac": motion_frac,
-    }
+    return {"warp": warp, "flicker": flicker, "interpolation": interpolation, "motion_frac": motion_frac}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,8 +194,16 @@ def _track(frames: np.ndarray) -> dict:
         border[i] = x0 <= 0 or y0 <= 0 or x1 >= w or y1 >= h
         masks[i] = labels == k
     present = ~np.isnan(cx)
-    return {"cx": cx, "cy": cy, "area": area, "border": border, "masks": masks, "present": present,
-            "coverage": float(np.median(coverage)), "size": (h, w)}
+    return {
+        "cx": cx,
+        "cy": cy,
+        "area": area,
+        "border": border,
+        "masks": masks,
+        "present": present,
+        "coverage": float(np.median(coverage)),
+        "size": (h, w),
+    }
 
 
 def _continuity(track: dict) -> tuple[float, dict]:
@@ -315,8 +225,12 @@ def _continuity(track: dict) -> tuple[float, dict]:
     if idx[-1] < t - 1 and not border[idx[-1]]:
         events.append({"kind": "disappear", "frame": int(idx[-1])})
     value = math.exp(-CONTINUITY_PER_EVENT * len(events))
-    return value, {"events": events, "teleport_limit_px": round(limit, 2) if math.isfinite(limit) else None,
-                   "teleports": teleports, "diameter_px": round(diameter, 2)}
+    return value, {
+        "events": events,
+        "teleport_limit_px": round(limit, 2) if math.isfinite(limit) else None,
+        "teleports": teleports,
+        "diameter_px": round(diameter, 2),
+    }
 
 
 def _pieces(track: dict, teleports: list[int]) -> tuple[list[np.ndarray], list[int]]:
@@ -360,8 +274,10 @@ def _gravity_energy(track: dict, teleports: list[int], diameter: float, fps: flo
     cy, cx = track["cy"], track["cx"]
     airborne_extent = max(3.0, 0.02 * h, 0.25 * diameter)
     flight = [i for i, p in enumerate(pieces) if len(p) >= 4 and np.ptp(cy[p]) >= airborne_extent]
-    out: dict = {"pieces": [[int(p[0]), int(p[-1])] for p in pieces if len(p)],
-                 "bounces": [b for b in between if b >= 0]}
+    out: dict = {
+        "pieces": [[int(p[0]), int(p[-1])] for p in pieces if len(p)],
+        "bounces": [b for b in between if b >= 0],
+    }
     if not flight:
         out["gravity_reason"] = "no free flight (object supported, resting or too short a flight)"
         out["energy_reason"] = "no bounce between free-flight pieces"
@@ -374,10 +290,10 @@ def _gravity_energy(track: dict, teleports: list[int], diameter: float, fps: flo
     for col, j in enumerate(flight):
         p = pieces[j]
         tt = p.astype(float)
-        design[row:row + len(p), 0] = 0.5 * tt**2
-        design[row:row + len(p), 1 + 2 * col] = tt
-        design[row:row + len(p), 2 + 2 * col] = 1.0
-        target[row:row + len(p)] = cy[p]
+        design[row : row + len(p), 0] = 0.5 * tt**2
+        design[row : row + len(p), 1 + 2 * col] = tt
+        design[row : row + len(p), 2 + 2 * col] = 1.0
+        target[row : row + len(p)] = cy[p]
         row += len(p)
     coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     resid = target - design @ coef
@@ -389,14 +305,16 @@ def _gravity_energy(track: dict, teleports: list[int], diameter: float, fps: flo
     rms = math.sqrt(sse / n)
     direction = 0.5 + 0.5 * math.copysign(1.0, a) * explained
     fit = soft(rms / max(diameter, 1.0), TAU_GRAVITY_FIT)
-    out.update({
-        "gravity": direction * fit,
-        "acceleration_px_per_frame2": round(a, 4),
-        "acceleration_heights_per_s2": round(a * fps * fps / h, 3),
-        "explained": round(explained, 4),
-        "fit_rms_px": round(rms, 3),
-        "flight_pieces": [[int(pieces[j][0]), int(pieces[j][-1])] for j in flight],
-    })
+    out.update(
+        {
+            "gravity": direction * fit,
+            "acceleration_px_per_frame2": round(a, 4),
+            "acceleration_heights_per_s2": round(a * fps * fps / h, 3),
+            "explained": round(explained, 4),
+            "fit_rms_px": round(rms, 3),
+            "flight_pieces": [[int(pieces[j][0]), int(pieces[j][-1])] for j in flight],
+        }
+    )
     # energy across bounces between consecutive fitted pieces
     params = {}
     for col, j in enumerate(flight):
@@ -490,10 +408,12 @@ def _pixel_subscores(small: np.ndarray, track: dict | None, subscores: dict, not
     if track is not None:
         # INTER_AREA of a 0/1 mask, then > 0, keeps every partly covered pixel; dilate by one for the edge
         kernel = np.ones((3, 3), np.uint8)
-        masks = np.stack([
-            cv2.dilate(cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA), kernel) > 0
-            for m in track["masks"]
-        ])
+        masks = np.stack(
+            [
+                cv2.dilate(cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_AREA), kernel) > 0
+                for m in track["masks"]
+            ]
+        )
         guide = {"regions": masks, "cx": track["cx"], "cy": track["cy"], "scale": w / track["size"][1]}
     px = _pixel_measures(small, masks, guide)
 
@@ -559,83 +479,3 @@ def _object_subscores(track: dict | None, why: str, fps: float, subscores: dict,
     if mass is None:
         notes["mass_conservation"] = m.pop("mass_reason")
     details.update(m)
-
-
-# --------------------------------------------------------------------------------------------------
-# synthetic suite
-
-
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    texture = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), size / 40)
-    texture = (texture - texture.mean()) / (texture.std() + 1e-6) * 14
-    rows = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    sky = np.array([110, 150, 200], np.float32) * (1 - 0.3 * rows) + np.zeros((1, size, 1), np.float32)
-    ground = np.array([120, 95, 60], np.float32)
-    floor = int(0.86 * size)
-    image = np.broadcast_to(sky, (size, size, 3)).copy()
-    image[floor:] = ground
-    image[floor - 1:floor + 1] = (60, 50, 40)
-    return np.clip(image + texture[..., None], 0, 255)
-
-
-def _bounce_track(times: np.ndarray, y0: float, floor: float, g: float, e: float) -> np.ndarray:
-    """Heights of a ball dropped from rest at y0 (image y grows down) onto `floor`, restitution e."""
-    out = np.empty_like(times)
-    t_now, y, v = 0.0, y0, 0.0
-    for k, t in enumerate(times):
-        while True:
-            # time to floor from (y, v): y + v s + g s^2 / 2 = floor
-            disc = v * v + 2 * g * (floor - y)
-            s = (-v + math.sqrt(max(0.0, disc))) / g
-            if t_now + s > t or s <= 1e-9:
-                break
-            t_now += s
-            y, v = floor, -e * (v + g * s)
-        s = t - t_now
-        out[k] = y + v * s + 0.5 * g * s * s
-    return out
-
-
-def synthetic_clip(kind: str, frames: int = 33, size: int = 128, fps: float = 16, seed: int = 0) -> np.ndarray:
-    """Render a deterministic (T, size, size, 3) uint8 clip of `kind` (one of KINDS)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown synthetic clip kind {kind!r}; expected one of {', '.join(KINDS)}")
-    rng = np.random.default_rng(seed)
-    background = _background(size, rng)
-    times = np.arange(frames) / fps
-    radius = 0.0625 * size
-    floor = 0.86 * size - radius  # the centre's lowest point
-    g = 2.45 * size  # px / s^2
-    x = 0.2 * size + 0.3 * size * times
-    if kind == "roll":
-        x = 0.15 * size + 0.35 * size * times
-        y = np.full(frames, floor)
-    elif kind == "energy_gain":
-        y = _bounce_track(times, 0.47 * size, floor, g, 1.3)
-    else:
-        y = _bounce_track(times, 0.19 * size, floor, g, 0.8)
-    if kind == "reversed_gravity":
-        y = size - y
-    if kind == "teleport":
-        x = np.where(np.arange(frames) >= frames // 2, x - 0.35 * size, x)
-    radii = np.full(frames, radius)
-    if kind == "size_change":
-        radii = radius * (0.75 + np.arange(frames) / max(1, frames - 1))
-    hidden = np.zeros(frames, bool)
-    if kind == "vanish":
-        hidden[int(0.55 * frames):int(0.7 * frames)] = True
-    offsets = np.zeros(frames)
-    if kind == "flicker":
-        offsets = (-1.0) ** np.arange(frames) * rng.uniform(12, 24, frames)
-
-    clip = np.empty((frames, size, size, 3), np.uint8)
-    for i in range(frames):
-        image = background.copy()
-        if kind != "static" and not hidden[i]:
-            centre = (round(x[i] * 16), round(y[i] * 16))
-            cv2.circle(image, centre, round(radii[i] * 16), (215, 45, 40), -1, cv2.LINE_AA, shift=4)
-            spot = (round((x[i] - 0.35 * radii[i]) * 16), round((y[i] - 0.35 * radii[i]) * 16))
-            cv2.circle(image, spot, round(0.3 * radii[i] * 16), (240, 130, 120), -1, cv2.LINE_AA, shift=4)
-        image += rng.normal(0.0, 1.0, image.shape).astype(np.float32) + offsets[i]
-        clip[i] = np.clip(image, 0, 255).round().astype(np.uint8)
-    return clip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import CacheSettings, ServingSettings, Settings
-from cluster.default_model import write_default_model
+from contract.settings import CacheSettings, ServingSettings, Settings
+from deployments.default_model import write_default_model
 
 
 @pytest.fixture(scope="session")
@@ -48,27 +48,29 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     import ray
     from ray import serve
 
-    from cluster.launch import deploy, free_port, ray_environment
+    from cluster.launch import deploy, free_port, start_private_ray
 
     root = tmp_path_factory.mktemp("serve")
     settings = Settings(
         model=wan22_dir,
         cache_dir=root / "cache",
         serving=ServingSettings(
-            port=free_port(), output_uri=str(root / "outputs"), max_active_jobs=6, ray_temp_dir="/tmp/t2v-test",
+            port=free_port(),
+            output_uri=str(root / "outputs"),
+            max_active_jobs=6,
+            ray_temp_dir="/tmp/t2v-test",
             api_keys=["test-key-a", "test-key-b"],
         ),
         cache=CacheSettings(approximate_match=True),
     )
-    ray_environment()
     # address="local": always a fresh cluster, never a developer's running one.
     # Its own dashboard port: jobs submitted by the tests must not reach another Ray on this
     # machine (a developer's `t2v serve` holds 8265).
-    context = ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=True,
-                       dashboard_port=free_port(), num_cpus=4, logging_level="WARNING")
+    context = start_private_ray(settings.serving.ray_temp_dir, 4, dashboard=True)
     try:
-        yield RunningApp(deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}", "test-key-a",
-                         "test-key-b")
+        yield RunningApp(
+            deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}", "test-key-a", "test-key-b"
+        )
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -51,7 +51,7 @@ def probe(replica_actor) -> dict:
     }
     try:  # the user object behind the replica: ExpertDeployment -> Expert (Ray Serve internals)
         expert = replica_actor._replica_impl._user_callable_wrapper._callable.expert
-        facts["expert"] = expert.name
+        facts["expert"] = expert.kind.stage
         facts["torch_device"] = str(next(expert.transformer.parameters()).device)
     except Exception as error:  # internals moved: the rest still says where the replica runs
         facts["torch_device"] = f"unknown ({type(error).__name__})"
@@ -90,8 +90,8 @@ class Deadline:
 
 
 def make_settings(args):
-    from cluster.config import Settings
     from cluster.launch import free_port
+    from contract.settings import Settings
 
     base = Settings(model=args.model, cache_dir=args.work_dir / "cache")
     deployments = dict(base.deployments)
@@ -99,8 +99,12 @@ def make_settings(args):
         # One replica per expert, each holding one (logical) GPU.
         deployments[name] = deployments[name].model_copy(update={"num_gpus": 1, "min_replicas": 1, "max_replicas": 1})
     serving = base.serving.model_copy(
-        update={"host": "127.0.0.1", "port": free_port(), "output_uri": str(args.work_dir / "outputs"),
-                "ray_temp_dir": args.ray_temp_dir}
+        update={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "output_uri": str(args.work_dir / "outputs"),
+            "ray_temp_dir": args.ray_temp_dir,
+        }
     )
     return base.model_copy(update={"deployments": deployments, "serving": serving})
 
@@ -111,8 +115,10 @@ def app_status(serve) -> bool:
     if app is None:
         return False
     if app.status == "DEPLOY_FAILED":
-        raise RuntimeError(f"deploy failed: {app.message} " + json.dumps(
-            {n: [d.status, d.message] for n, d in app.deployments.items()}))
+        raise RuntimeError(
+            f"deploy failed: {app.message} "
+            + json.dumps({n: [d.status, d.message] for n, d in app.deployments.items()})
+        )
     return app.status == "RUNNING"
 
 
@@ -134,8 +140,11 @@ def run(args, state: dict) -> dict:
     deadline = Deadline(args.timeout)
     settings = make_settings(args)
     started = time.monotonic()
-    node_args = {"temp_dir": settings.serving.ray_temp_dir, "object_store_memory": 100 * 1024**2,
-                 "dashboard_agent_listen_port": None}  # None: a free port, not Ray's fixed default
+    node_args = {
+        "temp_dir": settings.serving.ray_temp_dir,
+        "object_store_memory": 100 * 1024**2,
+        "dashboard_agent_listen_port": None,
+    }  # None: a free port, not Ray's fixed default
     cluster = state["cluster"] = Cluster()
     cluster.add_node(num_cpus=2, num_gpus=0, include_dashboard=False, **node_args)  # head: no GPU
     gpu_nodes = [cluster.add_node(num_cpus=2, num_gpus=1, **node_args) for _ in range(2)]
@@ -148,8 +157,9 @@ def run(args, state: dict) -> dict:
 
     serve.start(proxy_location="HeadOnly", http_options={"host": settings.serving.host, "port": settings.serving.port})
     state["serve"] = True
-    serve.run_many([serve.RunTarget(bind_app(settings), name=APP, route_prefix="/")],
-                   wait_for_applications_running=False)
+    serve.run_many(
+        [serve.RunTarget(bind_app(settings), name=APP, route_prefix="/")], wait_for_applications_running=False
+    )
     deadline.wait(f"application {APP} RUNNING", lambda: app_status(serve), interval=1.0)
     deployed = time.monotonic()
 
@@ -164,7 +174,7 @@ def run(args, state: dict) -> dict:
     client = _get_global_client()
     placement = {}
     for key, name in EXPERTS.items():
-        replicas = deadline.wait(f"a RUNNING {name} replica", lambda: replicas_of(client, name))
+        replicas = deadline.wait(f"a RUNNING {name} replica", lambda name=name: replicas_of(client, name))
         if len(replicas) != 1:
             raise AssertionError(f"{name}: expected one replica, got {replicas}")
         replica = replicas[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cluster.config import ServingSettings
+from contract.settings import ServingSettings
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,18 @@ def test_without_keys_the_server_stays_on_loopback():
     assert ServingSettings(host="0.0.0.0", api_keys=["k"]).bind_host == "0.0.0.0"
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/v1/videos"), ("POST", "/v1/videos"), ("POST", "/v1/videos/sync"), ("GET", "/v1/templates"),
-    ("GET", "/v1/models"), ("GET", "/v1/videos/video_00000000000000000000000000000000"),
-    ("DELETE", "/v1/videos/video_00000000000000000000000000000000"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/videos"),
+        ("POST", "/v1/videos"),
+        ("POST", "/v1/videos/sync"),
+        ("GET", "/v1/templates"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/videos/video_00000000000000000000000000000000"),
+        ("DELETE", "/v1/videos/video_00000000000000000000000000000000"),
+    ],
+)
 def test_every_api_route_needs_a_valid_key(serve_app, anonymous, method, path):
     for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Basic {serve_app.api_key}"}):
         response = anonymous.request(method, path, headers=headers, json={"prompt": "a cat"})
@@ -44,8 +51,11 @@ def test_liveness_needs_no_key(anonymous):
 def test_a_job_is_visible_only_to_the_key_that_created_it(serve_app):
     with keyed(serve_app, serve_app.api_key) as a, keyed(serve_app, serve_app.other_key) as b:
         job = a.post("/v1/videos", json={"prompt": "a kite over a hill", "steps": 3, "seed": 8}).json()
-        for method, path in (("GET", f"/v1/videos/{job['id']}"), ("GET", f"/v1/videos/{job['id']}/content"),
-                             ("DELETE", f"/v1/videos/{job['id']}")):
+        for method, path in (
+            ("GET", f"/v1/videos/{job['id']}"),
+            ("GET", f"/v1/videos/{job['id']}/content"),
+            ("DELETE", f"/v1/videos/{job['id']}"),
+        ):
             response = b.request(method, path)
             assert response.status_code == 404 and response.json()["error"]["code"] == "video_not_found"
         assert job["id"] not in [j["id"] for j in b.get("/v1/videos", params={"limit": 100}).json()["data"]]

@@ -23,8 +23,10 @@ from cluster.batch import BatchRun, LocalEngine
 from cluster.cli import app as cli
 from cluster.manifest import MANIFEST, PARTS, Manifest
 from cluster.prompt_table import InputError, read_table
-from cluster.storage import OutputStore
-from deployments.api import ApiError, parse_create_body
+from contract.errors import RequestInvalid
+from contract.storage import OutputStore
+from deployments.checkpoint import Checkpoint
+from deployments.validation import RequestValidator
 from deployments.video import probe_mp4
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,13 +36,14 @@ VALID = [
     {"id": "cat", "prompt": "一只橘猫在草地上奔跑", "seed": 1, "steps": 4},
     {"id": "ball", "prompt": "a red ball bouncing on a wooden floor", "steps": 4},
     {"id": "shoe", "template": "product_showcase", "slots": {"product": "a running shoe"}, "steps": 4},
-    {"id": "mug", "template": "product_showcase", "slots": {"product": "a ceramic mug", "surface": "a desk"},
-     "steps": 4},
+    {
+        "id": "mug",
+        "template": "product_showcase",
+        "slots": {"product": "a ceramic mug", "surface": "a desk"},
+        "steps": 4,
+    },
 ]
-BAD = [
-    {"id": "bad-size", "prompt": "a dog", "size": "100x64"},
-    {"id": "unsafe", "prompt": "一个人被斩首的场景"},
-]
+BAD = [{"id": "bad-size", "prompt": "a dog", "size": "100x64"}, {"id": "unsafe", "prompt": "一个人被斩首的场景"}]
 
 
 def write_table(rows: list[dict], path: Path, extra_lines: list[str] = ()) -> Path:
@@ -69,8 +72,8 @@ def validated(settings, row) -> dict | str:
     if row.error:
         return row.error
     try:
-        return parse_create_body(row.request_fields()).to_request(settings, "m").model_dump()
-    except ApiError as e:
+        return RequestValidator(settings, Checkpoint.from_settings(settings)).body(row.request_fields()).model_dump()
+    except RequestInvalid as e:
         return e.message
 
 
@@ -79,7 +82,9 @@ def validated(settings, row) -> dict | str:
 
 def test_parquet_jsonl_and_csv_give_the_same_requests(settings, tmp_path):
     rows = [{**r, "notes": "campaign 7"} for r in VALID + BAD]
-    tables = {fmt: read_table(str(write_table(rows, tmp_path / f"prompts.{fmt}"))) for fmt in ("jsonl", "parquet", "csv")}
+    tables = {
+        fmt: read_table(str(write_table(rows, tmp_path / f"prompts.{fmt}"))) for fmt in ("jsonl", "parquet", "csv")
+    }
     reference, ignored = tables["jsonl"]
     assert ignored == ["notes"]
     assert [r.id for r in reference] == [r["id"] for r in rows]
@@ -94,8 +99,14 @@ def test_parquet_jsonl_and_csv_give_the_same_requests(settings, tmp_path):
 
 def test_bad_lines_ids_and_duplicates(tmp_path):
     path = write_table(
-        [{"id": "ok", "prompt": "a cat"}, {"id": "no good!", "prompt": "a dog"}, {"prompt": "a boat"}, {"prompt": "a boat"}],
-        tmp_path / "p.jsonl", extra_lines=["{not json", "[1, 2]"],
+        [
+            {"id": "ok", "prompt": "a cat"},
+            {"id": "no good!", "prompt": "a dog"},
+            {"prompt": "a boat"},
+            {"prompt": "a boat"},
+        ],
+        tmp_path / "p.jsonl",
+        extra_lines=["{not json", "[1, 2]"],
     )
     rows, _ = read_table(str(path))
     assert [r.error is None for r in rows] == [True, False, True, True, False, False]
@@ -134,8 +145,16 @@ def test_manifest_keeps_the_latest_record_per_id(tmp_path):
     store = OutputStore(str(tmp_path))
     manifest = Manifest(store)
     manifest.record({"id": "a", "row": 0, "status": "failed", "error": "boom", "cache_hits": []})
-    manifest.record({"id": "b", "row": 1, "status": "completed", "physics_subscores": {"gravity": None, "flicker": 0.5},
-                     "slots": {"product": "a mug"}, "cache_hits": ["boundary"]})
+    manifest.record(
+        {
+            "id": "b",
+            "row": 1,
+            "status": "completed",
+            "physics_subscores": {"gravity": None, "flicker": 0.5},
+            "slots": {"product": "a mug"},
+            "cache_hits": ["boundary"],
+        }
+    )
     assert len(store.keys(PARTS)) == 2 and not store.exists(MANIFEST)  # written as they finish
     manifest.record({"id": "a", "row": 0, "status": "completed", "cache_hits": []})
     assert {k: v["status"] for k, v in manifest.load().items()} == {"a": "completed", "b": "completed"}
@@ -166,8 +185,12 @@ def test_local_engine_run_rerun_and_changed_row(settings, tmp_path):
     assert (first["completed"], first["failed"], first["made"]) == (4, 2, 4)
     entries = manifest_rows(out)
     assert {k: e["status"] for k, e in entries.items()} == {
-        "cat": "completed", "ball": "completed", "shoe": "completed", "mug": "completed",
-        "bad-size": "failed", "unsafe": "failed",
+        "cat": "completed",
+        "ball": "completed",
+        "shoe": "completed",
+        "mug": "completed",
+        "bad-size": "failed",
+        "unsafe": "failed",
     }
     assert entries["unsafe"]["error_code"] == "content_policy_violation"
     # Template rows ran together: the second found the first's high-noise phase.
@@ -247,11 +270,13 @@ def test_ray_job_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
     while len(list((out / PARTS).glob("*.parquet"))) < 2:  # two rows finished, the rest to come
         assert time.monotonic() < deadline, "no rows finished"
         time.sleep(0.5)
-    stop = subprocess.run([RAY, "job", "stop", "--address", serve_app.dashboard, job_id],
-                          capture_output=True, text=True, timeout=120)
+    stop = subprocess.run(
+        [RAY, "job", "stop", "--address", serve_app.dashboard, job_id], capture_output=True, text=True, timeout=120
+    )
     assert stop.returncode == 0, stop.stdout + stop.stderr
-    status = subprocess.run([RAY, "job", "status", "--address", serve_app.dashboard, job_id],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [RAY, "job", "status", "--address", serve_app.dashboard, job_id], capture_output=True, text=True, timeout=60
+    )
     assert "was stopped" in status.stdout + status.stderr
     assert len(Manifest(OutputStore(str(out))).load()) < len(rows)  # killed before the end
 

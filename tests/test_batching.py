@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from cluster.config import BatchingSettings, Settings
-from cluster.jobs import JobCancelled
-from cluster.request import GenerationRequest
-from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from contract.experts import ExpertKind
+from contract.jobs import JobCancelled
+from contract.request import GenerationRequest
+from contract.settings import BatchingSettings, Settings
+from deployments.checkpoint import Checkpoint
 from deployments.expert import Expert
 from deployments.text_encoder import TextEncoder
 
@@ -22,19 +23,21 @@ from deployments.text_encoder import TextEncoder
 def parts(wan22_dir):
     settings = Settings(model=wan22_dir)
     checkpoint = Checkpoint(wan22_dir, settings)
-    return settings, TextEncoder(checkpoint), Expert(checkpoint, HIGH_NOISE, batching=False)
+    return settings, TextEncoder(checkpoint), Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False)
 
 
 def batching_expert(wan22_dir, max_batch: int = 4, max_wait_ms: float = 200) -> Expert:
-    settings = Settings(model=wan22_dir, batching=BatchingSettings(enabled=True, max_batch_size=max_batch,
-                                                                   max_wait_ms=max_wait_ms))
-    return Expert(Checkpoint(wan22_dir, settings), HIGH_NOISE)
+    settings = Settings(
+        model=wan22_dir, batching=BatchingSettings(enabled=True, max_batch_size=max_batch, max_wait_ms=max_wait_ms)
+    )
+    return Expert(Checkpoint(wan22_dir, settings), ExpertKind.HIGH_NOISE)
 
 
 def job(parts, prompt: str, seed: int, steps: int = 10, guidance: float = 4.0):
     settings, encoder, _ = parts
-    request = GenerationRequest.build(settings, prompt=prompt, seed=seed, guidance_scale=guidance,
-                                      num_inference_steps=steps)
+    request = GenerationRequest.build(
+        settings, prompt=prompt, seed=seed, guidance_scale=guidance, num_inference_steps=steps
+    )
     return request, encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
 
 
@@ -47,7 +50,7 @@ def test_batched_phases_equal_unbatched_ones(wan22_dir, parts):
     with ThreadPoolExecutor(len(jobs)) as pool:
         batched = list(pool.map(lambda j: expert.phase(*j), jobs))
     alone = [parts[2].phase(*j) for j in jobs]
-    for b, a in zip(batched, alone):
+    for b, a in zip(batched, alone, strict=False):
         assert b.step == a.step and (b.latents - a.latents).abs().max() <= 1e-4
         assert b.scheduler["model_outputs"][-1] is not None
     assert max(expert.batcher.batch_sizes) == 2  # the two guided ones shared forwards

@@ -20,8 +20,10 @@ def test_roles_name_serve_deployments_ray_and_the_benchmark():
 
 def test_the_meter_counts_cpu_where_it_was_spent():
     meter = CpuMeter().start()
-    burn = ("import sys, time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
-            "print('burnt', flush=True)\nsys.stdin.read()")
+    burn = (
+        "import sys, time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+        "print('burnt', flush=True)\nsys.stdin.read()"
+    )
     child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         end = time.process_time() + 0.3
@@ -40,7 +42,14 @@ def test_the_ceiling_is_what_the_cores_can_do():
 
 
 def test_the_control_plane_is_the_serving_roles_that_compute_nothing():
-    per_video = {"Ingress": 0.05, "JobStore": 0.08, RAY: 0.1, "HighNoiseExpert": 0.5, "TextEncoder": 0.07,
-                 "other": 0.01, BENCHMARK: 0.004}
+    per_video = {
+        "Ingress": 0.05,
+        "JobStore": 0.08,
+        RAY: 0.1,
+        "HighNoiseExpert": 0.5,
+        "TextEncoder": 0.07,
+        "other": 0.01,
+        BENCHMARK: 0.004,
+    }
     assert control_plane(per_video) == 0.23
     assert control_plane({"HighNoiseExpert": 0.5}) == 0.0

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from cache.store import LatentCache
-from cache.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
-from cluster.config import CacheSettings, Settings
 from cluster.pipeline import Pipeline
-from cluster.request import GenerationRequest
+from contract.request import GenerationRequest
+from contract.settings import CacheSettings, Settings
+from contract.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
 from deployments.checkpoint import Checkpoint
 
 LIMITS = {"embeddings": 2**24, "boundary": 2**26, "result": 2**24}
@@ -38,8 +38,9 @@ def _pipeline(checkpoint: Checkpoint, directory) -> Pipeline:
 
 
 def _template(settings, product: str, **fields) -> GenerationRequest:
-    return GenerationRequest.build(settings, template="product_showcase", slots={"product": product},
-                                   num_inference_steps=6, **fields)
+    return GenerationRequest.build(
+        settings, template="product_showcase", slots={"product": product}, num_inference_steps=6, **fields
+    )
 
 
 # -- templates ----------------------------------------------------------------------------
@@ -62,7 +63,9 @@ def test_template_request_takes_template_seed_and_base_prompt(settings):
     assert request.prompt.startswith("product showcase: a lamp on")
     assert request.base_prompt == "product showcase: a product on a table, soft light"
     assert request.seed == 1234 and request.template_mode
-    assert not GenerationRequest.build(settings, template="scene", slots={"subject": "a dog"}, cache=False).template_mode
+    assert not GenerationRequest.build(
+        settings, template="scene", slots={"subject": "a dog"}, cache=False
+    ).template_mode
 
 
 # -- the levels through the in-process pipeline -------------------------------------------
@@ -165,8 +168,10 @@ def test_threads_of_one_replica_compute_once(tmp_path):
         time.sleep(0.5)
         return "latent"
 
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("boundary", "x", compute)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_compute("boundary", "x", compute)))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -193,13 +198,15 @@ def test_cache_cli_stats_and_clear(tmp_path, wan22_dir):
     cache = LatentCache.from_settings(Settings(cache_dir=tmp_path))
     cache.put("result", "k", b"x" * 100)
     cache.get("result", "k")
-    run = subprocess.run([sys.executable, "-m", "cluster.cli", "cache", "stats"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "cache", "stats"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     row = next(line for line in run.stdout.splitlines() if line.startswith("result")).split()
     assert row[1:3] == ["1", "0"] and row[5] == "1"  # one hit, no miss, one entry
-    run = subprocess.run([sys.executable, "-m", "cluster.cli", "cache", "clear"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "cache", "clear"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and cache.get("result", "k") is None
 
 
@@ -217,5 +224,6 @@ def test_closest_template_by_prompt_embedding(settings, checkpoint):
     _, unrelated = encoder.closest_template("一只橘猫在草地上奔跑", registry)
     assert unrelated < 0.7
     matched = GenerationRequest.build(settings, prompt="a brown animal sitting in a room.").matched_to(
-        registry.get(name))
+        registry.get(name)
+    )
     assert matched.template_mode and matched.seed == registry.get(name).seed

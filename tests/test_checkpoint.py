@@ -9,10 +9,11 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from cluster.config import Settings
-from cluster.default_model import write_default_model
-from deployments.checkpoint import HIGH_NOISE, LOW_NOISE, Checkpoint, CheckpointError
+from contract.experts import ExpertKind
+from contract.settings import Settings
+from deployments.checkpoint import Checkpoint, CheckpointError
 from deployments.decoder import Decoder
+from deployments.default_model import write_default_model
 from deployments.expert import Expert
 from deployments.text_encoder import TextEncoder
 
@@ -40,13 +41,11 @@ def test_each_stage_holds_only_its_component(wan22_dir):
     encoder = TextEncoder(checkpoint)
     assert not any(isinstance(m, WanTransformer3DModel) for m in _modules(encoder))
 
-    high, low = Expert(checkpoint, HIGH_NOISE), Expert(checkpoint, LOW_NOISE)
+    high, low = Expert(checkpoint, ExpertKind.HIGH_NOISE), Expert(checkpoint, ExpertKind.LOW_NOISE)
     assert [type(m) for m in _modules(high)] == [WanTransformer3DModel]
     assert [type(m) for m in _modules(low)] == [WanTransformer3DModel]
     # Two different experts, not one loaded twice.
-    assert not torch.equal(
-        next(high.transformer.parameters()), next(low.transformer.parameters())
-    )
+    assert not torch.equal(next(high.transformer.parameters()), next(low.transformer.parameters()))
     assert not any(isinstance(m, WanTransformer3DModel) for m in _modules(Decoder(checkpoint)))
 
 
@@ -54,7 +53,7 @@ def test_dtype_and_device_from_config(wan22_dir):
     cpu = Checkpoint(wan22_dir, Settings(model=wan22_dir))
     assert cpu.device.type == "cpu" and cpu.dtype == torch.float32  # "auto" on a CPU
     bf16 = Checkpoint(wan22_dir, Settings(model=wan22_dir, dtype="bfloat16"))
-    expert = bf16.expert(HIGH_NOISE)
+    expert = bf16.expert(ExpertKind.HIGH_NOISE)
     assert expert.proj_out.weight.dtype == torch.bfloat16  # (diffusers keeps norms in fp32)
     assert next(bf16.vae().parameters()).dtype == torch.float32  # the VAE keeps its own dtype
 
@@ -64,7 +63,7 @@ def test_single_transformer_checkpoint(wan21_dir):
     assert not checkpoint.has_low_noise_expert
     assert checkpoint.boundary_ratio is None
     with pytest.raises(CheckpointError, match="single-transformer"):
-        checkpoint.expert(LOW_NOISE)
+        checkpoint.expert(ExpertKind.LOW_NOISE)
 
 
 def test_not_a_checkpoint(tmp_path, wan22_dir):

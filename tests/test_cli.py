@@ -19,7 +19,10 @@ def _own_cache_dir(tmp_path, monkeypatch):
 
 def _t2v(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "cluster.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, **(env or {})},
     )
 
@@ -37,8 +40,20 @@ def test_generate_writes_a_valid_mp4(tmp_path, wan22_dir, prompt):
 
 def test_generate_final_preset_and_size(tmp_path, wan22_dir):
     out = tmp_path / "final.mp4"
-    run = _t2v("generate", "a ball", "-o", str(out), "--preset", "final", "--size", "96x64",
-               "--steps", "4", "--model", str(wan22_dir))
+    run = _t2v(
+        "generate",
+        "a ball",
+        "-o",
+        str(out),
+        "--preset",
+        "final",
+        "--size",
+        "96x64",
+        "--steps",
+        "4",
+        "--model",
+        str(wan22_dir),
+    )
     assert run.returncode == 0, run.stderr
     info = probe_mp4(out.read_bytes())
     assert (info["frames"], info["width"], info["height"]) == (33, 96, 64)
@@ -77,8 +92,11 @@ def test_monitor_runs_prometheus_and_stops_with_it(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    monitor = subprocess.Popen([sys.executable, "-m", "cluster.cli", "monitor", "--port", str(port),
-                                "--data", str(tmp_path / "tsdb")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "monitor", "--port", str(port), "--data", str(tmp_path / "tsdb")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline, ready = time.monotonic() + 60, False
         while not ready and time.monotonic() < deadline and monitor.poll() is None:

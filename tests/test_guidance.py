@@ -8,9 +8,10 @@ import threading
 import pytest
 import torch
 
-from cluster.config import Settings, StepCacheSettings
-from cluster.request import GenerationRequest
-from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
+from contract.settings import Settings, StepCacheSettings
+from deployments.checkpoint import Checkpoint
 from deployments.expert import Expert
 from deployments.guidance import GuidancePair, pair_for
 from deployments.text_encoder import TextEncoder
@@ -54,7 +55,7 @@ def test_an_error_in_one_forward_reaches_the_caller_after_both_finished():
 def phase(wan22_dir, **settings_overrides) -> tuple[Expert, torch.Tensor]:
     settings = Settings(model=wan22_dir, **settings_overrides)
     checkpoint = Checkpoint(wan22_dir, settings)
-    expert = Expert(checkpoint, HIGH_NOISE, batching=False)
+    expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False)
     request = GenerationRequest.build(settings, prompt="a red ball bouncing", seed=5, num_inference_steps=6)
     embeddings = TextEncoder(checkpoint)(request.prompt, request.negative_prompt, request.classifier_free_guidance)
     return expert, expert.phase(request, embeddings).latents
@@ -77,6 +78,9 @@ def test_the_pair_is_left_out_where_it_cannot_help_or_would_race(wan22_dir):
     finally:
         torch.set_num_threads(threads)
     # A step cache keeps one context per transformer: its two forwards must take turns.
-    cached = Expert(Checkpoint(wan22_dir, Settings(model=wan22_dir, step_cache=StepCacheSettings(kind="first_block"))),
-                    HIGH_NOISE, batching=False)
+    cached = Expert(
+        Checkpoint(wan22_dir, Settings(model=wan22_dir, step_cache=StepCacheSettings(kind="first_block"))),
+        ExpertKind.HIGH_NOISE,
+        batching=False,
+    )
     assert cached.pair is None

@@ -19,7 +19,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import AppArgs
-from cluster.config import Settings
+from contract.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_YAML = REPO / "cluster" / "serve.yaml"
@@ -77,7 +77,11 @@ def built(tmp_path_factory, cache_dir) -> dict:
     out = work / "built.yaml"
     result = subprocess.run(
         [serve_cli, "build", "t2v_build_target:app", "--app-dir", str(work), "-o", str(out)],
-        cwd=REPO, env=clean_env(T2V_CACHE_DIR=str(cache_dir)), capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=clean_env(T2V_CACHE_DIR=str(cache_dir)),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, f"serve build failed:\n{result.stdout}\n{result.stderr}"
     config = yaml.safe_load(out.read_text())

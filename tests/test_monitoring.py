@@ -34,9 +34,14 @@ def prometheus(serve_app, tmp_path_factory):
     (root / "prometheus.yml").write_text(config)
     port = free_port()
     process = subprocess.Popen(
-        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            f"--config.file={root / 'prometheus.yml'}",
+            f"--storage.tsdb.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,8 +88,10 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
     client = T2VClient(serve_app.url, serve_app.api_key)
     time.sleep(3)  # a few scrapes of what earlier tests left
     scored_before = total(query(prometheus, PHYSICS_COUNT))
-    jobs = [client.create(None, template="product_showcase", slots={"product": p}, steps=4)["id"]
-            for p in ("a lamp", "a vase")]  # the second is a template hit
+    jobs = [
+        client.create(None, template="product_showcase", slots={"product": p}, steps=4)["id"]
+        for p in ("a lamp", "a vase")
+    ]  # the second is a template hit
     jobs.append(client.create("a kite over the sea", steps=4, seed=5)["id"])
     bad = httpx.post(f"{serve_app.url}/v1/videos", json={"prompt": "x", "size": "1x1"}, headers=serve_app.headers)
     assert bad.status_code == 400

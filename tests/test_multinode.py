@@ -32,8 +32,9 @@ def run_check(work_dir: Path, model: Path) -> tuple[dict, subprocess.CompletedPr
     }
     env.pop("RAY_ADDRESS", None)  # the check starts its own cluster, it must not join another
     command = [sys.executable, str(SCRIPT), "--work-dir", str(work_dir), "--model", str(model)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -47,7 +48,7 @@ def run_check(work_dir: Path, model: Path) -> tuple[dict, subprocess.CompletedPr
     done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
     assert lines, f"no result line (exit {process.returncode})\nstdout:\n{stdout[-5000:]}\nstderr:\n{stderr[-5000:]}"
-    return json.loads(lines[-1][len(MARKER):]), done
+    return json.loads(lines[-1][len(MARKER) :]), done
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_request_completes(multinode):
 
 def test_experts_on_different_actors_nodes_and_gpus(multinode):
     high, low = multinode["high"], multinode["low"]
-    assert high["expert"] == "transformer" and low["expert"] == "transformer_2"
+    assert high["expert"] == "high_noise" and low["expert"] == "low_noise"
     assert high["actor_id"] != low["actor_id"]
     assert high["node_id"] != low["node_id"]
     # What the replica sees from inside agrees with what the Serve controller reports.

@@ -20,7 +20,10 @@ def test_sdk_create_retrieve_list_download_delete(sdk, tmp_path):
     warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks its videos API deprecated
     # The SDK posts multipart/form-data, seconds as a string; our extras go in extra_body.
     video = sdk.videos.create(
-        model="t2v-tiny-wan2.2-a14b", prompt="一只橘猫在草地上奔跑", seconds="1", size="64x64",
+        model="t2v-tiny-wan2.2-a14b",
+        prompt="一只橘猫在草地上奔跑",
+        seconds="1",
+        size="64x64",
         extra_body={"seed": 5, "steps": 4},
     )
     assert video.object == "video" and video.status == "queued" and video.progress == 0

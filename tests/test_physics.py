@@ -9,14 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from monitoring.physics import (
-    KINDS,
-    PLAUSIBLE,
-    SUBSCORES,
-    VIOLATIONS,
-    score_video,
-    synthetic_clip,
-)
+from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
+from monitoring.physics import SUBSCORES, score_video
 
 FPS = 16
 MARGIN = 0.15

@@ -12,7 +12,9 @@ import pytest
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,19 @@ def browser(tmp_path_factory):
     options = Options()
     options.binary_location = CHROMIUM
     # Headless as root on a closed network: no sandbox, no background connections.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_script_timeout(30)
@@ -104,7 +115,13 @@ def test_a_job_is_cancelled_from_the_page(serve_app, browser):
     field(browser, "steps", "40")
     Select(browser.find_element(By.ID, "preset")).select_by_visible_text("final")
     browser.find_element(By.ID, "submit").click()
-    wait(browser, lambda d: text(d, "#job-status") == "in_progress" and int(d.find_element(By.ID, "job-progress").get_attribute("value")) > 0)
+    wait(
+        browser,
+        lambda d: (
+            text(d, "#job-status") == "in_progress"
+            and int(d.find_element(By.ID, "job-progress").get_attribute("value")) > 0
+        ),
+    )
     browser.find_element(By.ID, "job-cancel").click()
     wait(browser, lambda d: text(d, "#job-status") == "cancelled", 60)
     job_id = text(browser, "#job-id")

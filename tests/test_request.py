@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cluster.config import Limits, Settings
-from cluster.request import GenerationRequest, describe_errors
+from contract.errors import describe_errors
+from contract.request import GenerationRequest
+from contract.settings import Limits, Settings
 
 
 def _errors(settings=None, **fields) -> dict[str, str]:
@@ -70,15 +71,20 @@ def test_env_feeds_settings(monkeypatch):
 def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path, monkeypatch):
     config = tmp_path / "settings.yaml"
     config.write_text(
-        "limits: {max_height: 720}\n"
-        "deployments:\n  HighNoiseExpert: {num_gpus: 1, max_ongoing_requests: 1}\n"
+        "limits: {max_height: 720}\ndeployments:\n  HighNoiseExpert: {num_gpus: 1, max_ongoing_requests: 1}\n"
     )
     settings = Settings.from_yaml(config)
     assert settings.limits.max_height == 720
     high = settings.deployments["HighNoiseExpert"]
     assert (high.num_gpus, high.max_ongoing_requests, high.num_cpus) == (1, 1, 0.5)  # the rest keeps defaults
-    assert set(settings.deployments) == {"Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert",
-                                         "Decoder"}
+    assert set(settings.deployments) == {
+        "Ingress",
+        "JobStore",
+        "TextEncoder",
+        "HighNoiseExpert",
+        "LowNoiseExpert",
+        "Decoder",
+    }
     monkeypatch.setenv("T2V_DEPLOYMENTS__DECODER__THREADS", "3")  # env names arrive lower-cased
     assert Settings().deployments["Decoder"].threads == 3
     with pytest.raises(ValidationError, match="unknown deployment 'Expert'"):

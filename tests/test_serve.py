@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -71,8 +72,9 @@ def test_job_lifecycle_with_real_progress(http):
 
 
 def _frames(mp4: bytes) -> np.ndarray:
-    import av
     import io
+
+    import av
 
     with av.open(io.BytesIO(mp4)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
@@ -89,9 +91,28 @@ def test_sync_equals_in_process_pipeline(serve_app, http, tmp_path):
     # bytes themselves may differ: x264 is not bit-reproducible across processes here.
     local = tmp_path / "local.mp4"
     run = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "generate", body["prompt"], "-o", str(local), "--seed", "21",
-         "--size", "96x64", "--frames", "9", "--steps", "6", "--model", str(serve_app.model_dir)],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "T2V_CACHE__ENABLED": "false"}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "generate",
+            body["prompt"],
+            "-o",
+            str(local),
+            "--seed",
+            "21",
+            "--size",
+            "96x64",
+            "--frames",
+            "9",
+            "--steps",
+            "6",
+            "--model",
+            str(serve_app.model_dir),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "T2V_CACHE__ENABLED": "false"},
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
@@ -171,7 +192,19 @@ def test_bad_bodies_and_unknown_ids(http):
         assert response.status_code == 400 and response.json()["error"]["param"] == param
 
 
+def tracebacks_in_logs(settings) -> int:
+    """Tracebacks written so far by every process of the app's Ray session."""
+    logs = Path(settings.serving.ray_temp_dir) / "session_latest" / "logs"
+    return sum(
+        path.read_text(errors="replace").count("Traceback (most recent call last)")
+        for path in logs.rglob("*")
+        if path.is_file() and path.suffix in (".log", ".err", ".out")
+    )
+
+
 def test_full_queue_gets_fast_503_with_retry_after(serve_app, http):
+    """...and a full queue and cancelled jobs are outcomes, not errors: no traceback in any log."""
+    before = tracebacks_in_logs(serve_app.settings)
     limit = serve_app.settings.serving.max_active_jobs
     body = {"prompt": "burst", "preset": "final", "steps": 30}
 
@@ -194,7 +227,12 @@ def test_full_queue_gets_fast_503_with_retry_after(serve_app, http):
         for video_id in accepted:
             http.delete(f"/v1/videos/{video_id}")
     # Cancelled jobs leave the queue: new work is accepted again.
-    assert http.post("/v1/videos", json={"prompt": "after the burst", "steps": 2}).status_code == 202
+    after = http.post("/v1/videos", json={"prompt": "after the burst", "steps": 2})
+    assert after.status_code == 202
+    # Stages take jobs in order: once this one is done, every cancelled one has stopped.
+    assert T2VClient(serve_app.url, serve_app.api_key).wait(after.json()["id"])["status"] == "completed"
+    time.sleep(2)  # log lines reach their files
+    assert tracebacks_in_logs(serve_app.settings) == before
 
 
 def test_list_paginates_and_delete_removes(client):
@@ -226,8 +264,10 @@ def test_stages_pipeline_across_requests(client):
 
     expert_overlaps = [
         overlap(a, b)
-        for job_a, a in spans if a["stage"] == "low_noise"
-        for job_b, b in spans if b["stage"] == "high_noise" and job_b != job_a and overlap(a, b) > 0
+        for job_a, a in spans
+        if a["stage"] == "low_noise"
+        for job_b, b in spans
+        if b["stage"] == "high_noise" and job_b != job_a and overlap(a, b) > 0
     ]
     assert expert_overlaps, "the low-noise expert never worked while the high-noise expert did"
     replicas = {(s["stage"], s["replica"]) for _, s in spans}
@@ -251,9 +291,27 @@ def test_generate_command_against_the_server(serve_app, tmp_path):
     out = tmp_path / "remote.mp4"
     keyed = {**os.environ, "T2V_API_KEY": serve_app.api_key}
     run = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "generate", "一只橘猫在草地上奔跑", "--url", serve_app.url,
-         "-o", str(out), "--seed", "4", "--steps", "5", "--size", "64x48"],
-        capture_output=True, text=True, timeout=300, env=keyed,
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "generate",
+            "一只橘猫在草地上奔跑",
+            "--url",
+            serve_app.url,
+            "-o",
+            str(out),
+            "--seed",
+            "4",
+            "--steps",
+            "5",
+            "--size",
+            "64x48",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=keyed,
     )
     assert run.returncode == 0, run.stderr
     assert "100/100" in run.stderr and "wrote" in run.stdout
@@ -261,12 +319,17 @@ def test_generate_command_against_the_server(serve_app, tmp_path):
     assert (info["frames"], info["width"], info["height"], info["metadata"]["seed"]) == (17, 64, 48, "4")
     bad = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "generate", "x", "--url", serve_app.url, "--size", "65x48"],
-        capture_output=True, text=True, timeout=120, env=keyed,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=keyed,
     )
     assert bad.returncode == 2 and "width" in bad.stderr and "multiple of 16" in bad.stderr
     keyless = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "generate", "x", "--url", serve_app.url, "--api-key", "wrong"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert keyless.returncode == 2 and "HTTP 401" in keyless.stderr and "API key" in keyless.stderr
 
@@ -284,7 +347,10 @@ def test_template_requests_share_the_high_noise_phase(serve_app, client):
     assert sorted(j["cache"]["boundary"] for j in jobs) == [False, True]
     after = cache.stats()["boundary"]
     assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
-    assert {j["prompt"] for j in jobs} == {"a ginger cat playing in a sunny garden", "a ginger dog playing in a sunny garden"}
+    assert {j["prompt"] for j in jobs} == {
+        "a ginger cat playing in a sunny garden",
+        "a ginger dog playing in a sunny garden",
+    }
     assert all(j["steps_done"] == j["steps_total"] == 8 for j in jobs)
     assert client.content(ids[0]) != client.content(ids[1])
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.video import probe_mp4
 from cluster.launch import free_port
+from deployments.video import probe_mp4
 
 
 def outward_address() -> str | None:
@@ -43,9 +43,23 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
     env.pop("RAY_ADDRESS", None)
     server = subprocess.Popen(
         # Asks for every interface without API keys: gets loopback only, and is told so.
-        [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(wan22_dir),
-         "--host", "0.0.0.0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(wan22_dir),
+            "--host",
+            "0.0.0.0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()

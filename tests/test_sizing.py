@@ -7,8 +7,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli import app as cli
-from cluster.config import Settings
 from cluster.sizing import expert_split
+from contract.settings import Settings
 
 
 @pytest.mark.parametrize("replicas", [2, 3, 5, 8, 13])
@@ -33,7 +33,7 @@ def test_plan_command_prints_settings_that_load(wan22_dir):
     result = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--steps", "40", "--model", str(wan22_dir)])
     assert result.exit_code == 0, result.output
     assert "26 high-noise, 14 low-noise" in result.output
-    overrides = yaml.safe_load(result.output[result.output.index("deployments:"):])
+    overrides = yaml.safe_load(result.output[result.output.index("deployments:") :])
     settings = Settings(model=wan22_dir, **overrides)
     assert settings.deployments["HighNoiseExpert"].min_replicas == 5
     assert settings.deployments["LowNoiseExpert"].max_replicas == 3

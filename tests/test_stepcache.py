@@ -7,16 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster.config import Settings, StepCacheSettings
-from cluster.request import GenerationRequest
-from deployments.checkpoint import HIGH_NOISE, Checkpoint
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
+from contract.settings import Settings, StepCacheSettings
+from deployments.checkpoint import Checkpoint
 from deployments.expert import Expert
 from deployments.text_encoder import TextEncoder
 
 
 def expert(wan22_dir, **step_cache) -> Expert:
     settings = Settings(model=wan22_dir, step_cache=StepCacheSettings(**step_cache))
-    return Expert(Checkpoint(wan22_dir, settings), HIGH_NOISE, batching=True)  # batching yields to the cache
+    return Expert(Checkpoint(wan22_dir, settings), ExpertKind.HIGH_NOISE, batching=True)  # batching yields to the cache
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +31,20 @@ def jobs(wan22_dir):
     return out
 
 
-@pytest.mark.parametrize("kind, options", [("taylorseer", {"cache_interval": 3, "disable_cache_before_step": 2}),
-                                           ("first_block", {"threshold": 10.0})])
+@pytest.mark.parametrize(
+    "kind, options",
+    [("taylorseer", {"cache_interval": 3, "disable_cache_before_step": 2}), ("first_block", {"threshold": 10.0})],
+)
 def test_step_cache_acts_restarts_clean_and_takes_turns(wan22_dir, jobs, kind, options):
-    plain = Expert(Checkpoint(wan22_dir, Settings(model=wan22_dir)), HIGH_NOISE, batching=False)
+    plain = Expert(Checkpoint(wan22_dir, Settings(model=wan22_dir)), ExpertKind.HIGH_NOISE, batching=False)
     cached = expert(wan22_dir, kind=kind, options=options)
     assert cached.batcher is None  # steps of different requests cannot share a cache's state
 
     first = [cached.phase(*j).latents for j in jobs]
     reference = [plain.phase(*j).latents for j in jobs]
-    assert all((a - b).abs().max() > 1e-4 for a, b in zip(first, reference))  # it reused work
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(first, reference, strict=False))  # it reused work
     again = [cached.phase(*j).latents for j in jobs]
-    assert all((a - b).abs().max() == 0 for a, b in zip(first, again))  # each phase starts clean
+    assert all((a - b).abs().max() == 0 for a, b in zip(first, again, strict=False))  # each phase starts clean
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(lambda j: cached.phase(*j).latents, jobs))
-    assert all((a - b).abs().max() == 0 for a, b in zip(first, together))  # concurrent phases took turns
+    assert all((a - b).abs().max() == 0 for a, b in zip(first, together, strict=False))  # concurrent phases took turns

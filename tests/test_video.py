@@ -41,7 +41,9 @@ def test_ffprobe_reads_it(tmp_path):
     path.write_bytes(encode_mp4(_moving_square(33), fps=16, metadata=provenance("tiny", 1, "p")))
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     probe = json.loads(out.stdout)
     stream = probe["streams"][0]

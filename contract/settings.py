@@ -14,6 +14,9 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.experts import ExpertKind
+from contract.templates import TemplateRegistry, load_registry
+
 
 class Preset(BaseModel):
     """A named bundle of generation settings (tiered generation: cheap preview, then final)."""
@@ -70,7 +73,9 @@ class DeploymentSettings(BaseModel):
             logging = {"logging_config": LoggingConfig(enable_access_log=False).model_dump()}
         return {
             "ray_actor_options": {
-                "num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "runtime_env": {"env_vars": env},
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus,
+                "runtime_env": {"env_vars": env},
             },
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
@@ -87,13 +92,15 @@ class DeploymentSettings(BaseModel):
 def _default_deployments() -> dict[str, DeploymentSettings]:
     # Fractions of 2 CPUs for the embedded default model; on GPUs, give each expert num_gpus=1.
     return {
-        "Ingress": DeploymentSettings(num_cpus=0.1, max_replicas=2, max_ongoing_requests=256, target_ongoing_requests=64),
+        "Ingress": DeploymentSettings(
+            num_cpus=0.1, max_replicas=2, max_ongoing_requests=256, target_ongoing_requests=64
+        ),
         # Every ingress heartbeats its jobs here every 2 s: no access-log line per call.
-        "JobStore": DeploymentSettings(num_cpus=0.05, max_ongoing_requests=1000, target_ongoing_requests=500,
-                                       access_log=False),
+        "JobStore": DeploymentSettings(
+            num_cpus=0.05, max_ongoing_requests=1000, target_ongoing_requests=500, access_log=False
+        ),
         "TextEncoder": DeploymentSettings(num_cpus=0.2, max_replicas=2),
-        "HighNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2),
-        "LowNoiseExpert": DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2),
+        **{expert.deployment: DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2) for expert in ExpertKind},
         "Decoder": DeploymentSettings(num_cpus=0.5, max_replicas=2, threads=2),
     }
 
@@ -139,7 +146,7 @@ class SafetySettings(BaseModel):
     """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
 
     enabled: bool = True
-    blocklist_file: Path = Path(__file__).resolve().parent.parent / "deployments" / "safety.yaml"
+    blocklist_file: Path | None = None  # None: the block list shipped in deployments/safety.yaml
 
 
 class ServingSettings(BaseModel):
@@ -200,7 +207,7 @@ class Settings(BaseSettings):
         "final": Preset(height=128, width=128, num_frames=33, num_inference_steps=20),
     }
     limits: Limits = Limits()
-    templates_file: Path = Path(__file__).resolve().parent.parent / "cache" / "templates.yaml"
+    templates_file: Path | None = None  # None: the templates shipped in contract/templates.yaml
     serving: ServingSettings = ServingSettings()
     cache: CacheSettings = CacheSettings()
     safety: SafetySettings = SafetySettings()
@@ -220,24 +227,16 @@ class Settings(BaseSettings):
             merged[canonical[name.lower()]].update(options.model_dump() if isinstance(options, BaseModel) else options)
         return merged
 
-    def templates(self):
+    def templates(self) -> TemplateRegistry:
         """The template registry (loaded once per file)."""
-        from cache.templates import load_registry
-
-        return load_registry(str(self.templates_file))
-
-    def content_filter(self):
-        """The prompt filter, or None when switched off (loaded once per file)."""
-        from deployments.safety import load_filter
-
-        return load_filter(str(self.safety.blocklist_file)) if self.safety.enabled else None
+        return load_registry(str(self.templates_file) if self.templates_file else None)
 
     @property
     def output_uri(self) -> str:
         return self.serving.output_uri or str(self.cache_dir / "outputs")
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "Settings":
+    def from_yaml(cls, path: str | Path, **overrides) -> Settings:
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls(**{**data, **overrides})
 

@@ -1,6 +1,6 @@
 """Batch runs: `ray job submit` of `cluster.batch` against a sequential in-process loop.
 
-    python -m bench.batch [--rows 32] [--concurrency 8]
+    python -m bench.batch_jobs [--rows 32] [--concurrency 8]
 
 On the default model (or `T2V_MODEL`), in one run on one fresh local Ray cluster with the
 Serve app deployed:
@@ -40,24 +40,52 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench.cache import VARIANTS
 from bench.serve import BIN_DIR, cluster_run, log, model_settings, rounded
-from cluster.config import Settings
-from cluster.launch import deploy, free_port, ray_environment
+from bench.template_cache import VARIANTS
+from cluster.launch import deploy, free_port, start_private_ray
+from contract.settings import Settings
 
 GOAL = 1.5  # batch job (serve engine) videos/min over the in-process loop
 REPO = Path(__file__).resolve().parent.parent
-SUBJECTS = ["a red ball", "a paper boat", "a kite", "a cyclist", "a fox", "a sailboat", "a dancer", "a train",
-            "a hot-air balloon", "a waterfall", "a lantern", "a skateboarder", "a whale", "a windmill", "a drone",
-            "a horse"]
-PLACES = ["on a beach", "in a snowy forest", "over a city at night", "in a desert", "on a lake at dawn",
-          "in a neon alley"]
+SUBJECTS = [
+    "a red ball",
+    "a paper boat",
+    "a kite",
+    "a cyclist",
+    "a fox",
+    "a sailboat",
+    "a dancer",
+    "a train",
+    "a hot-air balloon",
+    "a waterfall",
+    "a lantern",
+    "a skateboarder",
+    "a whale",
+    "a windmill",
+    "a drone",
+    "a horse",
+]
+PLACES = [
+    "on a beach",
+    "in a snowy forest",
+    "over a city at night",
+    "in a desert",
+    "on a lake at dawn",
+    "in a neon alley",
+]
 
 
 def free_form(n: int, side: str) -> list[dict]:
     """Distinct prompts per side: no side finds another's embeddings or results in the cache."""
-    return [{"id": f"free-{i:03d}", "prompt": f"{SUBJECTS[i % len(SUBJECTS)]} {PLACES[i // len(SUBJECTS) % len(PLACES)]}, "
-             f"{side} take {i}", "seed": 1000 + i, "preset": "preview"} for i in range(n)]
+    return [
+        {
+            "id": f"free-{i:03d}",
+            "prompt": f"{SUBJECTS[i % len(SUBJECTS)]} {PLACES[i // len(SUBJECTS) % len(PLACES)]}, {side} take {i}",
+            "seed": 1000 + i,
+            "preset": "preview",
+        }
+        for i in range(n)
+    ]
 
 
 def template_heavy(n: int, cache: bool) -> list[dict]:
@@ -65,8 +93,15 @@ def template_heavy(n: int, cache: bool) -> list[dict]:
     for i in range(n):
         name = list(VARIANTS)[i % len(VARIANTS)]
         slot, values = VARIANTS[name]
-        rows.append({"id": f"tpl-{i:03d}", "template": name, "slots": {slot: f"{values[i // len(VARIANTS) % len(values)]} #{i}"},
-                     "preset": "preview", "cache": cache})
+        rows.append(
+            {
+                "id": f"tpl-{i:03d}",
+                "template": name,
+                "slots": {slot: f"{values[i // len(VARIANTS) % len(values)]} #{i}"},
+                "preset": "preview",
+                "cache": cache,
+            }
+        )
     return rows
 
 
@@ -79,7 +114,7 @@ def in_process(settings: Settings, rows: list[dict], out: Path) -> dict:
     """The sequential loop: the local engine's code in this process (model loaded before timing)."""
     from cluster.batch import BatchRun, LocalEngine
     from cluster.prompt_table import read_table
-    from cluster.storage import OutputStore
+    from contract.storage import OutputStore
 
     engine = LocalEngine(settings)
     table, _ = read_table(str(write_jsonl(rows, out.with_suffix(".jsonl"))))
@@ -94,9 +129,26 @@ def batch_job(dashboard: str, rows: list[dict], out: Path, *options: str) -> dic
     source = write_jsonl(rows, out.with_suffix(".jsonl"))
     # The local engine's driver gets a cache of its own: nothing from earlier runs.
     env = {"env_vars": {"T2V_CACHE__DIRECTORY": str(out.with_name(out.name + "-cache"))}}
-    command = [os.path.join(BIN_DIR, "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
-               "--runtime-env-json", json.dumps(env),
-               "--", "python", "-m", "cluster.batch", "--input", str(source), "--output", str(out), *options]
+    command = [
+        os.path.join(BIN_DIR, "ray"),
+        "job",
+        "submit",
+        "--address",
+        dashboard,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps(env),
+        "--",
+        "python",
+        "-m",
+        "cluster.batch",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        *options,
+    ]
     for _ in range(60):
         start = time.perf_counter()
         job = subprocess.run(command, capture_output=True, text=True)
@@ -120,8 +172,10 @@ def batch_job(dashboard: str, rows: list[dict], out: Path, *options: str) -> dic
     match = re.search(r"this run: (\d+) videos made", job.stdout)
     return {
         "videos": int(match.group(1)) if match else len(done),
-        "job_s": wall, "run_s": last_end - first_start,
-        "vpm_job": len(done) / wall * 60, "vpm_run": len(done) / (last_end - first_start) * 60,
+        "job_s": wall,
+        "run_s": last_end - first_start,
+        "vpm_job": len(done) / wall * 60,
+        "vpm_run": len(done) / (last_end - first_start) * 60,
         "cache_hits": hits,
     }
 
@@ -130,10 +184,11 @@ def expert_batching(settings: Settings, sizes=(1, 2, 4, 8), repeats: int = 5) ->
     """Milliseconds per request of one CFG expert step with `b` requests in one forward."""
     import torch
 
-    from deployments.checkpoint import HIGH_NOISE, Checkpoint
+    from contract.experts import ExpertKind
+    from deployments.checkpoint import Checkpoint
 
     checkpoint = Checkpoint.from_settings(settings)
-    transformer = checkpoint.expert(HIGH_NOISE)
+    transformer = checkpoint.expert(ExpertKind.HIGH_NOISE)
     preset = settings.presets["preview"]
     shape = checkpoint.latent_shape(preset.num_frames, preset.height, preset.width)
     text_dim = transformer.config.text_dim
@@ -157,10 +212,17 @@ def print_tables(result: dict) -> None:
     print(f"{'side':<34}{'videos/min':>11}{'run s':>8}{'job s':>8}{'vs loop':>9}")
     base = a["in_process"]["vpm"]
     print(f"{'in-process sequential loop':<34}{base:>11.1f}{a['in_process']['run_s']:>8.1f}{'-':>8}{1.0:>8.2f}x")
-    for name, label in (("serve", f"batch job, serve engine (x{result['concurrency']})"), ("local", "batch job, local engine")):
+    for name, label in (
+        ("serve", f"batch job, serve engine (x{result['concurrency']})"),
+        ("local", "batch job, local engine"),
+    ):
         side = a[name]
-        print(f"{label:<34}{side['vpm_run']:>11.1f}{side['run_s']:>8.1f}{side['job_s']:>8.1f}{side['vpm_run'] / base:>8.2f}x")
-        print(f"{'  end to end (submit to exit)':<34}{side['vpm_job']:>11.1f}{'':>8}{'':>8}{side['vpm_job'] / base:>8.2f}x")
+        print(
+            f"{label:<34}{side['vpm_run']:>11.1f}{side['run_s']:>8.1f}{side['job_s']:>8.1f}{side['vpm_run'] / base:>8.2f}x"
+        )
+        print(
+            f"{'  end to end (submit to exit)':<34}{side['vpm_job']:>11.1f}{'':>8}{'':>8}{side['vpm_job'] / base:>8.2f}x"
+        )
     b = result["template_heavy"]
     print(f"\n(b) {result['rows']} template rows (3 templates), batch job, serve engine")
     print(f"{'cache':<10}{'videos/min':>11}{'run s':>8}  cache hits")
@@ -180,38 +242,48 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
 
-    import ray
-
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     work = Path(tempfile.mkdtemp(prefix="t2v-bb-"))
     ray_dir = f"/tmp/t2v-bb-{os.getpid()}"  # short: Ray's socket paths must stay under 107 bytes
     base = model_settings()
-    settings = base.model_copy(update={
-        "cache_dir": work / "cache",  # nothing cached from earlier runs
-        "serving": base.serving.model_copy(update={
-            "port": free_port(), "output_uri": str(work / "outputs"), "ray_temp_dir": ray_dir}),
-    })
+    settings = base.model_copy(
+        update={
+            "cache_dir": work / "cache",  # nothing cached from earlier runs
+            "serving": base.serving.model_copy(
+                update={"port": free_port(), "output_uri": str(work / "outputs"), "ray_temp_dir": ray_dir}
+            ),
+        }
+    )
     result: dict = {"benchmark": "batch", "rows": args.rows, "concurrency": args.concurrency}
     result["expert_batching_ms"] = expert_batching(settings)
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):  # stdout: tables and JSON
-        ray_environment()
-        context = ray.init(address="local", _temp_dir=ray_dir, include_dashboard=True, dashboard_port=free_port(),
-                           num_cpus=4, logging_level="WARNING", log_to_driver=False)
+        context = start_private_ray(ray_dir, 4, dashboard=True, log_to_driver=False)
         dashboard = f"http://{context.dashboard_url}"
         deploy(settings)
         log("deployed; (a) free-form")
         free = {
             "in_process": in_process(settings, free_form(args.rows, "loop"), work / "loop"),
-            "serve": batch_job(dashboard, free_form(args.rows, "serve"), work / "serve",
-                               "--concurrency", str(args.concurrency)),
+            "serve": batch_job(
+                dashboard, free_form(args.rows, "serve"), work / "serve", "--concurrency", str(args.concurrency)
+            ),
             "local": batch_job(dashboard, free_form(args.rows, "local"), work / "local", "--engine", "local"),
         }
         log("(b) template-heavy")
         heavy = {
-            "off": batch_job(dashboard, template_heavy(args.rows, cache=False), work / "tpl-off",
-                             "--concurrency", str(args.concurrency)),
-            "on": batch_job(dashboard, template_heavy(args.rows, cache=True), work / "tpl-on",
-                            "--concurrency", str(args.concurrency)),
+            "off": batch_job(
+                dashboard,
+                template_heavy(args.rows, cache=False),
+                work / "tpl-off",
+                "--concurrency",
+                str(args.concurrency),
+            ),
+            "on": batch_job(
+                dashboard,
+                template_heavy(args.rows, cache=True),
+                work / "tpl-on",
+                "--concurrency",
+                str(args.concurrency),
+            ),
         }
         heavy["speedup"] = heavy["on"]["vpm_run"] / heavy["off"]["vpm_run"]
         result.update(free_form=free, template_heavy=heavy)

@@ -1,6 +1,6 @@
 """Template traffic through the Serve app, without and with the latent cache.
 
-    python -m bench.cache [--preset preview] [--variants 8]
+    python -m bench.template_cache [--preset preview] [--variants 8]
 
 A workload of 3 templates x N slot variants, shuffled, is sent one request at a time
 (POST /v1/videos/sync). Each request runs twice, back to back: cold (`cache: false`: the
@@ -28,12 +28,44 @@ import av
 import numpy as np
 
 VARIANTS = {
-    "product_showcase": ("product", ["red sneakers", "a teapot", "a watch", "a lamp", "headphones", "a vase",
-                                     "a backpack", "a camera", "a mug", "a bottle", "a chair", "a book"]),
-    "pet_portrait": ("animal", ["cat", "dog", "rabbit", "parrot", "hamster", "horse", "fox", "owl",
-                                "turtle", "goat", "duck", "pony"]),
-    "scene": ("subject", ["a woman", "a man", "a child", "a robot", "a dancer", "a cyclist", "a chef",
-                          "a runner", "a knight", "a pilot", "a painter", "a surfer"]),
+    "product_showcase": (
+        "product",
+        [
+            "red sneakers",
+            "a teapot",
+            "a watch",
+            "a lamp",
+            "headphones",
+            "a vase",
+            "a backpack",
+            "a camera",
+            "a mug",
+            "a bottle",
+            "a chair",
+            "a book",
+        ],
+    ),
+    "pet_portrait": (
+        "animal",
+        ["cat", "dog", "rabbit", "parrot", "hamster", "horse", "fox", "owl", "turtle", "goat", "duck", "pony"],
+    ),
+    "scene": (
+        "subject",
+        [
+            "a woman",
+            "a man",
+            "a child",
+            "a robot",
+            "a dancer",
+            "a cyclist",
+            "a chef",
+            "a runner",
+            "a knight",
+            "a pilot",
+            "a painter",
+            "a surfer",
+        ],
+    ),
 }
 
 
@@ -72,17 +104,15 @@ def main() -> None:
     from ray import serve
 
     from cluster.client import T2VClient
-    from cluster.config import CacheSettings, ServingSettings, Settings
-    from cluster.launch import deploy, free_port, ray_environment
+    from cluster.launch import deploy, free_port, start_private_ray
+    from contract.settings import CacheSettings, ServingSettings, Settings
 
     work = Path(tempfile.mkdtemp(prefix="t2v-bench-cache-"))
     settings = Settings(
         serving=ServingSettings(port=free_port(), output_uri=str(work / "outputs"), ray_temp_dir="/tmp/t2v-bc"),
         cache=CacheSettings(directory=work / "latents"),  # a cold cache for this run
     )
-    ray_environment()
-    ray.init(address="local", _temp_dir=settings.serving.ray_temp_dir, include_dashboard=False, num_cpus=4,
-             logging_level="WARNING", log_to_driver=False)
+    start_private_ray(settings.serving.ray_temp_dir, 4, log_to_driver=False)
     try:
         client = T2VClient(deploy(settings))
         client.generate("warm-up", preset=args.preset, cache=False, seed=1)  # load every stage once
@@ -99,8 +129,10 @@ def main() -> None:
             row["cache"] = job["cache"]
             row["psnr"] = psnr(frames(row["cold_mp4"]), frames(row["cached_mp4"]))
             rows.append(row)
-            log(f"{i + 1:>3}/{len(VARIANTS) * args.variants} {body['template']:<17} cold {row['cold_s']:.2f}s "
-                f"cached {row['cached_s']:.2f}s boundary {'hit' if row['cache'].get('boundary') else 'miss'}")
+            log(
+                f"{i + 1:>3}/{len(VARIANTS) * args.variants} {body['template']:<17} cold {row['cold_s']:.2f}s "
+                f"cached {row['cached_s']:.2f}s boundary {'hit' if row['cache'].get('boundary') else 'miss'}"
+            )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -116,16 +148,29 @@ def main() -> None:
     for name in VARIANTS:
         mine = [r for r in rows if r["template"] == name]
         c, h = statistics.mean(r["cold_s"] for r in mine), statistics.mean(r["cached_s"] for r in mine)
-        print(f"{name:<18}{len(mine):>9}{c:>9.3f}{h:>10.3f}{h / c:>8.2f}{statistics.mean(r['psnr'] for r in mine):>9.1f}")
+        print(
+            f"{name:<18}{len(mine):>9}{c:>9.3f}{h:>10.3f}{h / c:>8.2f}{statistics.mean(r['psnr'] for r in mine):>9.1f}"
+        )
     print(f"{'all':<18}{len(rows):>9}{cold:>9.3f}{cached:>10.3f}{cached / cold:>8.2f}{statistics.mean(psnrs):>9.1f}")
     print("hit rates: " + ", ".join(f"{level} {rate:.0%}" for level, rate in hits.items()))
-    print(json.dumps({
-        "benchmark": "cache", "preset": args.preset, "requests": len(rows),
-        "cold_mean_s": round(cold, 4), "cached_mean_s": round(cached, 4), "latency_ratio": round(cached / cold, 3),
-        "hit_rates": {k: round(v, 3) for k, v in hits.items()},
-        "psnr_template_vs_full_db": round(statistics.mean(psnrs), 2),
-        "goal": 0.5, "limit": 0.7, "met": cached / cold <= 0.5, "within_limit": cached / cold <= 0.7,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "cache",
+                "preset": args.preset,
+                "requests": len(rows),
+                "cold_mean_s": round(cold, 4),
+                "cached_mean_s": round(cached, 4),
+                "latency_ratio": round(cached / cold, 3),
+                "hit_rates": {k: round(v, 3) for k, v in hits.items()},
+                "psnr_template_vs_full_db": round(statistics.mean(psnrs), 2),
+                "goal": 0.5,
+                "limit": 0.7,
+                "met": cached / cold <= 0.5,
+                "within_limit": cached / cold <= 0.7,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,17 +68,34 @@ def build_default_pipeline(two_experts: bool = True):
     torch.manual_seed(SEED)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
-            vocab_size=len(tokenizer), d_model=text_dim, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+            vocab_size=len(tokenizer),
+            d_model=text_dim,
+            d_kv=16,
+            d_ff=128,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
         )
     ).eval()
 
     def expert(seed: int) -> WanTransformer3DModel:
         torch.manual_seed(seed)
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=16,
-            out_channels=16, text_dim=text_dim, freq_dim=256, ffn_dim=1024, num_layers=6,
-            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+            patch_size=(1, 2, 2),
+            num_attention_heads=8,
+            attention_head_dim=32,
+            in_channels=16,
+            out_channels=16,
+            text_dim=text_dim,
+            freq_dim=256,
+            ffn_dim=1024,
+            num_layers=6,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
         ).eval()
 
     high_noise = expert(SEED + 1)
@@ -88,19 +105,28 @@ def build_default_pipeline(two_experts: bool = True):
     # decode is a few percent of a 720p Wan2.2 generation).
     torch.manual_seed(SEED + 3)
     vae = AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[False, True, True],
+        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
 
     # Wan2.2 A14B's scheduler: UniPC with flow prediction, shift 12 as in the official T2V config.
     scheduler = UniPCMultistepScheduler(
-        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True,
-        flow_shift=12.0, solver_order=2, solver_type="bh2", lower_order_final=True,
-        final_sigmas_type="zero", timestep_spacing="linspace",
+        num_train_timesteps=1000,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=12.0,
+        solver_order=2,
+        solver_type="bh2",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        timestep_spacing="linspace",
     )
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-        transformer=high_noise, transformer_2=low_noise,
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=high_noise,
+        transformer_2=low_noise,
         boundary_ratio=0.875 if two_experts else None,
     )
 

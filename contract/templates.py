@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, model_validator
 
-from cluster.errors import FieldError
+from contract.errors import FieldError
 
 DEFAULT_TEMPLATES = Path(__file__).with_name("templates.yaml")
 
@@ -37,7 +37,7 @@ class Template(BaseModel):
     description: str = ""
 
     @model_validator(mode="after")
-    def _slots_match_text(self) -> "Template":
+    def _slots_match_text(self) -> Template:
         named = {field for _, field, _, _ in string.Formatter().parse(self.text) if field}
         if named != set(self.slots):
             raise ValueError(f"template {self.name!r}: text names {sorted(named)}, slots are {sorted(self.slots)}")
@@ -51,7 +51,9 @@ class Template(BaseModel):
         values = dict(values or {})
         unknown = sorted(set(values) - set(self.slots))
         if unknown:
-            raise TemplateError(f"slots.{unknown[0]}", f"not a slot of template {self.name!r}; its slots: {sorted(self.slots)}")
+            raise TemplateError(
+                f"slots.{unknown[0]}", f"not a slot of template {self.name!r}; its slots: {sorted(self.slots)}"
+            )
         filled = {}
         for name, slot in self.slots.items():
             value = values.get(name, slot.default)
@@ -66,7 +68,7 @@ class TemplateRegistry:
         self.templates = templates
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TemplateRegistry":
+    def from_yaml(cls, path: str | Path) -> TemplateRegistry:
         data = yaml.safe_load(Path(path).read_text()) or {}
         return cls({name: Template(name=name, **spec) for name, spec in data.items()})
 
@@ -79,12 +81,19 @@ class TemplateRegistry:
     def public(self) -> list[dict]:
         """What `GET /v1/templates` shows."""
         return [
-            {"name": t.name, "description": t.description, "text": t.text, "base_prompt": t.base_prompt,
-             "seed": t.seed, "slots": {n: s.model_dump() for n, s in t.slots.items()}}
+            {
+                "name": t.name,
+                "description": t.description,
+                "text": t.text,
+                "base_prompt": t.base_prompt,
+                "seed": t.seed,
+                "slots": {n: s.model_dump() for n, s in t.slots.items()},
+            }
             for t in self.templates.values()
         ]
 
 
 @lru_cache
-def load_registry(path: str) -> TemplateRegistry:
-    return TemplateRegistry.from_yaml(path)
+def load_registry(path: str | None = None) -> TemplateRegistry:
+    """The registry in `path` (None: the shipped templates.yaml), loaded once per file."""
+    return TemplateRegistry.from_yaml(path or DEFAULT_TEMPLATES)

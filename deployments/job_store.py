@@ -1,106 +1,22 @@
-"""Job records: queued -> in_progress -> completed | failed | cancelled.
+"""The job store: every job record of the cluster, in memory, written through to the output store.
 
-One `JobStore` holds every record of the cluster in memory and writes each change of
-status through to the `OutputStore`, so a restarted store (or ingress) loses nothing.
-Stages report progress here step by step and learn here that a job was cancelled.
+Each change of status goes to the `OutputStore` too, so a restarted store (or ingress)
+loses nothing. Stages report their start, progress and end here, and learn here that a
+job was cancelled: the answers say so (`False`), nothing is raised across the cluster.
+Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
+`JobStoreDeployment` in job_store_deployment.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import threading
 import time
-from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from cluster.request import GenerationRequest
-from cluster.storage import OutputStore
+from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, new_job_id, video_key
+from contract.messages import PhysicsResult, StageReport, StageSpan
+from contract.storage import OutputStore
 from monitoring.metrics import metrics
-
-Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
-ACTIVE: tuple[Status, ...] = ("queued", "in_progress")
-_ID = re.compile(r"^video_[0-9a-f]{32}$")
-
-
-class JobCancelled(Exception):
-    """Raised inside a stage when its job was cancelled: the stage stops between steps."""
-
-
-class QueueFull(Exception):
-    """Too many active jobs: the caller answers 503 with Retry-After."""
-
-
-class StageSpan(BaseModel):
-    """When a stage worked on the job, and on which replica (shows the pipelining)."""
-
-    stage: str
-    replica: str
-    start: float
-    end: float
-
-
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
-class Job(BaseModel):
-    """A video job, in the OpenAI videos API shape plus what this cluster adds."""
-
-    id: str
-    object: Literal["video"] = "video"
-    model: str
-    status: Status = "queued"
-    progress: int = 0  # percent: denoising steps done / total, across both experts
-    created_at: int
-    completed_at: int | None = None
-    expires_at: int | None = None
-    size: str  # "WxH"
-    seconds: str
-    prompt: str
-    error: JobError | None = None
-    # Additions to the OpenAI shape
-    request: dict[str, Any]
-    steps_done: int = 0
-    steps_total: int
-    timings: dict[str, float] = {}  # seconds per stage, plus queue wait
-    trace: list[StageSpan] = []
-    cache: dict[str, bool | None] = {}  # cache level -> hit; None: the level did not apply
-    matched_template: dict[str, Any] | None = None  # approximate match: {template, similarity}
-    physics: dict[str, Any] | None = None  # physics-plausibility score and subscores
-    started_at: float | None = None
-    created: float  # precise creation time, for the queue wait and ordering
-    stage: str | None = None  # the stage working on it now (None: queued or finished)
-    retries: int = 0  # re-runs after a stage's replica died
-    owner: str | None = None  # hash of the API key that created it; only that key sees it
-    runner: str | None = None  # the ingress replica running it (heartbeats to the store)
-    stage_since: float | None = None  # when the current stage started, or the last one ended
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE
-
-    @property
-    def template(self) -> str:
-        """The template label of metrics: named, approximately matched, or none."""
-        return self.request.get("template") or (self.matched_template or {}).get("template") or "none"
-
-
-def new_job_id() -> str:
-    """128 random bits: not guessable, and safe as a storage key."""
-    return f"video_{secrets.token_hex(16)}"
-
-
-def valid_job_id(job_id: str) -> bool:
-    return bool(_ID.match(job_id))
-
-
-def video_key(job_id: str, attempt: int = 0) -> str:
-    """The job's mp4; a physics retry's candidate has its own until one is chosen."""
-    return f"videos/{job_id}.mp4" if attempt == 0 else f"videos/{job_id}.retry{attempt}.mp4"
 
 
 class JobStore:
@@ -132,20 +48,24 @@ class JobStore:
             since = now - (job.stage_since or now)
             if self.stage_timeout and job.stage and since > self.stage_timeout:
                 failed.append(job.id)
-                self.fail(job.id, "stage_timeout", f"stage {job.stage} did not finish within {self.stage_timeout:g} s")
+                message = f"stage {job.stage} did not finish within {self.stage_timeout:g} s"
+                self.fail(job.id, JobError(code="stage_timeout", message=message))
             elif self.stage_timeout and job.status == "in_progress" and not job.stage and since > self.stage_timeout:
                 # Between stages a job waits milliseconds: this one's next call got lost in the cluster.
                 failed.append(job.id)
-                self.fail(job.id, "stalled", f"no stage started within {self.stage_timeout:g} s after the last one "
-                          f"finished ({job.trace[-1].stage if job.trace else 'none'}); submit it again")
+                last = job.trace[-1].stage if job.trace else "none"
+                message = f"no stage started within {self.stage_timeout:g} s after the last one finished ({last}); "
+                self.fail(job.id, JobError(code="stalled", message=message + "submit it again"))
             elif self.runner_lost and job.runner:
                 # A store restarted since has heard from no one yet: give runners the grace too.
                 seen = self._heartbeats.get(job.runner, max(self._started, job.created))
                 if now - seen > self.runner_lost:
                     failed.append(job.id)
-                    self.fail(job.id, "ingress_lost",
-                              f"the ingress replica running this job stopped (no heartbeat for {self.runner_lost:g} s); "
-                              "submit it again")
+                    message = (
+                        f"the ingress replica running this job stopped (no heartbeat for {self.runner_lost:g} s); "
+                        "submit it again"
+                    )
+                    self.fail(job.id, JobError(code="ingress_lost", message=message))
         return failed
 
     # -- queries ---------------------------------------------------------------------
@@ -172,39 +92,38 @@ class JobStore:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def create(
-        self, request: GenerationRequest, model_id: str, steps_total: int, max_active: int | None = None,
-        matched_template: dict[str, Any] | None = None, owner: str | None = None, runner: str | None = None,
-        cache: dict[str, bool | None] | None = None,
-    ) -> Job:
-        now = time.time()
+    def create(self, new: JobCreate) -> Admission:
+        """Record a job, or refuse it when `max_active` jobs are already active (a 503, not an error)."""
+        now, request = time.time(), new.request
         job = Job(
             id=new_job_id(),
-            model=model_id,
+            model=new.model_id,
             created_at=int(now),
             created=now,
             size=f"{request.width}x{request.height}",
             seconds=f"{request.num_frames / request.fps:g}",
             prompt=request.prompt,
             request=request.model_dump(),
-            steps_total=steps_total,
-            matched_template=matched_template,
-            owner=owner,
-            runner=runner,
-            cache=cache or {},
+            steps_total=new.steps_total,
+            matched_template=new.matched_template,
+            owner=new.owner,
+            runner=new.runner,
+            cache=new.cache,
         )
         with self._lock:
-            if max_active is not None and self.count_active() >= max_active:
-                raise QueueFull(f"{max_active} jobs are already queued or in progress")
+            if new.max_active is not None and self.count_active() >= new.max_active:
+                return Admission(refused=f"{new.max_active} jobs are already queued or in progress")
             self._jobs[job.id] = job
             self._save(job)
             self._publish()
-        return job
+        return Admission(job=job)
 
-    def stage_started(self, job_id: str, stage: str) -> None:
-        """Raises JobCancelled if the job was cancelled while it waited for this stage."""
+    def stage_started(self, job_id: str, stage: str) -> bool:
+        """False if the job was cancelled (or ended) while it waited for this stage: don't run it."""
         with self._lock:
             job = self._live(job_id)
+            if job is None:
+                return False
             job.stage, job.stage_since = stage, time.time()
             if job.status == "queued":
                 job.status = "in_progress"
@@ -213,54 +132,60 @@ class JobStore:
                 self._save(job)
                 metrics.observe("queue", job.timings["queue"], model=job.model)
                 self._publish()
+            return True
 
-    def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> None:
-        """Denoising steps finished. Raises JobCancelled to stop the stage."""
+    def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
+        """Denoising steps finished. False: the job was cancelled (or ended), stop the stage."""
         with self._lock:
             job = self._live(job_id)
-            self._add_steps(job, steps, expert)
+            if job is not None:
+                self._add_steps(job, steps, expert)
+            return job is not None
 
-    def stage_done(
-        self, job_id: str, stage: str, start: float, end: float, replica: str = "", steps: int = 0,
-        expert: str = "", cache: dict[str, bool | None] | None = None, spans: list[tuple[str, float, float]] = (),
-    ) -> None:
-        """A stage finished: its span and sub-spans (the decoder's mp4 and score), the denoising
+    def stage_done(self, report: StageReport) -> None:
+        """A stage finished: its span and parts (the decoder's mp4 and score), the denoising
         steps it had not reported yet and the cache levels it used, in one call."""
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._jobs.get(report.job_id)
             if job is None:
                 return
-            if job.stage == stage:
+            if job.stage == report.stage:
                 job.stage, job.stage_since = None, time.time()  # between stages: watched too
-            if steps and job.active:
-                self._add_steps(job, steps, expert)
-            job.cache.update(cache or {})
+            if report.steps and job.active:
+                self._add_steps(job, report.steps, report.expert)
+            job.cache.update(report.cache)
             # A stage's timing is its own time, without the parts timed on their own, so the
             # timings add up to the wall time as the in-process Pipeline's do; the trace keeps
             # the whole span (the replica was busy for all of it).
-            own = (end - start) - sum(finish - begin for _, begin, finish in spans)
-            for name, begin, finish in ((stage, start, end), *spans):
-                job.trace.append(StageSpan(stage=name, replica=replica, start=begin, end=finish))
-                seconds = own if name == stage else finish - begin
-                job.timings[name] = job.timings.get(name, 0.0) + seconds
-                metrics.observe("stage", seconds, stage=name, model=job.model)
+            whole = StageSpan(stage=report.stage, replica=report.replica, start=report.start, end=report.end)
+            own = (whole.end - whole.start) - sum(part.end - part.start for part in report.parts)
+            for span in (whole, *report.parts):
+                job.trace.append(span.model_copy(update={"replica": report.replica}))
+                seconds = own if span is whole else span.end - span.start
+                job.timings[span.stage] = job.timings.get(span.stage, 0.0) + seconds
+                metrics.observe("stage", seconds, stage=span.stage, model=job.model)
             self._save(job)
 
-    def retrying(self, job_id: str) -> None:
-        """A stage's replica died under the job: it runs again from the start."""
+    def retrying(self, job_id: str) -> bool:
+        """A stage's replica died under the job: it runs again from the start. False if the job
+        was cancelled or ended meanwhile (that stands)."""
         with self._lock:
             job = self._live(job_id)
+            if job is None:
+                return False
             job.retries += 1
             job.steps_done = job.progress = 0
             job.stage, job.stage_since = None, time.time()
             self._save(job)
+            return True
 
     def add_steps(self, job_id: str, steps: int) -> None:
         """A physics retry re-runs the low-noise phase: more steps to make progress over."""
         with self._lock:
-            self._live(job_id).steps_total += steps
+            if (job := self._live(job_id)) is not None:
+                job.steps_total += steps
 
-    def scored(self, job_id: str, physics: dict[str, Any]) -> None:
+    def scored(self, job_id: str, physics: PhysicsResult) -> None:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None:
@@ -270,8 +195,8 @@ class JobStore:
     def complete(self, job_id: str) -> Job | None:
         return self._finish(job_id, "completed")
 
-    def fail(self, job_id: str, code: str, message: str) -> Job | None:
-        return self._finish(job_id, "failed", error=JobError(code=code, message=message))
+    def fail(self, job_id: str, error: JobError) -> Job | None:
+        return self._finish(job_id, "failed", error=error)
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel an active job (its stages stop at their next step); None if unknown."""
@@ -297,13 +222,11 @@ class JobStore:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _live(self, job_id: str) -> Job:
-        """The job, while it may still run: raises JobCancelled once it is cancelled or has
-        ended otherwise (e.g. failed by the watchdog), so its stages stop."""
+    def _live(self, job_id: str) -> Job | None:
+        """The job while it may still run; None once it is cancelled or has ended otherwise
+        (e.g. failed by the watchdog), so its stages stop."""
         job = self._jobs.get(job_id)
-        if job is None or not job.active:
-            raise JobCancelled(job_id)
-        return job
+        return job if job is not None and job.active else None
 
     @staticmethod
     def _add_steps(job: Job, steps: int, expert: str) -> None:
@@ -328,8 +251,8 @@ class JobStore:
     def _finished(self, job: Job) -> None:
         metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
         if job.status == "completed" and job.physics is not None:  # one observation per completed video
-            metrics.observe("physics", job.physics["score"], template=job.template, model=job.model)
-            for name, value in job.physics["subscores"].items():
+            metrics.observe("physics", job.physics.score, template=job.template, model=job.model)
+            for name, value in job.physics.subscores.items():
                 if value is not None:
                     metrics.observe("subscore", value, subscore=name, template=job.template, model=job.model)
         self._publish()
@@ -339,4 +262,4 @@ class JobStore:
             metrics.set("in_flight", sum(1 for j in self._jobs.values() if j.status == status), status=status)
 
     def _save(self, job: Job) -> None:
-        self.store.write(f"jobs/{job.id}.json", json.dumps(job.model_dump(), ensure_ascii=False).encode())
+        self.store.write(f"jobs/{job.id}.json", json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode())

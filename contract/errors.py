@@ -1,0 +1,77 @@
+"""Errors that name what is wrong, and the one way to print them (HTTP, CLI, batch rows)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class FieldError(ValueError):
+    """Bad input in `field` (e.g. "slots.product"); pydantic's own loc can't say it after the fact.
+    `code` is the API error code when it is more specific than "invalid_request"."""
+
+    def __init__(self, field: str, message: str, code: str | None = None):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.code = field, message, code
+
+    def __reduce__(self):  # crosses Ray's process boundaries intact
+        return (type(self), (self.field, self.message, self.code))
+
+
+def describe_errors(error: ValidationError) -> list[dict[str, str]]:
+    """pydantic's errors as `{field, message}` pairs (plus `code` when a check has a more
+    specific one than invalid input)."""
+    described = []
+    for e in error.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):  # it knows the field (e.g. a template slot) better than loc
+            described.append(
+                {"field": cause.field, "message": cause.message, **({"code": cause.code} if cause.code else {})}
+            )
+        else:
+            field = ".".join(str(p) for p in e["loc"]) or "request"
+            described.append({"field": field, "message": e["msg"].removeprefix("Value error, ")})
+    return described
+
+
+def join_errors(errors: list[dict[str, str]]) -> str:
+    """`field: message; field: message`: the one-line form of a list of field errors."""
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
+class RequestInvalid(ValueError):
+    """A request that failed validation: every problem, each naming its field."""
+
+    def __init__(self, errors: list[dict[str, str]]):
+        super().__init__(join_errors(errors))
+        self.errors = errors
+
+    @classmethod
+    def from_validation(cls, error: ValidationError) -> RequestInvalid:
+        return cls(describe_errors(error))
+
+    @classmethod
+    def of(cls, field: str, message: str, code: str | None = None) -> RequestInvalid:
+        return cls([{"field": field, "message": message, **({"code": code} if code else {})}])
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    @property
+    def field(self) -> str | None:
+        return self.errors[0]["field"] if self.errors else None
+
+    @property
+    def code(self) -> str:
+        """The most specific code among the errors (e.g. content_policy_violation)."""
+        return next((e["code"] for e in self.errors if "code" in e), "invalid_request")
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))
+
+
+def error_summary(error: BaseException) -> str:
+    """The root cause's one-line message, without Ray's wrapping traceback (job errors, batch rows)."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]

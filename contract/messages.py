@@ -1,0 +1,87 @@
+"""Typed messages between stages, deployments and the job store.
+
+Everything that crosses a deployment boundary is one of these (or a request, a job record,
+an embedding or a denoising state), never a positional argument list or a loose dict.
+Expected outcomes travel as values: a stage whose job was cancelled answers `Cancelled`,
+the job store answers a full queue with a refused `Admission` (contract/jobs.py), so
+neither shows up in the logs as a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageSpan(BaseModel):
+    """When a stage (or a part of it) worked on a job, and on which replica."""
+
+    stage: str
+    replica: str = ""
+    start: float
+    end: float
+
+
+class StageReport(BaseModel):
+    """A stage finished its part of a job: its span and sub-spans (the decoder's mp4 and
+    score), the denoising steps not reported yet, and the cache levels it used."""
+
+    job_id: str
+    stage: str
+    start: float
+    end: float
+    replica: str = ""
+    steps: int = 0
+    expert: str = ""  # the metric label of the expert whose steps these are
+    cache: dict[str, bool | None] = {}  # level -> hit; None: the level did not apply
+    parts: list[StageSpan] = []
+
+
+class PhysicsAttempt(BaseModel):
+    attempt: int
+    seed: int
+    score: float
+
+
+class PhysicsResult(BaseModel):
+    """`monitoring.physics.score_video`'s result, plus the repair loop's attempts."""
+
+    model_config = ConfigDict(extra="allow")  # notes, details, frames, fps: whatever the scorer adds
+
+    score: float
+    subscores: dict[str, float | None] = {}
+    attempts: list[PhysicsAttempt] = []
+
+    @classmethod
+    def of(cls, scored: dict[str, Any]) -> PhysicsResult:
+        return cls.model_validate(scored)
+
+
+class TemplateMatch(BaseModel):
+    """A free-form prompt close enough to a template's base prompt to share its high-noise phase."""
+
+    template: str
+    similarity: float
+
+
+class Cancelled(BaseModel):
+    """A stage's answer when its job was cancelled, or ended otherwise, before or while it ran.
+    Stages pass it on unchanged, so the caller learns it from the last stage's answer."""
+
+    job_id: str
+
+    @staticmethod
+    def among(*values: Any) -> Cancelled | None:
+        return next((v for v in values if isinstance(v, Cancelled)), None)
+
+
+class Video(BaseModel):
+    """A decoded, encoded and scored video: its mp4 in the output store (`key`, on Serve) or
+    in hand (`mp4`, in process). `attempt` > 0 is a repair candidate."""
+
+    attempt: int = 0
+    seed: int
+    physics: PhysicsResult
+    key: str | None = None
+    mp4: bytes | None = None

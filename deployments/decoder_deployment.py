@@ -1,0 +1,47 @@
+"""The `Decoder` Serve deployment: VAE decode, mp4 and physics score (decoder.py) per replica;
+the mp4 goes to the shared output store, only its key and score go back."""
+
+from __future__ import annotations
+
+import time
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from contract.jobs import video_key
+from contract.messages import Cancelled, Video
+from contract.request import GenerationRequest
+from contract.settings import Settings
+from contract.storage import OutputStore
+from deployments.checkpoint import Checkpoint
+from deployments.decoder import Decoder
+from deployments.denoising import DenoisingState
+from deployments.reporting import JobReporter
+
+
+@serve.deployment(name="Decoder")
+class DecoderDeployment:
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        self.decoder = Decoder(Checkpoint.from_settings(settings))
+        self.store = OutputStore(settings.output_uri)
+        self.jobs = jobs
+
+    def decode(
+        self, job_id: str, request: GenerationRequest, state: DenoisingState | Cancelled, attempt: int = 0
+    ) -> Video | Cancelled:
+        """A repair attempt's mp4 goes to a key of its own until the best one is kept."""
+        reporter = JobReporter(self.jobs, job_id)
+
+        def work() -> Video:
+            start = time.time()
+            seed = request.resample_seed(attempt) if attempt else request.seed
+            video = self.decoder.video(request, state.latents, seed)
+            key = video_key(job_id, attempt)
+            self.store.write(key, video.mp4)
+            decoded = start + video.timings["decode"]
+            encoded = decoded + video.timings["mp4"]
+            reporter.part("mp4", decoded, encoded)
+            reporter.part("score", encoded, encoded + video.timings["score"])
+            return Video(attempt=attempt, seed=seed, physics=video.physics, key=key)
+
+        return reporter.run("decode", work, state)

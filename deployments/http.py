@@ -1,0 +1,146 @@
+"""The HTTP plumbing of the ingress: the FastAPI app, errors in OpenAI's shape, request
+bodies read within a size limit, request metrics and the playground's static files.
+The routes themselves are the `Ingress` deployment's methods (ingress.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.errors import RequestInvalid
+from contract.request import VideoCreateBody
+from monitoring.metrics import metrics
+
+PLAYGROUND = Path(__file__).resolve().parent / "playground"
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str = "invalid_request",
+        headers: dict[str, str] | None = None,
+        errors: list[dict] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers, self.errors = headers, errors
+
+    @classmethod
+    def invalid(cls, error: RequestInvalid) -> ApiError:
+        return cls(400, error.message, error.field, error.code, errors=error.errors)
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        body: dict[str, Any] = {
+            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        }
+        if self.errors:
+            body["error"]["errors"] = self.errors
+        return body
+
+
+api = FastAPI(
+    title="t2v-cluster",
+    version="0.1.0",
+    description="Text to video with a Wan2.2-style Mixture-of-Experts model, in the OpenAI videos API shape.",
+)
+api.mount("/playground", StaticFiles(directory=PLAYGROUND), name="playground")
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next):
+    response = await call_next(request)
+    route = request.scope.get("route")  # the path template: ids don't explode the label set
+    endpoint = getattr(route, "path", "unmatched")
+    metrics.inc("http", endpoint=endpoint, method=request.method, status=response.status_code)
+    return response
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+@api.exception_handler(RequestInvalid)
+async def _invalid(request: Request, error: RequestInvalid) -> JSONResponse:
+    return await _api_error(request, ApiError.invalid(error))
+
+
+# Every error in the same OpenAI shape, also FastAPI's own (unknown path, bad query).
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = "not_found" if error.status_code == 404 else "http_error"
+    return await _api_error(request, ApiError(error.status_code, str(error.detail), code=code, headers=error.headers))
+
+
+@api.exception_handler(RequestValidationError)
+async def _query_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = [{"field": str(e["loc"][-1]), "message": e["msg"]} for e in error.errors()]
+    return await _api_error(request, ApiError.invalid(RequestInvalid(errors)))
+
+
+async def read_body(request: Request, limit: int) -> Any:
+    """The JSON or form body, refused with 413 past `limit` bytes (before reading it all)."""
+    too_large = ApiError(413, f"request body is larger than {limit} bytes", "body", "body_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():  # chunked uploads have no content-length
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    request._body = bytes(body)  # starlette's cache: .json() / .form() read this
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        fields: dict[str, Any] = {}
+        for key, value in form.items():
+            if not isinstance(value, str):
+                continue
+            name, _, sub = key.partition("[")  # the openai SDK sends a dict as slots[product]=...
+            if sub.endswith("]"):
+                fields.setdefault(name, {})[sub[:-1]] = value
+            else:
+                fields[key] = value
+        return fields
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON", "body") from None
+
+
+# The create routes read their body by hand (size limit, JSON or form): OpenAPI learns its schema here.
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": VideoCreateBody.model_json_schema(by_alias=False)}
+            for media in ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+        },
+    }
+}
+
+
+def replica_died(error: BaseException) -> bool:
+    """A replica (of a stage, or the job store a stage reports to) died under the call,
+    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
+    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    while error is not None:
+        if isinstance(error, (RayActorError, ActorUnavailableError)):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False

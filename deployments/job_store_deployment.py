@@ -1,0 +1,35 @@
+"""The `JobStore` Serve deployment: the cluster's job records (job_store.py) and their watchdog."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ray import serve
+
+from contract.settings import Settings
+from contract.storage import OutputStore
+from deployments.job_store import JobStore
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="JobStore")
+class JobStoreDeployment(JobStore):
+    """Exactly one replica: it holds the records in memory (and writes them through to the
+    output store, from which a restarted replica reloads them)."""
+
+    def __init__(self, settings: Settings):
+        serving = settings.serving
+        super().__init__(OutputStore(settings.output_uri), serving.stage_timeout_seconds, serving.runner_lost_seconds)
+        threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                for job_id in self.check():
+                    logger.warning("job %s failed by the watchdog: %s", job_id, self.get(job_id).error.message)
+            except Exception:  # the watchdog must outlive any one bad record
+                logger.exception("job watchdog")

@@ -1,0 +1,213 @@
+"""The stage sequence of one job, written once: encode -> high-noise -> low-noise -> decode
+-> score, with template mode, the result cache and the physics repair loop.
+
+The in-process `Pipeline` (`t2v generate`, the local batch engine) and the Serve ingress
+(HTTP, the serve batch engine) run every job through `JobRunner`; only the `Stages` they
+hand it differ. In process a stage call returns its value. On Serve it returns a
+`DeploymentResponse`, which the runner passes to the next stage unawaited, so embeddings,
+latents and scheduler state travel replica to replica and never through the ingress;
+only the decoder's small answer (where the mp4 is, its score) comes back here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cache.keys import ModelIdentity, result_key
+from cache.store import LatentCache
+from contract.errors import error_summary
+from contract.jobs import JobError
+from contract.messages import Cancelled, PhysicsAttempt, PhysicsResult, Video
+from contract.request import GenerationRequest
+from deployments.denoising import DenoisingPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stages:
+    """The stage calls of one job. Each returns its value, an awaitable of it, or (Serve) a
+    `DeploymentResponse` that the next call takes as it is."""
+
+    # (job_id, request, base_prompt) -> PromptEmbeddings of the prompt, or the template's base prompt
+    encode: Callable[[str, GenerationRequest, bool], Any]
+    # (job_id, request, embeddings) -> DenoisingState at the boundary (shared by a template's requests)
+    high_noise: Callable[[str, GenerationRequest, Any], Any]
+    # (job_id, request, embeddings, boundary, resample_seed) -> final DenoisingState; None on
+    # Wan2.1-style checkpoints, where the high-noise expert runs every step
+    low_noise: Callable[[str, GenerationRequest, Any, Any, int | None], Any] | None
+    # (job_id, request, state, attempt) -> Video (decoded, mp4 written or in hand, scored)
+    decode: Callable[[str, GenerationRequest, Any, int], Any]
+
+
+class VideoOutputs:
+    """Where the videos of a job's attempts are; the runner keeps the best one. In process
+    they are in hand; the Serve app's live in the output store (deployments/ingress.py)."""
+
+    def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
+        return best
+
+    def mp4(self, video: Video) -> bytes:
+        return video.mp4
+
+
+class JobEvents:
+    """What the runner tells the job's record; in process there is none to tell."""
+
+    async def retrying(self, job_id: str) -> bool:
+        """A stage's replica died under the job and it runs again: False if it must not
+        (cancelled or ended meanwhile)."""
+        return True
+
+    async def add_steps(self, job_id: str, steps: int) -> None:
+        """A repair attempt re-runs the low-noise phase: more steps to make progress over."""
+
+    async def current_stage(self, job_id: str) -> str | None:
+        """The stage the job was in (to name the one whose replica died)."""
+        return None
+
+
+@dataclass
+class Outcome:
+    """How a job ended, and with which video."""
+
+    status: Literal["completed", "failed", "cancelled"]
+    video: Video | None = None  # the kept video; its physics lists every attempt
+    error: JobError | None = None
+    result_cache: bool | None = None  # hit, miss, or None when the result cache was not used
+    attempts: int = 0  # low-noise phases run (1 + repairs)
+
+    @property
+    def physics(self) -> PhysicsResult | None:
+        return self.video.physics if self.video else None
+
+
+@dataclass
+class Denoising:
+    embeddings: Any  # of the full prompt (the low-noise phase and repairs use them)
+    boundary: Any  # the state after the high-noise phase (repairs start again here)
+    state: Any  # the state after the low-noise phase
+
+
+@dataclass
+class CachedResult:
+    mp4: bytes
+    physics: PhysicsResult
+
+
+async def resolve(value: Any) -> Any:
+    """The value of a stage call, whichever way the stage answered."""
+    return await value if inspect.isawaitable(value) else value
+
+
+@dataclass
+class JobRunner:
+    stages: Stages
+    plan: Callable[[GenerationRequest], DenoisingPlan]
+    model: ModelIdentity
+    cache: LatentCache | None = None
+    outputs: VideoOutputs = field(default_factory=VideoOutputs)
+    events: JobEvents = field(default_factory=JobEvents)
+    retries: int = 0  # runs again after a replica died under the job (Serve replaces it)
+    replica_died: Callable[[BaseException], bool] = lambda error: False
+
+    # -- 0. the result cache --------------------------------------------------------------
+
+    def cached(self, request: GenerationRequest) -> CachedResult | None:
+        """An identical request already made: its mp4 and physics, no compute."""
+        if self.cache is None or not request.cache:
+            return None
+        hit = self.cache.get("result", result_key(self.model, request))
+        return None if hit is None else CachedResult(hit["mp4"], PhysicsResult.model_validate(hit["physics"]))
+
+    def _remember(self, request: GenerationRequest, mp4: bytes, physics: PhysicsResult) -> None:
+        if self.cache is not None and request.cache:  # the next identical request gets it as is
+            self.cache.put("result", result_key(self.model, request), {"mp4": mp4, "physics": physics.model_dump()})
+
+    # -- the job ----------------------------------------------------------------------------
+
+    async def run(self, job_id: str, request: GenerationRequest) -> Outcome:
+        """The stages, run again (up to `retries` times) when a stage's replica died under the
+        job. Ends completed, failed or cancelled; never raises for a stage's failure."""
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.run_stages(job_id, request)
+            except Exception as error:
+                if self.replica_died(error):
+                    stage = await self.events.current_stage(job_id) or "a stage"
+                    if attempt < self.retries:
+                        logger.warning(
+                            "job %s: %s's replica died (%s); running it again", job_id, stage, error_summary(error)
+                        )
+                        if not await self.events.retrying(job_id):
+                            return Outcome("cancelled")  # cancelled (or timed out) meanwhile: that stands
+                        continue
+                    message = (
+                        f"{stage}'s replica died while running this job ({error_summary(error)}); "
+                        f"retried {attempt} times"
+                    )
+                    return Outcome("failed", error=JobError(code="replica_died", message=message))
+                logger.exception("job %s failed", job_id)
+                return Outcome("failed", error=JobError(code="generation_failed", message=error_summary(error)))
+        raise AssertionError("unreachable")
+
+    def denoise(self, job_id: str, request: GenerationRequest) -> Denoising:
+        """Steps 1-3: the prompt encoded and both expert phases called (on Serve: not awaited)."""
+        stages = self.stages
+        # 1. Encode the prompt (and the negative prompt, for classifier-free guidance); a
+        #    template request's high-noise phase sees its base prompt instead
+        embeddings = stages.encode(job_id, request, False)
+        high_embeddings = stages.encode(job_id, request, True) if request.template_mode else embeddings
+        # 2. High-noise phase: initial noise, then layout and motion (every step on a
+        #    Wan2.1-style checkpoint); shared by a template's requests through the cache
+        boundary = stages.high_noise(job_id, request, high_embeddings)
+        # 3. Low-noise phase: detail, from the handed-over latent and scheduler state
+        state = boundary
+        if stages.low_noise is not None:
+            state = stages.low_noise(job_id, request, embeddings, boundary, None)
+        return Denoising(embeddings, boundary, state)
+
+    async def run_stages(self, job_id: str, request: GenerationRequest) -> Outcome:
+        """One pass through the stages; a stage's failure raises."""
+        denoised = self.denoise(job_id, request)
+        # 4. Decode, write the mp4 marked as AI-generated, score its physics
+        video = await resolve(self.stages.decode(job_id, request, denoised.state, 0))
+        if Cancelled.among(video):
+            return Outcome("cancelled")
+        # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
+        attempts = await self._repair(job_id, request, denoised.embeddings, denoised.boundary, video)
+        if attempts is None:
+            return Outcome("cancelled")
+        # 6. Keep the best video, and remember it for the next identical request
+        best = max(attempts, key=lambda v: v.physics.score)  # the first of equals: attempt 0 wins ties
+        record = [PhysicsAttempt(attempt=v.attempt, seed=v.seed, score=v.physics.score) for v in attempts]
+        best = self.outputs.keep(job_id, best, attempts)
+        best = best.model_copy(update={"physics": best.physics.model_copy(update={"attempts": record})})
+        cache_used = self.cache is not None and request.cache
+        if cache_used:
+            self._remember(request, self.outputs.mp4(best), best.physics)
+        return Outcome("completed", best, result_cache=False if cache_used else None, attempts=len(attempts))
+
+    async def _repair(
+        self, job_id: str, request: GenerationRequest, embeddings: Any, boundary: Any, first: Video
+    ) -> list[Video] | None:
+        """Re-sample the low-noise phase with new seeds while the best score is below the
+        request's minimum. Returns every attempt's video, or None when the job was cancelled."""
+        attempts = [first]
+        low_steps = len(self.plan(request).low_noise_steps)
+        for attempt in range(1, request.max_retries + 1):
+            best = max(v.physics.score for v in attempts)
+            if self.stages.low_noise is None or best >= (request.min_physics_score or 0):
+                break
+            seed = request.resample_seed(attempt)
+            await self.events.add_steps(job_id, low_steps)
+            state = self.stages.low_noise(job_id, request, embeddings, boundary, seed)
+            candidate = await resolve(self.stages.decode(job_id, request, state, attempt))
+            if Cancelled.among(candidate):
+                return None
+            attempts.append(candidate.model_copy(update={"attempt": attempt, "seed": seed}))
+        return attempts

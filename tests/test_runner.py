@@ -1,0 +1,235 @@
+"""The stage sequence, written once (deployments/runner.py), driven with fake stages: the
+template mode, the physics repair loop, cancellation, re-runs after a replica died and
+the result cache, without a model and without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cache.keys import ModelIdentity
+from cache.store import LatentCache
+from contract.messages import Cancelled, PhysicsResult, Video
+from contract.request import GenerationRequest
+from contract.settings import Settings
+from deployments.denoising import DenoisingPlan
+from deployments.runner import JobEvents, JobRunner, Stages
+
+PLAN = DenoisingPlan(timesteps=tuple(range(10, 0, -1)), boundary_step=6)  # 6 high-noise steps, 4 low-noise
+
+
+class ReplicaDied(RuntimeError):
+    pass
+
+
+class Response:
+    """Awaitable as a Serve `DeploymentResponse` is, and passed on to the next stage as it is."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        return self._value().__await__()
+
+    async def _value(self):
+        return self.value
+
+
+class FakeStages:
+    """Stages that note every call and answer from scripts: physics scores per attempt,
+    errors to raise, and where the job is cancelled. `awaitable` answers as Serve handles do."""
+
+    def __init__(
+        self,
+        scores=(0.5,),
+        raise_in: dict[str, list[BaseException]] | None = None,
+        cancelled_at: tuple[str, int] | None = None,
+        awaitable: bool = False,
+        low_noise: bool = True,
+    ):
+        self.scores = list(scores)
+        self.raise_in = raise_in or {}
+        self.cancelled_at = cancelled_at
+        self.awaitable = awaitable
+        self.has_low_noise = low_noise
+        self.calls: list[tuple] = []
+
+    def _answer(self, stage: str, value, attempt: int = 0):
+        errors = self.raise_in.get(stage) or []
+        if errors:
+            raise errors.pop(0)
+        if self.cancelled_at == (stage, attempt):
+            value = Cancelled(job_id="job")
+        return Response(value) if self.awaitable else value
+
+    def encode(self, job_id, request, base_prompt):
+        self.calls.append(("encode", base_prompt))
+        return self._answer("encode", f"emb({request.base_prompt if base_prompt else request.prompt})")
+
+    def high_noise(self, job_id, request, embeddings):
+        self.calls.append(("high_noise", embeddings))
+        return self._answer("high_noise", f"boundary<{embeddings}>")
+
+    def low_noise(self, job_id, request, embeddings, boundary, seed):
+        self.calls.append(("low_noise", embeddings, boundary, seed))
+        return self._answer("low_noise", f"state<{boundary}, {seed}>")
+
+    def decode(self, job_id, request, state, attempt):
+        self.calls.append(("decode", state, attempt))
+        video = Video(
+            attempt=attempt,
+            seed=request.seed,
+            physics=PhysicsResult(score=self.scores[attempt]),
+            mp4=f"mp4 of attempt {attempt}".encode(),
+        )
+        return self._answer("decode", video, attempt)
+
+    def stages(self) -> Stages:
+        return Stages(self.encode, self.high_noise, self.low_noise if self.has_low_noise else None, self.decode)
+
+    def named(self, stage: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == stage]
+
+
+class Events(JobEvents):
+    def __init__(self, allow_retry: bool = True):
+        self.allow_retry = allow_retry
+        self.retried = 0
+        self.added: list[int] = []
+
+    async def retrying(self, job_id: str) -> bool:
+        self.retried += 1
+        return self.allow_retry
+
+    async def add_steps(self, job_id: str, steps: int) -> None:
+        self.added.append(steps)
+
+    async def current_stage(self, job_id: str) -> str | None:
+        return "high_noise"
+
+
+def runner(
+    stages: FakeStages, cache: LatentCache | None = None, events: JobEvents | None = None, retries: int = 0
+) -> JobRunner:
+    return JobRunner(
+        stages.stages(),
+        lambda request: PLAN,
+        ModelIdentity("fake", "r1", "float32"),
+        cache,
+        events=events or JobEvents(),
+        retries=retries,
+        replica_died=lambda error: isinstance(error, ReplicaDied),
+    )
+
+
+def request(**fields) -> GenerationRequest:
+    return GenerationRequest.build(Settings(), **{"prompt": "a red ball bouncing", "seed": 7, **fields})
+
+
+def run(job_runner: JobRunner, generation: GenerationRequest):
+    return asyncio.run(job_runner.run("job", generation))
+
+
+@pytest.mark.parametrize("awaitable", [False, True], ids=["in-process", "handles"])
+def test_the_sequence_hands_each_stage_the_previous_ones_answer(awaitable):
+    stages = FakeStages(awaitable=awaitable)
+    outcome = run(runner(stages), request())
+    if awaitable:  # a Serve response goes to the next stage as it is: only the decoder's answer is awaited
+        assert isinstance(stages.named("high_noise")[0][1], Response)
+        assert isinstance(stages.named("low_noise")[0][2], Response)
+        assert outcome.status == "completed" and outcome.video.mp4 == b"mp4 of attempt 0"
+        return
+    assert outcome.status == "completed" and outcome.attempts == 1
+    assert stages.calls == [
+        ("encode", False),
+        ("high_noise", "emb(a red ball bouncing)"),
+        ("low_noise", "emb(a red ball bouncing)", "boundary<emb(a red ball bouncing)>", None),
+        ("decode", "state<boundary<emb(a red ball bouncing)>, None>", 0),
+    ]
+    assert [a.attempt for a in outcome.physics.attempts] == [0]
+
+
+def test_a_template_request_runs_its_high_noise_phase_on_the_base_prompt():
+    stages = FakeStages()
+    generation = request(prompt=None, template="product_showcase", slots={"product": "a red sneaker"})
+    assert run(runner(stages), generation).status == "completed"
+    assert stages.named("encode") == [("encode", False), ("encode", True)]
+    (high,) = stages.named("high_noise")
+    assert high[1] == f"emb({generation.base_prompt})"  # layout and motion from the shared base prompt
+    (low,) = stages.named("low_noise")
+    assert low[1] == f"emb({generation.prompt})"  # detail from the full prompt
+    uncached = request(prompt=None, template="product_showcase", slots={"product": "a red sneaker"}, cache=False)
+    stages = FakeStages()
+    run(runner(stages), uncached)
+    assert stages.named("encode") == [("encode", False)]  # nothing to share without the cache
+
+
+def test_repair_resamples_the_detail_phase_and_keeps_the_best():
+    stages, events = FakeStages(scores=[0.2, 0.7, 0.4]), Events()
+    generation = request(min_physics_score=0.9, max_retries=2)
+    outcome = run(runner(stages, events=events), generation)
+    assert outcome.status == "completed" and outcome.attempts == 3
+    seeds = [c[3] for c in stages.named("low_noise")]
+    assert seeds == [None, generation.resample_seed(1), generation.resample_seed(2)]
+    assert all(c[2] == stages.named("low_noise")[0][2] for c in stages.named("low_noise"))  # from one boundary
+    assert len(stages.named("high_noise")) == 1
+    assert outcome.video.attempt == 1 and outcome.physics.score == 0.7 and outcome.video.mp4 == b"mp4 of attempt 1"
+    assert [(a.attempt, a.score) for a in outcome.physics.attempts] == [(0, 0.2), (1, 0.7), (2, 0.4)]
+    assert events.added == [4, 4]  # each repair adds the low-noise steps to the job's progress
+
+
+def test_repair_stops_once_good_enough_and_never_without_a_low_noise_expert():
+    stages = FakeStages(scores=[0.2, 0.95, 0.1])
+    outcome = run(runner(stages), request(min_physics_score=0.9, max_retries=2))
+    assert outcome.attempts == 2 and outcome.physics.score == 0.95
+    single = FakeStages(scores=[0.2], low_noise=False)
+    outcome = run(runner(single), request(min_physics_score=0.9, max_retries=2))
+    assert outcome.status == "completed" and outcome.attempts == 1 and not single.named("low_noise")
+
+
+@pytest.mark.parametrize("where", [("decode", 0), ("decode", 1)], ids=["first video", "repair"])
+def test_a_cancelled_job_ends_cancelled_without_more_stages(where):
+    stages = FakeStages(scores=[0.1, 0.1, 0.1], cancelled_at=where)
+    outcome = run(runner(stages), request(min_physics_score=0.9, max_retries=2))
+    assert outcome.status == "cancelled" and outcome.video is None
+    assert len(stages.named("decode")) == where[1] + 1  # nothing after the cancelled answer
+
+
+def test_a_replica_death_runs_the_job_again_then_fails_naming_the_stage():
+    stages, events = FakeStages(raise_in={"high_noise": [ReplicaDied("actor died")]}), Events()
+    outcome = run(runner(stages, events=events, retries=1), request())
+    assert outcome.status == "completed" and events.retried == 1
+    assert len(stages.named("high_noise")) == 2
+
+    stages = FakeStages(raise_in={"high_noise": [ReplicaDied("actor died"), ReplicaDied("again")]})
+    outcome = run(runner(stages, events=Events(), retries=1), request())
+    assert outcome.status == "failed" and outcome.error.code == "replica_died"
+    assert outcome.error.message.startswith("high_noise's replica died") and "retried 1 times" in outcome.error.message
+
+    stages = FakeStages(raise_in={"high_noise": [ReplicaDied("actor died")]})
+    outcome = run(runner(stages, events=Events(allow_retry=False), retries=1), request())
+    assert outcome.status == "cancelled"  # cancelled while the replica was being replaced: that stands
+
+
+def test_any_other_stage_error_fails_the_job_at_once():
+    stages, events = FakeStages(raise_in={"decode": [ValueError("latents have the wrong shape")]}), Events()
+    outcome = run(runner(stages, events=events, retries=3), request())
+    assert outcome.status == "failed" and outcome.error.code == "generation_failed"
+    assert outcome.error.message == "ValueError: latents have the wrong shape"
+    assert events.retried == 0
+
+
+def test_the_result_cache_answers_an_identical_request(tmp_path):
+    cache = LatentCache(tmp_path, {"embeddings": 2**20, "boundary": 2**20, "result": 2**20})
+    stages = FakeStages(scores=[0.2, 0.6], awaitable=True)
+    job_runner = runner(stages, cache)
+    generation = request(min_physics_score=0.9, max_retries=1)
+    assert job_runner.cached(generation) is None
+    outcome = asyncio.run(job_runner.run("job", generation))
+    assert outcome.result_cache is False  # looked up by the caller, filled by the run
+    hit = job_runner.cached(generation)
+    assert hit.mp4 == b"mp4 of attempt 1" and hit.physics.score == 0.6 and len(hit.physics.attempts) == 2
+    assert job_runner.cached(generation.model_copy(update={"seed": 8})) is None
+    assert job_runner.cached(generation.model_copy(update={"cache": False})) is None
+    assert cache.stats()["result"]["hits"] == 1
