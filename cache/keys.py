@@ -10,18 +10,21 @@ from contract.request import GenerationRequest
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What of a model a cached value depends on (a checkpoint gives its own: `Checkpoint.identity`)."""
+    """What of a model and its runtime a cached value depends on (`Checkpoint.identity`)."""
 
     model: str
     revision: str  # changes whenever the weights or configs do
-    dtype: str
+    dtype: str  # of the text encoder and the experts
+    device: str = "cpu"  # the device type: kernels differ in their last bits
+    vae_dtype: str = "torch.float32"
+    step_cache: str = "none"  # the experts' step cache, kind and options: it changes the latents
     boundary_ratio: float | None = None
     max_sequence_length: int = 512
 
     @property
     def weights(self) -> dict[str, str]:
-        """What every level's key holds: which weights, at which precision."""
-        return {"model": self.model, "revision": self.revision, "dtype": self.dtype}
+        """What every level's key holds: which weights, at which precision, on which device."""
+        return {"model": self.model, "revision": self.revision, "dtype": self.dtype, "device": self.device}
 
 
 # What the high-noise phase of a request depends on (its base prompt, not the full one).
@@ -44,10 +47,12 @@ def embedding_key(model: ModelIdentity, text: str) -> str:
 def boundary_key(model: ModelIdentity, request: GenerationRequest) -> str:
     """The high-noise phase's inputs: the base prompt (not the full one), shape and noise."""
     phase = request.model_dump(include=BOUNDARY_FIELDS)
-    return cache_key(level="boundary", **model.weights, boundary_ratio=model.boundary_ratio, **phase)
+    experts = {"boundary_ratio": model.boundary_ratio, "step_cache": model.step_cache}
+    return cache_key(level="boundary", **model.weights, **experts, **phase)
 
 
-def result_key(model: ModelIdentity, request: GenerationRequest) -> str:
-    """Everything that shapes the mp4 (the preset only through the values it filled in)."""
+def result_key(model: ModelIdentity, request: GenerationRequest, owner: str | None = None) -> str:
+    """Everything that shapes the mp4 (the preset only through the values it filled in), and
+    whose it is: one API key's results never answer another's requests."""
     fields = request.model_dump(exclude={"preset", "template", "slots"})
-    return cache_key(level="result", **asdict(model), **fields)
+    return cache_key(level="result", **asdict(model), **fields, owner=owner)

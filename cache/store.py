@@ -5,15 +5,21 @@ after the high-noise phase, per template base prompt and settings), `result` (fi
 mp4 per identical request). Each level has its own size limit and LRU eviction, so hits,
 misses, evictions and bytes are counted per level in one place (`stats`).
 
-Values are pickled (tensors included) behind a SHA-256: a corrupt or truncated entry is
-detected on read, dropped, counted and recomputed; never served.
+Values are plain data (tensors, numbers, strings, bytes, lists, dicts) written with
+`torch.save` and read back with `weights_only=True`, which builds no object but those: an
+entry cannot run code in the replica that reads it. Each carries a SHA-256 of its payload,
+an HMAC-SHA256 with `cache.secret` when one is set (set it when the directory is shared):
+a corrupt, truncated or forged entry is detected on read, dropped, counted and recomputed;
+never served.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -27,9 +33,11 @@ import torch
 
 from monitoring.metrics import metrics
 
+logger = logging.getLogger(__name__)
+
 LEVELS = ("embeddings", "boundary", "result")
 COUNTERS = ("hits", "misses", "evictions", "corrupt")
-_MAGIC = b"T2VC1"
+_MAGIC = b"T2VC2"
 
 
 class CorruptEntry(Exception):
@@ -41,21 +49,29 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def pack(value: Any) -> bytes:
+def _digest(payload: bytes, secret: bytes | None) -> bytes:
+    return hmac.digest(secret, payload, "sha256") if secret else hashlib.sha256(payload).digest()
+
+
+def pack(value: Any, secret: bytes | None = None) -> bytes:
+    """Plain data (tensors, numbers, strings, bytes, lists, dicts) -> a checksummed (or signed) entry."""
     buffer = io.BytesIO()
     torch.save(value, buffer)
     payload = buffer.getvalue()
-    return _MAGIC + hashlib.sha256(payload).digest() + payload
+    return _MAGIC + _digest(payload, secret) + payload
 
 
-def unpack(raw: bytes) -> Any:
+def unpack(raw: bytes, secret: bytes | None = None) -> Any:
     header = len(_MAGIC) + 32
     if not isinstance(raw, bytes) or len(raw) < header or not raw.startswith(_MAGIC):
         raise CorruptEntry("bad header")
     payload = raw[header:]
-    if hashlib.sha256(payload).digest() != raw[len(_MAGIC) : header]:
-        raise CorruptEntry("checksum mismatch")
-    return torch.load(io.BytesIO(payload), weights_only=False)
+    if not hmac.compare_digest(_digest(payload, secret), raw[len(_MAGIC) : header]):
+        raise CorruptEntry("signature mismatch" if secret else "checksum mismatch")
+    try:
+        return torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as error:  # anything but plain data: refused before it is built
+        raise CorruptEntry(f"not plain data: {error}") from None
 
 
 class LatentCache:
@@ -66,11 +82,15 @@ class LatentCache:
         if not c.enabled:
             return None
         limits = {"embeddings": c.embeddings_bytes, "boundary": c.boundary_bytes, "result": c.result_bytes}
-        return cls(c.directory or settings.cache_dir / "latents", limits, c.lock_seconds)
+        secret = c.secret.get_secret_value().encode() if c.secret else None
+        return cls(c.directory or settings.cache_dir / "latents", limits, c.lock_seconds, secret)
 
-    def __init__(self, directory: str | Path, size_limits: dict[str, int], lock_seconds: float = 600):
+    def __init__(
+        self, directory: str | Path, size_limits: dict[str, int], lock_seconds: float = 600, secret: bytes | None = None
+    ):
         self.directory = Path(directory)
         self.lock_seconds = lock_seconds
+        self._secret = secret
         # cull_limit=0: we cull after each write ourselves, to count what was evicted.
         self.levels = {
             level: diskcache.Cache(
@@ -92,7 +112,7 @@ class LatentCache:
 
     def put(self, level: str, key: str, value: Any) -> None:
         store = self.levels[level]
-        store.set(key, pack(value))
+        store.set(key, pack(value, self._secret))
         evicted = store.cull()
         if evicted:
             self._count(level, "evictions", evicted)
@@ -143,8 +163,9 @@ class LatentCache:
         if raw is None:
             return None
         try:
-            return unpack(raw)
-        except Exception:  # CorruptEntry, or an unpickling error of a damaged payload
+            return unpack(raw, self._secret)
+        except CorruptEntry as error:
+            logger.warning("cache %s: dropped entry %s: %s", level, key[:16], error)
             store.delete(key)
             self._count(level, "corrupt")
             return None

@@ -264,7 +264,10 @@ class BatchRun:
                 if row.error is not None:
                     outcome = Outcome.failed("invalid_request", row.error)
                 else:
-                    outcome = await self.engine.generate(row.request_fields())
+                    try:
+                        outcome = await self.engine.generate(row.request_fields())
+                    except Exception as error:  # whatever goes wrong with one row fails that row alone
+                        outcome = Outcome.failed("generation_failed", error_summary(error))
                 output = None
                 if outcome.mp4 is not None:
                     self.output.write(self._video_key(row), outcome.mp4)

@@ -8,6 +8,7 @@ resumed run never shows a row twice.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -16,7 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from contract.errors import error_summary
 from contract.storage import OutputStore
+from monitoring.metrics import metrics
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("queue", "encode", "high_noise", "low_noise", "decode", "mp4", "score")
 
@@ -66,6 +71,7 @@ def _from_bytes(data: bytes) -> pa.Table:
 class Manifest:
     def __init__(self, store: OutputStore):
         self.store = store
+        self.unreadable: list[str] = []  # files that did not parse, skipped
 
     def record(self, entry: dict[str, Any]) -> None:
         """Durably note one finished row (before the caller moves on)."""
@@ -76,12 +82,21 @@ class Manifest:
         self.store.write(f"{PARTS}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", _to_bytes(table))
 
     def _tables(self) -> tuple[list[pa.Table], list[str]]:
-        tables, parts = [], sorted(self.store.keys(PARTS))
-        if (data := self.store.read(MANIFEST)) is not None:
-            tables.append(_from_bytes(data))
-        for key in parts:
-            if (data := self.store.read(key)) is not None:
+        """The manifest and its parts, oldest first, and the parts read (to fold in). A file that
+        does not parse is logged, counted and left where it is: never folded in, never deleted."""
+        tables, parts = [], []
+        for key in (MANIFEST, *sorted(self.store.keys(PARTS))):
+            if (data := self.store.read(key)) is None:
+                continue
+            try:
                 tables.append(_from_bytes(data))
+            except (pa.ArrowException, ValueError) as error:
+                logger.warning("manifest: skipped unreadable %s: %s", key, error_summary(error))
+                self.unreadable.append(key)
+                metrics.inc("unreadable", store="manifest")
+                continue
+            if key != MANIFEST:
+                parts.append(key)
         return tables, parts
 
     @staticmethod

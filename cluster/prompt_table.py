@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from contract.request import VideoCreateBody
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the whole id: fullmatch
 FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -176,7 +176,7 @@ def read_table(uri: str) -> tuple[list[Row], list[str]]:
                 row_id = f"{row_id}-{derived_ids[row_id]}"
         else:
             row_id = str(given)
-            if not ID.match(row_id):
+            if not ID.fullmatch(row_id):
                 error = (
                     error
                     or f"id: must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {row_id!r}"

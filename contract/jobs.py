@@ -17,7 +17,7 @@ from contract.request import GenerationRequest
 
 Status = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 ACTIVE: tuple[Status, ...] = ("queued", "in_progress")
-_ID = re.compile(r"^video_[0-9a-f]{32}$")
+_ID = re.compile(r"video_[0-9a-f]{32}")
 
 
 class JobCancelled(Exception):
@@ -79,7 +79,7 @@ def new_job_id() -> str:
 
 
 def valid_job_id(job_id: str) -> bool:
-    return bool(_ID.match(job_id))
+    return bool(_ID.fullmatch(job_id))
 
 
 def video_key(job_id: str, attempt: int = 0) -> str:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FiniteFloat,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -31,7 +32,7 @@ from contract.errors import FieldError, RequestInvalid
 from contract.settings import Limits, Settings, get_settings
 
 MAX_SEED = 2**63 - 1
-PromptCheck = Callable[[str], None]  # raises FieldError("prompt", ...) for a prompt that may not run
+PromptCheck = Callable[[str, str], None]  # (text, field): raises FieldError(field, ...) for text that may not run
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -53,15 +54,20 @@ def parse_size(size: str, field: str = "size") -> tuple[int, int]:
     return width, height
 
 
+def _check_text(text: str, info: ValidationInfo, field: str = "prompt") -> None:
+    """The checks every text a request will use gets: its length, and the caller's `prompt_check`
+    (content filter, token count)."""
+    limit = _settings(info).limits.max_prompt_chars
+    if len(text) > limit:
+        raise FieldError(field, f"{field} must be at most {limit} characters, got {len(text)}")
+    if (check := (info.context or {}).get("prompt_check")) is not None:
+        check(text, field)
+
+
 def _check_prompt(prompt: str, info: ValidationInfo) -> None:
-    settings = _settings(info)
     if not prompt.strip():
         raise FieldError("prompt", "prompt must not be blank")
-    limit = settings.limits.max_prompt_chars
-    if len(prompt) > limit:
-        raise FieldError("prompt", f"prompt must be at most {limit} characters, got {len(prompt)}")
-    if (check := (info.context or {}).get("prompt_check")) is not None:
-        check(prompt)
+    _check_text(prompt, info)
 
 
 class RequestFields(BaseModel):
@@ -80,18 +86,18 @@ class RequestFields(BaseModel):
     num_inference_steps: int | None = Field(
         None, validation_alias=AliasChoices("steps", "num_inference_steps"), description="Denoising steps"
     )
-    guidance_scale: float | None = Field(
+    guidance_scale: FiniteFloat | None = Field(
         None,
         validation_alias=AliasChoices("guidance", "guidance_scale"),
         description="CFG scale of the high-noise expert",
     )
-    guidance_scale_2: float | None = Field(
+    guidance_scale_2: FiniteFloat | None = Field(
         None,
         validation_alias=AliasChoices("guidance_2", "guidance_scale_2"),
         description="CFG scale of the low-noise expert",
     )
     cache: bool = Field(True, description="Use the latent cache (and, for templates, the shared high-noise phase)")
-    min_physics_score: float | None = Field(
+    min_physics_score: FiniteFloat | None = Field(
         None, ge=0, le=1, description="Below this physics score the low-noise phase is re-sampled (new seed)"
     )
     max_retries: int | None = Field(None, ge=0, description="Re-samples at most; default from settings")
@@ -105,7 +111,7 @@ class VideoCreateBody(RequestFields):
 
     model: str | None = Field(None, description="Model id from GET /v1/models; default: the served model")
     size: str | None = Field(None, description="WxH in pixels, e.g. 128x128", examples=["128x128"])
-    seconds: float | None = Field(None, gt=0, description="Duration; frames = seconds * fps rounded to 4k+1")
+    seconds: FiniteFloat | None = Field(None, gt=0, description="Duration; frames = seconds * fps rounded to 4k+1")
 
     @classmethod
     def parse(cls, data: Any) -> VideoCreateBody:
@@ -136,7 +142,7 @@ class VideoCreateBody(RequestFields):
             preset = settings.presets.get(self.preset or settings.default_preset)
             fps = self.fps or (preset.fps if preset else 16)
             if not math.isfinite(self.seconds * fps):
-                raise RequestInvalid.of("seconds", f"must be a finite number, got {self.seconds}")
+                raise RequestInvalid.of("seconds", f"seconds * fps must be a finite number, got {self.seconds} * {fps}")
             fields["num_frames"] = 4 * round(self.seconds * fps / 4) + 1
         try:
             return GenerationRequest.build(settings, prompt_check, **fields)
@@ -161,6 +167,13 @@ class GenerationRequest(RequestFields):
             _check_prompt(v, info)
         return v
 
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_prompt(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v:
+            _check_text(v, info, "negative_prompt")
+        return v
+
     @field_validator("template")
     @classmethod
     def _template(cls, v: str | None, info: ValidationInfo) -> str | None:
@@ -176,6 +189,8 @@ class GenerationRequest(RequestFields):
             raise ValueError("slots need a template")
         if name is not None:
             _settings(info).templates().get(name).fill(v)  # raises, naming the slot
+        for slot, value in (v or {}).items():
+            _check_text(value, info, f"slots.{slot}")
         return v
 
     @field_validator("preset")

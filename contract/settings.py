@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.experts import ExpertKind
@@ -115,6 +115,9 @@ class CacheSettings(BaseModel):
     result_bytes: int = 4 * 2**30
     memory_embeddings: int = 512  # per-replica LRU in front of the shared store
     lock_seconds: float = 30  # held locks are refreshed; one whose holder died expires after this
+    # Signs entries (HMAC-SHA256): set it (T2V_CACHE__SECRET) when the directory is shared, so
+    # only holders of the secret can write entries the replicas accept.
+    secret: SecretStr | None = None
     # Approximate match (off by default): a free-form prompt whose embedding is this close
     # (cosine of mean-pooled UMT5 states) to a template's base prompt reuses that
     # template's high-noise phase, as NIRVANA reuses the noise of similar prompts.
@@ -165,6 +168,9 @@ class ServingSettings(BaseModel):
     # Bearer tokens clients must send (`Authorization: Bearer <key>`); each key sees only
     # the jobs it created. None set: the server binds 127.0.0.1 only.
     api_keys: list[str] = []
+    # Serving on a non-loopback address without API keys must be asked for by name: the
+    # ingress refuses to start otherwise (anyone on the network could use the cluster).
+    allow_unauthenticated: bool = False
     max_body_bytes: int = 64 * 1024  # a request body beyond this gets 413 before it is read
     # Faults: a stage running longer than this fails its job (a hung replica cannot hold a
     # job forever); a job whose ingress replica stopped heartbeating fails after
@@ -178,6 +184,16 @@ class ServingSettings(BaseModel):
     def bind_host(self) -> str:
         """`host`, but loopback only while no API key protects the server."""
         return self.host if self.api_keys else "127.0.0.1"
+
+    def check_open_access(self, host: str) -> None:
+        """Raises when `host` (where Serve's proxies listen) is reachable from other machines and
+        nothing guards it: no API key, and no explicit `allow_unauthenticated`."""
+        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        if not (loopback or self.api_keys or self.allow_unauthenticated):
+            raise PermissionError(
+                f"refusing to serve on {host} without API keys: set serving.api_keys (T2V_SERVING__API_KEYS), "
+                "or serving.allow_unauthenticated=true to serve it open on purpose"
+            )
 
 
 class Settings(BaseSettings):

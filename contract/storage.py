@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+TEMP_SUFFIX = ".tmp"  # a write in progress; a SIGKILL may leave one behind
+
 
 class OutputStore:
     def __init__(self, uri: str):
@@ -28,7 +30,7 @@ class OutputStore:
         path = self._path(key)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
             with self.fs.open_output_stream(tmp) as out:
                 out.write(data)
             self.fs.move(tmp, path)
@@ -53,8 +55,10 @@ class OutputStore:
             pass
 
     def keys(self, prefix: str) -> list[str]:
+        """The keys under `prefix`: written ones only, never a write in progress (or cut short)."""
         selector = pafs.FileSelector(self._path(prefix), allow_not_found=True)
-        return [info.path[len(self.root) + 1 :] for info in self.fs.get_file_info(selector) if info.is_file]
+        infos = self.fs.get_file_info(selector)
+        return [i.path[len(self.root) + 1 :] for i in infos if i.is_file and not i.path.endswith(TEMP_SUFFIX)]
 
     def local_path(self, key: str) -> str | None:
         """A filesystem path for `key` when the store is local (lets HTTP stream the file)."""

@@ -64,7 +64,13 @@ class StepBatcher:
         self._waiting: list[_Member] = []
         self._active: list[_Member] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._work, name="step-batcher", daemon=True).start()
+        self._worker = threading.Thread(target=self._work, name="step-batcher", daemon=True)
+        self._worker.start()
+
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread died: every request would wait forever (health checks use it)."""
+        return self._worker.is_alive()
 
     def run(
         self,
@@ -164,9 +170,12 @@ class StepBatcher:
                 self._leave(member)
 
     def _leave(self, member: _Member, error: BaseException | None = None) -> None:
+        """Hand the request its result (or error) and drop it; a member that already left stays left."""
         with self._cond:
             if member in self._active:
                 self._active.remove(member)
+        if member.future.done():
+            return
         if error is not None:
             member.future.set_exception(error)
         else:

@@ -75,8 +75,16 @@ class Checkpoint:
     @property
     def identity(self) -> ModelIdentity:
         """What cached values of this model depend on."""
+        step_cache = self.settings.step_cache
         return ModelIdentity(
-            self.model_id, self.revision, str(self.dtype), self.boundary_ratio, self.settings.max_sequence_length
+            model=self.model_id,
+            revision=self.revision,
+            dtype=str(self.dtype),
+            device=self.device.type,
+            vae_dtype=str(self.vae_dtype),
+            step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
+            boundary_ratio=self.boundary_ratio,
+            max_sequence_length=self.settings.max_sequence_length,
         )
 
     @property

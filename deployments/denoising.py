@@ -27,6 +27,14 @@ class DenoisingState:
     scheduler: SchedulerState
     step: int  # index of the next timestep to run
 
+    def as_plain(self) -> dict[str, Any]:
+        """Tensors, numbers and lists only: what the latent cache stores."""
+        return {"latents": self.latents, "scheduler": self.scheduler, "step": self.step}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> DenoisingState:
+        return cls(plain["latents"], plain["scheduler"], plain["step"])
+
 
 @dataclass(frozen=True)
 class DenoisingPlan:

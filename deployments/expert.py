@@ -105,7 +105,10 @@ class Expert:
         if cache is None or not request.template_mode:
             return self.phase(request, embeddings, on_step=on_step), None
         key = boundary_key(self.checkpoint.identity, request)
-        state, hit = cache.get_or_compute("boundary", key, lambda: self.phase(request, embeddings, on_step=on_step))
+        plain, hit = cache.get_or_compute(
+            "boundary", key, lambda: self.phase(request, embeddings, on_step=on_step).as_plain()
+        )
+        state = DenoisingState.from_plain(plain)
         if hit and on_step is not None:
             for i in range(state.step):  # the steps count as done: progress stays true
                 on_step(i)

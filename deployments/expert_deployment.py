@@ -27,6 +27,11 @@ class ExpertDeployment:
         self.cache = LatentCache.from_settings(settings) if self.kind is ExpertKind.HIGH_NOISE else None
         self.jobs = jobs
 
+    def check_health(self) -> None:
+        """Serve replaces a replica whose step batcher lost its worker: its requests would hang."""
+        if self.expert.batcher is not None and not self.expert.batcher.alive:
+            raise RuntimeError(f"{self.kind.deployment}: the step batcher's worker thread died")
+
     def denoise(
         self,
         job_id: str,

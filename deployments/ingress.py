@@ -9,6 +9,7 @@ replica as Ray objects and never through here. HTTP plumbing lives in http.py.
 
 # No `from __future__ import annotations`: Serve's class-based routes need real annotations.
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -72,6 +73,17 @@ class JobStoreEvents(JobEvents):
         return job.stage if job else None
 
 
+def proxy_host(default: str) -> str:
+    """Where Serve's HTTP proxies listen: `http_options.host` of `t2v serve`, a Serve config or
+    KubeRay, read from the controller (the app's own settings need not know it)."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        return _get_global_client().http_config.host
+    except Exception:  # no controller to ask (not on Serve): the settings' word
+        return default
+
+
 # Helpers above live before the class: serve.ingress pickles the app when the class is defined.
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
@@ -85,6 +97,7 @@ class Ingress:
         low_noise_expert: DeploymentHandle | None,
         decoder: DeploymentHandle,
     ):
+        settings.serving.check_open_access(proxy_host(settings.serving.host))
         self.settings = settings
         self.jobs, self.text_encoder = jobs, text_encoder
         checkpoint = Checkpoint.from_settings(settings)  # configs only: the ingress holds no weights
@@ -134,11 +147,7 @@ class Ingress:
     @api.post("/v1/videos", status_code=202, openapi_extra=CREATE_BODY, summary="Create a video job")
     async def create_video(self, request: Request) -> JSONResponse:
         owner = self._caller(request)
-        job, generation = await self._accept(await read_body(request, self.max_body), owner)
-        if job.active:  # not answered from the result cache
-            task = asyncio.create_task(self._generate(job.id, generation))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        job, _ = await asyncio.shield(self._start(await read_body(request, self.max_body), owner))
         return JSONResponse(self._public(job), status_code=202)
 
     @api.post(
@@ -150,9 +159,7 @@ class Ingress:
     )
     async def create_video_sync(self, request: Request) -> Response:
         owner = self._caller(request)
-        job, generation = await self._accept(await read_body(request, self.max_body), owner)
-        if job.active:
-            job = await self._generate(job.id, generation)
+        job = await self._finished(await read_body(request, self.max_body), owner)
         if job.status != "completed":
             raise ApiError(
                 500 if job.status == "failed" else 409,
@@ -167,16 +174,32 @@ class Ingress:
         finished job record and its mp4 (the record is then deleted unless `keep`), or
         the HTTP status and OpenAI-shaped error that POST would have answered."""
         try:
-            job, generation = await self._accept(fields)
+            job = await self._finished(fields)
         except (ApiError, RequestInvalid) as error:
             error = ApiError.invalid(error) if isinstance(error, RequestInvalid) else error
             return {"status": error.status, **error.body(), "headers": error.headers or {}}
-        if job.active:
-            job = await self._generate(job.id, generation)
         mp4 = self.store.read(video_key(job.id)) if job.status == "completed" else None
         if not keep and not job.active:
             await self.jobs.delete.remote(job.id)
         return {"status": 200, "job": self._public(job), "mp4": mp4}
+
+    async def _start(self, fields: Any, owner: str | None = None) -> tuple[Job, asyncio.Task | None]:
+        """Admit the request and start its job. Callers shield this: a client that disconnects
+        (Serve then cancels its handler) cannot leave a job recorded with nothing to run it."""
+        job, generation = await self._accept(fields, owner)
+        if not job.active:  # answered from the result cache
+            return job, None
+        # A context of its own: Serve would cancel the stage calls of a handler that was
+        # cancelled (its client went away) as the handler's children; this job is nobody's child.
+        task = asyncio.create_task(self._generate(job.id, generation, owner), context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job, task
+
+    async def _finished(self, fields: Any, owner: str | None = None) -> Job:
+        """The job run to its end; a caller that goes away stops waiting, not the job."""
+        job, task = await asyncio.shield(self._start(fields, owner))
+        return job if task is None else await asyncio.shield(task)
 
     async def _accept(self, fields: Any, owner: str | None = None) -> tuple[Job, GenerationRequest]:
         """Validate the body and record the job; 400 names the bad field, 503 when full.
@@ -185,12 +208,17 @@ class Ingress:
         matched = None
         approximate = self.settings.cache.approximate_match and generation.cache
         if approximate and generation.template is None and fields.get("seed") is None:
+            # Admission before a text-encoder forward: a full cluster answers 503 at once.
+            if await self.jobs.count_active.remote() >= self.settings.serving.max_active_jobs:
+                raise self._queue_full(
+                    f"{self.settings.serving.max_active_jobs} jobs are already queued or in progress"
+                )
             matched = await self.text_encoder.closest_template.remote(generation.prompt)
             if matched is not None and matched.similarity >= self.settings.cache.approximate_threshold:
                 generation = generation.matched_to(self.settings.templates().get(matched.template))
             else:
                 matched = None
-        cached = self.runner.cached(generation)
+        cached = self.runner.cached(generation, owner)
         admission = await self.jobs.create.remote(
             JobCreate(
                 request=generation,
@@ -204,23 +232,30 @@ class Ingress:
             )
         )
         if not admission.accepted:
-            retry = str(self.settings.serving.retry_after_seconds)
-            raise ApiError(503, f"server busy: {admission.refused}", code="queue_full", headers={"Retry-After": retry})
+            raise self._queue_full(admission.refused)
         job = admission.job
         if cached is not None:
-            self.store.write(video_key(job.id), cached.mp4)
-            await self.jobs.scored.remote(job.id, cached.physics)
-            job = await self.jobs.complete.remote(job.id)
+            try:
+                self.store.write(video_key(job.id), cached.mp4)
+                await self.jobs.scored.remote(job.id, cached.physics)
+                job = await self.jobs.complete.remote(job.id)
+            except BaseException as error:  # never leave the job queued with nothing to run it
+                await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
+                raise
         return job, generation
 
-    async def _generate(self, job_id: str, request: GenerationRequest) -> Job:
+    async def _generate(self, job_id: str, request: GenerationRequest, owner: str | None) -> Job:
         """Run one job through the stages and record how it ended; a job left active with
         nothing running it would hang forever, so it ends even if the bookkeeping fails."""
         try:
-            return await self._record(job_id, await self.runner.run(job_id, request))
+            return await self._record(job_id, await self.runner.run(job_id, request, owner))
         except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
             logger.exception("job %s: orchestration failed", job_id)
             return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=error_summary(error)))
+        except asyncio.CancelledError:  # this replica is going away under the job
+            error = JobError(code="interrupted", message="the ingress running this job stopped; submit it again")
+            await asyncio.shield(self.jobs.fail.remote(job_id, error))
+            raise
 
     async def _record(self, job_id: str, outcome: Outcome) -> Job:
         if outcome.status == "completed":
@@ -326,6 +361,10 @@ class Ingress:
         if job is None or job.owner != owner:  # another key's job does not exist for this one
             raise ApiError(404, f"no video with id {video_id!r}", "video_id", "video_not_found")
         return job
+
+    def _queue_full(self, reason: str) -> ApiError:
+        retry = str(self.settings.serving.retry_after_seconds)
+        return ApiError(503, f"server busy: {reason}", code="queue_full", headers={"Retry-After": retry})
 
     @staticmethod
     def _public(job: Job) -> dict[str, Any]:

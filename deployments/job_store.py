@@ -10,13 +10,17 @@ Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
+from contract.errors import error_summary
 from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, new_job_id, video_key
 from contract.messages import PhysicsResult, StageReport, StageSpan
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
+
+logger = logging.getLogger(__name__)
 
 
 class JobStore:
@@ -27,11 +31,16 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._heartbeats: dict[str, float] = {}  # ingress replica -> last heartbeat
         self._started = time.time()
+        self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
         for key in store.keys("jobs"):
-            data = store.read(key)
-            if data:
-                job = Job.model_validate_json(data)
-                self._jobs[job.id] = job
+            try:
+                job = Job.model_validate_json(store.read(key) or b"")
+            except ValueError as error:
+                logger.warning("job store: skipped unreadable record %s: %s", key, error_summary(error))
+                self.unreadable.append(key)
+                metrics.inc("unreadable", store="jobs")
+                continue
+            self._jobs[job.id] = job
 
     # -- the watchdog: no job stays active forever ------------------------------------
 
@@ -39,9 +48,9 @@ class JobStore:
         self._heartbeats[runner] = time.time()
 
     def check(self, now: float | None = None) -> list[str]:
-        """Fail the active jobs whose stage overran its timeout, that sat between stages as
-        long (their next call was lost), or whose ingress replica stopped heartbeating (it
-        died with the job's orchestration). Returns their ids."""
+        """Fail the active jobs whose stage overran its timeout, that sat between stages or
+        queued as long (their next call was lost, or no one started them), or whose ingress
+        replica stopped heartbeating (it died with the job's orchestration). Returns their ids."""
         now = time.time() if now is None else now
         failed = []
         for job in [j for j in self._jobs.values() if j.active]:
@@ -56,6 +65,11 @@ class JobStore:
                 last = job.trace[-1].stage if job.trace else "none"
                 message = f"no stage started within {self.stage_timeout:g} s after the last one finished ({last}); "
                 self.fail(job.id, JobError(code="stalled", message=message + "submit it again"))
+            elif self.stage_timeout and job.status == "queued" and now - job.created > self.stage_timeout:
+                # Accepted, and no stage ever started: whatever was to run it is gone.
+                message = f"not started within {self.stage_timeout:g} s of being accepted; submit it again"
+                failed.append(job.id)
+                self.fail(job.id, JobError(code="stalled", message=message))
             elif self.runner_lost and job.runner:
                 # A store restarted since has heard from no one yet: give runners the grace too.
                 seen = self._heartbeats.get(job.runner, max(self._started, job.created))

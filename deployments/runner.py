@@ -117,25 +117,26 @@ class JobRunner:
 
     # -- 0. the result cache --------------------------------------------------------------
 
-    def cached(self, request: GenerationRequest) -> CachedResult | None:
-        """An identical request already made: its mp4 and physics, no compute."""
+    def cached(self, request: GenerationRequest, owner: str | None = None) -> CachedResult | None:
+        """An identical request already made by the same owner (API key): its mp4 and physics."""
         if self.cache is None or not request.cache:
             return None
-        hit = self.cache.get("result", result_key(self.model, request))
+        hit = self.cache.get("result", result_key(self.model, request, owner))
         return None if hit is None else CachedResult(hit["mp4"], PhysicsResult.model_validate(hit["physics"]))
 
-    def _remember(self, request: GenerationRequest, mp4: bytes, physics: PhysicsResult) -> None:
+    def _remember(self, request: GenerationRequest, owner: str | None, mp4: bytes, physics: PhysicsResult) -> None:
         if self.cache is not None and request.cache:  # the next identical request gets it as is
-            self.cache.put("result", result_key(self.model, request), {"mp4": mp4, "physics": physics.model_dump()})
+            value = {"mp4": mp4, "physics": physics.model_dump()}
+            self.cache.put("result", result_key(self.model, request, owner), value)
 
     # -- the job ----------------------------------------------------------------------------
 
-    async def run(self, job_id: str, request: GenerationRequest) -> Outcome:
+    async def run(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> Outcome:
         """The stages, run again (up to `retries` times) when a stage's replica died under the
         job. Ends completed, failed or cancelled; never raises for a stage's failure."""
         for attempt in range(self.retries + 1):
             try:
-                return await self.run_stages(job_id, request)
+                return await self.run_stages(job_id, request, owner)
             except Exception as error:
                 if self.replica_died(error):
                     stage = await self.events.current_stage(job_id) or "a stage"
@@ -171,7 +172,7 @@ class JobRunner:
             state = stages.low_noise(job_id, request, embeddings, boundary, None)
         return Denoising(embeddings, boundary, state)
 
-    async def run_stages(self, job_id: str, request: GenerationRequest) -> Outcome:
+    async def run_stages(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> Outcome:
         """One pass through the stages; a stage's failure raises."""
         denoised = self.denoise(job_id, request)
         # 4. Decode, write the mp4 marked as AI-generated, score its physics
@@ -189,7 +190,7 @@ class JobRunner:
         best = best.model_copy(update={"physics": best.physics.model_copy(update={"attempts": record})})
         cache_used = self.cache is not None and request.cache
         if cache_used:
-            self._remember(request, self.outputs.mp4(best), best.physics)
+            self._remember(request, owner, self.outputs.mp4(best), best.physics)
         return Outcome("completed", best, result_cache=False if cache_used else None, attempts=len(attempts))
 
     async def _repair(

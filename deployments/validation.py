@@ -32,14 +32,14 @@ class RequestValidator:
     def tokenizer(self):
         return self._checkpoint.tokenizer()
 
-    def check_prompt(self, prompt: str) -> None:
-        """The checks a prompt needs a model for: blocked terms, then the tokenizer's count (an
-        over-long prompt is refused instead of silently cut at max_sequence_length)."""
+    def check_prompt(self, text: str, field: str = "prompt") -> None:
+        """The checks a text needs a model for: blocked terms, then the tokenizer's count (an
+        over-long text is refused instead of silently cut at max_sequence_length)."""
         if self.content_filter is not None:
-            self.content_filter.check(prompt)
-        tokens, limit = count_tokens(self.tokenizer, prompt), self.settings.limits.max_prompt_tokens
+            self.content_filter.check(text, field)
+        tokens, limit = count_tokens(self.tokenizer, text), self.settings.limits.max_prompt_tokens
         if tokens > limit:
-            raise FieldError("prompt", f"prompt must be at most {limit} tokens, got {tokens}")
+            raise FieldError(field, f"{field} must be at most {limit} tokens, got {tokens}")
 
     def request(self, **fields: Any) -> GenerationRequest:
         """Request fields (canonical names) -> the request that will run; RequestInvalid names the field."""

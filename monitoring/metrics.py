@@ -64,6 +64,9 @@ class _Metrics:
             "corrupt": Counter(
                 "t2v_cache_corrupt_entries", "Corrupt entries detected and dropped", tag_keys=("level",)
             ),
+            "unreadable": Counter(
+                "t2v_unreadable_records", "Stored records that did not parse (skipped, kept)", tag_keys=("store",)
+            ),
             "cache_bytes": Gauge("t2v_cache_size_bytes", "Bytes held by a node's cache level", tag_keys=("level",)),
             "physics": Histogram(
                 "t2v_physics_score",

@@ -22,6 +22,21 @@ def keyed(serve_app, key: str) -> httpx.Client:
 def test_without_keys_the_server_stays_on_loopback():
     assert ServingSettings(host="0.0.0.0").bind_host == "127.0.0.1"
     assert ServingSettings(host="0.0.0.0", api_keys=["k"]).bind_host == "0.0.0.0"
+    # Whoever puts the proxies on the network (a Serve config, KubeRay), the ingress refuses it
+    # without keys, unless asked by name.
+    for host in ("127.0.0.1", "localhost", "::1"):
+        ServingSettings().check_open_access(host)
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        with pytest.raises(PermissionError, match=f"refusing to serve on {host} without API keys"):
+            ServingSettings().check_open_access(host)
+        ServingSettings(api_keys=["k"]).check_open_access(host)
+        ServingSettings(allow_unauthenticated=True).check_open_access(host)
+
+
+def test_the_running_ingress_knows_where_the_proxies_listen(serve_app):
+    from deployments.ingress import proxy_host
+
+    assert proxy_host("unknown") == "127.0.0.1"  # what the session's app was started with
 
 
 @pytest.mark.parametrize(
@@ -62,6 +77,17 @@ def test_a_job_is_visible_only_to_the_key_that_created_it(serve_app):
         assert job["id"] in [j["id"] for j in a.get("/v1/videos", params={"limit": 100}).json()["data"]]
         assert a.get(f"/v1/videos/{job['id']}").json()["id"] == job["id"]
         assert "owner" not in job
+
+
+def test_the_result_cache_answers_only_the_key_that_made_the_video(serve_app):
+    """Key B's `cache.result` would otherwise tell which slot values key A asked for."""
+    body = {"template": "product_showcase", "slots": {"product": "a secret prototype"}, "steps": 3}
+    with keyed(serve_app, serve_app.api_key) as a, keyed(serve_app, serve_app.other_key) as b:
+        assert a.post("/v1/videos/sync", json=body).status_code == 200
+        again = a.post("/v1/videos", json=body).json()
+        assert again["status"] == "completed" and again["cache"]["result"] is True
+        theirs = b.post("/v1/videos", json=body).json()
+        assert theirs["cache"]["result"] is False and theirs["status"] == "queued"
 
 
 def test_body_size_is_bounded(serve_app):

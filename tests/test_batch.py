@@ -209,6 +209,38 @@ def test_local_engine_run_rerun_and_changed_row(settings, tmp_path):
     assert third["made"] == 1 and manifest_rows(out)["cat"]["seed"] == 2
 
 
+def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
+    """A non-finite number is a failed row naming its field; an engine that raises on a row
+    fails that row; the run goes on either way."""
+    rows, _ = read_table(
+        str(
+            write_table(
+                [
+                    {"id": "huge", "prompt": "a red ball", "seconds": 1e308},
+                    {"id": "nan", "prompt": "a red ball", "guidance": "NaN"},
+                    {"id": "boom", "prompt": "the engine breaks on this one"},
+                    {"id": "fine", "prompt": "a red ball", "steps": 2, "seed": 1},
+                ],
+                tmp_path / "p.jsonl",
+            )
+        )
+    )
+
+    class Breaks(LocalEngine):
+        async def generate(self, fields):
+            if "breaks" in fields.get("prompt", ""):
+                raise OverflowError("cannot convert float infinity to integer")
+            return await super().generate(fields)
+
+    out = tmp_path / "out"
+    summary = asyncio.run(BatchRun(rows, Breaks(settings), OutputStore(str(out)), log=lambda _: None).run())
+    assert (summary["completed"], summary["failed"]) == (1, 3)
+    entries = manifest_rows(out)
+    assert entries["huge"]["error"].startswith("seconds:") and entries["nan"]["error"].startswith("guidance:")
+    assert entries["boom"]["error_code"] == "generation_failed" and "OverflowError" in entries["boom"]["error"]
+    assert entries["fine"]["status"] == "completed"
+
+
 # -- real `ray job submit` against the session's Serve app ----------------------------------
 
 

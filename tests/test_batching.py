@@ -14,6 +14,7 @@ from contract.experts import ExpertKind
 from contract.jobs import JobCancelled
 from contract.request import GenerationRequest
 from contract.settings import BatchingSettings, Settings
+from deployments.batching import _Member
 from deployments.checkpoint import Checkpoint
 from deployments.expert import Expert
 from deployments.text_encoder import TextEncoder
@@ -109,3 +110,39 @@ def test_a_cancelled_request_leaves_and_the_others_go_on(wan22_dir, parts):
             dropped.result()
         assert (kept.result().latents - parts[2].phase(*keep).latents).abs().max() <= 1e-4
     assert torch.is_tensor(kept.result().latents)
+
+
+def test_a_request_that_left_can_leave_again(wan22_dir):
+    """A member cancelled in its step whose batch then fails as a whole is left twice: the second
+    time must be a no-op, not an InvalidStateError that kills the worker (and hangs every later
+    request on the replica)."""
+    batcher = batching_expert(wan22_dir).batcher
+    member = _Member(None, torch.zeros(1), torch.zeros(1), None, 1.0, [], None, 0)
+    batcher._leave(member, JobCancelled("cancelled in its step"))
+    batcher._leave(member, RuntimeError("then its batch's forward failed"))
+    batcher._leave(member)
+    assert isinstance(member.future.exception(), JobCancelled)
+    assert batcher.alive
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the deaths it causes
+def test_a_dead_batcher_fails_the_replicas_health_check(wan22_dir, parts):
+    from deployments.expert_deployment import ExpertDeployment
+
+    expert = batching_expert(wan22_dir, max_wait_ms=0)
+    deployment = object.__new__(ExpertDeployment)  # the Serve replica's object, without Serve
+    deployment.expert, deployment.kind = expert, ExpertKind.HIGH_NOISE
+    deployment.check_health()  # healthy
+
+    def dies(batch):
+        raise SystemExit("the worker thread ends")  # not an Exception: the engine's guard lets it through
+
+    expert.batcher._step = dies
+    request, embeddings = job(parts, "kills the worker", 13, steps=2)
+    threading.Thread(target=lambda: expert.phase(request, embeddings), daemon=True).start()
+    expert.batcher._worker.join(30)
+    assert not expert.batcher.alive
+    with pytest.raises(RuntimeError, match="worker thread died"):
+        deployment.check_health()
+    for member in list(expert.batcher._active):  # let the stranded request go
+        member.future.set_exception(RuntimeError("test over"))

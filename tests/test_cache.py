@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import hmac
 import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
 
-from cache.store import LatentCache
+from cache.keys import BOUNDARY_FIELDS, ModelIdentity, boundary_key, embedding_key, result_key
+from cache.store import LatentCache, pack
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
-from contract.settings import CacheSettings, Settings
+from contract.settings import CacheSettings, Settings, StepCacheSettings
 from contract.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
 from deployments.checkpoint import Checkpoint
 
@@ -117,6 +120,53 @@ def test_bit_flip_in_a_small_entry_is_caught(tmp_path):
     cache.levels["embeddings"].set("k", bytes(raw))
     assert cache.get("embeddings", "k") is None
     assert cache.stats()["embeddings"]["corrupt"] == 1 and "k" not in cache.levels["embeddings"]
+
+
+class RunsCode:
+    """Unpickles into a call: what a forged entry would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _forged(value, secret: bytes | None = None) -> bytes:
+    """An entry in the store's own format with a valid checksum (or signature), whatever it holds."""
+    return pack(value, secret) if secret else pack(value)
+
+
+def test_an_entry_that_would_run_code_is_refused_counted_and_recomputed(tmp_path):
+    marker = tmp_path / "code-ran"
+    cache = LatentCache(tmp_path / "c", LIMITS)
+    cache.levels["boundary"].set("k", _forged({"latents": RunsCode(marker)}))
+    assert cache.get("boundary", "k") is None
+    assert not marker.exists(), "reading a cache entry ran code"
+    assert cache.stats()["boundary"]["corrupt"] == 1 and "k" not in cache.levels["boundary"]
+    assert cache.get_or_compute("boundary", "k", lambda: {"step": 3}) == ({"step": 3}, False)
+
+
+def test_a_shared_cache_signs_its_entries(tmp_path):
+    signed = LatentCache(tmp_path / "c", LIMITS, secret=b"cluster secret")
+    signed.put("embeddings", "mine", torch.ones(2))
+    assert torch.equal(signed.get("embeddings", "mine"), torch.ones(2))
+    # Written by someone without the secret: a valid checksum is not enough.
+    signed.levels["embeddings"].set("theirs", _forged(torch.zeros(2)))
+    signed.levels["embeddings"].set("other key", _forged(torch.zeros(2), secret=b"another secret"))
+    assert signed.get("embeddings", "theirs") is None and signed.get("embeddings", "other key") is None
+    assert signed.stats()["embeddings"]["corrupt"] == 2
+    unsigned = LatentCache(tmp_path / "c", LIMITS)  # a replica without the secret refuses signed entries
+    assert unsigned.get("embeddings", "mine") is None
+
+
+def test_the_secret_comes_from_the_settings(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("T2V_CACHE__SECRET", "from the environment")
+    cache = LatentCache.from_settings(Settings(cache_dir=tmp_path))
+    cache.put("embeddings", "k", torch.ones(1))
+    raw = cache.levels["embeddings"].get("k")
+    assert raw[5:37] == hmac.digest(b"from the environment", raw[37:], "sha256")
+    assert "from the environment" not in repr(Settings())  # a secret, not printed
 
 
 # -- single flight and eviction -------------------------------------------------------------
@@ -227,3 +277,63 @@ def test_closest_template_by_prompt_embedding(settings, checkpoint):
         registry.get(name)
     )
     assert matched.template_mode and matched.seed == registry.get(name).seed
+
+
+# -- keys: every input of a cached value -----------------------------------------------------
+
+
+def _other(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 16
+    if isinstance(value, str):
+        return value + " (changed)"
+    return 0.5 if value is None else None
+
+
+def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
+    model = ModelIdentity("m", "r1", "torch.float32")
+    request = GenerationRequest.build(Settings(), template="product_showcase", slots={"product": "a mug"}, seed=1)
+    levels = {
+        "embeddings": lambda m, r: embedding_key(m, "a mug"),
+        "boundary": lambda m, r: boundary_key(m, r),
+        "result": lambda m, r: result_key(m, r),
+    }
+    # Of the model and its runtime: which levels each one changes.
+    changes = {
+        "model": {"embeddings", "boundary", "result"},
+        "revision": {"embeddings", "boundary", "result"},
+        "dtype": {"embeddings", "boundary", "result"},
+        "device": {"embeddings", "boundary", "result"},
+        "step_cache": {"boundary", "result"},
+        "boundary_ratio": {"boundary", "result"},
+        "vae_dtype": {"result"},
+        "max_sequence_length": {"embeddings", "result"},
+    }
+    assert set(changes) == {f.name for f in fields(ModelIdentity)}, "a new input needs its place in the keys"
+    for name, changed_levels in changes.items():
+        other = replace(model, **{name: _other(getattr(model, name))})
+        changed = {level for level, key in levels.items() if key(other, request) != key(model, request)}
+        assert changed == changed_levels, name
+    # Of the request: the high-noise phase's inputs change the boundary key; any field the mp4.
+    for name in GenerationRequest.model_fields:
+        other = request.model_copy(update={name: _other(getattr(request, name))})
+        assert (boundary_key(model, other) != boundary_key(model, request)) == (name in BOUNDARY_FIELDS), name
+        if name not in ("preset", "template", "slots"):  # those only through the fields they fill in
+            assert result_key(model, other) != result_key(model, request), name
+    # And whose it is: one API key's results never answer another's requests.
+    assert len({result_key(model, request, owner) for owner in (None, "key-a", "key-b")}) == 3
+
+    # The checkpoint reports what the settings change.
+    def identity(**settings) -> ModelIdentity:
+        return Checkpoint(wan22_dir, Settings(model=wan22_dir, **settings)).identity
+
+    plain = identity()
+    assert plain.device == "cpu" and plain.step_cache == "none"
+    assert identity(step_cache=StepCacheSettings(kind="first_block", options={"threshold": 0.05})).step_cache != "none"
+    assert identity(step_cache=StepCacheSettings(kind="first_block", options={"threshold": 0.1})) != identity(
+        step_cache=StepCacheSettings(kind="first_block", options={"threshold": 0.05})
+    )
+    assert identity(vae_dtype="bfloat16").vae_dtype != plain.vae_dtype

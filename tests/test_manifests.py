@@ -19,7 +19,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import AppArgs
-from contract.settings import Settings
+from contract.settings import ServingSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE_YAML = REPO / "cluster" / "serve.yaml"
@@ -171,6 +171,25 @@ def test_rayservice_manifest(rayservice, gpu_serve_config, serve_config):
     assert env["T2V_DTYPE"] == "bfloat16"
     # Same application as cluster/serve.yaml, only placed differently.
     assert set(by_name(gpu_serve_config["applications"][0])) == set(by_name(serve_config["applications"][0]))
+
+
+def test_rayservice_is_closed_by_default(rayservice, gpu_serve_config):
+    """The API takes its keys from a Kubernetes Secret in every pod; Ray's dashboard (job
+    submission: code execution) is not on the pod network."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["T2V_SERVING__API_KEYS"]["valueFrom"]["secretKeyRef"]["name"], container["name"]
+            assert 8265 not in [p["containerPort"] for p in container.get("ports", [])], container["name"]
+    head = cluster["headGroupSpec"]["rayStartParams"]
+    assert head["dashboard-host"] in ("127.0.0.1", "localhost")
+    # The proxies listen on every interface: without the Secret's keys the ingress would refuse.
+    host = gpu_serve_config["http_options"]["host"]
+    with pytest.raises(PermissionError, match="without API keys"):
+        ServingSettings().check_open_access(host)
+    ServingSettings(api_keys=["from the secret"]).check_open_access(host)
 
 
 def test_rayservice_places_one_expert_per_gpu(gpu_serve_config):

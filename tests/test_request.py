@@ -89,3 +89,17 @@ def test_yaml_feeds_settings_and_deployment_overrides_merge(tmp_path, monkeypatc
     assert Settings().deployments["Decoder"].threads == 3
     with pytest.raises(ValidationError, match="unknown deployment 'Expert'"):
         Settings(deployments={"Expert": {"num_gpus": 1}})
+
+
+def test_ids_are_whole_matches(tmp_path):
+    from cluster.prompt_table import read_table
+    from contract.jobs import new_job_id, valid_job_id
+
+    job_id = new_job_id()
+    assert valid_job_id(job_id)
+    assert not valid_job_id(job_id + "\n") and not valid_job_id(job_id + "x") and not valid_job_id("x" + job_id)
+    table = tmp_path / "rows.jsonl"
+    table.write_text('{"id": "row-1.a_b", "prompt": "x"}\n{"id": "abc\\n", "prompt": "x"}\n')
+    good, bad = read_table(str(table))[0]
+    assert good.id == "row-1.a_b" and good.error is None
+    assert bad.error is not None and bad.error.startswith("id:")

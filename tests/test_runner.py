@@ -220,16 +220,18 @@ def test_any_other_stage_error_fails_the_job_at_once():
     assert events.retried == 0
 
 
-def test_the_result_cache_answers_an_identical_request(tmp_path):
+def test_the_result_cache_answers_an_identical_request_of_the_same_owner(tmp_path):
     cache = LatentCache(tmp_path, {"embeddings": 2**20, "boundary": 2**20, "result": 2**20})
     stages = FakeStages(scores=[0.2, 0.6], awaitable=True)
     job_runner = runner(stages, cache)
     generation = request(min_physics_score=0.9, max_retries=1)
-    assert job_runner.cached(generation) is None
-    outcome = asyncio.run(job_runner.run("job", generation))
+    assert job_runner.cached(generation, "key-a") is None
+    outcome = asyncio.run(job_runner.run("job", generation, "key-a"))
     assert outcome.result_cache is False  # looked up by the caller, filled by the run
-    hit = job_runner.cached(generation)
+    hit = job_runner.cached(generation, "key-a")
     assert hit.mp4 == b"mp4 of attempt 1" and hit.physics.score == 0.6 and len(hit.physics.attempts) == 2
-    assert job_runner.cached(generation.model_copy(update={"seed": 8})) is None
-    assert job_runner.cached(generation.model_copy(update={"cache": False})) is None
+    assert job_runner.cached(generation, "key-b") is None  # another API key's request
+    assert job_runner.cached(generation) is None
+    assert job_runner.cached(generation.model_copy(update={"seed": 8}), "key-a") is None
+    assert job_runner.cached(generation.model_copy(update={"cache": False}), "key-a") is None
     assert cache.stats()["result"]["hits"] == 1

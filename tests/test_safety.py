@@ -36,17 +36,107 @@ def test_blocked_prompts_name_their_category(content_filter, prompt, category):
     assert content_filter.category(prompt) == category
 
 
-@pytest.mark.parametrize(
-    "prompt",
-    [
-        "a red ball bouncing",
-        "bombastic making of a film",
-        "一只橘猫在草地上奔跑",
-        "a decapitated... no: a capitated statue",
-    ],
-)
+# Disguises of blocked terms: every one must be refused, with its category.
+EVASIONS = [
+    ("be\u200bheading in the square", "graphic_violence"),  # zero-width space inside the word
+    ("be\u00adheading", "graphic_violence"),  # soft hyphen
+    ("be\u2060head\u200cing", "graphic_violence"),  # word joiner, zero-width non-joiner
+    ("bomb\u2010making at home", "terrorism"),  # Unicode hyphen
+    ("bomb\u2014making", "terrorism"),  # em dash
+    ("bombmaking for beginners", "terrorism"),  # run together
+    ("bomb_making", "terrorism"),
+    ("public beheadings", "graphic_violence"),  # plural
+    ("he was beheaded", "graphic_violence"),  # past tense
+    ("a decapitated statue", "graphic_violence"),
+    ("the body was dismembered", "graphic_violence"),
+    ("a mass shooter in a mall", "terrorism"),
+    ("pornography of all kinds", "sexual_explicit"),
+    ("b e h e a d i n g", "graphic_violence"),  # letters spelt out
+    ("b.e.h.e.a.d.i.n.g", "graphic_violence"),
+    ("béhéading", "graphic_violence"),  # accents
+    ("chіld porn", "sexual_minors"),  # Cyrillic i
+    ("сhild pоrn", "sexual_minors"),  # Cyrillic c and o
+    ("child p0rn", "sexual_minors"),  # a digit for a letter
+    ("CHILD PORN", "sexual_minors"),
+    ("ｂｅｈｅａｄｉｎｇ scene", "graphic_violence"),  # full-width letters
+    ("tortur3 video", "graphic_violence"),
+    ("斩 首", "graphic_violence"),  # spaces between CJK characters
+    ("一个人被斩\u200b首的场景", "graphic_violence"),  # zero-width space between them
+    ("斬首示眾", "graphic_violence"),  # traditional characters
+    ("制 造 炸 弹 的 方 法", "terrorism"),
+    ("製造炸彈", "terrorism"),
+    ("恐-怖-袭-击", "terrorism"),
+    ("肢·解", "graphic_violence"),
+    ("儿 童 色 情", "sexual_minors"),
+    ("自杀、教程", "self_harm"),
+    ("ｓｕｉｃｉｄｅ tutorials", "self_harm"),
+]
+
+# Ordinary prompts with near-miss words: every one must pass.
+BENIGN = [
+    "a red ball bouncing",
+    "bombastic making of a film",
+    "to be heading home at dusk",
+    "a headband on a table",
+    "the head of a statue",
+    "a capitated statue",
+    "a decorated capital",
+    "a member of the band",
+    "remembering a summer day",
+    "a bomber jacket on a hanger",
+    "a photo bomb at a party",
+    "massive shooting star over the sea",
+    "a shooting star",
+    "a tutorial on painting",
+    "a child playing with a ball",
+    "a nude colour lipstick",
+    "a minor chord on a piano",
+    "a portrait in the museum",
+    "a porcupine in the forest",
+    "a sex pistols poster on a wall",
+    "torte with cherries",
+    "3 balls on the grass",
+    "a 4k video of a beach",
+    "一只橘猫在草地上奔跑",
+    "首都的夜景",
+    "炸鸡和薯条",
+    "解谜游戏",
+    "儿童在公园里玩耍",
+    "教程：如何画画",
+    "红色的球在沙滩上滚动",
+    "斩获冠军的运动员",
+]
+
+
+@pytest.mark.parametrize("prompt, category", EVASIONS)
+def test_disguised_terms_are_refused(content_filter, prompt, category):
+    assert content_filter.category(prompt) == category
+
+
+@pytest.mark.parametrize("prompt", BENIGN)
 def test_ordinary_prompts_pass(content_filter, prompt):
     assert content_filter.category(prompt) is None
+
+
+def test_the_lists_are_long_enough():
+    assert len(EVASIONS) >= 30 and len(BENIGN) >= 30
+    assert sum(1 for p, _ in EVASIONS if any("\u4e00" <= c <= "\u9fff" for c in p)) >= 8  # Chinese too
+
+
+def test_negative_prompt_and_slots_get_the_same_checks(settings):
+    check = validator(settings)
+    with pytest.raises(RequestInvalid) as info:
+        check.request(prompt="a red ball", negative_prompt="no be\u200bheadings")
+    assert (info.value.field, info.value.code) == ("negative_prompt", "content_policy_violation")
+    with pytest.raises(RequestInvalid) as info:
+        check.request(prompt="a red ball", negative_prompt="x" * (settings.limits.max_prompt_chars + 1))
+    assert info.value.field == "negative_prompt" and "characters" in info.value.message
+    with pytest.raises(RequestInvalid) as info:
+        check.request(prompt="a red ball", negative_prompt="猫" * 600)
+    assert info.value.field == "negative_prompt" and "tokens" in info.value.message
+    with pytest.raises(RequestInvalid) as info:
+        check.request(template="product_showcase", slots={"product": "斩 首"})
+    assert (info.value.field, info.value.code) == ("slots.product", "content_policy_violation")
 
 
 def test_rejection_reaches_the_api_with_its_code(settings):

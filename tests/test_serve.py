@@ -166,6 +166,15 @@ def test_cancel_in_flight_then_delete(http):
         ({"template": "scene", "slots": {"subject": "a dog", "mood": "sad"}}, "slots.mood", "not a slot"),
         ({"prompt": "x", "template": "scene", "slots": {"subject": "a dog"}}, "prompt", "not both"),
         ({"prompt": "x", "seconds": 1, "num_frames": 17}, "seconds", "not both"),
+        # Non-finite numbers, as JSON numbers or as the strings a form sends
+        ({"prompt": "x", "seconds": 1e308}, "seconds", "finite"),
+        ({"prompt": "x", "seconds": "inf"}, "seconds", "finite"),
+        ({"prompt": "x", "seconds": "Infinity"}, "seconds", "finite"),
+        ({"prompt": "x", "guidance": "NaN"}, "guidance", "finite"),
+        ({"prompt": "x", "guidance_2": "-inf"}, "guidance_2", "finite"),
+        ({"prompt": "x", "min_physics_score": "nan"}, "min_physics_score", "finite"),
+        ({"prompt": "x", "fps": "inf"}, "fps", "integer"),
+        ({"prompt": "x", "steps": 1e308}, "steps", "integer"),
     ],
 )
 def test_bad_input_names_the_field(http, body, param, words):
