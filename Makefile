@@ -24,7 +24,9 @@ serve: install
 generate: install
 	$(BIN)/t2v generate "一只橘猫在草地上奔跑" -o cat.mp4
 
+# The tests also run Prometheus, ffprobe and Chromium: installed here when missing (as root).
 test: install
+	.ci/system-packages
 	$(BIN)/python -m pytest
 
 bench: install

@@ -102,6 +102,12 @@ class LatentCache:
             for level in LEVELS
         }
         self.counters = diskcache.Cache(self.directory / "counters")  # process-safe increments
+        for level, store in self.levels.items():  # every series exists from the first scrape
+            metrics.set("cache_bytes", store.volume(), level=level)
+            for name in ("evictions", "corrupt"):
+                metrics.zero(name, level=level)
+            for result in ("hit", "miss"):
+                metrics.zero("cache", level=level, result=result)
 
     # -- reads and writes ---------------------------------------------------------------
 

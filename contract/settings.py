@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.experts import ExpertKind
@@ -62,6 +62,7 @@ class DeploymentSettings(BaseModel):
     # load degrade to one thread's speed, not far below (BENCHMARKS.md).
     threads: int = 1
     access_log: bool = True  # Serve's per-call access log line (off for the job store's heartbeats)
+    graceful_shutdown_timeout_s: float | None = None  # how long Serve waits for a stopping replica
 
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -86,6 +87,11 @@ class DeploymentSettings(BaseModel):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             **logging,
+            **(
+                {"graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s}
+                if self.graceful_shutdown_timeout_s is not None
+                else {}
+            ),
         }
 
 
@@ -93,7 +99,11 @@ def _default_deployments() -> dict[str, DeploymentSettings]:
     # Fractions of 2 CPUs for the embedded default model; on GPUs, give each expert num_gpus=1.
     return {
         "Ingress": DeploymentSettings(
-            num_cpus=0.1, max_replicas=2, max_ongoing_requests=256, target_ongoing_requests=64
+            num_cpus=0.1,
+            max_replicas=2,
+            max_ongoing_requests=256,
+            target_ongoing_requests=64,
+            graceful_shutdown_timeout_s=130,
         ),
         # Every ingress heartbeats its jobs here every 2 s: no access-log line per call.
         "JobStore": DeploymentSettings(
@@ -179,6 +189,9 @@ class ServingSettings(BaseModel):
     heartbeat_seconds: float = 2
     runner_lost_seconds: float = 15
     job_retries: int = 1
+    # An ingress replica that Serve stops (scale-down, redeploy) finishes the jobs it runs first,
+    # for at most this long (its deployment's graceful_shutdown_timeout_s is set to allow it).
+    drain_seconds: float = 120
 
     @property
     def bind_host(self) -> str:
@@ -230,6 +243,16 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
+
+    @model_validator(mode="after")
+    def _ingress_can_drain(self) -> Settings:
+        grace = self.deployments["Ingress"].graceful_shutdown_timeout_s
+        if grace is not None and grace < self.serving.drain_seconds + 5:
+            raise ValueError(
+                f"deployments.Ingress.graceful_shutdown_timeout_s ({grace:g}) must leave the ingress "
+                f"serving.drain_seconds ({self.serving.drain_seconds:g}) + 5 to finish its jobs"
+            )
+        return self
 
     @field_validator("deployments", mode="before")
     @classmethod

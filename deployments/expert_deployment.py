@@ -16,6 +16,7 @@ from deployments.denoising import DenoisingState
 from deployments.expert import Expert
 from deployments.reporting import JobReporter
 from deployments.text_encoder import PromptEmbeddings
+from monitoring.metrics import metrics
 
 
 class ExpertDeployment:
@@ -26,6 +27,7 @@ class ExpertDeployment:
         # The high-noise phase of a template is shared through the node's cache.
         self.cache = LatentCache.from_settings(settings) if self.kind is ExpertKind.HIGH_NOISE else None
         self.jobs = jobs
+        metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
 
     def check_health(self) -> None:
         """Serve replaces a replica whose step batcher lost its worker: its requests would hang."""

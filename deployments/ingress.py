@@ -134,6 +134,13 @@ class Ingress:
         self.replica = serve.get_replica_context().replica_id.unique_id
         threading.Thread(target=self._heartbeat, name="ingress-heartbeat", daemon=True).start()
 
+    async def __del__(self) -> None:
+        """Serve is stopping this replica (scale-down, redeploy): its jobs finish first, for at
+        most `serving.drain_seconds`; any still running then fail as interrupted (`_generate`)."""
+        if self._tasks:
+            logger.info("ingress stopping: draining %d jobs", len(self._tasks))
+            await asyncio.wait(self._tasks, timeout=self.settings.serving.drain_seconds)
+
     def _heartbeat(self) -> None:
         while True:
             try:

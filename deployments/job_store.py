@@ -32,6 +32,7 @@ class JobStore:
         self._heartbeats: dict[str, float] = {}  # ingress replica -> last heartbeat
         self._started = time.time()
         self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
+        metrics.zero("unreadable", store="jobs")
         for key in store.keys("jobs"):
             try:
                 job = Job.model_validate_json(store.read(key) or b"")
@@ -41,6 +42,7 @@ class JobStore:
                 metrics.inc("unreadable", store="jobs")
                 continue
             self._jobs[job.id] = job
+        self._publish()  # jobs in flight by status, from the first scrape
 
     # -- the watchdog: no job stays active forever ------------------------------------
 

@@ -98,6 +98,18 @@ class _Metrics:
         if metric is not None:
             metric.observe(value, tags={k: str(v) for k, v in tags.items()})
 
+    def zero(self, name: str, **tags: str) -> None:
+        """Create a counter's or gauge's series at 0, so that a dashboard panel shows 0, not
+        "No data" (which looks like a broken exporter), until the first event."""
+        metric = self._get(name)
+        if metric is None:
+            return
+        tags = {k: str(v) for k, v in tags.items()}
+        if hasattr(metric, "set"):
+            metric.set(0, tags=tags)
+        else:
+            metric._record(0, tags=tags)  # Counter.inc refuses 0; recording it creates the series
+
     def set(self, name: str, value: float, **tags: str) -> None:
         metric = self._get(name)
         if metric is not None:

@@ -8,6 +8,7 @@ latent cache keeps no half-written entry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -230,3 +231,37 @@ def test_half_written_files_never_break_a_restart(tmp_path, settings):
     assert set(resumed.load()) == {"a"} and resumed.unreadable == [f"{PARTS}/99999999999999999999-broken.parquet"]
     assert resumed.compact(["a"]).num_rows == 1
     assert output.exists(f"{PARTS}/99999999999999999999-broken.parquet")  # kept for a person to look at
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .*__del__.* was never awaited")  # the test object's own GC
+def test_a_stopping_ingress_finishes_its_jobs_within_the_drain_limit():
+    """What Serve runs when it stops an ingress replica (scale-down, redeploy): its `__del__`
+    waits for the replica's jobs, up to serving.drain_seconds."""
+    from contract.settings import ServingSettings, Settings
+    from deployments.ingress import Ingress
+
+    ingress = object.__new__(Ingress.func_or_class)
+
+    async def scenario():
+        ingress.settings = Settings(serving=ServingSettings(drain_seconds=5))
+        finished = asyncio.Event()
+
+        async def job():
+            await asyncio.sleep(0.5)
+            finished.set()
+
+        ingress._tasks = {asyncio.create_task(job())}
+        await ingress.__del__()
+        assert finished.is_set()
+
+        ingress.settings = Settings(serving=ServingSettings(drain_seconds=0.3))
+        endless = asyncio.create_task(asyncio.sleep(60))
+        ingress._tasks = {endless}
+        start = time.monotonic()
+        await ingress.__del__()
+        assert time.monotonic() - start < 3 and not endless.done()  # the limit holds
+        endless.cancel()
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="must leave the ingress"):  # Serve would kill it mid-drain
+        Settings(serving=ServingSettings(drain_seconds=200))

@@ -104,6 +104,19 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
     time.sleep(3)  # a few more scrapes, so rate() has two samples of everything
     empty = [expr for expr in dashboard_queries() if not query(prometheus, expr)]
     assert not empty, f"dashboard queries without data: {empty}"
+    # Series of events that may never have happened exist from the start, at zero.
+    for series in [
+        *(
+            f'ray_t2v_cache_{name}_total{{level="{level}"}}'
+            for name in ("evictions", "corrupt_entries")
+            for level in ("embeddings", "boundary", "result")
+        ),
+        'ray_t2v_jobs_in_flight{status="queued"}',
+        'ray_t2v_jobs_in_flight{status="in_progress"}',
+        'ray_t2v_unreadable_records_total{store="jobs"}',
+        'ray_t2v_denoising_steps_total{expert="low_noise"}',
+    ]:
+        assert query(prometheus, series), f"{series}: no series"
 
     # Every completed video is scored once: the physics histogram counts the completions.
     wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
