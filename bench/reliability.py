@@ -36,7 +36,7 @@ import httpx
 from bench.serve import cluster_run, log, model_settings, percentile, rounded
 from cluster.client import T2VClient
 from cluster.launch import APP_NAME, deploy, free_port, start_private_ray
-from contract.settings import ServingSettings
+from contract.settings import ServingSettings, Settings
 
 DEPLOYMENTS = ("Ingress", "JobStore", "TextEncoder", "HighNoiseExpert", "LowNoiseExpert", "Decoder")
 STAGE_OF = {
@@ -51,6 +51,20 @@ FUZZ_SKIP = {"POST /v1/videos/sync"}  # holds a connection per generation; same 
 
 
 # -- helpers shared with the tests ------------------------------------------------------------
+
+
+def keyed_app(name: str, key: str, max_active_jobs: int = 8) -> tuple[Settings, Path, str]:
+    """The app as the reliability benchmarks run it: API keys on, a bounded queue, its own
+    cache and outputs in a work folder and its own Ray temp dir. Returns both with it."""
+    work, ray_dir = Path(tempfile.mkdtemp(prefix=f"t2v-{name}-")), f"/tmp/t2v-{name}-{os.getpid()}"
+    serving = ServingSettings(
+        port=free_port(),
+        output_uri=str(work / "outputs"),
+        ray_temp_dir=ray_dir,
+        max_active_jobs=max_active_jobs,
+        api_keys=[key],
+    )
+    return model_settings().model_copy(update={"cache_dir": work / "cache", "serving": serving}), work, ray_dir
 
 
 def replica_pids(deployment: str) -> list[int]:
@@ -259,22 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--burst", type=int, default=5, help="burst size, in multiples of max_active_jobs")
     args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="t2v-br-"))
-    ray_dir = f"/tmp/t2v-br-{os.getpid()}"
-    base = model_settings()
     key = "bench-key"
-    settings = base.model_copy(
-        update={
-            "cache_dir": work / "cache",
-            "serving": ServingSettings(
-                port=free_port(),
-                output_uri=str(work / "outputs"),
-                ray_temp_dir=ray_dir,
-                max_active_jobs=8,
-                api_keys=[key],
-            ),
-        }
-    )
+    settings, work, ray_dir = keyed_app("br", key)
     headers = {"Authorization": f"Bearer {key}"}
     result: dict = {"benchmark": "reliability", "max_active_jobs": 8}
     with contextlib.redirect_stdout(sys.stderr), cluster_run(ray_dir, work):

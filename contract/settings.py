@@ -63,6 +63,8 @@ class DeploymentSettings(BaseModel):
     threads: int = 1
     access_log: bool = True  # Serve's per-call access log line (off for the job store's heartbeats)
     graceful_shutdown_timeout_s: float | None = None  # how long Serve waits for a stopping replica
+    initial_replicas: int | None = None  # None: min_replicas
+    downscale_delay_s: float | None = None  # None: Serve's (600 s): idle this long before a replica goes
 
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -80,9 +82,10 @@ class DeploymentSettings(BaseModel):
             },
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
-                "initial_replicas": self.min_replicas,
+                "initial_replicas": self.min_replicas if self.initial_replicas is None else self.initial_replicas,
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
+                **({"downscale_delay_s": self.downscale_delay_s} if self.downscale_delay_s is not None else {}),
             },
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,

@@ -105,19 +105,13 @@ class Ingress:
         self.validator = RequestValidator(settings, checkpoint)
         self.store = OutputStore(settings.output_uri)
         scheduler = Scheduler.from_checkpoint(checkpoint)
-        low_noise = None
-        if low_noise_expert is not None:
-            low_noise = lambda job_id, request, embeddings, boundary, seed: low_noise_expert.denoise.remote(  # noqa: E731
-                job_id, request, embeddings, boundary, seed
-            )
+        # Each stage call answers a DeploymentResponse, which the runner hands to the next stage as it is.
         self.runner = JobRunner(
             Stages(
-                encode=lambda job_id, request, base: text_encoder.encode.remote(job_id, request, base),
-                high_noise=lambda job_id, request, embeddings: high_noise_expert.denoise.remote(
-                    job_id, request, embeddings
-                ),
-                low_noise=low_noise,
-                decode=lambda job_id, request, state, attempt: decoder.decode.remote(job_id, request, state, attempt),
+                encode=text_encoder.encode.remote,
+                high_noise=high_noise_expert.denoise.remote,
+                low_noise=low_noise_expert.denoise.remote if low_noise_expert is not None else None,
+                decode=decoder.decode.remote,
             ),
             plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
             model=checkpoint.identity,

@@ -265,3 +265,64 @@ def test_a_stopping_ingress_finishes_its_jobs_within_the_drain_limit():
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="must leave the ingress"):  # Serve would kill it mid-drain
         Settings(serving=ServingSettings(drain_seconds=200))
+
+
+def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path):
+    """Serve's autoscaler stops one of two ingress replicas while both run jobs (a job is
+    background work, not a request, so to Serve the replica looks idle): the stopped one
+    finishes its jobs before it goes. A second app on the session's cluster, so the first keeps
+    its replicas."""
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from cluster.app import bind_app
+    from contract.settings import DeploymentSettings
+
+    name = "t2v-scale"
+    deployments = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in serve_app.settings.deployments.items()}
+    deployments["Ingress"] = deployments["Ingress"].model_copy(
+        update={"min_replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": 10}
+    )
+    serving = serve_app.settings.serving.model_copy(
+        update={"output_uri": str(tmp_path / "outputs"), "max_active_jobs": 16, "drain_seconds": 60}
+    )
+    settings = serve_app.settings.model_copy(
+        update={"cache_dir": tmp_path / "cache", "serving": serving, "deployments": deployments}
+    )
+    assert isinstance(deployments["Ingress"], DeploymentSettings)
+
+    def ingress_replicas() -> dict[str, int]:
+        actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{name}:Ingress"), ("state", "=", "ALIVE")])
+        return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors}
+
+    serve.run(bind_app(settings), name=name, route_prefix="/scale")
+    try:
+        assert len(ingress_replicas()) == 2
+        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=60) as http:
+            body = {"preset": "final", "steps": 12, "cache": False}
+            ids = [
+                http.post("/v1/videos", json={**body, "prompt": f"a kite at dusk {i}", "seed": i})
+                .raise_for_status()
+                .json()["id"]
+                for i in range(8)
+            ]
+            deadline = time.monotonic() + 90
+            while len(survivors := ingress_replicas()) > 1:
+                assert time.monotonic() < deadline, "the autoscaler never scaled the ingress down"
+                time.sleep(0.5)
+            jobs = []
+            for video_id in ids:
+                until = time.monotonic() + 300
+                while (job := http.get(f"/v1/videos/{video_id}").json())["status"] in ("queued", "in_progress"):
+                    assert time.monotonic() < until, job
+                    time.sleep(1)
+                jobs.append(job)
+        assert [j["status"] for j in jobs] == ["completed"] * len(jobs), [j["error"] for j in jobs]
+        runners = {json.loads((tmp_path / "outputs" / "jobs" / f"{i}.json").read_text())["runner"] for i in ids}
+        assert runners - set(survivors), "no job ran on the replica that was stopped"
+    finally:
+        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=60) as http:
+            for job in http.get("/v1/videos", params={"limit": 100}).json().get("data", []):
+                if job["status"] in ("queued", "in_progress"):  # a failed test leaves nothing to drain
+                    http.delete(f"/v1/videos/{job['id']}")
+        serve.delete(name)

@@ -120,5 +120,6 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
 
     # Every completed video is scored once: the physics histogram counts the completions.
     wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
-    assert total(query(prometheus, PHYSICS_COUNT)) == total(query(prometheus, COMPLETED))
+    # (Polled: a job of an earlier test may complete between two scrapes of the two series.)
+    wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) == total(query(prometheus, COMPLETED)), timeout=60)
     assert all(0 <= j["physics"]["score"] <= 1 and j["physics"]["subscores"] for j in finished)
