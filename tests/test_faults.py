@@ -128,7 +128,7 @@ def test_the_watchdog_fails_every_kind_of_forgotten_job(tmp_path, settings):
     """The job store's check (run every second in the JobStore replica), on a plain store, for
     every state a job record can be in."""
     from contract.jobs import JobCreate
-    from contract.messages import StageReport
+    from contract.messages import PhysicsResult, StageReport
     from contract.storage import OutputStore
     from deployments.job_store import JobStore
 
@@ -145,6 +145,7 @@ def test_the_watchdog_fails_every_kind_of_forgotten_job(tmp_path, settings):
     store.stage_started(lost.id, "encode")
     store.stage_done(StageReport(job_id=lost.id, stage="encode", start=now, end=now))  # next call never came
     # `forgotten` stays queued: accepted, and nothing ever started it.
+    store.scored(done.id, PhysicsResult(score=0.5))  # as every completed job is (the metrics count it)
     store.complete(done.id)
     store.fail(failed.id, JobError(code="generation_failed", message="boom"))
     store.cancel(cancelled.id)
@@ -218,7 +219,7 @@ def test_half_written_files_never_break_a_restart(tmp_path, settings):
     record = (tmp_path / "jobs" / f"{kept.id}.json").read_bytes()
     (tmp_path / "jobs" / f"{kept.id}.json.3f2a.tmp").write_bytes(record[:20])  # a write cut short
     (tmp_path / "jobs" / "video_cut.json").write_bytes(record[: len(record) // 2])  # a record cut short
-    assert output.keys("jobs") == [f"jobs/{kept.id}.json", "jobs/video_cut.json"]
+    assert sorted(output.keys("jobs")) == [f"jobs/{kept.id}.json", "jobs/video_cut.json"]
 
     restarted = JobStore(output)
     assert restarted.get(kept.id) == kept and restarted.unreadable == ["jobs/video_cut.json"]
