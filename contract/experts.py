@@ -11,14 +11,13 @@ from enum import Enum
 
 
 class ExpertKind(Enum):
-    HIGH_NOISE = ("transformer", "HighNoiseExpert", "high_noise", "layout and motion: steps with t >= boundary")
-    LOW_NOISE = ("transformer_2", "LowNoiseExpert", "low_noise", "detail: the steps below the boundary")
+    HIGH_NOISE = ("transformer", "HighNoiseExpert", "high_noise")  # layout and motion: steps with t >= boundary
+    LOW_NOISE = ("transformer_2", "LowNoiseExpert", "low_noise")  # detail: the steps below the boundary
 
-    def __init__(self, subfolder: str, deployment: str, stage: str, role: str):
+    def __init__(self, subfolder: str, deployment: str, stage: str):
         self.subfolder = subfolder  # the checkpoint component (model_index.json key and folder)
         self.deployment = deployment  # the Serve deployment (and its key in Settings.deployments)
         self.stage = stage  # the stage name in job records, timings and traces
-        self.role = role
 
     @property
     def metric_label(self) -> str:

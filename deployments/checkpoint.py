@@ -122,11 +122,6 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} is a single-transformer (Wan2.1-style) checkpoint")
         return self._load(kind.subfolder, self.dtype)
 
-    @cached_property
-    def experts(self) -> tuple[ExpertKind, ...]:
-        """The experts this checkpoint has: both for Wan2.2, the high-noise one alone for Wan2.1."""
-        return tuple(ExpertKind) if self.has_low_noise_expert else (ExpertKind.HIGH_NOISE,)
-
     def vae(self) -> torch.nn.Module:
         return self._load("vae", self.vae_dtype)
 

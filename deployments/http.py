@@ -131,16 +131,3 @@ CREATE_BODY = {
         },
     }
 }
-
-
-def replica_died(error: BaseException) -> bool:
-    """A replica (of a stage, or the job store a stage reports to) died under the call,
-    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
-    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-
-    while error is not None:
-        if isinstance(error, (RayActorError, ActorUnavailableError)):
-            return True
-        error = getattr(error, "cause", None) or error.__cause__
-    return False

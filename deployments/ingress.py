@@ -31,7 +31,7 @@ from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import Scheduler
-from deployments.http import CREATE_BODY, PLAYGROUND, ApiError, api, read_body, replica_died
+from deployments.http import CREATE_BODY, PLAYGROUND, ApiError, api, read_body
 from deployments.runner import JobEvents, JobRunner, Outcome, Stages, VideoOutputs
 from deployments.validation import RequestValidator
 
@@ -71,6 +71,19 @@ class JobStoreEvents(JobEvents):
     async def current_stage(self, job_id: str) -> str | None:
         job = await self.jobs.get.remote(job_id)
         return job.stage if job else None
+
+
+def replica_died(error: BaseException) -> bool:
+    """A replica (of a stage, or the job store a stage reports to) died under the call,
+    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
+    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    while error is not None:
+        if isinstance(error, (RayActorError, ActorUnavailableError)):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
 
 
 def proxy_host(default: str) -> str:

@@ -124,11 +124,6 @@ class JobRunner:
         hit = self.cache.get("result", result_key(self.model, request, owner))
         return None if hit is None else CachedResult(hit["mp4"], PhysicsResult.model_validate(hit["physics"]))
 
-    def _remember(self, request: GenerationRequest, owner: str | None, mp4: bytes, physics: PhysicsResult) -> None:
-        if self.cache is not None and request.cache:  # the next identical request gets it as is
-            value = {"mp4": mp4, "physics": physics.model_dump()}
-            self.cache.put("result", result_key(self.model, request, owner), value)
-
     # -- the job ----------------------------------------------------------------------------
 
     async def run(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> Outcome:
@@ -189,8 +184,9 @@ class JobRunner:
         best = self.outputs.keep(job_id, best, attempts)
         best = best.model_copy(update={"physics": best.physics.model_copy(update={"attempts": record})})
         cache_used = self.cache is not None and request.cache
-        if cache_used:
-            self._remember(request, owner, self.outputs.mp4(best), best.physics)
+        if cache_used:  # the next identical request of this owner gets it as is
+            value = {"mp4": self.outputs.mp4(best), "physics": best.physics.model_dump()}
+            self.cache.put("result", result_key(self.model, request, owner), value)
         return Outcome("completed", best, result_cache=False if cache_used else None, attempts=len(attempts))
 
     async def _repair(
