@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init`, `t2v cache`, `t2v monitor`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init|train`, `t2v cache`, `t2v monitor`."""
 
 from __future__ import annotations
 
@@ -264,17 +264,39 @@ def cache_clear() -> None:
 
 @model_app.command("init")
 def model_init(
-    out: Path | None = typer.Option(None, help="Directory to write (default: the model cache)."),
-    single_expert: bool = typer.Option(False, help="Write a Wan2.1-style single-transformer checkpoint."),
+    out: Path | None = typer.Option(None, help="Directory to write (default: print where the default model is)."),
+    random: bool = typer.Option(False, help="The same architecture with seeded random weights, not the trained ones."),
+    single_expert: bool = typer.Option(False, help="A Wan2.1-style single-transformer checkpoint (random weights)."),
 ) -> None:
-    """Write the embedded default model (tiny Wan2.2 A14B architecture, seeded weights)."""
+    """Write the embedded default model: Wan2.2 A14B's architecture at toy size, trained on the world."""
+    import shutil
+
     from deployments.default_model import default_model_dir, write_default_model
 
-    if out is None and not single_expert:
-        path = default_model_dir(Settings().cache_dir)
+    if random or single_expert:
+        path = write_default_model(out or Path("t2v-tiny-random"), two_experts=not single_expert)
     else:
-        path = write_default_model(out or Path("t2v-tiny-wan2.1"), two_experts=not single_expert)
+        path = default_model_dir(Settings().cache_dir)
+        if out is not None:
+            shutil.copytree(path, out, dirs_exist_ok=True)
+            path = out
     typer.echo(f"default model at {path}")
+
+
+@model_app.command("train")
+def model_train(
+    out: Path = typer.Option(..., help="Directory for the trained model (diffusers layout)."),
+    work: Path | None = typer.Option(None, help="Stage checkpoints (default: OUT.work); a rerun resumes from them."),
+    quick: bool = typer.Option(False, help="A few steps of every stage: checks the recipe, trains nothing useful."),
+) -> None:
+    """Train the default model on the world from its seed (about an hour on two cores): see training/."""
+    import json
+
+    from training.recipe import TrainingPlan, train
+
+    report = train(out, work or out.with_suffix(".work"), TrainingPlan.quick() if quick else TrainingPlan())
+    typer.echo(json.dumps(report, indent=2))
+    typer.echo(f"trained model at {out}")
 
 
 if __name__ == "__main__":

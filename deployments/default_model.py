@@ -1,15 +1,18 @@
-"""The embedded default model: Wan2.2-T2V-A14B's architecture at toy size, seeded random weights.
+"""The embedded default model: Wan2.2-T2V-A14B's architecture at toy size.
 
-No weights can be downloaded here, so `t2v model init` writes this model in the real
-diffusers layout (`model_index.json`, `tokenizer/`, `text_encoder/`, `transformer/`,
-`transformer_2/`, `vae/`, `scheduler/`) and everything loads it through the same
-`from_pretrained` code path as a real checkpoint. Every component is built from a fixed
-seed on the CPU, so the files are identical on every machine for one torch version.
+No weights can be downloaded here. The default is trained on this repository's small
+physical world (`world/`, recipe in `training/`) and ships in the real diffusers layout
+(`model_index.json`, `tokenizer/`, `text_encoder/`, `transformer/`, `transformer_2/`,
+`vae/`, `scheduler/`) under `deployments/weights/`; everything loads it through the same
+`from_pretrained` code path as a real checkpoint. `build_default_pipeline` gives the same
+architecture with seeded random weights: the training recipe starts from it, and tests
+that compare against diffusers use it, as its files are identical on every machine.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,10 +20,16 @@ from pathlib import Path
 
 import torch
 
+from world.vocabulary import words as world_words
+
 DEFAULT_MODEL_NAME = "t2v-tiny-wan2.2-a14b"
-# Bump when anything below changes: it names the cache directory of the built model.
-DEFAULT_MODEL_REVISION = "2"
+TRAINED_MODEL_DIR = Path(__file__).parent / "weights" / "t2v-world-wan2.2-a14b"
+# Bump when anything below changes: it names the cache directory of the built random model.
+DEFAULT_MODEL_REVISION = "3"
 SEED = 20250728  # Wan2.2's release date
+TEXT_DIM = 64
+
+logger = logging.getLogger(__name__)
 
 # Words common in video prompts get their own token; everything else falls back to
 # letters, then to UTF-8 bytes, so Chinese or Cyrillic never becomes <unk>.
@@ -45,7 +54,10 @@ def _build_tokenizer():
     vocab += [(f"<0x{b:02X}>", -20.0) for b in range(256)]
     chars = [chr(c) for c in range(33, 127)]
     vocab += [("\u2581", -6.0)] + [(c, -8.0) for c in chars] + [("\u2581" + c, -7.5) for c in chars]
-    vocab += [("\u2581" + w, -4.0) for w in dict.fromkeys(_WORDS)]
+    en, zh = world_words()
+    vocab += [("\u2581" + w, -4.0) for w in dict.fromkeys(_WORDS + en)]
+    # Chinese has no spaces: its words and characters are pieces of their own, as in umT5's vocabulary.
+    vocab += [(w, -3.0) for w in zh] + [(c, -8.0) for c in sorted({c for w in zh for c in w} - set(zh))]
 
     tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
@@ -63,7 +75,7 @@ def build_default_pipeline(two_experts: bool = True):
     from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = _build_tokenizer()
-    text_dim = 64
+    text_dim = TEXT_DIM
 
     torch.manual_seed(SEED)
     text_encoder = UMT5EncoderModel(
@@ -84,14 +96,14 @@ def build_default_pipeline(two_experts: bool = True):
         torch.manual_seed(seed)
         return WanTransformer3DModel(
             patch_size=(1, 2, 2),
-            num_attention_heads=8,
+            num_attention_heads=6,
             attention_head_dim=32,
             in_channels=16,
             out_channels=16,
             text_dim=text_dim,
             freq_dim=256,
-            ffn_dim=1024,
-            num_layers=6,
+            ffn_dim=768,
+            num_layers=4,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             eps=1e-6,
@@ -101,11 +113,11 @@ def build_default_pipeline(two_experts: bool = True):
     high_noise = expert(SEED + 1)
     low_noise = expert(SEED + 2) if two_experts else None
 
-    # Sized so denoising takes most of the time, as it does for the real model (the VAE
-    # decode is a few percent of a 720p Wan2.2 generation).
+    # Wan's 4x8x8 compression to 16 channels. Base width 16: at 8 the full-resolution decoder
+    # stage (8 channels, RMS-normalised per pixel) learns colour too slowly to train here.
     torch.manual_seed(SEED + 3)
     vae = AutoencoderKLWan(
-        base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
     ).eval()
 
     # Wan2.2 A14B's scheduler: UniPC with flow prediction, shift 12 as in the official T2V config.
@@ -131,15 +143,15 @@ def build_default_pipeline(two_experts: bool = True):
     )
 
 
-def write_default_model(out: str | Path, two_experts: bool = True) -> Path:
-    """Write the tiny model in diffusers layout to `out` (atomically: a half-written dir never appears)."""
+def save_pipeline(pipe, out: str | Path, name: str) -> Path:
+    """Write `pipe` in diffusers layout to `out` (atomically: a half-written dir never appears)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out.parent))
     try:
-        build_default_pipeline(two_experts).save_pretrained(tmp, safe_serialization=True)
+        pipe.save_pretrained(tmp, safe_serialization=True)
         index = json.loads((tmp / "model_index.json").read_text())
-        index["_name_or_path"] = DEFAULT_MODEL_NAME
+        index["_name_or_path"] = name
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -154,9 +166,19 @@ def write_default_model(out: str | Path, two_experts: bool = True) -> Path:
     return out
 
 
+def write_default_model(out: str | Path, two_experts: bool = True) -> Path:
+    """Write the architecture with seeded random weights to `out`."""
+    return save_pipeline(build_default_pipeline(two_experts), out, DEFAULT_MODEL_NAME)
+
+
 def default_model_dir(cache_dir: str | Path) -> Path:
-    """The embedded default model's directory, built on first use."""
+    """The embedded default model: the trained weights shipped with the code when they are
+    there (`t2v model train --out deployments/weights/t2v-world-wan2.2-a14b`), else the seeded
+    random model, built in the cache on first use."""
+    if (TRAINED_MODEL_DIR / "model_index.json").exists():
+        return TRAINED_MODEL_DIR
     path = Path(cache_dir) / "models" / f"{DEFAULT_MODEL_NAME}-r{DEFAULT_MODEL_REVISION}-torch{torch.__version__}"
     if not (path / "model_index.json").exists():
+        logger.info("no trained weights at %s: building the seeded random model", TRAINED_MODEL_DIR)
         write_default_model(path)
     return path

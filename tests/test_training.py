@@ -1,0 +1,92 @@
+"""The default model's training recipe runs end to end from the CLI, writes a checkpoint the stages load, and resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from contract.experts import ExpertKind
+from contract.settings import Settings
+from deployments.checkpoint import Checkpoint
+
+
+def test_the_recipe_runs_from_the_cli_and_resumes(tmp_path):
+    out, work = tmp_path / "model", tmp_path / "work"
+    command = [sys.executable, "-m", "cluster.cli", "model", "train", "--quick", "--out", str(out), "--work", str(work)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "vae" in first.stderr and "high-noise expert" in first.stderr  # progress bars
+    report = json.loads((out / "training.json").read_text())
+    for key in ("text_loss", "vae_l1", "high_loss_set0", "low_loss_set0", "seconds_total"):
+        assert key in report
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_name_or_path"] == "t2v-world-wan2.2-a14b" and index["boundary_ratio"] == 0.875
+    vae = json.loads((out / "vae" / "config.json").read_text())
+    assert len(vae["latents_mean"]) == len(vae["latents_std"]) == 16  # measured on the world's latents
+    # The same loader as a real checkpoint's.
+    checkpoint = Checkpoint(out, Settings(model=out))
+    assert checkpoint.has_low_noise_expert and checkpoint.boundary_ratio == 0.875
+    low_noise = checkpoint.expert(ExpertKind.LOW_NOISE)  # shipped in half precision, loaded as configured
+    assert next(low_noise.parameters()).dtype == torch.float32
+    # A second run finds every stage done and only writes the layout again.
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "vae:" not in second.stderr and "expert:" not in second.stderr
+
+
+def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch, capsys):
+    """bench/quality.py end to end on a tiny run: every preset, language and speed feature gets a row
+    of fractions read from the frames, and the last line is the JSON."""
+    from bench import quality
+
+    monkeypatch.setenv("T2V_MODEL", str(wan22_dir))
+    monkeypatch.setenv("T2V_CACHE_DIR", str(tmp_path))
+    result = quality.main(["--prompts", "2", "--final-prompts", "1", "--features", "1"])
+    rows = result["results"]
+    expected = {"preview en", "preview zh", "final en", "final zh", "template, uncached", "batching x4"}
+    expected |= {f"template, shares {k or 'all'} steps" for k in quality.SHARED_STEPS}
+    expected |= {f"step cache {name}" for name in quality.STEP_CACHES}
+    assert expected <= set(rows)
+    assert rows["preview zh"]["videos"] == 2 and rows["final en"]["videos"] == 1 and rows["batching x4"]["videos"] == 1
+    for row in rows.values():
+        assert all(0.0 <= row[k] <= 1.0 for k in (*quality.KEYS, "physics", "static_when_moving"))
+    assert set(result["targets"]) == {"preview", "final_within_5_points", "physics_mean", "template_within_5_points"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == result["model"]
+
+
+def test_a_stopped_stage_resumes_from_its_snapshot_on_the_same_path(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKLWan
+
+    from training import vae as vae_stage
+    from training.snapshots import Snapshots
+
+    def fresh() -> AutoencoderKLWan:
+        torch.manual_seed(0)
+        return AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], temperal_downsample=[False, True, True])
+
+    options = {"steps": 3, "seed": 1, "batch": 1, "frames": 5, "crop": 32}
+    straight = fresh()
+    vae_stage.train_vae(straight, **options)
+
+    batches = vae_stage.crop_batch
+    calls = []
+
+    def stops_at_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the machine going away mid-stage
+        return batches(*args)
+
+    monkeypatch.setattr(vae_stage, "crop_batch", stops_at_the_third)
+    snapshots = Snapshots(tmp_path / "vae.snapshot.pt", every=1)
+    with pytest.raises(KeyboardInterrupt):
+        vae_stage.train_vae(fresh(), **options, snapshots=snapshots)
+    monkeypatch.setattr(vae_stage, "crop_batch", batches)
+    resumed = fresh()
+    vae_stage.train_vae(resumed, **options, snapshots=snapshots)  # steps 3 only
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name

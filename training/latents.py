@@ -1,0 +1,63 @@
+"""The training set of the experts: rendered clips encoded once by the trained VAE, with their combination.
+
+Encoding is the costly part, so it runs in one process per core, each on its own seeded shard.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.clips import random_clip, to_tensor, training_combinations
+
+ENCODE_PIXELS = 16 * 17 * 64 * 64  # per batch: 16 preview clips, 4 final ones
+
+
+@dataclass
+class LatentSet:
+    latents: torch.Tensor  # (n, z, t, h, w), normalised to unit variance per channel
+    combos: torch.Tensor  # (n,) index into training_combinations()
+
+
+def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
+    vae_state, vae_config, seed, count, num_frames, size, mean, std = args
+    from diffusers import AutoencoderKLWan
+
+    torch.set_num_threads(1)
+    vae = AutoencoderKLWan.from_config(vae_config)
+    vae.load_state_dict(vae_state)
+    vae.eval()
+    combos = training_combinations()
+    rng = np.random.default_rng(seed)
+    shape = (1, -1, 1, 1, 1)
+    batch = max(1, ENCODE_PIXELS // (num_frames * size * size))  # small convolutions waste less time in batches
+    out, which = [], []
+    with torch.no_grad():
+        for start in range(0, count, batch):
+            indices = [int(rng.integers(len(combos))) for _ in range(min(batch, count - start))]
+            frames = torch.stack([to_tensor(random_clip(rng, num_frames, size, [combos[i]]).frames) for i in indices])
+            latent = vae.encode(frames).latent_dist.mean
+            out.extend((latent - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape))
+            which.extend(indices)
+    return torch.stack(out), torch.tensor(which)
+
+
+def encode_clips(
+    vae, count: int, num_frames: int, size: int, seed: int, workers: int = 2, shards: int = 16
+) -> LatentSet:
+    """`count` clips of `num_frames` x `size` x `size`, VAE-encoded and normalised with the VAE's statistics."""
+    config = dict(vae.config)
+    mean, std = config["latents_mean"], config["latents_std"]
+    state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    sizes = [count // shards + (i < count % shards) for i in range(shards)]
+    jobs = [(state, config, seed * 1000 + i, n, num_frames, size, mean, std) for i, n in enumerate(sizes) if n]
+    parts = []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for part in tqdm(pool.map(_shard, jobs), total=len(jobs), desc=f"encode {size}px x {num_frames}", unit="shard"):
+            parts.append(part)
+    return LatentSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))

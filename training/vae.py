@@ -1,0 +1,128 @@
+"""The VAE, trained on the world's clips: whole preview-sized windows of 64x64 and 17 frames, cut from
+clips rendered at 64 to 128 pixels so that it sees objects at the preview's and the final's scale.
+
+L1 reconstruction with the object's pixels weighted up (the object is what a caption names),
+decoded from the posterior's mean (sampling its unit-variance start drowns the signal for the
+short time we train) with a small KL term that keeps the latents bounded. Afterwards the latents' per-channel mean and
+standard deviation go into the config (`latents_mean`, `latents_std`), as Wan's VAE ships them,
+so that the experts see unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+from tqdm import tqdm
+
+from training.clips import random_clip, to_tensor
+from training.snapshots import Snapshots
+
+OBJECT_WEIGHT = 4.0
+KL_WEIGHT = 1e-6
+
+
+def init_for_training(vae: AutoencoderKLWan) -> None:
+    """Start every block as the identity, as residual networks train fastest from (and as Wan's
+    own code initialises its temporal resampling): residual branches and attention output at
+    zero, each temporal up/down-sampling conv passing the latest frame through."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResample, WanResidualBlock
+
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, WanResidualBlock):
+                torch.nn.init.zeros_(module.conv2.weight)
+                torch.nn.init.zeros_(module.conv2.bias)
+            elif isinstance(module, WanAttentionBlock):
+                torch.nn.init.zeros_(module.proj.weight)
+                torch.nn.init.zeros_(module.proj.bias)
+            elif isinstance(module, WanResample) and hasattr(module, "time_conv"):
+                weight = module.time_conv.weight
+                out_dim, in_dim = weight.shape[:2]
+                weight.zero_()
+                module.time_conv.bias.zero_()
+                for start in range(0, out_dim, in_dim):
+                    weight[start : start + in_dim, :, -1, 0, 0] = torch.eye(in_dim)
+
+
+def crop_batch(rng: np.random.Generator, batch: int, frames: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of `frames` x `crop` x `crop` from clips at 64-128 px, most of them on the object."""
+    videos, weights = [], []
+    for _ in range(batch):
+        size = int(rng.choice([64, 96, 128]))
+        clip = random_clip(rng, 17, size)
+        t0 = int(rng.integers(0, 17 - frames + 1))
+        if rng.random() < 0.75:
+            cx, cy = clip.centers[t0 + frames // 2]
+            x0 = int(np.clip(cx - crop / 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, size - crop))
+            y0 = int(np.clip(cy - crop / 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, size - crop))
+        else:
+            x0, y0 = (int(v) for v in rng.integers(0, size - crop + 1, 2))
+        window = (slice(t0, t0 + frames), slice(y0, y0 + crop), slice(x0, x0 + crop))
+        videos.append(to_tensor(clip.frames[window]))
+        weights.append(torch.from_numpy(1.0 + (OBJECT_WEIGHT - 1.0) * clip.masks[window]).float()[None])
+    return torch.stack(videos), torch.stack(weights)
+
+
+def train_vae(
+    vae: AutoencoderKLWan,
+    steps: int,
+    seed: int,
+    batch: int = 2,
+    lr: float = 2e-3,
+    frames: int = 17,
+    crop: int = 64,
+    snapshots: Snapshots | None = None,
+) -> dict:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    init_for_training(vae)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))
+    )
+    snapshots = snapshots or Snapshots(None)
+    parts = {"model": vae, "opt": opt, "schedule": schedule}
+    first = snapshots.restore(parts, rng)
+    recent = []
+    bar = tqdm(range(first, steps), desc="vae", unit="step", initial=first, total=steps)
+    for step in bar:
+        video, weight = crop_batch(rng, batch, frames, crop)
+        posterior = vae.encode(video).latent_dist
+        recon = vae.decode(posterior.mean).sample
+        l1 = ((recon - video).abs() * weight).mean()
+        kl = posterior.kl().mean() / video[0].numel()
+        loss = l1 + KL_WEIGHT * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        recent = (recent + [l1.item()])[-50:]
+        bar.set_postfix(l1=f"{np.mean(recent):.4f}")
+        snapshots.maybe_save(step + 1, parts, rng)
+    vae.eval()
+    return {"vae_l1": float(np.mean(recent))}
+
+
+@torch.no_grad()
+def latent_statistics(vae: AutoencoderKLWan, seed: int, clips: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the encoder's mean over whole preview clips."""
+    rng = np.random.default_rng(seed)
+    latents = torch.cat([encode(vae, random_clip(rng, 17, 64).frames) for _ in range(clips)])
+    dims = [0, 2, 3, 4]
+    return latents.mean(dims).tolist(), latents.std(dims).tolist()
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKLWan, frames: np.ndarray) -> torch.Tensor:
+    """Raw (unnormalised) latent mean of one clip, (1, z, t, h, w)."""
+    return vae.encode(to_tensor(frames)[None]).latent_dist.mean
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
