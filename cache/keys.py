@@ -20,6 +20,7 @@ class ModelIdentity:
     step_cache: str = "none"  # the experts' step cache, kind and options: it changes the latents
     boundary_ratio: float | None = None
     max_sequence_length: int = 512
+    template_shared_steps: int | None = None  # a template's high-noise steps from its base prompt
 
     @property
     def weights(self) -> dict[str, str]:
@@ -44,11 +45,13 @@ def embedding_key(model: ModelIdentity, text: str) -> str:
     return cache_key(level="embeddings", **model.weights, max_sequence_length=model.max_sequence_length, text=text)
 
 
-def boundary_key(model: ModelIdentity, request: GenerationRequest) -> str:
-    """The high-noise phase's inputs: the base prompt (not the full one), shape and noise."""
+def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | None = None) -> str:
+    """The shared high-noise steps' inputs: the base prompt (not the full one), shape, noise,
+    and how many steps are shared (None: the whole phase)."""
     phase = request.model_dump(include=BOUNDARY_FIELDS)
     experts = {"boundary_ratio": model.boundary_ratio, "step_cache": model.step_cache}
-    return cache_key(level="boundary", **model.weights, **experts, **phase)
+    shared = {} if steps is None else {"shared_steps": steps}
+    return cache_key(level="boundary", **model.weights, **experts, **phase, **shared)
 
 
 def result_key(model: ModelIdentity, request: GenerationRequest, owner: str | None = None) -> str:

@@ -114,10 +114,12 @@ class Pipeline:
             job.timed("encode", start)
             return embeddings
 
-        def high_noise(_job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings) -> DenoisingState:
+        def high_noise(
+            _job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings, base: PromptEmbeddings | None
+        ) -> DenoisingState:
             start = time.perf_counter()
             state, job.cache["boundary"] = self.high_noise_expert.shared_phase(
-                request, embeddings, self.cache, job.on_step
+                request, embeddings, base, self.cache, job.on_step
             )
             job.timed("high_noise", start)
             return state

@@ -136,6 +136,11 @@ class CacheSettings(BaseModel):
     # template's high-noise phase, as NIRVANA reuses the noise of similar prompts.
     approximate_match: bool = False
     approximate_threshold: float = 0.9
+    # How many of the high-noise steps a template's requests share (computed once on the base
+    # prompt); the rest of the high-noise phase runs on each request's own prompt. None: all of
+    # them. Fewer keep the slots' words in charge of more of the layout; bench/quality.py
+    # measures speed against slot adherence for each value.
+    template_shared_steps: int | None = Field(None, ge=0)
 
 
 class BatchingSettings(BaseModel):

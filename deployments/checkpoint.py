@@ -85,6 +85,7 @@ class Checkpoint:
             step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
             boundary_ratio=self.boundary_ratio,
             max_sequence_length=self.settings.max_sequence_length,
+            template_shared_steps=self.settings.cache.template_shared_steps,
         )
 
     @property

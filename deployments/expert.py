@@ -96,22 +96,34 @@ class Expert:
         self,
         request: GenerationRequest,
         embeddings: PromptEmbeddings,
+        base: PromptEmbeddings | None,
         cache: LatentCache | None,
         on_step: StepCallback | None = None,
     ) -> tuple[DenoisingState, bool | None]:
-        """The high-noise phase of a template request: computed once per base prompt and
-        settings (by one replica, while the others wait), then read from the cache.
+        """The high-noise phase of a template request: its first `template_shared_steps`
+        steps (all by default) computed once on the base prompt `base` (by one replica, while
+        the others wait) and then read from the cache; the rest on the request's own prompt.
         Returns (state, hit); hit is None when the request does not share its phase."""
-        if cache is None or not request.template_mode:
+        if cache is None or base is None or not request.template_mode:
             return self.phase(request, embeddings, on_step=on_step), None
-        key = boundary_key(self.checkpoint.identity, request)
-        plain, hit = cache.get_or_compute(
-            "boundary", key, lambda: self.phase(request, embeddings, on_step=on_step).as_plain()
-        )
+        steps = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio).high_noise_steps
+        shared = self.checkpoint.settings.cache.template_shared_steps
+        shared = len(steps) if shared is None else min(shared, len(steps))
+        key = boundary_key(self.checkpoint.identity, request, None if shared == len(steps) else shared)
+
+        def compute() -> dict:
+            _, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
+            shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
+            start = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
+            return self(start, base, request.guidance_scale, range(0, shared), on_step).as_plain()
+
+        plain, hit = cache.get_or_compute("boundary", key, compute)
         state = DenoisingState.from_plain(plain)
         if hit and on_step is not None:
             for i in range(state.step):  # the steps count as done: progress stays true
                 on_step(i)
+        if shared < len(steps):
+            state = self(state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step)
         return state, hit
 
     @torch.no_grad()

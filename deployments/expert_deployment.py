@@ -41,19 +41,21 @@ class ExpertDeployment:
         embeddings: PromptEmbeddings | Cancelled,
         state: DenoisingState | Cancelled | None = None,
         resample_seed: int | None = None,
+        base: PromptEmbeddings | Cancelled | None = None,
     ) -> DenoisingState | Cancelled:
         """This expert's phase; `state` is the boundary for the low-noise expert, and
-        `resample_seed` re-draws its noise (a physics repair)."""
+        `resample_seed` re-draws its noise (a physics repair); `base` is a template's
+        base-prompt embeddings, whose high-noise steps its requests share."""
         reporter = JobReporter(self.jobs, job_id, self.kind.metric_label)
 
         def work() -> DenoisingState:
             if self.kind is ExpertKind.LOW_NOISE:
                 return self.expert.phase(request, embeddings, state, reporter.step, resample_seed)
-            boundary, hit = self.expert.shared_phase(request, embeddings, self.cache, on_step=reporter.step)
+            boundary, hit = self.expert.shared_phase(request, embeddings, base, self.cache, on_step=reporter.step)
             reporter.cache("boundary", hit)
             return boundary
 
-        return reporter.run(self.kind.stage, work, embeddings, state)
+        return reporter.run(self.kind.stage, work, embeddings, state, base)
 
 
 @serve.deployment(name=ExpertKind.HIGH_NOISE.deployment)

@@ -122,7 +122,9 @@ class Ingress:
         self.runner = JobRunner(
             Stages(
                 encode=text_encoder.encode.remote,
-                high_noise=high_noise_expert.denoise.remote,
+                high_noise=lambda job_id, request, embeddings, base: high_noise_expert.denoise.remote(
+                    job_id, request, embeddings, base=base
+                ),
                 low_noise=low_noise_expert.denoise.remote if low_noise_expert is not None else None,
                 decode=decoder.decode.remote,
             ),

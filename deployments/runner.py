@@ -35,8 +35,9 @@ class Stages:
 
     # (job_id, request, base_prompt) -> PromptEmbeddings of the prompt, or the template's base prompt
     encode: Callable[[str, GenerationRequest, bool], Any]
-    # (job_id, request, embeddings) -> DenoisingState at the boundary (shared by a template's requests)
-    high_noise: Callable[[str, GenerationRequest, Any], Any]
+    # (job_id, request, embeddings, base) -> DenoisingState at the boundary; `base`: the
+    # template's base-prompt embeddings, whose steps a template's requests share (else None)
+    high_noise: Callable[[str, GenerationRequest, Any, Any], Any]
     # (job_id, request, embeddings, boundary, resample_seed) -> final DenoisingState; None on
     # Wan2.1-style checkpoints, where the high-noise expert runs every step
     low_noise: Callable[[str, GenerationRequest, Any, Any, int | None], Any] | None
@@ -157,10 +158,10 @@ class JobRunner:
         # 1. Encode the prompt (and the negative prompt, for classifier-free guidance); a
         #    template request's high-noise phase sees its base prompt instead
         embeddings = stages.encode(job_id, request, False)
-        high_embeddings = stages.encode(job_id, request, True) if request.template_mode else embeddings
+        base = stages.encode(job_id, request, True) if request.template_mode else None
         # 2. High-noise phase: initial noise, then layout and motion (every step on a
-        #    Wan2.1-style checkpoint); shared by a template's requests through the cache
-        boundary = stages.high_noise(job_id, request, high_embeddings)
+        #    Wan2.1-style checkpoint); its first steps shared by a template's requests through the cache
+        boundary = stages.high_noise(job_id, request, embeddings, base)
         # 3. Low-noise phase: detail, from the handed-over latent and scheduler state
         state = boundary
         if stages.low_noise is not None:

@@ -56,7 +56,9 @@ def test_registry_fills_templates_and_base_prompts():
         "product showcase: red sneakers on sand, soft studio lighting"
     )
     assert showcase.base_prompt == "product showcase: a product on a table, soft light"
-    assert {t["name"] for t in registry.public()} == {"product_showcase", "scene", "pet_portrait"}
+    assert {t["name"] for t in registry.public()} == {"product_showcase", "scene", "pet_portrait", "world", "world_zh"}
+    world = registry.get("world_zh")  # the default model's world, in its own words
+    assert world.fill({"color": "蓝色", "object": "箱子"}) == "蓝色的箱子在草地上弹跳"
     with pytest.raises(ValueError, match="text names"):
         Template(name="bad", text="{a} and {b}", slots={"a": {"base": "x"}})
 
@@ -85,6 +87,27 @@ def test_template_hit_equals_a_fresh_template_mode_run(settings, checkpoint, tmp
     assert np.array_equal(hit.frames, fresh.frames)
     # Same template, other product: the detail phase really used the full prompt.
     assert not np.array_equal(hit.frames, first.frames)
+
+
+def test_a_template_can_share_only_its_first_high_noise_steps(wan22_dir, tmp_path):
+    """The first k steps come from the base prompt (cached), the rest of the phase from the request's prompt."""
+    settings = Settings(model=wan22_dir, cache_dir=tmp_path / "t2v", cache={"template_shared_steps": 1})
+    checkpoint = Checkpoint(wan22_dir, settings)
+    warm = _pipeline(checkpoint, tmp_path / "warm")
+    first = warm.denoise(_template(settings, "red sneakers"))
+    assert first.hits["boundary"] is False
+    hit = warm.denoise(_template(settings, "a teapot"))
+    assert hit.hits["boundary"] is True
+    high_steps = len(warm.plan(_template(settings, "a teapot")).high_noise_steps)
+    assert hit.boundary.step == high_steps > 1  # the whole phase ran, one step of it shared
+    fresh = _pipeline(checkpoint, tmp_path / "fresh").denoise(_template(settings, "a teapot"))
+    assert torch.equal(hit.boundary.latents, fresh.boundary.latents)
+    # Sharing all of it hands over the base prompt's boundary as it is: another latent.
+    whole = Pipeline(Checkpoint(wan22_dir, Settings(model=wan22_dir)), LatentCache(tmp_path / "whole", LIMITS))
+    assert not torch.equal(whole.denoise(_template(settings, "a teapot")).boundary.latents, hit.boundary.latents)
+    # The key names the number of shared steps: a different k never reads this entry.
+    request = _template(settings, "a teapot")
+    assert boundary_key(checkpoint.identity, request, 1) != boundary_key(checkpoint.identity, request, 2)
 
 
 def test_exact_repeat_returns_the_identical_mp4(settings, checkpoint, tmp_path):
@@ -311,6 +334,7 @@ def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
         "boundary_ratio": {"boundary", "result"},
         "vae_dtype": {"result"},
         "max_sequence_length": {"embeddings", "result"},
+        "template_shared_steps": {"result"},  # the boundary key takes the shared steps themselves
     }
     assert set(changes) == {f.name for f in fields(ModelIdentity)}, "a new input needs its place in the keys"
     for name, changed_levels in changes.items():
@@ -337,3 +361,4 @@ def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
         step_cache=StepCacheSettings(kind="first_block", options={"threshold": 0.05})
     )
     assert identity(vae_dtype="bfloat16").vae_dtype != plain.vae_dtype
+    assert identity(cache={"template_shared_steps": 2}).template_shared_steps == 2

@@ -67,9 +67,9 @@ class FakeStages:
         self.calls.append(("encode", base_prompt))
         return self._answer("encode", f"emb({request.base_prompt if base_prompt else request.prompt})")
 
-    def high_noise(self, job_id, request, embeddings):
-        self.calls.append(("high_noise", embeddings))
-        return self._answer("high_noise", f"boundary<{embeddings}>")
+    def high_noise(self, job_id, request, embeddings, base):
+        self.calls.append(("high_noise", embeddings, base))
+        return self._answer("high_noise", f"boundary<{base or embeddings}>")
 
     def low_noise(self, job_id, request, embeddings, boundary, seed):
         self.calls.append(("low_noise", embeddings, boundary, seed))
@@ -143,7 +143,7 @@ def test_the_sequence_hands_each_stage_the_previous_ones_answer(awaitable):
     assert outcome.status == "completed" and outcome.attempts == 1
     assert stages.calls == [
         ("encode", False),
-        ("high_noise", "emb(a red ball bouncing)"),
+        ("high_noise", "emb(a red ball bouncing)", None),
         ("low_noise", "emb(a red ball bouncing)", "boundary<emb(a red ball bouncing)>", None),
         ("decode", "state<boundary<emb(a red ball bouncing)>, None>", 0),
     ]
@@ -156,7 +156,8 @@ def test_a_template_request_runs_its_high_noise_phase_on_the_base_prompt():
     assert run(runner(stages), generation).status == "completed"
     assert stages.named("encode") == [("encode", False), ("encode", True)]
     (high,) = stages.named("high_noise")
-    assert high[1] == f"emb({generation.base_prompt})"  # layout and motion from the shared base prompt
+    # layout and motion shared from the base prompt, the full prompt at hand for the unshared steps
+    assert high[1:] == (f"emb({generation.prompt})", f"emb({generation.base_prompt})")
     (low,) = stages.named("low_noise")
     assert low[1] == f"emb({generation.prompt})"  # detail from the full prompt
     uncached = request(prompt=None, template="product_showcase", slots={"product": "a red sneaker"}, cache=False)
