@@ -1,0 +1,218 @@
+"""What the default model makes, judged from its frames: held-out prompts in English and Chinese, both presets,
+and what each speed feature costs in quality on the same prompts.
+
+    python -m bench.quality [--prompts 34] [--final-prompts 16] [--model DIR]
+
+Prompts are (colour, object, motion, setting) combinations the training set never held
+(`world.scene.held_out_combinations`), each with a camera, in sentence frames the training
+captions never used (`world.captions`, held-out frames). `world.reading` reads every video
+back - the object's colour and shape, its motion from the tracked centroid with the camera's
+shift taken out, the setting - and each is compared with what was asked. Also: the physics
+score of every video (`monitoring.physics`, as served) and the share of near-static videos
+where motion was asked for.
+
+Speed features, on the preview prompts in English (each against the plain path, same seeds):
+- template: the `world` template, its high-noise phase shared from the base prompt through
+  the latent cache (slot adherence: does a cached `red` template still make a red object?);
+- step caches: FirstBlockCache and TaylorSeer on both experts;
+- batching: the requests run four at a time through the experts' step batcher;
+- repair: `min_physics_score` with two re-samples of the detail phase.
+Prints a table, then one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench.serve import log, model_settings, rounded
+from cluster.pipeline import Pipeline
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
+from contract.settings import Settings, StepCacheSettings
+from deployments.expert import Expert
+from world.captions import EN, caption, phrasings
+from world.reading import read_clip
+from world.scene import held_out_combinations
+from world.vocabulary import CAMERAS
+
+KEYS = ("color", "object", "motion", "setting", "camera")
+SHARED_STEPS = (None, 4, 2, 1)  # template_shared_steps (None: the whole high-noise phase)
+STEP_CACHES = {
+    "first_block 0.05": StepCacheSettings(kind="first_block", options={"threshold": 0.05}),
+    "taylorseer 2": StepCacheSettings(kind="taylorseer", options={"cache_interval": 2, "disable_cache_before_step": 2}),
+}
+
+
+def prompts(language: str, count: int) -> list[tuple[dict[str, str], str, int]]:
+    """(attributes, prompt, seed): held-out combinations in held-out phrasings, cameras in turn."""
+    held = held_out_combinations()
+    options = phrasings(language, held_out=True)
+    out = []
+    for i in range(count):
+        attrs = held[i % len(held)] | {"camera": CAMERAS[i % len(CAMERAS)]}
+        out.append((attrs, caption(attrs, options[(i * 5) % len(options)]), 1000 + i))
+    return out
+
+
+def template_slots(attrs: dict[str, str]) -> dict[str, str]:
+    """The `world` template's slots for a combination (its plain wordings), camera left out."""
+    return {k: EN[k][attrs[k]][0] for k in ("color", "object", "motion", "setting")}
+
+
+def judge(attrs: dict[str, str], frames: np.ndarray) -> dict:
+    reading = read_clip(frames)
+    right = {k: getattr(reading, k) == attrs[k] for k in KEYS}
+    moving = attrs["motion"] != "stays still"
+    return {"right": right, "static": moving and reading.static, "moving": moving, "reading": reading.as_dict()}
+
+
+def summary(rows: list[dict]) -> dict:
+    moving = [r for r in rows if r["moving"]]
+    out = {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS}
+    out["physics"] = float(np.mean([r["physics"] for r in rows]))
+    out["static_when_moving"] = float(np.mean([r["static"] for r in moving])) if moving else 0.0
+    out["seconds"] = float(np.median([r["seconds"] for r in rows]))
+    out["videos"] = len(rows)
+    return out
+
+
+def run(pipe: Pipeline, settings: Settings, cases, preset: str, **fields) -> list[dict]:
+    rows = []
+    for attrs, prompt, seed in cases:
+        # A template's requests take its seed: that is how they meet in the cache.
+        seeded = {} if fields.get("template") else {"seed": seed}
+        request = GenerationRequest.build(settings, preset=preset, **seeded, **fields_for(prompt, attrs, fields))
+        start = time.perf_counter()
+        result = pipe(request)
+        row = judge(attrs, result.frames)
+        row.update(physics=result.physics.score, seconds=time.perf_counter() - start, prompt=request.prompt)
+        rows.append(row)
+    return rows
+
+
+def fields_for(prompt: str, attrs: dict[str, str], fields: dict) -> dict:
+    if fields.get("template"):
+        return {**fields, "slots": template_slots(attrs)}
+    return {"prompt": prompt, **fields}
+
+
+def run_batched(pipe: Pipeline, settings: Settings, cases, preset: str, width: int = 4) -> list[dict]:
+    """The same requests, `width` at a time, through experts that batch concurrent steps."""
+    checkpoint = pipe.checkpoint
+    batched = Pipeline(checkpoint, None)
+    batched.high_noise_expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=True)
+    batched.low_noise_expert = Expert(checkpoint, ExpertKind.LOW_NOISE, batching=True)
+    with ThreadPoolExecutor(width) as pool:
+        return list(pool.map(lambda case: run(batched, settings, [case], preset, cache=False)[0], cases))
+
+
+def table(results: dict[str, dict]) -> None:
+    header = (
+        f"{'run':<26}{'videos':>7}" + "".join(f"{k:>9}" for k in KEYS) + f"{'physics':>9}{'static':>8}{'s/video':>9}"
+    )
+    print(header)
+    for name, row in results.items():
+        cells = "".join(f"{row[k] * 100:>8.0f}%" for k in KEYS)
+        print(
+            f"{name:<26}{row['videos']:>7}{cells}{row['physics']:>9.3f}"
+            f"{row['static_when_moving'] * 100:>7.0f}%{row['seconds']:>9.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=34, help="preview prompts per language")
+    parser.add_argument("--final-prompts", type=int, default=16, help="final prompts per language")
+    parser.add_argument("--features", type=int, default=None, help="prompts for the speed features (default: all)")
+    parser.add_argument("--model", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    base = model_settings()
+    if args.model:
+        base = base.model_copy(update={"model": args.model})
+    cache_dir = Path(tempfile.mkdtemp(prefix="t2v-quality-"))
+    plain = base.model_copy(update={"cache_dir": cache_dir, "cache": base.cache.model_copy(update={"enabled": False})})
+    pipe = Pipeline.from_settings(plain)
+    results: dict[str, dict] = {}
+    rows: dict[str, list[dict]] = {}
+    for preset, count in (("preview", args.prompts), ("final", args.final_prompts)):
+        for language in ("en", "zh") if count else ():
+            name = f"{preset} {language}"
+            log(f"{name}: {count} held-out prompts")
+            rows[name] = run(pipe, plain, prompts(language, count), preset, cache=False)
+            results[name] = summary(rows[name])
+
+    cases = prompts("en", args.prompts if args.features is None else args.features)
+    if cases:
+        features(results, pipe, base, plain, cache_dir, cases)
+
+    print(f"\nquality of the default model from its frames ({pipe.model_id}); held-out combinations and phrasings")
+    table(results)
+    result = {"model": pipe.model_id, "results": results, "targets": targets(results, rows)}
+    print()
+    print(json.dumps(rounded(result)), flush=True)
+    return result
+
+
+def features(results: dict, pipe: Pipeline, base: Settings, plain: Settings, cache_dir: Path, cases) -> None:
+    """The speed features' rows, on `cases` at the preview preset."""
+    # Template: the same combinations through the `world` template (its seed), cold, then
+    # sharing k of the high-noise steps from the base prompt through the cache.
+    log("template: uncached")
+    results["template, uncached"] = summary(run(pipe, plain, cases, "preview", template="world", cache=False))
+    for k in SHARED_STEPS:
+        log(f"template: sharing {k or 'all'} high-noise steps")
+        cache = base.cache.model_copy(update={"enabled": True, "template_shared_steps": k})
+        settings = base.model_copy(update={"cache_dir": Path(tempfile.mkdtemp(dir=cache_dir)), "cache": cache})
+        shared = Pipeline.from_settings(settings)
+        results[f"template, shares {k or 'all'} steps"] = summary(
+            run(shared, settings, cases, "preview", template="world")
+        )
+    for name, step_cache in STEP_CACHES.items():
+        log(f"step cache {name}")
+        settings = plain.model_copy(update={"step_cache": step_cache})
+        results[f"step cache {name}"] = summary(
+            run(Pipeline.from_settings(settings), settings, cases, "preview", cache=False)
+        )
+    log("batching, 4 at a time")
+    results["batching x4"] = summary(run_batched(pipe, plain, cases, "preview"))
+    log("repair: min_physics_score 0.9, 2 re-samples")
+    results["repair (min 0.9)"] = summary(
+        run(pipe, plain, cases, "preview", cache=False, min_physics_score=0.9, max_retries=2)
+    )
+    results["preview en (same prompts)"] = summary(run(pipe, plain, cases, "preview", cache=False))
+
+
+def targets(results: dict, rows: dict) -> dict:
+    if not all(f"{preset} {lang}" in results for preset in ("preview", "final") for lang in ("en", "zh")):
+        return {}
+    return {
+        "preview": all(
+            results[f"preview {lang}"][k] >= 0.9 for lang in ("en", "zh") for k in ("color", "object", "setting")
+        )
+        and all(results[f"preview {lang}"]["motion"] >= 0.85 for lang in ("en", "zh")),
+        "final_within_5_points": all(
+            results[f"preview {lang}"][k] - results[f"final {lang}"][k] <= 0.05
+            for lang in ("en", "zh")
+            for k in ("color", "object", "motion", "setting")
+        ),
+        "physics_mean": float(np.mean([r["physics"] for name in rows for r in rows[name]])),
+        "template_within_5_points": {
+            name: all(
+                results["template, uncached"][k] - row[k] <= 0.05 for k in ("color", "object", "motion", "setting")
+            )
+            for name, row in results.items()
+            if name.startswith("template, shares")
+        },
+    }
+
+
+if __name__ == "__main__":
+    main()
