@@ -90,3 +90,16 @@ def test_a_stopped_stage_resumes_from_its_snapshot_on_the_same_path(tmp_path, mo
     vae_stage.train_vae(resumed, **options, snapshots=snapshots)  # steps 3 only
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_vae_loss_weighs_a_small_object_as_much_as_the_background():
+    from training.vae import balanced_l1
+
+    video = torch.zeros(1, 3, 1, 16, 16)
+    mask = torch.zeros(1, 1, 1, 16, 16)
+    mask[..., 7:9, 7:9] = 1  # 4 of 256 pixels
+    object_wrong = video + mask  # off by 1 on the object only
+    background_wrong = video + (1 - mask)
+    assert balanced_l1(object_wrong, video, mask) == pytest.approx(1.0)
+    assert balanced_l1(background_wrong, video, mask) == pytest.approx(1.0)
+    assert balanced_l1(video, video, torch.zeros_like(mask)) == 0  # a window without the object
