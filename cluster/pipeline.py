@@ -74,14 +74,15 @@ class _Job:
 
 
 class Pipeline:
-    def __init__(self, checkpoint: Checkpoint, cache: LatentCache | None = None):
+    def __init__(self, checkpoint: Checkpoint, cache: LatentCache | None = None, batching: bool = False):
+        """`batching`: the experts batch the steps of concurrent calls (from threads); off by
+        default, as one call at a time has nothing to batch with."""
         self.checkpoint = checkpoint
         self.cache = cache
         self.text_encoder = TextEncoder(checkpoint, cache)
-        # One request at a time here: nothing to batch with.
-        self.high_noise_expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False)
+        self.high_noise_expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=batching)
         self.low_noise_expert = (
-            Expert(checkpoint, ExpertKind.LOW_NOISE, batching=False) if checkpoint.has_low_noise_expert else None
+            Expert(checkpoint, ExpertKind.LOW_NOISE, batching=batching) if checkpoint.has_low_noise_expert else None
         )
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.decoder = Decoder(checkpoint)

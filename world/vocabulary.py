@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 COLORS = {  # name -> RGB (0-255), chosen far from every setting's palette
     "red": (215, 35, 35),
     "orange": (240, 135, 20),
@@ -94,6 +96,4 @@ def words() -> tuple[list[str], list[str]]:
 
 
 def _zh_literals(frame: str) -> list[str]:
-    import re
-
     return [p for p in re.split(r"\{[a-z]+\}|[，：。、 ]", frame) if p]
