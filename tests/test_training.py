@@ -66,7 +66,7 @@ def test_a_stopped_stage_resumes_from_its_snapshot_on_the_same_path(tmp_path, mo
 
     def fresh() -> AutoencoderKLWan:
         torch.manual_seed(0)
-        return AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], temperal_downsample=[False, True, True])
+        return AutoencoderKLWan(base_dim=16, z_dim=4, dim_mult=[1, 1, 1, 1], temperal_downsample=[False, True, True])
 
     options = {"steps": 3, "seed": 1, "batch": 1, "frames": 5, "crop": 32}
     straight = fresh()
@@ -103,3 +103,22 @@ def test_the_vae_loss_weighs_a_small_object_as_much_as_the_background():
     assert balanced_l1(object_wrong, video, mask) == pytest.approx(1.0)
     assert balanced_l1(background_wrong, video, mask) == pytest.approx(1.0)
     assert balanced_l1(video, video, torch.zeros_like(mask)) == 0  # a window without the object
+
+
+def test_the_vae_starts_as_a_working_autoencoder():
+    """Before its first step the default VAE already gives each clip back as its blocks' colours."""
+    import numpy as np
+
+    from deployments.default_model import build_default_pipeline
+    from training.clips import random_clip, to_frames, to_tensor
+    from training.vae import init_for_training, psnr
+
+    vae = build_default_pipeline().vae
+    clip = random_clip(np.random.default_rng(3), 17, 64)
+    with torch.no_grad():
+        before = to_frames(vae.decode(vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean).sample[0])
+        init_for_training(vae)
+        after = to_frames(vae.decode(vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean).sample[0])
+    assert psnr(after, clip.frames) > 20 > psnr(before, clip.frames)
+    background = ~clip.masks.astype(bool)
+    assert np.abs(after[background].mean(0) - clip.frames[background].mean(0)).max() < 8  # its colours, not grey

@@ -32,7 +32,7 @@ class TrainingPlan(BaseModel):
 
     seed: int = SEED
     text_steps: int = Field(600, ge=1)
-    vae_steps: int = Field(3000, ge=1)
+    vae_steps: int = Field(1500, ge=1)
     statistics_clips: int = Field(64, ge=1)  # encoded to measure the latents' mean and std
     preview_clips: int = Field(4000, ge=2)  # 17 frames of 64x64
     final_clips: int = Field(600, ge=0)  # 33 frames of 128x128: teaches the experts the final shape
