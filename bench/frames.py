@@ -1,11 +1,12 @@
-"""A strip of frames from one generated video, as a PNG (the README's first picture).
+"""Strips of frames from generated videos, one row per seed, as a PNG (the README's first picture).
 
     python -m bench.frames "a red ball bounces on the grass" --out docs/images/red-ball.png \
-        [--preset final] [--seed 7] [--count 6] [--model DIR]
+        [--preset final] [--seeds 1 2 3] [--count 6] [--model DIR]
 
-Runs the prompt through the in-process pipeline on the default model (or `--model`), picks
-`--count` evenly spaced frames, and writes them side by side, scaled up to 2x with
-nearest-neighbour so the pixels stay honest. Also prints what `world.reading` reads back.
+Runs the prompt through the in-process pipeline on the default model (or `--model`) once per
+seed (several seeds, so the picture is not one chosen sample), picks `--count` evenly spaced
+frames of each video, and writes them side by side, scaled up 2x with nearest-neighbour so the
+pixels stay honest. Prints what `world.reading` reads back from each video.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("prompt")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="final")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--count", type=int, default=6)
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -49,13 +50,18 @@ def main(argv: list[str] | None = None) -> dict:
         settings = settings.model_copy(update={"model": args.model})
     settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"enabled": False})})
     pipe = Pipeline.from_settings(settings)
-    request = GenerationRequest.build(settings, prompt=args.prompt, preset=args.preset, seed=args.seed, cache=False)
-    result = pipe(request)
+    rows, readings = [], []
+    for seed in args.seeds:
+        request = GenerationRequest.build(settings, prompt=args.prompt, preset=args.preset, seed=seed, cache=False)
+        result = pipe(request)
+        rows.append(strip(result.frames, args.count))
+        reading = read_clip(result.frames).as_dict()
+        readings.append({"seed": seed, "read": reading, "physics": round(result.physics.score, 3)})
+    gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    picture = np.concatenate([part for row in rows for part in (row, gap)][:-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), strip(result.frames, args.count)[..., ::-1])
-    reading = read_clip(result.frames).as_dict()
-    out = {"prompt": args.prompt, "model": pipe.model_id, "seed": args.seed, "preset": args.preset, "read": reading}
-    out["physics"] = round(result.physics.score, 3) if result.physics else None
+    cv2.imwrite(str(args.out), picture[..., ::-1])
+    out = {"prompt": args.prompt, "model": pipe.model_id, "preset": args.preset, "videos": readings}
     print(json.dumps(out, ensure_ascii=False))
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,11 +73,15 @@ def test_model_init_and_first_use_cache(tmp_path):
     run = _t2v("model", "init", "--out", str(tmp_path / "m"))
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m" / "transformer_2" / "diffusion_pytorch_model.safetensors").is_file()
-    # Without --model, the default is built into the cache dir on first use.
+    assert json.loads((tmp_path / "m" / "model_index.json").read_text())["_name_or_path"] == "t2v-world-wan2.2-a14b"
+    run = _t2v("model", "init", "--random", "--out", str(tmp_path / "r"))
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "r" / "model_index.json").read_text())["_name_or_path"] == "t2v-tiny-wan2.2-a14b"
+    # Without --model, the default is the trained model shipped with the code: nothing is built.
     out = tmp_path / "v.mp4"
     run = _t2v("generate", "a dog", "-o", str(out), "--steps", "2", env={"T2V_CACHE_DIR": str(tmp_path / "cache")})
     assert run.returncode == 0, run.stderr
-    assert list((tmp_path / "cache" / "models").glob("t2v-tiny-wan2.2-a14b-*/model_index.json"))
+    assert not (tmp_path / "cache" / "models").exists()
     assert probe_mp4(out.read_bytes())["frames"] == 17
 
 

@@ -118,7 +118,27 @@ def test_the_vae_starts_as_a_working_autoencoder():
     with torch.no_grad():
         before = to_frames(vae.decode(vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean).sample[0])
         init_for_training(vae)
-        after = to_frames(vae.decode(vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean).sample[0])
+        latent = vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean
+        after = to_frames(vae.decode(latent).sample[0])
+    # Every latent channel carries something, so every one can learn (zero on both sides never would).
+    assert (latent.std(dim=(0, 2, 3, 4)) > 1e-3).all()
     assert psnr(after, clip.frames) > 20 > psnr(before, clip.frames)
     background = ~clip.masks.astype(bool)
     assert np.abs(after[background].mean(0) - clip.frames[background].mean(0)).max() < 8  # its colours, not grey
+
+
+def test_the_frames_picture_has_a_row_per_seed(wan22_dir, tmp_path, monkeypatch, capsys):
+    import cv2
+
+    from bench import frames
+
+    monkeypatch.setenv("T2V_CACHE_DIR", str(tmp_path))
+    out = tmp_path / "strip.png"
+    argv = ["a red ball", "--out", str(out), "--preset", "preview", "--seeds", "1", "2", "--model", str(wan22_dir)]
+    result = frames.main(argv)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["videos"] == result["videos"]
+    picture = cv2.imread(str(out))
+    count, tile, gap = 6, 2 * 64, 2
+    assert picture.shape == (2 * tile + gap, count * tile + (count - 1) * gap, 3)
+    assert [v["seed"] for v in result["videos"]] == [1, 2]
+    assert {"color", "object", "motion", "setting"} <= set(result["videos"][0]["read"])

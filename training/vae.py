@@ -1,13 +1,17 @@
-"""The VAE, trained on the world's clips: whole preview-sized windows of 64x64 and 17 frames, cut from
-clips rendered at 64 to 128 pixels so that it sees objects at the preview's and the final's scale.
+"""The VAE, trained on the world's clips: whole 64x64 windows of 9 frames (two latent frames after
+the first), cut from clips rendered at 64 to 128 pixels so that it sees objects at the preview's
+and the final's scale.
 
-L1 reconstruction, balanced between the object's pixels and the rest: the mean error over each,
-added, so a small object counts as much as the background (with a plain L1 even one clip
-overfit for 100 steps decodes the object as sky: background error 7, object error 90 levels;
-balanced, 15 and 13, and the object's colour right). Decoded from the posterior's mean (sampling its unit-variance start drowns the signal for the
-short time we train) with a small KL term that keeps the latents bounded. Afterwards the latents' per-channel mean and
-standard deviation go into the config (`latents_mean`, `latents_std`), as Wan's VAE ships them,
-so that the experts see unit-variance latents.
+L1 reconstruction, balanced between the object's surroundings and the rest: the mean error over
+each, added. With a plain L1 even one clip overfit for 100 steps decodes the object as sky
+(background error 7, object error 90 levels: it is 3 % of the pixels); balanced over the object's
+own pixels the colour comes right, but a ball decodes as its 8x8 block, since the block's
+corners count only in the background term; hence the object term covers the object grown by a
+few pixels. Decoded from the posterior's mean (sampling its unit-variance start drowns the
+signal for the short time we train) with a small KL term that keeps the latents bounded.
+Afterwards the latents' per-channel mean and standard deviation go into the config
+(`latents_mean`, `latents_std`), as Wan's VAE ships them, so that the experts see unit-variance
+latents.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from training.clips import random_clip, to_tensor
 from training.snapshots import Snapshots
 
 KL_WEIGHT = 1e-6
+# The loss's object term covers this much around the object: a disc decoded as its 8x8 block
+# errs only outside the disc, where a mask of the object alone would not look.
+NEAR_OBJECT_PX = 4
 
 
 # Channels the starting autoencoder carries its colours in: the colour, its negative, a constant.
@@ -31,6 +38,7 @@ _CARRIED = 7
 # The constant channel dominates every RMS norm on the way, so that normalising barely depends on
 # the colour (sqrt(K^2 + 2|rgb|^2) stays within 4 % of K).
 _K = 8.0
+_DETAIL_SCALE = 0.1
 
 
 def _zero(conv: torch.nn.Module) -> None:
@@ -39,9 +47,20 @@ def _zero(conv: torch.nn.Module) -> None:
         conv.bias.zero_()
 
 
+def _start(conv: torch.nn.Module, carried: range | list[int] = range(_CARRIED)) -> None:
+    """Clear the carried output channels (set afterwards) and scale the others' random start down:
+    they begin as small random features, alive to gradients, that barely move the norms."""
+    rows = list(carried)
+    conv.weight[rows] = 0.0
+    others = [r for r in range(conv.weight.shape[0]) if r not in rows]
+    conv.weight[others] *= _DETAIL_SCALE
+    if conv.bias is not None:
+        conv.bias.zero_()
+
+
 def _carry(conv: torch.nn.Module) -> None:
     """Identity on the carried channels, from the kernel's spatial centre and its current frame."""
-    _zero(conv)
+    _start(conv)
     kernel = conv.weight.shape[2:]
     centre = (-1, *(k // 2 for k in kernel[1:])) if len(kernel) == 3 else tuple(k // 2 for k in kernel)
     for c in range(_CARRIED):
@@ -57,8 +76,9 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
     Every residual branch and the attention output start at zero (the identity, as residual networks
     train fastest from); the main path carries (rgb, -rgb, K) through the strided and upsampling
     convolutions as 2x2 averages and nearest-neighbour copies. The only non-linearity on that path is
-    SiLU after each `norm_out`, and silu(x) - silu(-x) = x recovers the colour exactly. The other
-    channels start at zero and are the training's to fill with detail."""
+    SiLU after each `norm_out`, and silu(x) - silu(-x) = x recovers the colour exactly. Every other
+    channel keeps a small random start (edges and positions within a block, for the training to
+    turn into detail); nothing reads them into the colour path until the training does."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import (
         WanAttentionBlock,
         WanCausalConv3d,
@@ -79,7 +99,7 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
         elif isinstance(module, WanResample):
             down = module.mode.startswith("down")
             conv = module.resample[1]
-            _zero(conv)
+            _start(conv)
             for c in range(_CARRIED):
                 if down:  # the stride-2 window's top-left 2x2: an average pool
                     conv.weight[c, c, :2, :2] = 0.25
@@ -87,25 +107,31 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
                     conv.weight[c, c, 1, 1] = 1.0
             if hasattr(module, "time_conv"):
                 weight = module.time_conv.weight
-                _zero(module.time_conv)
+                dim = weight.shape[1]
+                _start(module.time_conv, [*range(_CARRIED), *([] if down else range(dim, dim + _CARRIED))])
                 for c in range(_CARRIED):
                     if down:  # the mean of the two frames this one stands for
                         weight[c, c, 1:, 0, 0] = 0.5
                     else:  # both output frames repeat the current one
                         weight[c, c, -1, 0, 0] = 1.0
-                        weight[weight.shape[1] + c, c, -1, 0, 0] = 1.0
+                        weight[dim + c, c, -1, 0, 0] = 1.0
+    # The latent's other channels keep their random start too: if both sides of them started at
+    # zero, neither would ever get a gradient and the latent would stay three channels wide.
+    z = vae.config.z_dim
     for coder in (vae.encoder, vae.decoder):
-        _zero(coder.conv_in)
+        _start(coder.conv_in)
         for c in _COLOUR:
             coder.conv_in.weight[c, c, -1, 1, 1] = 1.0
             coder.conv_in.weight[c + 3, c, -1, 1, 1] = -1.0
         coder.conv_in.bias[_CONSTANT] = _K
         # After norm_out the carried values are scaled by sqrt(channels) / |x|, with |x| about K.
         scale = (_K**2 + 1.0) ** 0.5 / coder.norm_out.gamma.shape[0] ** 0.5
-        _zero(coder.conv_out)
+        out = coder.conv_out
+        _start(out, range(len(_COLOUR)))
         for c, negative in zip(_COLOUR, _NEGATIVE, strict=True):
-            coder.conv_out.weight[c, c, -1, 1, 1] = scale
-            coder.conv_out.weight[c, negative, -1, 1, 1] = -scale
+            out.weight[c, c, -1, 1, 1] = scale
+            out.weight[c, negative, -1, 1, 1] = -scale
+    vae.encoder.conv_out.weight[z:] = 0.0  # log-variance: 0
     for conv in (vae.quant_conv, vae.post_quant_conv):
         _zero(conv)
         for c in range(conv.weight.shape[0]):
@@ -131,6 +157,12 @@ def crop_batch(rng: np.random.Generator, batch: int, frames: int, crop: int) -> 
     return torch.stack(videos), torch.stack(masks)
 
 
+def near_object(mask: torch.Tensor, radius: int = NEAR_OBJECT_PX) -> torch.Tensor:
+    """The object's mask grown by `radius` pixels in each frame."""
+    size = 2 * radius + 1
+    return torch.nn.functional.max_pool3d(mask, (1, size, size), stride=1, padding=(0, radius, radius))
+
+
 def balanced_l1(recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the object's pixels plus that over the background's."""
     error = (recon - video).abs().mean(1, keepdim=True)
@@ -144,7 +176,7 @@ def train_vae(
     seed: int,
     batch: int = 2,
     lr: float = 1e-3,
-    frames: int = 17,
+    frames: int = 9,
     crop: int = 64,
     snapshots: Snapshots | None = None,
 ) -> dict:
@@ -165,7 +197,7 @@ def train_vae(
         video, mask = crop_batch(rng, batch, frames, crop)
         posterior = vae.encode(video).latent_dist
         recon = vae.decode(posterior.mean).sample
-        l1 = balanced_l1(recon, video, mask)
+        l1 = balanced_l1(recon, video, near_object(mask))
         kl = posterior.kl().mean() / video[0].numel()
         loss = l1 + KL_WEIGHT * kl
         opt.zero_grad(set_to_none=True)
