@@ -22,7 +22,7 @@ serve: install
 	$(BIN)/t2v serve
 
 generate: install
-	$(BIN)/t2v generate "一只橘猫在草地上奔跑" -o cat.mp4
+	$(BIN)/t2v generate "红色的球在草地上弹跳" -o ball.mp4
 
 # The tests also run Prometheus, ffprobe and Chromium: installed here when missing (as root).
 test: install

@@ -147,13 +147,13 @@ def serve(
             typer.echo(f"no API keys set (T2V_SERVING__API_KEYS): serving on 127.0.0.1 only{note}")
         else:
             typer.echo(f"API keys required: {len(settings.serving.api_keys)} configured")
-        typer.echo("deploying (the first start builds the default model and loads every stage)...")
+        typer.echo("deploying (every stage loads its part of the model)...")
         base = deploy(settings)
         typer.echo(f"t2v-cluster is serving at {base}   (OpenAPI: {base}/docs)")
         auth = " -H 'Authorization: Bearer <your key>'" if settings.serving.api_keys else ""
         typer.echo(
             f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json'{auth} "
-            f'-d \'{{"prompt": "一只橘猫在草地上奔跑", "seed": 1}}\' -o cat.mp4'
+            f'-d \'{{"prompt": "红色的球在草地上弹跳", "seed": 1}}\' -o ball.mp4'
         )
         typer.echo("Ctrl-C stops it.")
         while not stop.wait(1.0):
