@@ -138,8 +138,9 @@ class CacheSettings(BaseModel):
     approximate_threshold: float = 0.9
     # How many of the high-noise steps a template's requests share (computed once on the base
     # prompt); the rest of the high-noise phase runs on each request's own prompt. None: all of
-    # them. Fewer keep the slots' words in charge of more of the layout; bench/quality.py
-    # measures speed against slot adherence for each value.
+    # them, the default: bench/quality.py measures speed against slot adherence for each value,
+    # and the whole phase keeps the slots within 5 points (BENCHMARKS.md). Fewer steps keep the
+    # slots' words in charge of more of the layout, for a model where they would not.
     template_shared_steps: int | None = Field(None, ge=0)
 
 
