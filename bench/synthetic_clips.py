@@ -8,19 +8,35 @@ import math
 import cv2
 import numpy as np
 
-KINDS = ("bounce", "roll", "reversed_gravity", "teleport", "flicker", "size_change", "energy_gain", "vanish", "static")
-PLAUSIBLE = ("bounce", "roll")
+KINDS = (
+    "bounce",
+    "roll",
+    "rise",
+    "slide",
+    "two_balls",
+    "reversed_gravity",
+    "teleport",
+    "flicker",
+    "size_change",
+    "energy_gain",
+    "vanish",
+    "static",
+)
+# rise: a balloon going up at a steady speed; slide: sliding to a stop under friction;
+# two_balls: one bounces while another rolls the other way.
+PLAUSIBLE = ("bounce", "roll", "rise", "slide", "two_balls")
 VIOLATIONS = ("reversed_gravity", "teleport", "flicker", "size_change", "energy_gain", "vanish")
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    texture = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), size / 40)
+def _background(size: int, rng: np.random.Generator, width: int | None = None) -> np.ndarray:
+    width = width or size
+    texture = cv2.GaussianBlur(rng.random((size, width)).astype(np.float32), (0, 0), size / 40)
     texture = (texture - texture.mean()) / (texture.std() + 1e-6) * 14
     rows = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    sky = np.array([110, 150, 200], np.float32) * (1 - 0.3 * rows) + np.zeros((1, size, 1), np.float32)
+    sky = np.array([110, 150, 200], np.float32) * (1 - 0.3 * rows) + np.zeros((1, width, 1), np.float32)
     ground = np.array([120, 95, 60], np.float32)
     floor = int(0.86 * size)
-    image = np.broadcast_to(sky, (size, size, 3)).copy()
+    image = np.broadcast_to(sky, (size, width, 3)).copy()
     image[floor:] = ground
     image[floor - 1 : floor + 1] = (60, 50, 40)
     return np.clip(image + texture[..., None], 0, 255)
@@ -44,12 +60,24 @@ def _bounce_track(times: np.ndarray, y0: float, floor: float, g: float, e: float
     return out
 
 
-def synthetic_clip(kind: str, frames: int = 33, size: int = 128, fps: float = 16, seed: int = 0) -> np.ndarray:
-    """Render a deterministic (T, size, size, 3) uint8 clip of `kind` (one of KINDS)."""
+def _ball(image: np.ndarray, x: float, y: float, radius: float, colour, highlight) -> None:
+    """A ball with a highlight, drawn at sub-pixel precision (OpenCV's shift of 4 bits)."""
+    cv2.circle(image, (round(x * 16), round(y * 16)), round(radius * 16), colour, -1, cv2.LINE_AA, shift=4)
+    spot = (round((x - 0.35 * radius) * 16), round((y - 0.35 * radius) * 16))
+    cv2.circle(image, spot, round(0.3 * radius * 16), highlight, -1, cv2.LINE_AA, shift=4)
+
+
+def synthetic_clip(
+    kind: str, frames: int = 33, size: int = 128, fps: float = 16, seed: int = 0, pan: float = 0.0
+) -> np.ndarray:
+    """Render a deterministic (T, size, size, 3) uint8 clip of `kind` (one of KINDS); `pan` moves the
+    camera right by that many frame widths per second (the scene, ball included, is the same)."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic clip kind {kind!r}; expected one of {', '.join(KINDS)}")
     rng = np.random.default_rng(seed)
-    background = _background(size, rng)
+    travel = abs(pan) * size * (frames - 1) / fps  # px the camera moves over the clip
+    margin = int(math.ceil(travel)) + 2 if pan else 0
+    wide = _background(size, rng, size + margin)
     times = np.arange(frames) / fps
     radius = 0.0625 * size
     floor = 0.86 * size - radius  # the centre's lowest point
@@ -57,6 +85,14 @@ def synthetic_clip(kind: str, frames: int = 33, size: int = 128, fps: float = 16
     x = 0.2 * size + 0.3 * size * times
     if kind == "roll":
         x = 0.15 * size + 0.35 * size * times
+        y = np.full(frames, floor)
+    elif kind == "rise":
+        x = 0.4 * size + 0.05 * size * times
+        y = 0.75 * size - 0.3 * size * times
+    elif kind == "slide":
+        stop = 0.6 / 0.35  # s: v0 / deceleration, in frame sizes per s and per s^2
+        t = np.minimum(times, stop)
+        x = 0.15 * size + size * (0.6 * t - 0.5 * 0.35 * t * t)
         y = np.full(frames, floor)
     elif kind == "energy_gain":
         y = _bounce_track(times, 0.47 * size, floor, g, 1.3)
@@ -77,13 +113,23 @@ def synthetic_clip(kind: str, frames: int = 33, size: int = 128, fps: float = 16
         offsets = (-1.0) ** np.arange(frames) * rng.uniform(12, 24, frames)
 
     clip = np.empty((frames, size, size, 3), np.uint8)
+    start = (travel + 1 if pan < 0 else 1.0) if pan else 0.0
     for i in range(frames):
-        image = background.copy()
+        left = start + pan * size * times[i]  # the view's left edge on the wide background
+        view = np.float32([[1, 0, left], [0, 1, 0]])
+        image = cv2.warpAffine(wide, view, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        x_i = x[i] - (left - start)  # the ball stays where it is in the scene
         if kind != "static" and not hidden[i]:
-            centre = (round(x[i] * 16), round(y[i] * 16))
-            cv2.circle(image, centre, round(radii[i] * 16), (215, 45, 40), -1, cv2.LINE_AA, shift=4)
-            spot = (round((x[i] - 0.35 * radii[i]) * 16), round((y[i] - 0.35 * radii[i]) * 16))
-            cv2.circle(image, spot, round(0.3 * radii[i] * 16), (240, 130, 120), -1, cv2.LINE_AA, shift=4)
+            _ball(image, x_i, y[i], radii[i], (215, 45, 40), (240, 130, 120))
+        if kind == "two_balls":
+            _ball(
+                image,
+                0.85 * size - 0.3 * size * times[i] - (left - start),
+                floor,
+                radius,
+                (40, 60, 210),
+                (130, 150, 240),
+            )
         image += rng.normal(0.0, 1.0, image.shape).astype(np.float32) + offsets[i]
         clip[i] = np.clip(image, 0, 255).round().astype(np.uint8)
     return clip

@@ -101,7 +101,13 @@ class Pipeline:
 
     def runner(self, job: _Job) -> JobRunner:
         """The shared stage sequence on this process's stage classes."""
-        return JobRunner(self._stages(job), self.plan, self.checkpoint.identity, self.cache)
+        return JobRunner(
+            self._stages(job),
+            self.plan,
+            self.checkpoint.identity,
+            self.cache,
+            min_dynamics=self.checkpoint.settings.repair_min_dynamics,
+        )
 
     def _stages(self, job: _Job) -> Stages:
         def encode(_job_id: str, request: GenerationRequest, base_prompt: bool) -> PromptEmbeddings:

@@ -42,6 +42,7 @@ class PhysicsAttempt(BaseModel):
     attempt: int
     seed: int
     score: float
+    dynamics: float | None = None  # how much its scene moves: a repair must not buy its score with stillness
 
 
 class PhysicsResult(BaseModel):
@@ -51,6 +52,8 @@ class PhysicsResult(BaseModel):
 
     score: float
     subscores: dict[str, float | None] = {}
+    dynamics: float | None = None
+    violations: list[dict[str, Any]] = []  # {"kind", "frames": [first, last], "track"}
     attempts: list[PhysicsAttempt] = []
 
     @classmethod

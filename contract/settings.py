@@ -244,6 +244,9 @@ class Settings(BaseSettings):
         "preview": Preset(height=64, width=64, num_frames=17, num_inference_steps=10),
         "final": Preset(height=128, width=128, num_frames=33, num_inference_steps=20),
     }
+    # Physics repair: a re-sampled video replaces the first only if it moves at least this share
+    # as much (the scorer's `dynamics`); else a still video, with nothing to break, would win.
+    repair_min_dynamics: float = Field(0.8, ge=0, le=1)
     limits: Limits = Limits()
     templates_file: Path | None = None  # None: the templates shipped in contract/templates.yaml
     serving: ServingSettings = ServingSettings()

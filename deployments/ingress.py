@@ -134,6 +134,7 @@ class Ingress:
             outputs=StoreOutputs(self.store),
             events=JobStoreEvents(jobs),
             retries=settings.serving.job_retries,
+            min_dynamics=settings.repair_min_dynamics,
             replica_died=replica_died,
         )
         self.api_keys = [hashlib.sha256(k.encode()).hexdigest() for k in settings.serving.api_keys]

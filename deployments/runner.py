@@ -105,6 +105,19 @@ async def resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def best_attempt(attempts: list[PhysicsResult], min_dynamics: float) -> int:
+    """Which attempt a job keeps: the best score among those that move at least `min_dynamics` as
+    much as the first (the first of equals: attempt 0 wins ties). A still video has nothing to
+    break, so it cannot win on that."""
+    first = attempts[0].dynamics
+
+    def moves_enough(physics: PhysicsResult) -> bool:
+        return first is None or physics.dynamics is None or physics.dynamics >= min_dynamics * first
+
+    eligible = [i for i, p in enumerate(attempts) if i == 0 or moves_enough(p)]
+    return max(eligible, key=lambda i: attempts[i].score)
+
+
 @dataclass
 class JobRunner:
     stages: Stages
@@ -114,6 +127,7 @@ class JobRunner:
     outputs: VideoOutputs = field(default_factory=VideoOutputs)
     events: JobEvents = field(default_factory=JobEvents)
     retries: int = 0  # runs again after a replica died under the job (Serve replaces it)
+    min_dynamics: float = 0.8  # a repair attempt must move at least this share as much as the first
     replica_died: Callable[[BaseException], bool] = lambda error: False
 
     # -- 0. the result cache --------------------------------------------------------------
@@ -180,8 +194,11 @@ class JobRunner:
         if attempts is None:
             return Outcome("cancelled")
         # 6. Keep the best video, and remember it for the next identical request
-        best = max(attempts, key=lambda v: v.physics.score)  # the first of equals: attempt 0 wins ties
-        record = [PhysicsAttempt(attempt=v.attempt, seed=v.seed, score=v.physics.score) for v in attempts]
+        best = self._best(attempts)
+        record = [
+            PhysicsAttempt(attempt=v.attempt, seed=v.seed, score=v.physics.score, dynamics=v.physics.dynamics)
+            for v in attempts
+        ]
         best = self.outputs.keep(job_id, best, attempts)
         best = best.model_copy(update={"physics": best.physics.model_copy(update={"attempts": record})})
         cache_used = self.cache is not None and request.cache
@@ -189,6 +206,9 @@ class JobRunner:
             value = {"mp4": self.outputs.mp4(best), "physics": best.physics.model_dump()}
             self.cache.put("result", result_key(self.model, request, owner), value)
         return Outcome("completed", best, result_cache=False if cache_used else None, attempts=len(attempts))
+
+    def _best(self, attempts: list[Video]) -> Video:
+        return attempts[best_attempt([v.physics for v in attempts], self.min_dynamics)]
 
     async def _repair(
         self, job_id: str, request: GenerationRequest, embeddings: Any, boundary: Any, first: Video
@@ -198,7 +218,7 @@ class JobRunner:
         attempts = [first]
         low_steps = len(self.plan(request).low_noise_steps)
         for attempt in range(1, request.max_retries + 1):
-            best = max(v.physics.score for v in attempts)
+            best = self._best(attempts).physics.score
             if self.stages.low_noise is None or best >= (request.min_physics_score or 0):
                 break
             seed = request.resample_seed(attempt)

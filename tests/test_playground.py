@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -88,6 +89,13 @@ def test_prompt_to_playing_video_with_its_score(serve_app, browser):
     assert playing is True
     assert text(browser, "#job-status") == "completed"
     assert 0 <= float(text(browser, "#job-score")) <= 1
+    assert text(browser, "#job-dynamics").startswith("(motion ")  # how much the video moves, next to its score
+    job = httpx.get(f"{serve_app.url}/v1/videos/{text(browser, '#job-id')}", headers=serve_app.headers).json()
+    shown = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#job-violations li")]
+    assert len(shown) == len(job["physics"]["violations"])  # each violation, with its frames
+    assert all(
+        s.split(":")[0].replace(" ", "_") == v["kind"] for s, v in zip(shown, job["physics"]["violations"], strict=True)
+    )
     assert "high_noise" in text(browser, "#job-timings") and "miss" in text(browser, "#job-cache")
     assert browser.find_element(By.ID, "job-download").get_attribute("href").startswith("blob:")
     job_id = text(browser, "#job-id")

@@ -43,12 +43,14 @@ class FakeStages:
     def __init__(
         self,
         scores=(0.5,),
+        dynamics=None,
         raise_in: dict[str, list[BaseException]] | None = None,
         cancelled_at: tuple[str, int] | None = None,
         awaitable: bool = False,
         low_noise: bool = True,
     ):
         self.scores = list(scores)
+        self.dynamics = list(dynamics) if dynamics is not None else [None] * len(self.scores)
         self.raise_in = raise_in or {}
         self.cancelled_at = cancelled_at
         self.awaitable = awaitable
@@ -80,7 +82,7 @@ class FakeStages:
         video = Video(
             attempt=attempt,
             seed=request.seed,
-            physics=PhysicsResult(score=self.scores[attempt]),
+            physics=PhysicsResult(score=self.scores[attempt], dynamics=self.dynamics[attempt]),
             mp4=f"mp4 of attempt {attempt}".encode(),
         )
         return self._answer("decode", video, attempt)
@@ -178,6 +180,19 @@ def test_repair_resamples_the_detail_phase_and_keeps_the_best():
     assert outcome.video.attempt == 1 and outcome.physics.score == 0.7 and outcome.video.mp4 == b"mp4 of attempt 1"
     assert [(a.attempt, a.score) for a in outcome.physics.attempts] == [(0, 0.2), (1, 0.7), (2, 0.4)]
     assert events.added == [4, 4]  # each repair adds the low-noise steps to the job's progress
+
+
+def test_repair_cannot_win_by_standing_still():
+    """A re-sample that scores higher only because it barely moves does not replace the first;
+    one that moves as much does. Every attempt shows its score and its dynamics."""
+    stages = FakeStages(scores=[0.5, 0.9, 0.7], dynamics=[0.4, 0.05, 0.35])
+    outcome = run(runner(stages), request(min_physics_score=0.95, max_retries=2))
+    assert outcome.attempts == 3 and outcome.video.attempt == 2 and outcome.physics.score == 0.7
+    assert [(a.score, a.dynamics) for a in outcome.physics.attempts] == [(0.5, 0.4), (0.9, 0.05), (0.7, 0.35)]
+    # nothing moves enough: the first stays, and the still one never ends the repair as "good enough"
+    stages = FakeStages(scores=[0.5, 0.99], dynamics=[0.4, 0.0])
+    outcome = run(runner(stages), request(min_physics_score=0.95, max_retries=1))
+    assert outcome.video.attempt == 0 and outcome.physics.score == 0.5
 
 
 def test_repair_stops_once_good_enough_and_never_without_a_low_noise_expert():

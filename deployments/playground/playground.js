@@ -115,6 +115,8 @@ function show(job) {
   $("#job-id").textContent = job.id;
   $("#job-video").hidden = $("#job-download").hidden = true;
   $("#job-score").textContent = "-";
+  $("#job-dynamics").textContent = "";
+  $("#job-violations").replaceChildren();
   $("#job-error").textContent = "";
   definitions($("#job-subscores"), []);
   render(job);
@@ -147,6 +149,13 @@ async function render(job) {
     $("#job-score").textContent = job.physics.score.toFixed(3);
     definitions($("#job-subscores"), Object.entries(job.physics.subscores)
       .map(([k, v]) => [k.replaceAll("_", " "), v === null ? "n/a" : v.toFixed(3)]));
+    if (job.physics.dynamics != null) $("#job-dynamics").textContent = `(motion ${job.physics.dynamics.toFixed(2)})`;
+    // Why a video scored low: each violation the scorer found, with its frames and object
+    $("#job-violations").replaceChildren(...(job.physics.violations || []).map((v) => {
+      const where = v.frames[0] === v.frames[1] ? `frame ${v.frames[0]}` : `frames ${v.frames[0]}-${v.frames[1]}`;
+      const what = v.track === null ? "" : `, object ${v.track}`;
+      return Object.assign(document.createElement("li"), { textContent: `${v.kind.replaceAll("_", " ")}: ${where}${what}` });
+    }));
   }
   if (job.status === "completed") {
     const url = await videoURL(job.id);

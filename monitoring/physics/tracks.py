@@ -1,0 +1,253 @@
+"""Moving objects, found and followed: background subtraction on camera-stabilised frames, then tracks.
+
+Every frame is warped into the first frame's coordinates by the camera path; the per-pixel median
+over the frames that saw a pixel is the background (a still scene, whatever the camera did).
+Foreground: more than `FOREGROUND_LEVEL` from the background warped back, after each frame's global
+brightness offset is removed (so flicker does not turn the frame into foreground), cleaned by a 3x3
+opening. Its connected components are the detections; tracks link them frame to frame, nearest
+predicted position first, through gaps of up to `MAX_GAP` frames. Positions are also kept in the
+first frame's coordinates, where the camera's motion is gone (`wx`, `wy`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from monitoring.physics.camera import CameraPath
+
+FOREGROUND_LEVEL = 30  # 8-bit levels from the background (after offset removal) that count as foreground
+MIN_TRACK_FRAMES = 8  # fewer sightings: not a track the laws can judge
+MAX_GAP = 6  # frames a track may go unseen and still continue
+RIGID = 0.06  # median frame-to-frame change of log area: above it, a region that changes shape (a walker)
+MIN_SIZE = 0.08  # of the frame's longer side: smaller objects are too few pixels to hold to the laws
+SMOOTH = 0.25  # median |second difference| of the path, in diameters: above it, the blob jumps about
+MAX_TRACKS = 4  # the largest moving tracks are judged; the rest is scenery
+MAX_BACKGROUND_FRAMES = 24  # the median background uses at most this many frames, evenly spaced
+CANVAS_LIMIT = 3  # the stabilised canvas is at most this many frame widths / heights
+
+
+@dataclass
+class Track:
+    """One object through the clip: NaN (or False) in the frames where it was not seen."""
+
+    cx: np.ndarray
+    cy: np.ndarray
+    wx: np.ndarray  # centroid in the first frame's coordinates (camera removed)
+    wy: np.ndarray
+    area: np.ndarray
+    border: np.ndarray  # touches the frame's border
+    masks: np.ndarray  # (T, h, w) bool
+    size: tuple[int, int]
+    labels: list[int] = field(default_factory=list)  # per frame, the detection's label (or -1)
+
+    @property
+    def present(self) -> np.ndarray:
+        return ~np.isnan(self.cx)
+
+    @property
+    def diameter(self) -> float:
+        return 2.0 * math.sqrt(float(np.nanmedian(self.area)) / math.pi)
+
+    @property
+    def extent(self) -> float:
+        """How far it goes from its median position, px, camera removed."""
+        p = self.present
+        x, y = self.wx[p], self.wy[p]
+        return float(np.hypot(x - np.median(x), y - np.median(y)).max())
+
+    @property
+    def rigid(self) -> bool:
+        """A solid object, measured well enough to hold it to the laws: large enough, it keeps its size
+        from frame to frame and its path is smooth (what a walker, merging regions or noise are not)."""
+        p = self.present
+        a, x, y = self.area[p], self.wx[p], self.wy[p]
+        if len(a) < 4 or self.diameter < MIN_SIZE * max(self.size):
+            return False
+        steadiness = float(np.median(np.abs(np.diff(np.log(a)))))
+        jitter = float(np.median(np.hypot(np.diff(x, 2), np.diff(y, 2)))) / self.diameter
+        return steadiness <= RIGID and jitter <= SMOOTH
+
+    @property
+    def moves(self) -> bool:
+        """Moves at least its own size: else it sits in the median background and only slivers of it show."""
+        return self.extent >= self.diameter
+
+
+def _canvas(path: CameraPath, size: tuple[int, int]) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """Per frame, (2, 3) frame -> canvas; and the canvas size (h, w)."""
+    h, w = size
+    to_first = path.to_first()
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], float).T
+    points = np.hstack([(m @ corners)[:2] for m in to_first])
+    x0, y0 = np.maximum(points.min(1), [-(CANVAS_LIMIT - 1) * w / 2, -(CANVAS_LIMIT - 1) * h / 2])
+    x1, y1 = np.minimum(points.max(1), [w + (CANVAS_LIMIT - 1) * w / 2, h + (CANVAS_LIMIT - 1) * h / 2])
+    shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]])
+    return [(shift @ m)[:2] for m in to_first], (int(math.ceil(y1 - y0)), int(math.ceil(x1 - x0)))
+
+
+def _backgrounds(frames: np.ndarray, path: CameraPath, hide: np.ndarray | None = None) -> np.ndarray:
+    """Per frame, the still scene behind it (float32, NaN where no frame saw it), the median of the
+    frames that saw each point; pixels in `hide` (T, h, w) are left out, where another frame saw it."""
+    t, h, w, _ = frames.shape
+    picks = np.unique(np.linspace(0, t - 1, min(t, MAX_BACKGROUND_FRAMES)).round().astype(int))
+    samples = frames[picks].astype(np.float32)
+    if hide is not None:
+        samples[hide[picks]] = np.nan
+    if not path.moving:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: filled below
+            median = np.nanmedian(samples, axis=0)
+        if hide is not None:
+            unseen = np.isnan(median)
+            median[unseen] = np.median(frames, axis=0).astype(np.float32)[unseen]
+        return np.broadcast_to(median, frames.shape)
+    placements, (ch, cw) = _canvas(path, (h, w))
+    stack = np.full((len(picks), ch, cw, 3), np.nan, np.float32)
+    for k, i in enumerate(picks):
+        stack[k] = cv2.warpAffine(
+            samples[k], placements[i], (cw, ch), flags=cv2.INTER_LINEAR, borderValue=(np.nan,) * 3
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # canvas corners no frame saw stay NaN
+        canvas = np.nanmedian(stack, axis=0)
+    out = np.stack(
+        [
+            cv2.warpAffine(
+                canvas,
+                placements[i],
+                (w, h),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=(np.nan,) * 3,
+            )
+            for i in range(t)
+        ]
+    )
+    return out
+
+
+def _detections(frames: np.ndarray, backgrounds: np.ndarray) -> tuple[list[list[dict]], list[np.ndarray], float]:
+    t, h, w, _ = frames.shape
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    min_area = max(6, int(0.0004 * h * w))
+    found, labels_per_frame, coverage = [], [], []
+    for i in range(t):
+        diff = frames[i].astype(np.float32) - backgrounds[i]
+        seen = ~np.isnan(diff).any(-1)
+        diff[~seen] = 0
+        if seen.any():
+            diff -= np.median(diff[seen][::4], axis=0)  # the frame's global offset
+        level = np.abs(diff).max(-1)
+        threshold = max(FOREGROUND_LEVEL, 3.0 * float(np.median(level[seen]))) if seen.any() else FOREGROUND_LEVEL
+        fg = ((level > threshold) & seen).astype(np.uint8)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
+        coverage.append(float(fg.mean()))
+        n, labels, stats, centroids = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        frame = []
+        for k in range(1, n):
+            a = int(stats[k, cv2.CC_STAT_AREA])
+            if a < min_area or a > 0.5 * h * w:
+                continue
+            x0, y0 = stats[k, cv2.CC_STAT_LEFT], stats[k, cv2.CC_STAT_TOP]
+            x1, y1 = x0 + stats[k, cv2.CC_STAT_WIDTH], y0 + stats[k, cv2.CC_STAT_HEIGHT]
+            border = bool(x0 <= 0 or y0 <= 0 or x1 >= w or y1 >= h or (~seen[y0:y1, x0:x1]).any())
+            frame.append(
+                {
+                    "label": k,
+                    "cx": centroids[k][0],
+                    "cy": centroids[k][1],
+                    "area": a,
+                    "border": border,
+                    "box": (int(x0), int(y0), int(x1), int(y1)),
+                }
+            )
+        found.append(frame)
+        labels_per_frame.append(labels)
+    return found, labels_per_frame, float(np.median(coverage))
+
+
+def _link(found: list[list[dict]], size: tuple[int, int]) -> list[list[tuple[int, dict]]]:
+    """Detections linked into tracks: greedy, nearest to each track's predicted position first."""
+    h, w = size
+    tracks: list[list[tuple[int, dict]]] = []
+    for i, detections in enumerate(found):
+        candidates = []
+        for j, track in enumerate(tracks):
+            last_i, last = track[-1]
+            if i - last_i > MAX_GAP + 1:
+                continue
+            vx = vy = 0.0
+            if len(track) >= 2:
+                prev_i, prev = track[-2]
+                vx, vy = ((last["cx"] - prev["cx"]) / (last_i - prev_i), (last["cy"] - prev["cy"]) / (last_i - prev_i))
+            px, py = last["cx"] + vx * (i - last_i), last["cy"] + vy * (i - last_i)
+            size_px = 2 * math.sqrt(last["area"] / math.pi)
+            gate = max(3 * size_px, 0.25 * max(h, w))
+            for k, d in enumerate(detections):
+                distance = math.hypot(d["cx"] - px, d["cy"] - py)
+                ratio = max(d["area"], last["area"]) / max(1, min(d["area"], last["area"]))
+                if distance <= gate and ratio < 4:
+                    candidates.append((distance + size_px * math.log(ratio), j, k))
+        used_tracks, used = set(), set()
+        for _, j, k in sorted(candidates):
+            if j in used_tracks or k in used:
+                continue
+            tracks[j].append((i, detections[k]))
+            used_tracks.add(j)
+            used.add(k)
+        tracks.extend([(i, d)] for k, d in enumerate(detections) if k not in used)
+    return tracks
+
+
+def _tracks(found: list[list[dict]], labels: list[np.ndarray], path: CameraPath, size) -> list[tuple[Track, list]]:
+    """Linked detections that make a moving track, each with its detections."""
+    t, (h, w) = len(found), size
+    to_first = path.to_first()
+    out = []
+    for linked in _link(found, (h, w)):
+        if len(linked) < MIN_TRACK_FRAMES:
+            continue
+        track = Track(*(np.full(t, np.nan) for _ in range(5)), np.zeros(t, bool), np.zeros((t, h, w), bool), (h, w))
+        track.labels = [-1] * t
+        for i, d in linked:
+            track.cx[i], track.cy[i], track.area[i], track.border[i] = d["cx"], d["cy"], d["area"], d["border"]
+            track.wx[i], track.wy[i] = (to_first[i] @ [d["cx"], d["cy"], 1])[:2]
+            track.masks[i] = labels[i] == d["label"]
+            track.labels[i] = d["label"]
+        if track.moves:
+            out.append((track, linked))
+    return out
+
+
+def find_tracks(frames: np.ndarray, path: CameraPath) -> tuple[list[Track], dict]:
+    """The moving objects of (T, h, w, 3) uint8 frames, largest first (at most `MAX_TRACKS`); and measurements.
+
+    Rigid ones (`Track.rigid`) first: only they are held to the laws."""
+    t, h, w, _ = frames.shape
+    found, labels, coverage = _detections(frames, _backgrounds(frames, path))
+    first = _tracks(found, labels, path, (h, w))
+    if first:
+        # Again, with the moving objects left out of the background: one that rests for part of the
+        # clip is otherwise partly in the median and loses the pixels where it rests. What was found
+        # may be only the part that differs from the median, so its whole box is left out.
+        hide = np.zeros((t, h, w), bool)
+        for _, linked in first:
+            for i, d in linked:
+                x0, y0, x1, y1 = d["box"]
+                grow = max(2, (x1 - x0 + y1 - y0) // 8)
+                hide[i, max(0, y0 - grow) : y1 + grow, max(0, x0 - grow) : x1 + grow] = True
+        found, labels, coverage = _detections(frames, _backgrounds(frames, path, hide=hide))
+        first = _tracks(found, labels, path, (h, w))
+    out = [track for track, _ in first]
+    out.sort(key=lambda k: (not k.rigid, -float(np.nansum(k.area))))
+    measured = {
+        "foreground_coverage": round(coverage, 4),
+        "detections": sum(map(len, found)),
+        "moving_regions": len(out),
+    }
+    return out[:MAX_TRACKS], measured
