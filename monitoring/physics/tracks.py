@@ -26,6 +26,7 @@ MAX_GAP = 6  # frames a track may go unseen and still continue
 RIGID = 0.06  # median frame-to-frame change of log area: above it, a region that changes shape (a walker)
 MIN_SIZE = 0.08  # of the frame's longer side: smaller objects are too few pixels to hold to the laws
 SMOOTH = 0.25  # median |second difference| of the path, in diameters: above it, the blob jumps about
+COLOUR_SPREAD = 25.0  # levels between its 10th and 90th percentile mean colour: above it, not one object
 MAX_TRACKS = 4  # the largest moving tracks are judged; the rest is scenery
 MAX_BACKGROUND_FRAMES = 24  # the median background uses at most this many frames, evenly spaced
 CANVAS_LIMIT = 3  # the stabilised canvas is at most this many frame widths / heights
@@ -44,6 +45,7 @@ class Track:
     masks: np.ndarray  # (T, h, w) bool
     size: tuple[int, int]
     labels: list[int] = field(default_factory=list)  # per frame, the detection's label (or -1)
+    colour: np.ndarray | None = None  # (T, 3) mean RGB of its pixels less the frame's, NaN where not seen
 
     @property
     def present(self) -> np.ndarray:
@@ -63,13 +65,18 @@ class Track:
     @property
     def rigid(self) -> bool:
         """A solid object, measured well enough to hold it to the laws: large enough, it keeps its size
-        from frame to frame and its path is smooth (what a walker, merging regions or noise are not)."""
+        from frame to frame, its path is smooth and its colour holds (what a walker, regions that merge
+        and split, or noise are not)."""
         p = self.present
         a, x, y = self.area[p], self.wx[p], self.wy[p]
         if len(a) < 4 or self.diameter < MIN_SIZE * max(self.size):
             return False
         steadiness = float(np.median(np.abs(np.diff(np.log(a)))))
         jitter = float(np.median(np.hypot(np.diff(x, 2), np.diff(y, 2)))) / self.diameter
+        if self.colour is not None:
+            c = self.colour[p]
+            if float(np.linalg.norm(np.percentile(c, 90, 0) - np.percentile(c, 10, 0))) > COLOUR_SPREAD:
+                return False
         return steadiness <= RIGID and jitter <= SMOOTH
 
     @property
@@ -204,9 +211,9 @@ def _link(found: list[list[dict]], size: tuple[int, int]) -> list[list[tuple[int
     return tracks
 
 
-def _tracks(found: list[list[dict]], labels: list[np.ndarray], path: CameraPath, size) -> list[tuple[Track, list]]:
+def _tracks(found: list[list[dict]], labels: list[np.ndarray], frames: np.ndarray, path: CameraPath):
     """Linked detections that make a moving track, each with its detections."""
-    t, (h, w) = len(found), size
+    t, h, w, _ = frames.shape
     to_first = path.to_first()
     out = []
     for linked in _link(found, (h, w)):
@@ -214,11 +221,14 @@ def _tracks(found: list[list[dict]], labels: list[np.ndarray], path: CameraPath,
             continue
         track = Track(*(np.full(t, np.nan) for _ in range(5)), np.zeros(t, bool), np.zeros((t, h, w), bool), (h, w))
         track.labels = [-1] * t
+        track.colour = np.full((t, 3), np.nan)
         for i, d in linked:
             track.cx[i], track.cy[i], track.area[i], track.border[i] = d["cx"], d["cy"], d["area"], d["border"]
             track.wx[i], track.wy[i] = (to_first[i] @ [d["cx"], d["cy"], 1])[:2]
             track.masks[i] = labels[i] == d["label"]
             track.labels[i] = d["label"]
+            # against the frame's own mean: the light changing on everything is not the object changing
+            track.colour[i] = frames[i][track.masks[i]].mean(0) - frames[i].reshape(-1, 3).mean(0)
         if track.moves:
             out.append((track, linked))
     return out
@@ -230,7 +240,7 @@ def find_tracks(frames: np.ndarray, path: CameraPath) -> tuple[list[Track], dict
     Rigid ones (`Track.rigid`) first: only they are held to the laws."""
     t, h, w, _ = frames.shape
     found, labels, coverage = _detections(frames, _backgrounds(frames, path))
-    first = _tracks(found, labels, path, (h, w))
+    first = _tracks(found, labels, frames, path)
     if first:
         # Again, with the moving objects left out of the background: one that rests for part of the
         # clip is otherwise partly in the median and loses the pixels where it rests. What was found
@@ -242,7 +252,7 @@ def find_tracks(frames: np.ndarray, path: CameraPath) -> tuple[list[Track], dict
                 grow = max(2, (x1 - x0 + y1 - y0) // 8)
                 hide[i, max(0, y0 - grow) : y1 + grow, max(0, x0 - grow) : x1 + grow] = True
         found, labels, coverage = _detections(frames, _backgrounds(frames, path, hide=hide))
-        first = _tracks(found, labels, path, (h, w))
+        first = _tracks(found, labels, frames, path)
     out = [track for track, _ in first]
     out.sort(key=lambda k: (not k.rigid, -float(np.nansum(k.area))))
     measured = {
