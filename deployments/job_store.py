@@ -19,6 +19,7 @@ from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, n
 from contract.messages import PhysicsResult, StageReport, StageSpan
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
+from monitoring.physics import VIOLATION_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class JobStore:
         self._started = time.time()
         self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
         metrics.zero("unreadable", store="jobs")
+        for kind in VIOLATION_KINDS:
+            metrics.zero("violations", kind=kind)
         for key in store.keys("jobs"):
             try:
                 job = Job.model_validate_json(store.read(key) or b"")
@@ -271,6 +274,10 @@ class JobStore:
             for name, value in job.physics.subscores.items():
                 if value is not None:
                     metrics.observe("subscore", value, subscore=name, template=job.template, model=job.model)
+            if job.physics.dynamics is not None:
+                metrics.observe("dynamics", job.physics.dynamics, template=job.template, model=job.model)
+            for violation in job.physics.violations:
+                metrics.inc("violations", kind=violation["kind"])
         self._publish()
 
     def _publish(self) -> None:

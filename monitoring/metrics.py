@@ -17,6 +17,7 @@ from functools import cached_property
 
 SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600]
 SCORE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+DYNAMICS = [0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0]  # the scorer's "still" ends at 0.03
 
 
 class _Metrics:
@@ -79,6 +80,15 @@ class _Metrics:
                 "Physics-plausibility subscores",
                 boundaries=SCORE,
                 tag_keys=("subscore", "template", "model"),
+            ),
+            "dynamics": Histogram(
+                "t2v_physics_dynamics",
+                "How much each video's scene moves, camera removed (frame sizes per second)",
+                boundaries=DYNAMICS,
+                tag_keys=("template", "model"),
+            ),
+            "violations": Counter(
+                "t2v_physics_violations", "Physics violations found in completed videos, by kind", tag_keys=("kind",)
             ),
         }
 

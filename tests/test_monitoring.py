@@ -13,6 +13,7 @@ import pytest
 
 from cluster.client import T2VClient
 from cluster.launch import free_port
+from monitoring.physics import VIOLATION_KINDS
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring" / "grafana" / "t2v-cluster.json"
 
@@ -115,6 +116,7 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
         'ray_t2v_jobs_in_flight{status="in_progress"}',
         'ray_t2v_unreadable_records_total{store="jobs"}',
         'ray_t2v_denoising_steps_total{expert="low_noise"}',
+        *(f'ray_t2v_physics_violations_total{{kind="{kind}"}}' for kind in VIOLATION_KINDS),
     ]:
         assert query(prometheus, series), f"{series}: no series"
 

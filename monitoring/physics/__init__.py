@@ -12,6 +12,6 @@ dynamics (pixels.py); each object is held to the laws (laws.py); score.py combin
 with its formulas and sources: docs/physics.md.
 """
 
-from monitoring.physics.score import NO_EVIDENCE, SUBSCORES, combine, score_video
+from monitoring.physics.score import NO_EVIDENCE, SUBSCORES, VIOLATION_KINDS, combine, score_video
 
-__all__ = ["NO_EVIDENCE", "SUBSCORES", "combine", "score_video"]
+__all__ = ["NO_EVIDENCE", "SUBSCORES", "VIOLATION_KINDS", "combine", "score_video"]

@@ -16,6 +16,7 @@ import numpy as np
 CORNERS = 300
 MIN_CORNERS = 12  # fewer trackable corners (a flat frame): the camera is taken as still
 FIT_TOLERANCE = 0.5  # px of reprojection error that count as explained, at the analysis scale
+FIT_SHARE = 0.5  # a camera motion must explain at least half of the tracked corners
 IDENTITY_SHARE = 0.9  # the identity stays unless the fit explains 1 / 0.9 times as many tracks
 MOVING = 0.15  # px per frame of camera displacement (mean over the frame) that count as a camera move
 
@@ -83,8 +84,8 @@ def _step(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     fit, inliers = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=FIT_TOLERANCE, maxIters=500, refineIters=10
     )
-    if fit is None:
-        return identity
+    if fit is None or int(inliers.sum()) < max(MIN_CORNERS, FIT_SHARE * len(src)):
+        return identity  # no motion most of the frame agrees on (noise, or a frame that changed entirely)
     still = int((np.linalg.norm(dst - src, axis=-1) < FIT_TOLERANCE).sum())
     if still >= IDENTITY_SHARE * int(inliers.sum()):
         return identity

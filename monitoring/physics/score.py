@@ -38,6 +38,18 @@ SUBSCORES = (
     "mass_conservation",
 )
 OBJECT_SUBSCORES = SUBSCORES[4:]
+# What "violations" may name (docs/physics.md, section 5)
+VIOLATION_KINDS = (
+    "teleport",
+    "vanish",
+    "appear",
+    "disappear",
+    "gravity",
+    "energy_gain",
+    "size_change",
+    "break",
+    "flicker",
+)
 WEIGHTS = dict.fromkeys(SUBSCORES, 1.0)
 soft = laws.soft
 

@@ -12,7 +12,6 @@ first frame's coordinates, where the camera's motion is gone (`wx`, `wy`).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import cv2
@@ -97,6 +96,18 @@ def _canvas(path: CameraPath, size: tuple[int, int]) -> tuple[list[np.ndarray], 
     return [(shift @ m)[:2] for m in to_first], (int(math.ceil(y1 - y0)), int(math.ceil(x1 - x0)))
 
 
+def _nanmedian(stack: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN (NaN where all are): numpy's nanmedian goes through masked
+    arrays and takes ~10x longer on these shapes."""
+    ordered = np.sort(stack, axis=0)  # NaN sorts last
+    count = (~np.isnan(stack)).sum(0)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[None] // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0]
+    out = 0.5 * (low + np.where(count % 2 == 1, low, high))
+    out[count == 0] = np.nan
+    return out
+
+
 def _backgrounds(frames: np.ndarray, path: CameraPath, hide: np.ndarray | None = None) -> np.ndarray:
     """Per frame, the still scene behind it (float32, NaN where no frame saw it), the median of the
     frames that saw each point; pixels in `hide` (T, h, w) are left out, where another frame saw it."""
@@ -106,9 +117,7 @@ def _backgrounds(frames: np.ndarray, path: CameraPath, hide: np.ndarray | None =
     if hide is not None:
         samples[hide[picks]] = np.nan
     if not path.moving:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: filled below
-            median = np.nanmedian(samples, axis=0)
+        median = _nanmedian(samples)
         if hide is not None:
             unseen = np.isnan(median)
             median[unseen] = np.median(frames, axis=0).astype(np.float32)[unseen]
@@ -119,9 +128,7 @@ def _backgrounds(frames: np.ndarray, path: CameraPath, hide: np.ndarray | None =
         stack[k] = cv2.warpAffine(
             samples[k], placements[i], (cw, ch), flags=cv2.INTER_LINEAR, borderValue=(np.nan,) * 3
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # canvas corners no frame saw stay NaN
-        canvas = np.nanmedian(stack, axis=0)
+    canvas = _nanmedian(stack)  # canvas corners no frame saw stay NaN
     out = np.stack(
         [
             cv2.warpAffine(
