@@ -16,7 +16,7 @@ import numpy as np
 CORNERS = 300
 MIN_CORNERS = 12  # fewer trackable corners (a flat frame): the camera is taken as still
 FIT_TOLERANCE = 0.5  # px of reprojection error that count as explained, at the analysis scale
-FIT_SHARE = 0.5  # a camera motion must explain at least half of the tracked corners
+FIT_SHARE = 0.4  # a camera motion must explain at least this share of the tracked corners
 IDENTITY_SHARE = 0.9  # the identity stays unless the fit explains 1 / 0.9 times as many tracks
 MOVING = 0.15  # px per frame of camera displacement (mean over the frame) that count as a camera move
 
