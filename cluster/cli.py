@@ -140,6 +140,8 @@ def serve(
     started_ray = connect(settings, address)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops it even where SIGINT came in ignored (a shell's background job inherits that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if not settings.serving.api_keys:
             host = settings.serving.host
