@@ -9,6 +9,7 @@ explains clearly more tracks than "nothing moved" does (a moving object must not
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -30,7 +31,7 @@ class CameraPath:
     def moving(self) -> bool:
         return bool(self.speeds.max(initial=0.0) > MOVING)
 
-    @property
+    @cached_property
     def speeds(self) -> np.ndarray:
         """Mean displacement of a pixel by the camera alone, px per frame, per pair."""
         return np.array([float(np.abs(self.field(i, self.size)).sum(-1).mean()) for i in range(len(self.steps))])

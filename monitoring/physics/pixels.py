@@ -77,7 +77,7 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
     camera = camera.scaled((h, w))
     fwd, bwd = flows(gray, guides)
 
-    warp, worst, broken, flicker, moving_share, fastest = [], [], [], [], [], []
+    warp, worst, flicker, moving_share, fastest = [], [], [], [], []
     lighting: list[tuple[int, float]] = []  # per pair, the still background's overall change
     for i in range(t - 1):
         f, b = fwd[i], bwd[i]
@@ -91,7 +91,6 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
         warp.append(float(diff[valid].mean()) if valid.mean() > 0.05 else float(diff.mean()))
         seen = diff[inside]
         worst.append(float(np.sort(seen)[-max(1, int(WORST * seen.size)) :].mean()) if seen.size else 0.0)
-        broken.append(float((inside & ~consistent).sum() / max(1, inside.sum())))
 
         # The scene's own motion: flow minus the camera's
         cam_f = camera.field(i, (h, w))
@@ -154,7 +153,6 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
     return {
         "warp": warp,
         "worst": worst,
-        "broken": broken,
         "flicker": flicker,
         "interpolation": interpolation,
         "moving_share": moving_share,

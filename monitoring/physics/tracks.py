@@ -12,7 +12,7 @@ first frame's coordinates, where the camera's motion is gone (`wx`, `wy`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -43,7 +43,6 @@ class Track:
     border: np.ndarray  # touches the frame's border
     masks: np.ndarray  # (T, h, w) bool
     size: tuple[int, int]
-    labels: list[int] = field(default_factory=list)  # per frame, the detection's label (or -1)
     colour: np.ndarray | None = None  # (T, 3) mean RGB of its pixels less the frame's, NaN where not seen
 
     @property
@@ -227,13 +226,11 @@ def _tracks(found: list[list[dict]], labels: list[np.ndarray], frames: np.ndarra
         if len(linked) < MIN_TRACK_FRAMES:
             continue
         track = Track(*(np.full(t, np.nan) for _ in range(5)), np.zeros(t, bool), np.zeros((t, h, w), bool), (h, w))
-        track.labels = [-1] * t
         track.colour = np.full((t, 3), np.nan)
         for i, d in linked:
             track.cx[i], track.cy[i], track.area[i], track.border[i] = d["cx"], d["cy"], d["area"], d["border"]
             track.wx[i], track.wy[i] = (to_first[i] @ [d["cx"], d["cy"], 1])[:2]
             track.masks[i] = labels[i] == d["label"]
-            track.labels[i] = d["label"]
             # against the frame's own mean: the light changing on everything is not the object changing
             track.colour[i] = frames[i][track.masks[i]].mean(0) - frames[i].reshape(-1, 3).mean(0)
         if track.moves:
