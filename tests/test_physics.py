@@ -247,3 +247,35 @@ def test_accepts_numpy_fps_and_non_contiguous_frames():
     result = score_video(clip[:, :, ::-1], np.float32(12.0))  # mirrored: a view with negative strides
     assert_valid(result)
     assert result["fps"] == 12.0
+
+
+def test_repeated_frames_are_a_frame_rate_not_a_stutter(results):
+    # 16 fps content converted to 20 fps: every fourth frame shown twice
+    for kind in ("bounce", "teleport"):
+        clip = synthetic_clip(kind)
+        shown = [k for k in range(len(clip)) for _ in range(2 if k % 4 == 3 else 1)]
+        converted = score_video(clip[shown], FPS * 1.25)
+        assert_valid(converted)
+        assert converted["details"]["repeated_frames"] == [k + k // 4 + 1 for k in range(3, len(clip), 4)]
+        assert abs(converted["score"] - results[kind]["score"]) < 0.02
+    # violations name the frames of the clip as given
+    (teleport,) = [v for v in converted["violations"] if v["kind"] == "teleport"]
+    jump = len(clip) // 2
+    assert teleport["frames"] == [jump - 1 + (jump - 1) // 4, jump + jump // 4]
+
+
+def test_a_fade_is_neither_a_break_nor_flicker(results):
+    clip = synthetic_clip("bounce").astype(np.float32)
+    steps = np.tile([1.0, 1.0, 2.0, 1.0], 4)  # uneven, as a re-timed fade is
+    gain = np.ones(len(clip))
+    gain[:5], gain[5:21] = 0.3, 0.3 + 0.7 * np.cumsum(steps) / steps.sum()
+    faded = score_video(np.clip(clip * gain[:, None, None, None], 0, 255).astype(np.uint8), FPS)
+    assert_valid(faded)
+    assert faded["subscores"]["frame_continuity"] > 0.9 and faded["subscores"]["flicker"] > 0.9
+    assert not {"break", "flicker"} & {v["kind"] for v in faded["violations"]}
+    # light that goes back and forth is flicker, even at the fade's size of step
+    back_and_forth = gain.copy()
+    back_and_forth[5:21:2] = 0.3
+    flickering = score_video(np.clip(clip * back_and_forth[:, None, None, None], 0, 255).astype(np.uint8), FPS)
+    assert "flicker" in {v["kind"] for v in flickering["violations"]}
+    assert flickering["score"] < results["bounce"]["score"] - 0.3

@@ -51,6 +51,16 @@ def sample(image: np.ndarray, grid: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return cv2.remap(image, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+def _unlit(before: np.ndarray, after: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """|after - before| per pixel once a change of light (a gain and an offset, fitted by least squares
+    over `where`) is taken out."""
+    x, y = before[where].ravel(), after[where].ravel()
+    if x.size < 2 or np.ptp(x) == 0:
+        return np.abs(after - before).mean(-1)
+    gain, offset = np.polyfit(x, y, 1)
+    return np.abs(after - (gain * before + offset)).mean(-1)
+
+
 def flows(gray: np.ndarray, guides: list[Guide]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Forward flows (on frame i, to i + 1) and backward ones (on frame i + 1, to i)."""
     t = len(gray)
@@ -77,7 +87,7 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
     camera = camera.scaled((h, w))
     fwd, bwd = flows(gray, guides)
 
-    warp, worst, flicker, moving_share, fastest = [], [], [], [], []
+    warp, structure, worst, flicker, moving_share, fastest = [], [], [], [], [], []
     lighting: list[tuple[int, float]] = []  # per pair, the still background's overall change
     for i in range(t - 1):
         f, b = fwd[i], bwd[i]
@@ -89,7 +99,11 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
         valid = inside & consistent
         diff = np.abs(colour[i] - sample(colour[i + 1], grid, f)).mean(-1)
         warp.append(float(diff[valid].mean()) if valid.mean() > 0.05 else float(diff.mean()))
-        seen = diff[inside]
+        # The same error once the pair's overall change of light is taken out: what a break is read from
+        # (a fade or a flicker is the flicker reading's to judge, not a break in what the frames show)
+        delta = _unlit(colour[i], sample(colour[i + 1], grid, f), valid if valid.mean() > 0.05 else inside)
+        structure.append(float(delta[valid].mean()) if valid.mean() > 0.05 else float(delta.mean()))
+        seen = delta[inside]
         worst.append(float(np.sort(seen)[-max(1, int(WORST * seen.size)) :].mean()) if seen.size else 0.0)
 
         # The scene's own motion: flow minus the camera's
@@ -130,14 +144,14 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
         else:
             flicker.append(float("nan"))
 
-    # The light may change, even quickly (a fade, a lamp switched on); it may not go back and forth.
-    # Each pair's overall change counts as flicker where it departs from the changes around it.
-    shifts = np.array([v for _, v in lighting])
+    # The light may change, even quickly and in uneven steps (a fade, a lamp switched on); it may not go
+    # back and forth. A pair's overall change counts as flicker as far as a neighbouring pair takes it back.
+    shifts = [v for _, v in lighting]
     for k, (i, v) in enumerate(lighting):
-        trend = float(
-            np.mean(np.concatenate([shifts[max(0, k - 1) : k], shifts[k + 1 : k + 2]]) if len(shifts) > 1 else 0.0)
-        )
-        flicker[i] += abs(v - trend)
+        back = [
+            2 * min(abs(v), abs(u)) if u * v < 0 else 0.0 for u in shifts[max(0, k - 1) : k] + shifts[k + 1 : k + 2]
+        ]
+        flicker[i] += float(np.mean(back)) if back else 0.0
     flicker = [f for f in flicker if f == f]
 
     interpolation = []
@@ -152,6 +166,7 @@ def measure(small: np.ndarray, camera: CameraPath, objects: np.ndarray | None, g
         interpolation.append(float(np.median(miss)))
     return {
         "warp": warp,
+        "structure": structure,
         "worst": worst,
         "flicker": flicker,
         "interpolation": interpolation,

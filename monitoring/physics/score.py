@@ -26,6 +26,8 @@ CONTINUITY_PER_EVENT = 2.0
 FLOOR = 0.01
 STILL = 0.03  # dynamics (frame sizes per second) below which the scene does not move
 NO_EVIDENCE = 0.5  # the most a clip without any motion can score: nothing to judge it by
+REPEAT = 0.25  # a frame is a repeat where it changes less than this share of its neighbours' change
+REPEAT_LEVELS = 1.0  # ... and by under this many 8-bit levels on average (compression noise)
 
 SUBSCORES = (
     "temporal_consistency",
@@ -108,9 +110,38 @@ def _to_flow_scale(tracks, size: tuple[int, int]) -> tuple[np.ndarray | None, li
     return np.any([g.regions for g in guides], axis=0), guides
 
 
+def repeated_frames(frames: np.ndarray) -> list[int]:
+    """Frames that repeat the one before while the frames around them change: a frame-rate conversion
+    (20 to 25 fps inserts every fourth frame twice) or a stutter, not motion that stopped."""
+    small = _resize(frames, FLOW_SIZE).astype(np.float32)
+    change = np.abs(np.diff(small, axis=0)).mean(axis=(1, 2, 3))
+    repeats = []
+    for i, c in enumerate(change):
+        around = change[max(0, i - 1) : i].tolist() + change[i + 1 : i + 2].tolist()
+        if around and c < REPEAT_LEVELS and c < REPEAT * min(around):
+            repeats.append(i + 1)
+    return repeats
+
+
 def score_video(frames: np.ndarray, fps: float) -> dict:
     """Physics-plausibility of a clip in [0, 1]; see docs/physics.md for the method."""
     frames, fps = _validate(frames, fps)
+    repeats = repeated_frames(frames) if len(frames) >= 3 else []
+    if repeats:
+        # Repeats carry no motion; without them the clip plays at its content's own frame rate.
+        kept = np.setdiff1d(np.arange(len(frames)), repeats)
+        result = _score(frames[kept], fps * len(kept) / len(frames))
+        for v in result["violations"]:
+            v["frames"] = [int(kept[f]) for f in v["frames"]]
+        if "break" in result["details"]:
+            result["details"]["break"]["frames"] = [int(kept[f]) for f in result["details"]["break"]["frames"]]
+        result["details"]["repeated_frames"] = repeats
+        result["frames"], result["fps"] = len(frames), fps
+        return result
+    return _score(frames, fps)
+
+
+def _score(frames: np.ndarray, fps: float) -> dict:
     t = len(frames)
     subscores: dict[str, float | None] = dict.fromkeys(SUBSCORES)
     notes: dict[str, str] = {}
@@ -200,9 +231,9 @@ def breaks(px: dict, explained: set[int] = frozenset()) -> tuple[float, int]:
     pixels the flow follows (a global break), and its worst `WORST` share of pixels, where a local
     break shows (an object that jumps or vanishes), weighted down since it is noisier. Pairs in
     `explained` (a tracked object's contact) are left out."""
-    if len(px["warp"]) < 3:
+    if len(px["structure"]) < 3:
         return 0.0, 0
-    excess = np.maximum(_excess(px["warp"], 1.0), LOCAL_BREAK * _excess(px["worst"], 10.0))
+    excess = np.maximum(_excess(px["structure"], 1.0), LOCAL_BREAK * _excess(px["worst"], 10.0))
     excess[[i for i in explained if i < len(excess)]] = 0.0
     pair = int(np.argmax(excess))
     return float(excess[pair]), pair
