@@ -170,6 +170,13 @@ def manifest_entry(row: Row, outcome: Outcome, output: str | None, seconds: floa
         "physics_score": physics.get("score"),
         "physics_subscores": physics.get("subscores"),
         "physics_attempts": len(physics.get("attempts") or []) or None,
+        "physics_dynamics": physics.get("dynamics"),
+        "physics_violations": [
+            {"kind": v.get("kind"), "frames": v.get("frames"), "track": v.get("track")}
+            for v in physics.get("violations") or []
+        ]
+        if physics
+        else None,
         "cache_hits": sorted(level for level, hit in (outcome.job.get("cache") or {}).items() if hit),
         "seconds_total": seconds,
         **{f"seconds_{stage}": timings.get(stage) for stage in STAGES},

@@ -45,6 +45,11 @@ SCHEMA = pa.schema(
         ("physics_score", pa.float64()),
         ("physics_subscores", pa.map_(pa.string(), pa.float64())),
         ("physics_attempts", pa.int64()),  # 1 + re-samples made for min_physics_score
+        ("physics_dynamics", pa.float64()),  # how much the scene moves (frame sizes per second)
+        (
+            "physics_violations",
+            pa.list_(pa.struct([("kind", pa.string()), ("frames", pa.list_(pa.int64())), ("track", pa.int64())])),
+        ),
         ("cache_hits", pa.list_(pa.string())),  # levels hit: embeddings, boundary, result
         ("seconds_total", pa.float64()),
         *[(f"seconds_{stage}", pa.float64()) for stage in STAGES],
@@ -65,7 +70,11 @@ def _to_bytes(table: pa.Table) -> bytes:
 
 
 def _from_bytes(data: bytes) -> pa.Table:
-    return pq.read_table(pa.BufferReader(data)).cast(SCHEMA)
+    table = pq.read_table(pa.BufferReader(data))
+    for name in SCHEMA.names:  # a manifest written before a column existed: that column is empty
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 class Manifest:

@@ -21,13 +21,14 @@ from typer.testing import CliRunner
 
 from cluster.batch import BatchRun, LocalEngine
 from cluster.cli import app as cli
-from cluster.manifest import MANIFEST, PARTS, Manifest
+from cluster.manifest import MANIFEST, PARTS, Manifest, _to_bytes
 from cluster.prompt_table import InputError, read_table
 from contract.errors import RequestInvalid
 from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
 from deployments.validation import RequestValidator
 from deployments.video import probe_mp4
+from monitoring.physics import VIOLATION_KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -167,6 +168,25 @@ def test_manifest_keeps_the_latest_record_per_id(tmp_path):
     assert set(manifest.load()) == {"a", "b", "c"}
 
 
+def test_manifest_reads_one_written_before_a_column_existed(tmp_path):
+    store = OutputStore(str(tmp_path))
+    old = pa.table({"id": ["a"], "row": [0], "status": ["completed"], "physics_score": [0.9]})
+    store.write(MANIFEST, _to_bytes(old))
+    manifest = Manifest(store)
+    manifest.record(
+        {
+            "id": "b",
+            "row": 1,
+            "status": "completed",
+            "physics_dynamics": 0.4,
+            "physics_violations": [{"kind": "vanish", "frames": [12, 13], "track": 0}],
+        }
+    )
+    rows = manifest.load()
+    assert rows["a"]["physics_score"] == 0.9 and rows["a"]["physics_violations"] is None
+    assert rows["b"]["physics_violations"] == [{"kind": "vanish", "frames": [12, 13], "track": 0}]
+
+
 # -- the in-process engine ------------------------------------------------------------------
 
 
@@ -274,6 +294,8 @@ def test_ray_job_mixed_file_then_rerun(serve_app, tmp_path):
         video = probe_mp4(Path(entry["output"]).read_bytes())
         assert (video["width"], video["height"], video["frames"]) == (64, 64, 17)
         assert 0 <= entry["physics_score"] <= 1 and entry["physics_subscores"]
+        assert entry["physics_dynamics"] >= 0
+        assert all(v["kind"] in VIOLATION_KINDS and len(v["frames"]) == 2 for v in entry["physics_violations"])
         assert entry["model_id"] == "t2v-tiny-wan2.2-a14b" and entry["num_inference_steps"] == 4
         assert entry["seconds_total"] > 0
     assert "boundary" in entries["shoe"]["cache_hits"] + entries["mug"]["cache_hits"]
