@@ -164,6 +164,24 @@ class StepCacheSettings(BaseModel):
     options: dict[str, Any] = {}
 
 
+# The GPUs the cost model knows (deployments/cost_model.py has a row for each, and a test checks
+# the two lists agree); named here so a wrong name fails when the settings are read.
+SimGpu = Literal["h100", "h200", "a100", "l40s"]
+
+
+class SimSettings(BaseModel):
+    """The simulated accelerator: the real control plane with a calibrated cost model
+    (deployments/cost_model.py) in place of model compute; its figures are always simulated."""
+
+    gpu: SimGpu = "h100"  # the GPU every simulated replica stands for
+    # Wall seconds per simulated second: at 0.001 a 1000 s video takes 1 s, so the control plane
+    # runs at test speed while the stages keep the real model's proportions.
+    time_scale: float = Field(0.001, gt=0)
+    # Fraction of peak bf16 FLOPs the denoiser reaches. None: the value fitted to Wan2.2's
+    # published H100 runs (docs/scaling.md); set it to model a faster or slower stack.
+    efficiency: float | None = Field(None, gt=0, le=1)
+
+
 class SafetySettings(BaseModel):
     """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
 
@@ -226,7 +244,8 @@ class Settings(BaseSettings):
     model: Path | None = None
     model_id: str | None = Field(None, description="Name reported to clients; defaults to the directory name")
     cache_dir: Path = Path.home() / ".cache" / "t2v-cluster"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "sim": the simulated accelerator (deployments/simulated.py, settings in `sim`)
+    device: Literal["auto", "cpu", "cuda", "sim"] = "auto"
     # bf16 on CUDA, fp32 on CPU unless set.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -254,6 +273,7 @@ class Settings(BaseSettings):
     safety: SafetySettings = SafetySettings()
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
+    sim: SimSettings = SimSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
 
     @model_validator(mode="after")
