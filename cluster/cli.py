@@ -79,12 +79,20 @@ def _generate_local(settings: Settings, fields: dict, size: str | None, output: 
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
+    before = pipeline.simulated_seconds()
     with tqdm(total=request.num_inference_steps, unit="step", desc="denoising") as bar:
         result = pipeline(request, on_step=lambda _: bar.update())
         bar.update(bar.total - bar.n)  # all done, also when the result cache answered
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(result.mp4)
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()) or "from the result cache"
+    if before:
+        spent = {k: v - before[k] for k, v in pipeline.simulated_seconds().items()}
+        stages = (
+            f"SIMULATED {settings.sim.gpu} (a stand-in video; cost model, docs/scaling.md): "
+            + ", ".join(f"{k} {v:.1f}s" for k, v in spent.items())
+            + f", total {sum(spent.values()):.1f} simulated s"
+        )
     typer.echo(
         f"wrote {output} ({request.width}x{request.height}, {request.num_frames} frames @ {request.fps} fps, "
         f"seed {request.seed}, model {result.model_id}): {stages}"

@@ -96,6 +96,18 @@ class Pipeline:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
+    def simulated_seconds(self) -> dict[str, float]:
+        """On the simulated accelerator: the GPU seconds each stage has charged so far (weight loading
+        included); empty on a real device."""
+        if not self.checkpoint.simulated:
+            return {}
+        experts = [e for e in (self.high_noise_expert, self.low_noise_expert) if e is not None]
+        return {
+            "encode": self.text_encoder.gpu.seconds,
+            **{e.kind.stage: e.transformer.gpu.seconds for e in experts},
+            "decode": self.decoder.gpu.seconds,
+        }
+
     def plan(self, request: GenerationRequest) -> DenoisingPlan:
         return self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
 

@@ -21,6 +21,7 @@ import torch
 
 from deployments.denoising import DenoisingState, Scheduler
 from deployments.guidance import GuidancePair
+from deployments.simulated import standing_for
 from deployments.text_encoder import PromptEmbeddings
 
 
@@ -34,13 +35,14 @@ class _Member:
     steps: list[int]  # indices still to run
     on_step: Callable[[int], None] | None
     stop: int  # the step index after the phase
+    stands_for: tuple[int, int, int] | None = None  # the video a simulated stand-in latent stands for
     future: Future = field(default_factory=Future)
     ready_since: float = field(default_factory=time.monotonic)  # when it last stepped (or arrived)
 
     @property
     def key(self) -> tuple:
         """Requests batch with their own kind: same latent shape, guidance on or off."""
-        return tuple(self.latents.shape), self.negative is not None
+        return tuple(self.latents.shape), self.stands_for, self.negative is not None
 
 
 class StepBatcher:
@@ -91,9 +93,10 @@ class StepBatcher:
             list(steps),
             on_step,
             steps.stop,
+            state.stands_for,
         )
         if not member.steps:
-            return DenoisingState(state.latents, state.scheduler, steps.stop)
+            return DenoisingState(state.latents, state.scheduler, steps.stop, state.stands_for)
         with self._cond:
             self._waiting.append(member)
             self._cond.notify()
@@ -145,13 +148,14 @@ class StepBatcher:
                 return_dict=False,
             )[0]
 
-        if guided and self.pair is not None:
-            conditional, unconditional = self.pair(
-                lambda: forward(slice(len(batch))), lambda: forward(slice(len(batch), None))
-            )
-        else:
-            noise = forward(slice(None))
-            conditional, unconditional = noise[: len(batch)], noise[len(batch) :]
+        with standing_for(batch[0].stands_for):
+            if guided and self.pair is not None:
+                conditional, unconditional = self.pair(
+                    lambda: forward(slice(len(batch))), lambda: forward(slice(len(batch), None))
+                )
+            else:
+                noise = forward(slice(None))
+                conditional, unconditional = noise[: len(batch)], noise[len(batch) :]
         for i, member in enumerate(batch):
             prediction = conditional[i : i + 1]
             if member.negative is not None:
@@ -180,5 +184,7 @@ class StepBatcher:
             member.future.set_exception(error)
         else:
             member.future.set_result(
-                DenoisingState(member.latents.cpu(), Scheduler.capture(member.scheduler), member.stop)
+                DenoisingState(
+                    member.latents.cpu(), Scheduler.capture(member.scheduler), member.stop, member.stands_for
+                )
             )

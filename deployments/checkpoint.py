@@ -44,7 +44,9 @@ class Checkpoint:
             if self._component_class(name) is None:
                 raise CheckpointError(f"{self.path}: model_index.json names no '{name}' component")
 
-        cuda = torch.cuda.is_available() and self.settings.device != "cpu"
+        # The simulated accelerator's stand-in tensors live on the CPU
+        self.simulated = self.settings.device == "sim"
+        cuda = torch.cuda.is_available() and self.settings.device not in ("cpu", "sim")
         self.device = torch.device("cuda" if cuda else "cpu")
         auto_dtype = "bfloat16" if cuda else "float32"
         self.dtype = _DTYPES[auto_dtype if self.settings.dtype == "auto" else self.settings.dtype]
@@ -80,7 +82,7 @@ class Checkpoint:
             model=self.model_id,
             revision=self.revision,
             dtype=str(self.dtype),
-            device=self.device.type,
+            device="sim" if self.simulated else self.device.type,
             vae_dtype=str(self.vae_dtype),
             step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
             boundary_ratio=self.boundary_ratio,

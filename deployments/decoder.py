@@ -13,6 +13,7 @@ from diffusers.video_processor import VideoProcessor
 from contract.messages import PhysicsResult
 from contract.request import GenerationRequest
 from deployments.checkpoint import Checkpoint
+from deployments.simulated import SimulatedGpu, stand_in_frames
 from deployments.video import encode_mp4, provenance
 from monitoring.physics import score_video
 
@@ -28,6 +29,11 @@ class DecodedVideo:
 class Decoder:
     def __init__(self, checkpoint: Checkpoint):
         self.model_id = checkpoint.model_id
+        # Simulated: no VAE; the decode takes the cost model's time and makes a stand-in video.
+        self.gpu = SimulatedGpu(checkpoint.settings.sim, "decode") if checkpoint.simulated else None
+        if self.gpu is not None:
+            self.gpu.load("decoder")
+            return
         self.vae = checkpoint.vae()
         self.device = checkpoint.device
         config = self.vae.config
@@ -53,7 +59,11 @@ class Decoder:
         """Decoded uint8 frames, the mp4 made of them marked as AI-generated (with `seed`, a
         repair attempt's, or the request's), and their physics score."""
         start = time.perf_counter()
-        frames = to_uint8(self(latents))
+        if self.gpu is not None:
+            self.gpu.charge(self.gpu.cost.decode_seconds(request.height, request.width, request.num_frames))
+            frames = stand_in_frames(request.num_frames)
+        else:
+            frames = to_uint8(self(latents))
         decoded = time.perf_counter()
         mp4 = encode_mp4(
             frames, request.fps, provenance(self.model_id, request.seed if seed is None else seed, request.prompt)

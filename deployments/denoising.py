@@ -26,14 +26,21 @@ class DenoisingState:
     latents: torch.Tensor  # float32, on the CPU between stages
     scheduler: SchedulerState
     step: int  # index of the next timestep to run
+    # On the simulated accelerator: the (frames, height, width) of the video whose latent `latents`
+    # stands in for (deployments/simulated.py); None for a real latent.
+    stands_for: tuple[int, int, int] | None = None
 
     def as_plain(self) -> dict[str, Any]:
         """Tensors, numbers and lists only: what the latent cache stores."""
-        return {"latents": self.latents, "scheduler": self.scheduler, "step": self.step}
+        plain = {"latents": self.latents, "scheduler": self.scheduler, "step": self.step}
+        return plain if self.stands_for is None else {**plain, "stands_for": list(self.stands_for)}
 
     @classmethod
     def from_plain(cls, plain: dict[str, Any]) -> DenoisingState:
-        return cls(plain["latents"], plain["scheduler"], plain["step"])
+        stands_for = plain.get("stands_for")
+        return cls(
+            plain["latents"], plain["scheduler"], plain["step"], None if stands_for is None else tuple(stands_for)
+        )
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class Scheduler:
             "lower_order_nums": 0,
             "last_sample": None,
         }
-        return DenoisingState((1 - sigma) * x0.float() + sigma * noise, scheduler, state.step)
+        return DenoisingState((1 - sigma) * x0.float() + sigma * noise, scheduler, state.step, state.stands_for)
 
     @staticmethod
     def capture(scheduler) -> SchedulerState:

@@ -21,6 +21,7 @@ from deployments.batching import StepBatcher
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
 from deployments.guidance import pair_for
+from deployments.simulated import STAND_IN_LATENT, SimulatedGpu, SimulatedTransformer, standing_for
 from deployments.text_encoder import PromptEmbeddings
 
 StepCallback = Callable[[int], None]  # called with the index of each finished step
@@ -47,16 +48,24 @@ class Expert:
         requests); default from `settings.batching.enabled`."""
         self.kind = kind
         self.checkpoint = checkpoint
-        self.transformer = checkpoint.expert(kind)
+        self.simulated = checkpoint.simulated
+        if self.simulated:
+            gpu = SimulatedGpu(checkpoint.settings.sim, kind.stage)
+            gpu.load("expert")
+            self.transformer = SimulatedTransformer(gpu)
+        else:
+            self.transformer = checkpoint.expert(kind)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype
         # A step cache keeps per-module state across the steps of one phase: phases take
         # turns (lock) and start clean, and steps of different requests cannot share forwards.
-        self.step_cache = enable_step_cache(self.transformer, checkpoint.settings.step_cache)
+        self.step_cache = not self.simulated and enable_step_cache(self.transformer, checkpoint.settings.step_cache)
         self._phase_lock = threading.Lock()
         # The step cache's contexts are one state per transformer: its two forwards take turns.
-        self.pair = None if self.step_cache else pair_for(self.device, checkpoint.settings.parallel_guidance)
+        # A simulated GPU runs them one after the other, as a real one does.
+        side_by_side = checkpoint.settings.parallel_guidance and not self.simulated
+        self.pair = None if self.step_cache else pair_for(self.device, side_by_side)
         config = checkpoint.settings.batching
         self.batcher = None
         if (config.enabled if batching is None else batching) and not self.step_cache:
@@ -83,8 +92,7 @@ class Expert:
         plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
         if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
-                shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
-                state = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
+                state = self._noise(request, scheduler_state)
             return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
         if state is None:
             raise ValueError(f"{self.kind.stage}: the low-noise phase needs the high-noise phase's state")
@@ -113,8 +121,7 @@ class Expert:
 
         def compute() -> dict:
             _, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
-            shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
-            start = DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
+            start = self._noise(request, scheduler_state)
             return self(start, base, request.guidance_scale, range(0, shared), on_step).as_plain()
 
         plain, hit = cache.get_or_compute("boundary", key, compute)
@@ -125,6 +132,14 @@ class Expert:
         if shared < len(steps):
             state = self(state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step)
         return state, hit
+
+    def _noise(self, request: GenerationRequest, scheduler_state) -> DenoisingState:
+        """The starting latent: the request's noise, or on the simulated accelerator a stand-in."""
+        if self.simulated:
+            size = (request.num_frames, request.height, request.width)
+            return DenoisingState(prepare_latents(STAND_IN_LATENT, request.seed), scheduler_state, 0, size)
+        shape = self.checkpoint.latent_shape(request.num_frames, request.height, request.width)
+        return DenoisingState(prepare_latents(shape, request.seed), scheduler_state, step=0)
 
     @torch.no_grad()
     def __call__(
@@ -140,7 +155,8 @@ class Expert:
         if self.batcher is not None:
             return self.batcher.run(state, embeddings, guidance_scale, steps, on_step)
         if not self.step_cache:
-            return self._loop(state, embeddings, guidance_scale, steps, on_step)
+            with standing_for(state.stands_for):
+                return self._loop(state, embeddings, guidance_scale, steps, on_step)
         with self._phase_lock:
             self.transformer._reset_stateful_cache()  # as DiffusionPipeline does between calls
             return self._loop(state, embeddings, guidance_scale, steps, on_step)
@@ -187,4 +203,4 @@ class Expert:
             if on_step is not None:
                 on_step(i)
 
-        return DenoisingState(latents.cpu(), Scheduler.capture(scheduler), steps.stop)
+        return DenoisingState(latents.cpu(), Scheduler.capture(scheduler), steps.stop, state.stands_for)

@@ -11,6 +11,7 @@ from cache.keys import embedding_key
 from cache.store import LatentCache, MemoryLRU
 from contract.templates import TemplateRegistry
 from deployments.checkpoint import Checkpoint
+from deployments.simulated import SimulatedGpu
 
 
 def count_tokens(tokenizer, text: str) -> int:
@@ -35,6 +36,11 @@ class TextEncoder:
         self.max_sequence_length = checkpoint.settings.max_sequence_length
         self.cache = cache
         self.memory = MemoryLRU(checkpoint.settings.cache.memory_embeddings)
+        # Simulated: the small model still encodes (its embeddings are real input for the caches),
+        # and each encode also takes UMT5-XXL's time on the simulated GPU.
+        self.gpu = SimulatedGpu(checkpoint.settings.sim, "encode") if checkpoint.simulated else None
+        if self.gpu is not None:
+            self.gpu.load("text_encoder")
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.tokenizer, text)
@@ -53,6 +59,8 @@ class TextEncoder:
         )
         mask = inputs.attention_mask.to(self.device)
         hidden = self.model(inputs.input_ids.to(self.device), mask).last_hidden_state
+        if self.gpu is not None:
+            self.gpu.charge(self.gpu.cost.encode_seconds(guidance=False))
         # Padding positions still carry encoder output; Wan was trained with them zeroed.
         return (hidden * mask.unsqueeze(-1)).to(self.dtype).cpu()
 

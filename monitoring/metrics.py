@@ -87,6 +87,11 @@ class _Metrics:
                 boundaries=DYNAMICS,
                 tag_keys=("template", "model"),
             ),
+            "simulated_seconds": Counter(
+                "t2v_simulated_gpu_seconds",
+                "Simulated GPU seconds charged by the cost model (device: sim), by stage",
+                tag_keys=("stage", "gpu"),
+            ),
             "violations": Counter(
                 "t2v_physics_violations", "Physics violations found in completed videos, by kind", tag_keys=("kind",)
             ),

@@ -39,6 +39,24 @@ def test_generate_writes_a_valid_mp4(tmp_path, wan22_dir, prompt):
     assert "10/10" in run.stderr  # the progress bar reached every denoising step
 
 
+def test_generate_on_the_simulated_accelerator_says_so(tmp_path, wan22_dir):
+    out = tmp_path / "sim.mp4"
+    env = {
+        "T2V_DEVICE": "sim",
+        "T2V_SIM__GPU": "l40s",
+        "T2V_LIMITS__MAX_HEIGHT": "1280",
+        "T2V_LIMITS__MAX_WIDTH": "1280",
+        "T2V_LIMITS__MAX_FRAMES": "81",
+    }
+    args = ("generate", "a red ball", "-o", str(out), "--size", "1280x720", "--frames", "81", "--steps", "40")
+    run = _t2v(*args, "--model", str(wan22_dir), env=env)
+    assert run.returncode == 0, run.stderr
+    assert "SIMULATED l40s" in run.stdout and "simulated s" in run.stdout
+    total = float(run.stdout.split("total ")[1].split()[0])
+    assert 1500 < total < 5000  # an L40S: ~2-3x an H100's 1,041 s for Wan2.2's 720p video
+    assert probe_mp4(out.read_bytes())["frames"] == 81  # the stand-in video keeps the length
+
+
 def test_generate_final_preset_and_size(tmp_path, wan22_dir):
     out = tmp_path / "final.mp4"
     run = _t2v(

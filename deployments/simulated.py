@@ -1,0 +1,87 @@
+"""The simulated accelerator (`device: sim`): what a GPU would compute, charged in time instead.
+
+Every stage keeps its real code path - Serve deployments and handles, the job store, caches,
+batching, metrics, placement on `num_gpus` - and only the model compute is replaced: an expert's
+forward waits the cost model's seconds (deployments/cost_model.py) times `sim.time_scale` and
+returns zeros, the text encoder and the decoder wait theirs, a new replica waits its weight
+loading. The latent a simulated request carries is a stand-in of a few numbers that names the
+video it stands for (`DenoisingState.stands_for`), so hand-offs, the scheduler and the caches cost
+the CPU what they cost on a real cluster's hosts, not what a 720p latent would cost on this one.
+The decoder's video is a small grey stand-in of the request's length and frame rate.
+
+Figures from a simulated run are simulated seconds (wall seconds / `time_scale`), always
+labelled so (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from contract.settings import SimSettings
+from deployments.cost_model import CostModel
+from monitoring.metrics import metrics
+
+STAND_IN_LATENT = (1, 1, 1, 2, 2)  # what a simulated request's latent really is
+STAND_IN_SIDE = 16  # px of the stand-in video's frames: the physics scorer's smallest
+
+_current = threading.local()
+
+
+@contextmanager
+def standing_for(size: tuple[int, int, int] | None) -> Iterator[None]:
+    """Forwards in this block (this thread) are charged as videos of `size` (frames, height, width)."""
+    previous = getattr(_current, "size", None)
+    _current.size = size
+    try:
+        yield
+    finally:
+        _current.size = previous
+
+
+class SimulatedGpu:
+    """One replica's simulated GPU: waits the cost model's seconds, scaled, and counts them."""
+
+    def __init__(self, sim: SimSettings, stage: str):
+        self.cost = CostModel.from_settings(sim)
+        self.time_scale = sim.time_scale
+        self.stage = stage
+        self.seconds = 0.0  # simulated seconds this replica has charged
+        self._lock = threading.Lock()
+
+    def charge(self, seconds: float) -> None:
+        time.sleep(seconds * self.time_scale)
+        with self._lock:
+            self.seconds += seconds
+        metrics.inc("simulated_seconds", seconds, stage=self.stage, gpu=self.cost.gpu.name)
+
+    def load(self, component: str) -> None:
+        """A new replica copies its weights onto its GPU before it serves."""
+        self.charge(self.cost.load_seconds(component))
+
+
+class SimulatedTransformer:
+    """Stands in for an expert's `WanTransformer3DModel`: the same call, the cost model's time, zeros out."""
+
+    def __init__(self, gpu: SimulatedGpu):
+        self.gpu = gpu
+
+    def __call__(self, hidden_states: torch.Tensor, timestep, encoder_hidden_states, return_dict: bool = True):
+        size = getattr(_current, "size", None)
+        if size is None:
+            raise RuntimeError("a simulated forward outside standing_for(): the size of its video is unknown")
+        frames, height, width = size
+        # cond and uncond halves stacked into one forward are samples of one batch, as on a GPU
+        self.gpu.charge(self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0]))
+        out = torch.zeros_like(hidden_states)
+        return (out,) if not return_dict else {"sample": out}
+
+
+def stand_in_frames(num_frames: int) -> np.ndarray:
+    """The simulated decoder's video: mid-grey frames of the request's length."""
+    return np.full((num_frames, STAND_IN_SIDE, STAND_IN_SIDE, 3), 128, np.uint8)

@@ -1,0 +1,164 @@
+"""The simulated accelerator (`device: sim`): the real stages and their code paths, with the cost
+model's seconds charged in place of model compute, on stand-in latents."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.pipeline import Pipeline
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
+from contract.settings import BatchingSettings, Limits, Settings, SimSettings
+from deployments.checkpoint import Checkpoint
+from deployments.cost_model import CostModel
+from deployments.denoising import DenoisingState
+from deployments.expert import Expert
+from deployments.simulated import STAND_IN_LATENT, SimulatedTransformer, standing_for
+from deployments.text_encoder import TextEncoder
+from deployments.video import probe_mp4
+
+# 1 simulated second = 10 us: a 720p video (~1,000 simulated s) takes ~10 ms of waiting
+SIM = SimSettings(gpu="h100", time_scale=1e-5)
+LIMITS = Limits(max_height=1280, max_width=1280, max_frames=81)
+
+
+def sim_settings(wan22_dir, tmp_path, **fields) -> Settings:
+    return Settings(model=wan22_dir, cache_dir=tmp_path / "cache", device="sim", sim=SIM, limits=LIMITS, **fields)
+
+
+def request_720p(settings: Settings, **fields) -> GenerationRequest:
+    return GenerationRequest.build(
+        settings,
+        **{
+            "prompt": "a red ball bouncing on the grass",
+            "height": 720,
+            "width": 1280,
+            "num_frames": 81,
+            "num_inference_steps": 40,
+            "seed": 3,
+            **fields,
+        },
+    )
+
+
+def test_a_720p_video_takes_the_cost_model_s_seconds_per_stage(wan22_dir, tmp_path):
+    settings = sim_settings(wan22_dir, tmp_path, cache={"enabled": False})
+    pipeline = Pipeline.from_settings(settings)
+    # no weights of either expert or of the VAE were loaded: the GPUs are simulated
+    assert isinstance(pipeline.high_noise_expert.transformer, SimulatedTransformer)
+    assert not hasattr(pipeline.decoder, "vae")
+    cost = CostModel("h100")
+    loaded = pipeline.simulated_seconds()
+    assert loaded["high_noise"] == pytest.approx(cost.load_seconds("expert"))
+    assert loaded["encode"] == pytest.approx(cost.load_seconds("text_encoder"))
+
+    request = request_720p(settings)
+    result = pipeline(request)
+    spent = {k: v - loaded[k] for k, v in pipeline.simulated_seconds().items()}
+
+    plan = pipeline.plan(request)
+    step = cost.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81)
+    assert spent["high_noise"] == pytest.approx(len(plan.high_noise_steps) * step)
+    assert spent["low_noise"] == pytest.approx(len(plan.low_noise_steps) * step)
+    assert spent["decode"] == pytest.approx(cost.decode_seconds(720, 1280, 81))
+    assert spent["encode"] == pytest.approx(2 * cost.encode_seconds(guidance=False))  # the prompt, the negative
+    # the whole video, as the cost model calibrated to Wan2.2's 1041.5 s on one H100 says
+    assert sum(spent.values()) == pytest.approx(cost.video_seconds(720, 1280, 81, 40), rel=0.01)
+
+    # the stand-in video keeps the request's length and frame rate; its physics score says "no evidence"
+    video = probe_mp4(result.mp4)
+    assert video["frames"] == 81 and (video["width"], video["height"]) == (16, 16)
+    assert result.physics.score == 0.5
+
+
+def test_stand_in_latents_carry_the_video_they_stand_for(wan22_dir, tmp_path):
+    settings = sim_settings(wan22_dir, tmp_path)
+    checkpoint = Checkpoint.from_settings(settings)
+    assert checkpoint.simulated and checkpoint.identity.device == "sim"  # never shares a real model's cache
+    encoder = TextEncoder(checkpoint)
+    expert = Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False)
+    request = request_720p(settings)
+    embeddings = encoder(request.prompt, request.negative_prompt, request.classifier_free_guidance)
+    state = expert.phase(request, embeddings)
+    assert tuple(state.latents.shape) == STAND_IN_LATENT and state.stands_for == (81, 720, 1280)
+    assert DenoisingState.from_plain(state.as_plain()).stands_for == (81, 720, 1280)  # through the cache
+    low = Expert(checkpoint, ExpertKind.LOW_NOISE, batching=False)
+    assert low.phase(request, embeddings, state).stands_for == (81, 720, 1280)
+    assert low.phase(request, embeddings, state, resample_seed=9).stands_for == (81, 720, 1280)  # a repair
+
+    with pytest.raises(RuntimeError, match="outside standing_for"):
+        expert.transformer(torch.zeros(1, 1, 1, 2, 2), torch.zeros(1), None, return_dict=False)
+    with standing_for((17, 64, 64)):
+        (out,) = expert.transformer(torch.ones(2, 1, 1, 2, 2), torch.zeros(2), None, return_dict=False)
+    assert torch.equal(out, torch.zeros(2, 1, 1, 2, 2))
+
+
+def test_a_batch_costs_less_than_its_members_where_the_gpu_is_not_saturated(wan22_dir, tmp_path):
+    batching = BatchingSettings(enabled=True, max_batch_size=4, max_wait_ms=500)
+    settings = sim_settings(wan22_dir, tmp_path, batching=batching)
+    checkpoint = Checkpoint.from_settings(settings)
+    encoder = TextEncoder(checkpoint)
+    expert = Expert(checkpoint, ExpertKind.HIGH_NOISE)
+    gpu = expert.transformer.gpu
+    cost = gpu.cost
+    requests = [
+        GenerationRequest.build(settings, prompt=f"a ball number {i}", num_inference_steps=10, seed=i) for i in range(4)
+    ]  # the preview size: a forward is mostly the fixed cost of streaming the weights
+    jobs = [(r, encoder(r.prompt, r.negative_prompt, True)) for r in requests]
+    before = gpu.seconds
+    start = threading.Barrier(len(jobs))
+
+    def run(job):
+        start.wait()
+        return expert.phase(*job)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        states = list(pool.map(run, jobs))
+    spent = gpu.seconds - before
+    frames, height, width = size = (requests[0].num_frames, requests[0].height, requests[0].width)
+    # each step of n guided requests is one forward of 2n samples, charged as such
+    expected = sum(cost.forward_seconds(height, width, frames, batch=2 * n) for n in expert.batcher.batch_sizes)
+    assert spent == pytest.approx(expected)
+    assert max(expert.batcher.batch_sizes) > 1
+    alone = len(requests) * states[0].step * cost.step_seconds(ExpertKind.HIGH_NOISE, height, width, frames)
+    assert spent < alone
+    assert all(s.stands_for == size for s in states)
+
+
+def test_a_template_s_shared_phase_is_charged_once(wan22_dir, tmp_path):
+    settings = sim_settings(wan22_dir, tmp_path)
+    pipeline = Pipeline.from_settings(settings)
+    products = ["a red sneaker", "a blue mug"]
+    spent = []
+    for product in products:
+        before = pipeline.high_noise_expert.transformer.gpu.seconds
+        result = pipeline(
+            request_720p(settings, prompt=None, seed=None, template="product_showcase", slots={"product": product})
+        )
+        spent.append(pipeline.high_noise_expert.transformer.gpu.seconds - before)
+        assert result.mp4
+    assert spent[0] > 100 and spent[1] == 0.0  # the second read the boundary latent from the cache
+
+
+def test_sim_settings_come_from_the_environment(monkeypatch, wan22_dir):
+    monkeypatch.setenv("T2V_DEVICE", "sim")
+    monkeypatch.setenv("T2V_SIM__GPU", "l40s")
+    monkeypatch.setenv("T2V_SIM__TIME_SCALE", "0.01")
+    settings = Settings(model=wan22_dir)
+    assert settings.device == "sim" and settings.sim.gpu == "l40s" and settings.sim.time_scale == 0.01
+    assert Checkpoint.from_settings(settings).simulated
+    monkeypatch.setenv("T2V_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="device"):
+        Settings(model=wan22_dir)
+
+
+def test_the_stand_in_video_is_grey_frames_of_the_request_s_length():
+    from deployments.simulated import stand_in_frames
+
+    frames = stand_in_frames(33)
+    assert frames.shape == (33, 16, 16, 3) and frames.dtype == np.uint8 and (frames == 128).all()
