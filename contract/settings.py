@@ -180,6 +180,9 @@ class SimSettings(BaseModel):
     # Fraction of peak bf16 FLOPs the denoiser reaches. None: the value fitted to Wan2.2's
     # published H100 runs (docs/scaling.md); set it to model a faster or slower stack.
     efficiency: float | None = Field(None, gt=0, le=1)
+    # The simulated model's schedule: Wan2.2 A14B's shift 12 puts 26 of 40 steps on the high-noise
+    # expert (the embedded model's own shift 5: 17). None keeps the checkpoint's.
+    flow_shift: float | None = Field(12.0, gt=0)
 
 
 class SafetySettings(BaseModel):

@@ -129,7 +129,10 @@ class Checkpoint:
         return self._load("vae", self.vae_dtype)
 
     def scheduler_config(self) -> dict:
-        return dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))
+        config = dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))
+        if self.simulated and self.settings.sim.flow_shift is not None:
+            config["flow_shift"] = self.settings.sim.flow_shift  # the schedule of the model simulated
+        return config
 
     def scheduler_class(self) -> type:
         return self._class_of("scheduler")

@@ -53,9 +53,11 @@ class SimulatedGpu:
         self.stage = stage
         self.seconds = 0.0  # simulated seconds this replica has charged
         self._lock = threading.Lock()
+        self._busy = threading.Lock()  # a GPU computes one thing at a time: concurrent calls queue
 
     def charge(self, seconds: float) -> None:
-        time.sleep(seconds * self.time_scale)
+        with self._busy:
+            time.sleep(seconds * self.time_scale)
         with self._lock:
             self.seconds += seconds
         metrics.inc("simulated_seconds", seconds, stage=self.stage, gpu=self.cost.gpu.name)

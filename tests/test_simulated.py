@@ -4,6 +4,7 @@ model's seconds charged in place of model compute, on stand-in latents."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,7 +29,8 @@ LIMITS = Limits(max_height=1280, max_width=1280, max_frames=81)
 
 
 def sim_settings(wan22_dir, tmp_path, **fields) -> Settings:
-    return Settings(model=wan22_dir, cache_dir=tmp_path / "cache", device="sim", sim=SIM, limits=LIMITS, **fields)
+    fields = {"sim": SIM, "limits": LIMITS, **fields}
+    return Settings(model=wan22_dir, cache_dir=tmp_path / "cache", device="sim", **fields)
 
 
 def request_720p(settings: Settings, **fields) -> GenerationRequest:
@@ -162,3 +164,23 @@ def test_the_stand_in_video_is_grey_frames_of_the_request_s_length():
 
     frames = stand_in_frames(33)
     assert frames.shape == (33, 16, 16, 3) and frames.dtype == np.uint8 and (frames == 128).all()
+
+
+def test_the_simulated_schedule_is_wan22_s(wan22_dir, tmp_path):
+    settings = sim_settings(wan22_dir, tmp_path)
+    plan = Pipeline.from_settings(settings).plan(request_720p(settings))
+    assert (len(plan.high_noise_steps), len(plan.low_noise_steps)) == (26, 14)  # shift 12, boundary 0.875
+    own = sim_settings(wan22_dir, tmp_path, sim=SimSettings(time_scale=1e-5, flow_shift=None))
+    shift = Checkpoint.from_settings(own).scheduler_config()["flow_shift"]
+    assert shift == Checkpoint(wan22_dir, Settings(model=wan22_dir)).scheduler_config()["flow_shift"]  # the model's
+
+
+def test_a_simulated_gpu_computes_one_thing_at_a_time():
+    from deployments.simulated import SimulatedGpu
+
+    gpu = SimulatedGpu(SimSettings(time_scale=1.0), "high_noise")
+    start = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(gpu.charge, [0.2, 0.2]))
+    assert time.monotonic() - start >= 0.4  # queued, not side by side (a lower bound: never flaky)
+    assert gpu.seconds == pytest.approx(0.4)
