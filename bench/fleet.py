@@ -283,11 +283,62 @@ def bench_template(base: Settings, shape: Shape, gpu: str) -> dict:
     return {"uncached_gpu_s": spent[False], "cached_gpu_s": spent[True], "ratio": spent[True] / spent[False]}
 
 
+def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: bool, gpu: str) -> dict:
+    """One replica per stage in this process, `concurrency` requests at a time, experts batching
+    (up to 8 requests a forward) or not: throughput and p95 latency in simulated seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cluster.pipeline import Pipeline
+    from contract.settings import BatchingSettings
+    from deployments.checkpoint import Checkpoint
+
+    cost = CostModel(gpu)
+    video_gpu_s = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps)
+    time_scale = 1.0 / video_gpu_s  # a lone video: a wall second, well above this process's CPU work per video
+    work = Path(tempfile.mkdtemp(prefix="fleet-batching", dir="/tmp"))
+    try:
+        settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape).model_copy(
+            update={"batching": BatchingSettings(enabled=batching, max_batch_size=8, max_wait_ms=0)}
+        )
+        pipeline = Pipeline(Checkpoint.from_settings(settings), cache=None, batching=batching)
+
+        def one(i: int) -> tuple[float, float]:
+            request = pipeline.validator.request(
+                prompt=f"a ball number {i}",
+                width=shape.width,
+                height=shape.height,
+                num_frames=shape.frames,
+                num_inference_steps=shape.steps,
+                seed=i,
+            )
+            start = time.monotonic()
+            pipeline(request)
+            return start, time.monotonic()
+
+        n = 2 * concurrency
+        with ThreadPoolExecutor(concurrency) as pool:
+            spans = list(pool.map(one, range(n)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    latencies = sorted((e - s) / time_scale for s, e in spans)
+    return {
+        "size": shape.size,
+        "concurrency": concurrency,
+        "batching": batching,
+        "videos_per_hour": n / (wall / time_scale) * 3600,
+        "p95_s": latencies[int(0.95 * (len(latencies) - 1))],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, nargs="+", default=[8, 32], help="fleet sizes (default 8 32)")
     parser.add_argument("--size", default="1280x720", help="WxH of every video (default 1280x720, 81 frames)")
     parser.add_argument("--videos-per-gpu", type=int, default=10, help="videos per GPU at saturation (default 10)")
+    parser.add_argument(
+        "--batching-concurrency", type=int, nargs="*", default=[8, 32], help="batching runs (default 8 32; none: skip)"
+    )
     parser.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="the simulated GPU (default h100)")
     args = parser.parse_args(argv)
     if args.videos_per_gpu < 5:
@@ -297,6 +348,12 @@ def main(argv: list[str] | None = None) -> dict:
     base = model_settings()
 
     template = bench_template(base, shape, args.gpu)
+    batching = [
+        bench_batching(base, s, c, b, args.gpu)
+        for s in (Shape(832, 480), shape)
+        for c in args.batching_concurrency
+        for b in (False, True)
+    ]
     fleets = [bench_fleet(base, gpus, shape, args.videos_per_gpu, args.gpu) for gpus in args.gpus]
 
     print(f"\n== Fleet, {shape.size} x {shape.frames} frames, {shape.steps} steps, {args.gpu} ({LABEL})")
@@ -319,6 +376,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"\ntemplate cache, {len(TEMPLATE_VARIANTS)} variants of one template: {template['cached_gpu_s']:.1f} "
         f"against {template['uncached_gpu_s']:.1f} GPU-seconds per video uncached ({template['ratio']:.3f})"
     )
+    if batching:
+        print(f"\n== Batching in an expert replica, one replica per stage ({LABEL})")
+        print(f"{'size':>9} {'in flight':>9} {'batching':>8} {'videos/h':>9} {'p95 s':>8}")
+        for b in batching:
+            print(
+                f"{b['size']:>9} {b['concurrency']:>9} {'on' if b['batching'] else 'off':>8} "
+                f"{b['videos_per_hour']:>9.2f} {b['p95_s']:>8.0f}"
+            )
     result = {
         "benchmark": "fleet",
         "simulated": True,
@@ -328,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": shape.steps,
         "fleets": fleets,
         "template": template,
+        "batching": batching,
         "goals": GOALS,
         "met": {
             "saturation": all(f["saturation_ratio"] >= GOALS["saturation"] for f in fleets),

@@ -17,7 +17,8 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "bench.fleet", "--gpus", "2", "--videos-per-gpu", "5", "--size", "256x256"]
+    command = [sys.executable, "-m", "bench.fleet", "--gpus", "2", "--videos-per-gpu", "12", "--size", "256x256"]
+    command += ["--batching-concurrency", "4"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "SIMULATED GPUs" in run.stdout
@@ -28,3 +29,6 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated()
     # simulated GPUs compute one thing at a time: the fleet cannot beat the split's bound
     assert fleet["videos_per_hour"] <= 1.05 * fleet["split_bound_per_hour"]
     assert 0 < result["template"]["ratio"] < 1  # variants of a template share the high-noise phase
+    runs = {(b["size"], b["batching"]) for b in result["batching"]}
+    assert runs == {(size, on) for size in ("832x480", "256x256") for on in (False, True)}
+    assert all(b["videos_per_hour"] > 0 and b["p95_s"] > 0 for b in result["batching"])
