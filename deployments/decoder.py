@@ -48,6 +48,8 @@ class Decoder:
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
+        if self.gpu is not None:
+            raise RuntimeError("the simulated decoder has no VAE: it makes stand-in videos (Decoder.video) only")
         latents = latents.to(self.device, self.vae.dtype)
         mean = self.latents_mean.to(latents.device, latents.dtype)
         inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)

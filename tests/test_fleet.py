@@ -18,7 +18,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated()
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     command = [sys.executable, "-m", "bench.fleet", "--gpus", "2", "--videos-per-gpu", "12", "--size", "256x256"]
-    command += ["--batching-concurrency", "4"]
+    command += ["--batching-concurrency", "4", "--control-plane-jobs", "40"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "SIMULATED GPUs" in run.stdout
@@ -32,3 +32,6 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated()
     runs = {(b["size"], b["batching"]) for b in result["batching"]}
     assert runs == {(size, on) for size in ("832x480", "256x256") for on in (False, True)}
     assert all(b["videos_per_hour"] > 0 and b["p95_s"] > 0 for b in result["batching"])
+    capacity = result["control_plane"]
+    assert capacity["failed"] == 0 and capacity["jobs_per_second"] > 0
+    assert {"Ingress", "JobStore", "Decoder"} <= set(capacity["cpu_seconds_per_job"])  # CPU by process

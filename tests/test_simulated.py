@@ -54,6 +54,8 @@ def test_a_720p_video_takes_the_cost_model_s_seconds_per_stage(wan22_dir, tmp_pa
     # no weights of either expert or of the VAE were loaded: the GPUs are simulated
     assert isinstance(pipeline.high_noise_expert.transformer, SimulatedTransformer)
     assert not hasattr(pipeline.decoder, "vae")
+    with pytest.raises(RuntimeError, match="no VAE"):
+        pipeline.decoder(torch.zeros(STAND_IN_LATENT))
     cost = CostModel("h100")
     loaded = pipeline.simulated_seconds()
     assert loaded["high_noise"] == pytest.approx(cost.load_seconds("expert"))
