@@ -209,16 +209,13 @@ def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:
 def bench_fleet(base: Settings, gpus: int, shape: Shape, videos_per_gpu: int, gpu: str) -> dict:
     """Saturation throughput and low-load latency of one fleet, in simulated seconds."""
     cost = CostModel(gpu)
-    high_steps, low_steps = schedule(
-        sim_settings(base, Path(tempfile.gettempdir()), SimSettings(gpu=gpu), shape), shape.steps
-    )
-    split = expert_split(gpus, high_steps, low_steps)
     step = cost.step_seconds(ExpertKind.HIGH_NOISE, shape.height, shape.width, shape.frames)
-    expert_seconds = (high_steps + low_steps) * step  # GPU-seconds of the experts per video
-    ideal = gpus / expert_seconds  # videos per simulated second
+    ideal = gpus / (shape.steps * step)  # videos per simulated second: GPUs / expert GPU-seconds per video
     time_scale = round(ideal / WALL_VIDEOS_PER_SECOND, 6)  # the ideal fleet makes that many videos a wall second
     work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
     settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
+    high_steps, low_steps = schedule(settings, shape.steps)
+    split = expert_split(gpus, high_steps, low_steps)
     concurrency = 2 * gpus
     n = videos_per_gpu * gpus
     log(f"{gpus} GPUs ({split.high_noise} high-noise, {split.low_noise} low-noise), time scale {time_scale:g}")
@@ -236,9 +233,8 @@ def bench_fleet(base: Settings, gpus: int, shape: Shape, videos_per_gpu: int, gp
     rate = (last - first) / (ends[last] - ends[first]) * time_scale  # videos per simulated second
     # A request's GPU time is simulated (scaled); the rest - HTTP, the ingress, hand-offs, the job
     # store, the mp4, the scorer - is this machine's real wall time, counted as it is, unscaled.
-    compute = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps) - (
-        cost.swap_seconds() * 2 if cost.needs_swap() else 0.0
-    )
+    # each expert on its own GPU: no swaps
+    compute = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps, offload=False)
     overheads = [(r["end"] - r["start"]) - compute * time_scale for r in alone[1:]]  # the first warms the routes
     overhead = statistics.median(overheads)
     bound = min(split.high_noise / high_steps, split.low_noise / low_steps) / step  # what the split allows
