@@ -236,9 +236,6 @@ class BatchRun:
     def _video_key(self, row: Row) -> str:
         return f"videos/{row.id}.mp4"
 
-    def _location(self, key: str) -> str:
-        return self.output.local_path(key) or f"{self.output.uri.rstrip('/')}/{key}"
-
     def _done_before(self, row: Row, earlier: dict | None, model_id: str) -> bool:
         if earlier is None or earlier["request_hash"] != row.request_hash:
             return False
@@ -278,7 +275,7 @@ class BatchRun:
                 output = None
                 if outcome.mp4 is not None:
                     self.output.write(self._video_key(row), outcome.mp4)
-                    output = self._location(self._video_key(row))
+                    output = self.output.location(self._video_key(row))
                 entry = manifest_entry(row, outcome, output, time.monotonic() - start)
                 self.manifest.record(entry)
                 progress.row_done(entry)
@@ -306,7 +303,7 @@ class BatchRun:
             for level in e["cache_hits"] or []:
                 hits[level] = hits.get(level, 0) + 1
         lines = [
-            f"batch: {len(self.rows)} rows -> {self._location(MANIFEST)}",
+            f"batch: {len(self.rows)} rows -> {self.output.location(MANIFEST)}",
             f"  completed {len(completed)}, failed {len(failed)} (this run: {progress.completed} videos made, "
             f"{progress.failed} rows failed, {progress.skipped} skipped as done, in {_duration(seconds)}"
             + (f", {progress.completed / seconds * 60:.1f} videos/min)" if seconds > 0 and progress.completed else ")"),

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 TEMP_SUFFIX = ".tmp"  # a write in progress; a SIGKILL may leave one behind
+
+
+def child_uri(uri: str, key: str) -> str:
+    """`key` under `uri`, keeping the URI's query (an object store's endpoint, region...)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{key.lstrip('/')}"))
 
 
 class OutputStore:
@@ -59,6 +66,10 @@ class OutputStore:
         selector = pafs.FileSelector(self._path(prefix), allow_not_found=True)
         infos = self.fs.get_file_info(selector)
         return [i.path[len(self.root) + 1 :] for i in infos if i.is_file and not i.path.endswith(TEMP_SUFFIX)]
+
+    def location(self, key: str) -> str:
+        """Where `key` lives, for people and manifests: a path when local, else its URI."""
+        return self.local_path(key) or child_uri(self.uri, key)
 
     def local_path(self, key: str) -> str | None:
         """A filesystem path for `key` when the store is local (lets HTTP stream the file)."""

@@ -1,7 +1,9 @@
 """The job store: every job record of the cluster, in memory, written through to the output store.
 
-Each change of status goes to the `OutputStore` too, so a restarted store (or ingress)
-loses nothing. Stages report their start, progress and end here, and learn here that a
+Each change of a record goes to the `OutputStore` too, so a restarted store (or ingress)
+loses nothing: written behind, by a thread of its own, so an object store's latency delays the
+records' copies and never the store's answers (changes to one record made while it is being
+written coalesce into one write of the latest). Stages report their start, progress and end here, and learn here that a
 job was cancelled: the answers say so (`False`), nothing is raised across the cluster.
 Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
 `JobStoreDeployment` in job_store_deployment.py.
@@ -13,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 
 from contract.errors import error_summary
 from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, new_job_id, video_key
@@ -29,7 +32,13 @@ class JobStore:
         self.store = store
         self.stage_timeout, self.runner_lost = stage_timeout, runner_lost
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)  # the writer's wake-up, and flush()'s
+        self._dirty: set[str] = set()  # ids whose record changed since it was last written
+        self._deleted: set[str] = set()  # ids whose record and video are to be deleted
+        self._writing = False
         self._jobs: dict[str, Job] = {}
+        # queued or in progress, in order of creation: what the watchdog and the gauges look at
+        self._active: dict[str, None] = {}
         self._heartbeats: dict[str, float] = {}  # ingress replica -> last heartbeat
         self._started = time.time()
         self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
@@ -45,7 +54,10 @@ class JobStore:
                 metrics.inc("unreadable", store="jobs")
                 continue
             self._jobs[job.id] = job
+            if job.active:
+                self._active[job.id] = None
         self._publish()  # jobs in flight by status, from the first scrape
+        threading.Thread(target=self._write_behind, name="job-records", daemon=True).start()
 
     # -- the watchdog: no job stays active forever ------------------------------------
 
@@ -58,7 +70,7 @@ class JobStore:
         replica stopped heartbeating (it died with the job's orchestration). Returns their ids."""
         now = time.time() if now is None else now
         failed = []
-        for job in [j for j in self._jobs.values() if j.active]:
+        for job in [j for i in list(self._active) if (j := self._jobs.get(i)) is not None and j.active]:
             since = now - (job.stage_since or now)
             if self.stage_timeout and job.stage and since > self.stage_timeout:
                 failed.append(job.id)
@@ -103,7 +115,7 @@ class JobStore:
         return jobs[:limit], len(jobs) > limit
 
     def count_active(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.active)
+        return len(self._active)
 
     def is_cancelled(self, job_id: str) -> bool:
         job = self._jobs.get(job_id)
@@ -133,6 +145,7 @@ class JobStore:
             if new.max_active is not None and self.count_active() >= new.max_active:
                 return Admission(refused=f"{new.max_active} jobs are already queued or in progress")
             self._jobs[job.id] = job
+            self._active[job.id] = None
             self._save(job)
             self._publish()
         return Admission(job=job)
@@ -204,15 +217,9 @@ class JobStore:
             if (job := self._live(job_id)) is not None:
                 job.steps_total += steps
 
-    def scored(self, job_id: str, physics: PhysicsResult) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is not None:
-                job.physics = physics
-                self._save(job)
-
-    def complete(self, job_id: str) -> Job | None:
-        return self._finish(job_id, "completed")
+    def complete(self, job_id: str, physics: PhysicsResult | None = None) -> Job | None:
+        """The job's video is written; `physics`, its score, in the same call."""
+        return self._finish(job_id, "completed", physics=physics)
 
     def fail(self, job_id: str, error: JobError) -> Job | None:
         return self._finish(job_id, "failed", error=error)
@@ -235,8 +242,8 @@ class JobStore:
             if job is None or job.active:
                 return False
             del self._jobs[job_id]
-            self.store.delete(f"jobs/{job_id}.json")
-            self.store.delete(video_key(job_id))
+            self._deleted.add(job_id)
+            self._written.notify_all()
             return True
 
     # -- helpers ---------------------------------------------------------------------
@@ -253,12 +260,16 @@ class JobStore:
         job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
         metrics.inc("steps", steps, expert=expert, model=job.model)
 
-    def _finish(self, job_id: str, status: Status, error: JobError | None = None) -> Job | None:
+    def _finish(
+        self, job_id: str, status: Status, error: JobError | None = None, physics: PhysicsResult | None = None
+    ) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or not job.active:
                 return job  # cancelled meanwhile: cancellation wins
             job.status, job.error, job.stage = status, error, None
+            if physics is not None:
+                job.physics = physics
             job.completed_at = int(time.time())
             if status == "completed":
                 job.progress, job.steps_done = 100, job.steps_total
@@ -268,6 +279,7 @@ class JobStore:
             return job
 
     def _finished(self, job: Job) -> None:
+        self._active.pop(job.id, None)
         metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
         if job.status == "completed" and job.physics is not None:  # one observation per completed video
             metrics.observe("physics", job.physics.score, template=job.template, model=job.model)
@@ -281,8 +293,55 @@ class JobStore:
         self._publish()
 
     def _publish(self) -> None:
+        counts = Counter(self._jobs[i].status for i in self._active)
         for status in ACTIVE:
-            metrics.set("in_flight", sum(1 for j in self._jobs.values() if j.status == status), status=status)
+            metrics.set("in_flight", counts[status], status=status)
+
+    # -- the records' copies in the output store ---------------------------------------
 
     def _save(self, job: Job) -> None:
-        self.store.write(f"jobs/{job.id}.json", json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode())
+        """Mark `job`'s record for the writer (call with the lock held)."""
+        self._dirty.add(job.id)
+        self._written.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every change so far is in the output store; False if `timeout` ran out."""
+        with self._lock:
+            return self._written.wait_for(lambda: not (self._dirty or self._deleted or self._writing), timeout)
+
+    def _write_behind(self) -> None:
+        while True:
+            with self._lock:
+                self._written.wait_for(lambda: self._dirty or self._deleted)
+                records = {i: self._record(self._jobs[i]) for i in self._dirty if i in self._jobs}
+                deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), True
+            failed = self._write(records, deleted)
+            with self._lock:
+                self._writing = False
+                self._dirty |= failed.intersection(self._jobs)
+                self._deleted |= failed - set(records)
+                self._written.notify_all()
+            if failed:
+                time.sleep(1.0)  # the store is down or refusing: retry, without spinning
+
+    def _write(self, records: dict[str, bytes], deleted: set[str]) -> set[str]:
+        """Write and delete; returns the ids that failed (kept for the next round)."""
+        failed = set()
+        for job_id, data in records.items():
+            try:
+                self.store.write(f"jobs/{job_id}.json", data)
+            except Exception as error:  # any store error: keep the record, retry
+                logger.warning("job store: writing record %s failed, will retry: %s", job_id, error_summary(error))
+                failed.add(job_id)
+        for job_id in deleted:
+            try:
+                self.store.delete(f"jobs/{job_id}.json")
+                self.store.delete(video_key(job_id))
+            except Exception as error:
+                logger.warning("job store: deleting %s failed, will retry: %s", job_id, error_summary(error))
+                failed.add(job_id)
+        return failed
+
+    @staticmethod
+    def _record(job: Job) -> bytes:
+        return json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode()

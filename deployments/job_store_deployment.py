@@ -25,6 +25,11 @@ class JobStoreDeployment(JobStore):
         super().__init__(OutputStore(settings.output_uri), serving.stage_timeout_seconds, serving.runner_lost_seconds)
         threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
 
+    def __del__(self):
+        """Serve stops the replica (redeploy, shutdown): what is still to be written goes first."""
+        if not self.flush(timeout=10):
+            logger.warning("job store: stopped with job records not yet written to %s", self.store.uri)
+
     def _watch(self) -> None:
         while True:
             time.sleep(1.0)

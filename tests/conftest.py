@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +89,43 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "t2v-test",
+    "AWS_SECRET_ACCESS_KEY": "t2v-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_uri() -> Callable[[str], str]:
+    """An S3-compatible object store on loopback (moto's server: real HTTP and the S3 API), with
+    credentials in the environment as a real deployment gives them; returns `prefix -> URI`."""
+    import httpx
+
+    from cluster.launch import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"moto's S3 server did not start on port {port}") from None
+            time.sleep(0.2)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in S3_CREDENTIALS.items():
+            env.setenv(name, value)
+        query = f"endpoint_override=127.0.0.1:{port}&scheme=http&allow_bucket_creation=true&region=us-east-1"
+        yield lambda prefix: f"s3://t2v-test/{prefix}?{query}"
+    server.terminate()
+    server.wait(timeout=10)

@@ -145,8 +145,7 @@ def test_the_watchdog_fails_every_kind_of_forgotten_job(tmp_path, settings):
     store.stage_started(lost.id, "encode")
     store.stage_done(StageReport(job_id=lost.id, stage="encode", start=now, end=now))  # next call never came
     # `forgotten` stays queued: accepted, and nothing ever started it.
-    store.scored(done.id, PhysicsResult(score=0.5))  # as every completed job is (the metrics count it)
-    store.complete(done.id)
+    store.complete(done.id, PhysicsResult(score=0.5))  # scored, as every completed job is (the metrics count it)
     store.fail(failed.id, JobError(code="generation_failed", message="boom"))
     store.cancel(cancelled.id)
 
@@ -216,6 +215,7 @@ def test_half_written_files_never_break_a_restart(tmp_path, settings):
     store = JobStore(output)
     request = GenerationRequest.build(settings, prompt="a cat", seed=1)
     kept = store.create(JobCreate(request=request, model_id="m", steps_total=10)).job
+    assert store.flush(timeout=10)
     record = (tmp_path / "jobs" / f"{kept.id}.json").read_bytes()
     (tmp_path / "jobs" / f"{kept.id}.json.3f2a.tmp").write_bytes(record[:20])  # a write cut short
     (tmp_path / "jobs" / "video_cut.json").write_bytes(record[: len(record) // 2])  # a record cut short
