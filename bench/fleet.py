@@ -1,6 +1,6 @@
 """A simulated GPU fleet on this machine: the real cluster at 8 and 32 GPUs. SIMULATED GPUs.
 
-    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--videos-per-gpu 10]
+    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--videos-per-gpu 10] [--output-uri s3://...]
 
 Each fleet is a local multi-node Ray cluster (`ray.cluster_utils.Cluster`: a GPU-less head for
 the ingress, job store, text encoder and decoder, and workers with 8 logical GPUs each) running
@@ -24,9 +24,13 @@ Measured, side by side in one run:
 - batching in an expert replica under the cost model, on and off, at 480p and 720p with 8 and 32
   requests in flight (one replica per stage, in this process): throughput and p95 latency;
 - control-plane capacity: compute at zero, the most jobs a second this 2-core machine serves
-  and its CPU seconds per job by process. Goal >= 20 jobs/s.
-Not yet measured here (docs/scaling.md lists them): disaggregated against co-located experts,
-the autoscaling ramp.
+  and its CPU seconds per job by process. Goal >= 20 jobs/s;
+- disaggregated against co-located experts (every GPU running both, swapping where it cannot
+  hold the two) on H100s and L40Ss: videos per hour per GPU;
+- the autoscaling ramp: closed-loop clients 1 -> 16 -> 1 with Poisson think times on a fleet
+  whose experts scale from one replica each; replicas and requests in flight over time (a PNG,
+  `--plot`), the wall seconds to Serve's decision, to added capacity and back, failed requests.
+With `--output-uri` the fleets keep job records and videos on that store (e.g. an S3 bucket).
 
 Prints tables, then one JSON object as the last line.
 """
@@ -51,7 +55,8 @@ from cluster.launch import free_port, ray_environment
 from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind
 from contract.settings import Limits, Settings, SimSettings
-from deployments.cost_model import GPUS, CostModel
+from contract.storage import OutputStore, child_uri
+from deployments.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
 
 GPUS_PER_NODE = 8
 WALL_VIDEOS_PER_SECOND = 0.6  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
@@ -91,21 +96,43 @@ def schedule(settings: Settings, steps: int) -> tuple[int, int]:
     return len(plan.high_noise_steps), len(plan.low_noise_steps)
 
 
+def fixed(split: ExpertSplit) -> dict[str, tuple[int, int]]:
+    """The experts' replicas as `t2v plan` splits the GPUs: fixed counts."""
+    return {
+        ExpertKind.HIGH_NOISE.deployment: (split.high_noise, split.high_noise),
+        ExpertKind.LOW_NOISE.deployment: (split.low_noise, split.low_noise),
+    }
+
+
 class Fleet:
     """A local multi-node Ray cluster with `gpus` logical GPUs on worker nodes, the app deployed on it."""
 
-    def __init__(self, settings: Settings, gpus: int, split: ExpertSplit, work: Path):
-        self.gpus, self.split, self.work = gpus, split, work
+    def __init__(
+        self,
+        settings: Settings,
+        gpus: int,
+        experts: dict[str, tuple[int, int]],
+        work: Path,
+        output_uri: str | None = None,
+        autoscaling: dict | None = None,
+        env: dict[str, str] | None = None,
+        gpus_per_node: int = GPUS_PER_NODE,
+    ):
+        """`experts`: (min, max) replicas of each expert deployment, one logical GPU each (under
+        co-located placement, `HighNoiseExpert`'s are the `Experts` deployment's); `autoscaling`:
+        their `DeploymentSettings` beyond that; `env`: for every Ray process of the fleet."""
+        self.gpus, self.work, self.env, self.gpus_per_node = gpus, work, env or {}, gpus_per_node
         deployments = {name: d.model_copy() for name, d in settings.deployments.items()}
-        for kind, replicas in ((ExpertKind.HIGH_NOISE, split.high_noise), (ExpertKind.LOW_NOISE, split.low_noise)):
-            deployments[kind.deployment] = deployments[kind.deployment].model_copy(
+        for name, (least, most) in experts.items():
+            deployments[name] = deployments[name].model_copy(
                 update={
                     "num_gpus": 1,
                     "num_cpus": 0.5,
                     "threads": 1,
-                    "min_replicas": replicas,
-                    "max_replicas": replicas,
+                    "min_replicas": least,
+                    "max_replicas": most,
                     "max_ongoing_requests": 2,  # the next request waits on the GPU, not in the router
+                    **(autoscaling or {}),
                 }
             )
         for name in ("TextEncoder", "Decoder", "Ingress"):
@@ -123,6 +150,8 @@ class Fleet:
             # every request the benchmark sends is admitted: 503s would measure the limit, not the fleet
             update={"port": free_port(), "max_active_jobs": 1024, "ray_temp_dir": str(work / "ray")}
         )
+        if output_uri is not None:  # job records and videos on an object store, as a real cluster keeps them
+            serving = serving.model_copy(update={"output_uri": output_uri})
         self.settings = settings.model_copy(update={"deployments": deployments, "serving": serving})
         self.url = f"http://127.0.0.1:{serving.port}"
         self.cluster = None
@@ -139,13 +168,14 @@ class Fleet:
         # Ray notes the cluster's address under its temp dir: this fleet's own, not a shared /tmp/ray
         (self.work / "ray").mkdir(parents=True, exist_ok=True)
         os.environ["RAY_TMPDIR"] = str(self.work)
+        os.environ.update(self.env)  # the nodes' processes inherit it
         node = {"object_store_memory": 200 * 1024**2, "dashboard_agent_listen_port": None}
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args={"num_cpus": 4, "num_gpus": 0, "temp_dir": str(self.work / "ray"), **node},
         )
-        for _ in range(-(-self.gpus // GPUS_PER_NODE)):
-            self.cluster.add_node(num_cpus=2 * GPUS_PER_NODE, num_gpus=GPUS_PER_NODE, **node)
+        for _ in range(-(-self.gpus // self.gpus_per_node)):
+            self.cluster.add_node(num_cpus=2 * self.gpus_per_node, num_gpus=self.gpus_per_node, **node)
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.settings.serving.port})
@@ -170,8 +200,10 @@ class Fleet:
                 self.cluster.shutdown()
 
 
-async def _load(url: str, bodies: list[dict], concurrency: int) -> list[dict]:
-    """POST every body to /v1/videos/sync, `concurrency` at a time; each call's start, end and status."""
+async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:
+    """POST every body to /v1/videos/sync, `concurrency` at a time; each call's start, end and status.
+    The first `concurrency` start `stagger` wall seconds apart: started all at once, GPUs that each
+    run two requests finish them in waves, and a rate read between waves is noise."""
     import httpx
 
     semaphore = asyncio.Semaphore(concurrency)
@@ -179,18 +211,20 @@ async def _load(url: str, bodies: list[dict], concurrency: int) -> list[dict]:
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600, connect=30), limits=limits) as http:
 
-        async def one(body: dict) -> None:
+        async def one(i: int, body: dict) -> None:
             async with semaphore:
+                if i < concurrency:
+                    await asyncio.sleep(i * stagger)
                 start = time.monotonic()
                 response = await http.post("/v1/videos/sync", json=body)
                 results.append({"start": start, "end": time.monotonic(), "status": response.status_code})
 
-        await asyncio.gather(*(one(b) for b in bodies))
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
     return results
 
 
-def load(url: str, bodies: list[dict], concurrency: int) -> list[dict]:
-    return asyncio.run(_load(url, bodies, concurrency))
+def load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:
+    return asyncio.run(_load(url, bodies, concurrency, stagger))
 
 
 def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:
@@ -206,25 +240,43 @@ def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:
     ]
 
 
-def bench_fleet(base: Settings, gpus: int, shape: Shape, videos_per_gpu: int, gpu: str) -> dict:
-    """Saturation throughput and low-load latency of one fleet, in simulated seconds."""
+def bench_fleet(
+    base: Settings,
+    gpus: int,
+    shape: Shape,
+    videos_per_gpu: int,
+    gpu: str,
+    output_uri: str | None = None,
+    placement: str = "disaggregated",
+    alone: int = 4,
+    gpus_per_node: int = GPUS_PER_NODE,
+) -> dict:
+    """Saturation throughput and low-load latency of one fleet, in simulated seconds; job records
+    and videos under `output_uri` when given (counted there afterwards). `placement`:
+    disaggregated (experts split as `t2v plan` says) or co_located (every GPU runs both)."""
     cost = CostModel(gpu)
     step = cost.step_seconds(ExpertKind.HIGH_NOISE, shape.height, shape.width, shape.frames)
     ideal = gpus / (shape.steps * step)  # videos per simulated second: GPUs / expert GPU-seconds per video
     time_scale = round(ideal / WALL_VIDEOS_PER_SECOND, 6)  # the ideal fleet makes that many videos a wall second
     work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
     settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
+    settings = settings.model_copy(update={"experts_placement": placement})
     high_steps, low_steps = schedule(settings, shape.steps)
+    co_located = placement == "co_located"
     split = expert_split(gpus, high_steps, low_steps)
+    experts = {ExpertKind.HIGH_NOISE.deployment: (gpus, gpus)} if co_located else fixed(split)
     concurrency = 2 * gpus
     n = videos_per_gpu * gpus
-    log(f"{gpus} GPUs ({split.high_noise} high-noise, {split.low_noise} low-noise), time scale {time_scale:g}")
+    layout = "both experts on each" if co_located else f"{split.high_noise} high-noise, {split.low_noise} low-noise"
+    log(f"{gpus} {gpu} GPUs ({layout}), time scale {time_scale:g}")
+    output = child_uri(output_uri, f"fleet-{gpus}-{gpu}-{placement}") if output_uri else None
     try:
-        with Fleet(settings, gpus, split, work) as fleet:
-            log(f"  up in {fleet.startup_seconds:.0f} s; low load: 4 videos one at a time")
-            alone = load(fleet.url, bodies(shape, 4, 10_000), 1)
+        with Fleet(settings, gpus, experts, work, output, gpus_per_node=gpus_per_node) as fleet:
+            log(f"  up in {fleet.startup_seconds:.0f} s; low load: {alone} videos one at a time")
+            alone = load(fleet.url, bodies(shape, alone, 10_000), 1)
             log(f"  saturation: {n} videos, {concurrency} in flight")
-            busy = load(fleet.url, bodies(shape, n, 20_000), concurrency)
+            # the first wave spread over one ideal inter-completion time each: the steady state at once
+            busy = load(fleet.url, bodies(shape, n, 20_000), concurrency, stagger=time_scale / ideal)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -233,20 +285,31 @@ def bench_fleet(base: Settings, gpus: int, shape: Shape, videos_per_gpu: int, gp
     rate = (last - first) / (ends[last] - ends[first]) * time_scale  # videos per simulated second
     # A request's GPU time is simulated (scaled); the rest - HTTP, the ingress, hand-offs, the job
     # store, the mp4, the scorer - is this machine's real wall time, counted as it is, unscaled.
-    # each expert on its own GPU: no swaps
-    compute = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps, offload=False)
+    # each expert on its own GPU: no swaps; both on one GPU: swaps where it cannot hold the two
+    swaps = co_located and cost.needs_swap()
+    compute = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps, offload=swaps)
     overheads = [(r["end"] - r["start"]) - compute * time_scale for r in alone[1:]]  # the first warms the routes
     overhead = statistics.median(overheads)
-    bound = min(split.high_noise / high_steps, split.low_noise / low_steps) / step  # what the split allows
+    # what the split allows (co-located: no split; the swaps are the cost)
+    per_video = shape.steps * step + (SWAPS_PER_VIDEO * cost.swap_seconds() if swaps else 0.0)
+    bound = gpus / per_video if co_located else min(split.high_noise / high_steps, split.low_noise / low_steps) / step
+    stored = None
+    if output is not None:
+        store = OutputStore(output)
+        stored = {"output_uri": output, "records": len(store.keys("jobs")), "videos": len(store.keys("videos"))}
     return {
         "gpus": gpus,
-        "split": [split.high_noise, split.low_noise],
+        "nodes": -(-gpus // gpus_per_node),
+        "gpu": gpu,
+        "placement": placement,
+        "split": None if co_located else [split.high_noise, split.low_noise],
         "steps": [high_steps, low_steps],
         "time_scale": time_scale,
         "videos": n,
         "concurrency": concurrency,
         "failed": sum(r["status"] != 200 for r in alone + busy),
         "videos_per_hour": rate * 3600,
+        "videos_per_hour_per_gpu": rate * 3600 / gpus,
         "ideal_per_hour": ideal * 3600,
         "split_bound_per_hour": bound * 3600,
         "saturation_ratio": rate / ideal,
@@ -254,6 +317,7 @@ def bench_fleet(base: Settings, gpus: int, shape: Shape, videos_per_gpu: int, gp
         "control_plane_ms": overhead * 1000,
         "pure_compute_s": compute,
         "low_load_ratio": (compute + overhead) / compute,
+        "stored": stored,
     }
 
 
@@ -333,6 +397,193 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
     }
 
 
+# The load ramp: (concurrent clients, wall seconds). Each client sends a request, waits for its
+# video, then thinks for an exponential time (Poisson arrivals per client) before the next.
+RAMP = ((1, 40), (16, 100), (1, 90))
+PEAK_REQUESTS_PER_SECOND = 1.6  # what this machine's control plane serves beside 16 GPUs' replicas
+THINK = 0.1  # a client's mean think time, in videos' compute times
+AUTOSCALE = {
+    "target_ongoing_requests": 1,  # a GPU computes one video at a time
+    # Serve's defaults (30 s up, 600 s down, a 30 s window) are wall seconds on a real cluster too,
+    # where a video takes 17 minutes; against videos that take seconds here they are shortened
+    # (the window stays above the deprecated 10 s `metrics_interval_s`, as Serve asks).
+    "upscale_delay_s": 2,
+    "downscale_delay_s": 15,
+    "look_back_period_s": 11,
+}
+
+
+async def _ramp_load(url: str, shape: Shape, phases, video_wall_s: float, seed: int) -> tuple[list[dict], float]:
+    """Closed-loop clients: client i sends while the current phase has more than i of them.
+    Returns every request's start, end and status (seconds from the start) and the start."""
+    import random
+
+    import httpx
+
+    rng = random.Random(seed)
+    results: list[dict] = []
+    edges = [sum(seconds for _, seconds in phases[: k + 1]) for k in range(len(phases))]
+    t0 = time.monotonic()
+
+    def clients_now() -> int | None:
+        elapsed = time.monotonic() - t0
+        return next((c for (c, _), edge in zip(phases, edges, strict=True) if elapsed < edge), None)
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600, connect=30), limits=limits) as http:
+
+        async def client(i: int) -> None:
+            while (now := clients_now()) is not None:
+                if i >= now:  # not needed in this phase
+                    await asyncio.sleep(0.2)
+                    continue
+                await asyncio.sleep(rng.expovariate(1 / (THINK * video_wall_s)))
+                body = bodies(shape, 1, 50_000 + len(results) + 1000 * i)[0]
+                start = time.monotonic() - t0
+                try:
+                    status = (await http.post("/v1/videos/sync", json=body)).status_code
+                except httpx.HTTPError as error:
+                    status = type(error).__name__
+                results.append({"start": start, "end": time.monotonic() - t0, "status": status})
+
+        await asyncio.gather(*(client(i) for i in range(max(c for c, _ in phases))))
+    return results, t0
+
+
+def bench_autoscale(base: Settings, gpus: int, shape: Shape, gpu: str, plot: Path | None, phases=RAMP) -> dict:
+    """The load ramp on an autoscaled fleet: experts from one replica each up to the `t2v plan`
+    split of `gpus`; replicas (running, and running + starting) and requests in flight sampled
+    every half second (a PNG at `plot`); the wall seconds from the load step to Serve's decision, to
+    the added replicas serving, and back down; every request's outcome."""
+    import threading
+
+    from ray import serve
+
+    cost = CostModel(gpu)
+    compute = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps, offload=False)
+    peak = max(c for c, _ in phases)
+    video_wall_s = peak / PEAK_REQUESTS_PER_SECOND
+    time_scale = round(video_wall_s / compute, 6)
+    work = Path(tempfile.mkdtemp(prefix="fleet-ramp", dir="/tmp"))
+    settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
+    high_steps, low_steps = schedule(settings, shape.steps)
+    split = expert_split(gpus, high_steps, low_steps)
+    names = [ExpertKind.HIGH_NOISE.deployment, ExpertKind.LOW_NOISE.deployment]
+    experts = {names[0]: (1, split.high_noise), names[1]: (1, split.low_noise)}
+    log(f"autoscaling ramp on {gpus} GPUs: experts 1 -> {split.high_noise} and 1 -> {split.low_noise}")
+    samples: list[dict] = []
+    try:
+        env = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}  # Serve's default: 10 s
+        with Fleet(settings, gpus, experts, work, autoscaling=AUTOSCALE, env=env) as fleet:
+            stop = threading.Event()
+            started = time.monotonic()
+
+            def sample() -> None:
+                while not stop.wait(0.5):
+                    with contextlib.suppress(Exception):  # a status call may time out under load
+                        deployments = serve.status().applications["t2v-fleet"].deployments
+                        point = {"t": time.monotonic() - started}
+                        for n in names:
+                            states = deployments[n].replica_states
+                            point[n] = states.get("RUNNING", 0)
+                            point[n + "+starting"] = point[n] + states.get("STARTING", 0)
+                        samples.append(point)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            results, t0 = asyncio.run(_ramp_load(fleet.url, shape, phases, video_wall_s, seed=7))
+            # after the load: wait for the scale back (or give up after a minute)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (samples and all(samples[-1][n] == 1 for n in names)):
+                time.sleep(1)
+            stop.set()
+            sampler.join()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for point in samples:  # on the load's clock; requests in flight (queued or running) at each
+        point["t"] -= t0 - started
+        point["in_flight"] = sum(r["start"] <= point["t"] < r["end"] for r in results)
+    up_at = phases[0][1]
+    down_at = up_at + phases[1][1]
+
+    def at(t: float) -> dict:
+        return next((p for p in reversed(samples) if p["t"] <= t), samples[0])
+
+    def first(after: float, condition) -> float | None:
+        return next((p["t"] - after for p in samples if p["t"] >= after and condition(p)), None)
+
+    before = at(up_at)
+    starts = [sum(s for _, s in phases[:k]) for k in range(len(phases))]
+    result = {
+        "gpus": gpus,
+        "gpu": gpu,
+        "time_scale": time_scale,
+        "phases": [list(p) for p in phases],
+        "max_replicas": [split.high_noise, split.low_noise],
+        "replicas_at_step": [before[n] for n in names],
+        "requests": len(results),
+        "failed": sum(r["status"] != 200 for r in results),
+        "statuses": dict(Counter(str(r["status"]) for r in results)),
+        # Serve decided (a replica starting), the first added replica served, every one did
+        "decided_s": first(up_at, lambda p: any(p[n + "+starting"] > before[n] for n in names)),
+        "added_capacity_s": first(up_at, lambda p: any(p[n] > before[n] for n in names)),
+        # each pool at its most (the high-noise one may already be shrinking when the low-noise one gets there)
+        "full_capacity_s": max(
+            (
+                first(up_at, lambda p, n=n, most=most: p[n] == most)
+                for n, most in zip(names, [split.high_noise, split.low_noise], strict=True)
+            ),
+            key=lambda seconds: float("inf") if seconds is None else seconds,
+        ),
+        "peak_replicas": [max((p[n] for p in samples), default=0) for n in names],
+        "scaled_back_s": first(down_at, lambda p: p[names[0]] == 1 and p[names[1]] == 1),
+        "p50_s_by_phase": [
+            statistics.median([(r["end"] - r["start"]) / time_scale for r in results if a <= r["start"] < a + d] or [0])
+            for a, (_, d) in zip(starts, phases, strict=True)
+        ],
+        "load_seconds": cost.load_seconds("expert"),
+        "pure_compute_s": compute,
+        "plot": str(plot) if plot else None,
+    }
+    if plot is not None:
+        plot_ramp(samples, names, phases, result, plot)
+    return result
+
+
+def plot_ramp(samples: list[dict], names: list[str], phases, result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (replicas, load) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5))
+    t = [p["t"] for p in samples]
+    for name, color in zip(names, ("tab:blue", "tab:orange"), strict=True):
+        replicas.step(t, [p[name] for p in samples], color=color, where="post", label=f"{name} running")
+        replicas.step(t, [p[name + "+starting"] for p in samples], ":", color=color, where="post", label="+ starting")
+    replicas.set_ylabel("replicas")
+    replicas.legend(loc="upper right", fontsize=8)
+    load.step(t, [p["in_flight"] for p in samples], where="post", color="tab:red", label="requests in flight")
+    load.set_ylabel("in flight (queued + running)")
+    load.set_xlabel(f"wall seconds (simulated GPUs: 1 s here = {1 / result['time_scale']:.0f} simulated s)")
+    load.legend(loc="upper right", fontsize=8)
+    edge = 0.0
+    for clients, seconds in phases:
+        for axis in (replicas, load):
+            axis.axvline(edge, color="grey", linewidth=0.5)
+        load.text(edge + 1, 0.2, f"{clients} client{'s' if clients > 1 else ''}", fontsize=8, color="grey")
+        edge += seconds
+    fig.suptitle(
+        f"SIMULATED {result['gpus']} x {result['gpu'].upper()}: autoscaling ramp, "
+        f"{result['requests']} requests, {result['failed']} failed"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def bench_control_plane(base: Settings, jobs: int, concurrency: int) -> dict:
     """The most jobs a second the serving path sustains here with compute at zero (a simulated
     second of 1 ns), and its CPU seconds per job by process: HTTP proxy, ingress, job store,
@@ -344,7 +595,7 @@ def bench_control_plane(base: Settings, jobs: int, concurrency: int) -> dict:
     settings = sim_settings(base, work, SimSettings(time_scale=1e-9), shape)
     high_steps, low_steps = schedule(settings, shape.steps)
     try:
-        with Fleet(settings, 2, expert_split(2, high_steps, low_steps), work) as fleet:
+        with Fleet(settings, 2, fixed(expert_split(2, high_steps, low_steps)), work) as fleet:
             load(fleet.url, bodies(shape, min(jobs, concurrency), 30_000), concurrency)  # warm every route
             meter = CpuMeter().start()
             start = time.monotonic()
@@ -366,6 +617,10 @@ def bench_control_plane(base: Settings, jobs: int, concurrency: int) -> dict:
     }
 
 
+def _s(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, nargs="*", default=[8, 32], help="fleet sizes (default 8 32; none: skip)")
@@ -378,9 +633,40 @@ def main(argv: list[str] | None = None) -> dict:
         "--batching-concurrency", type=int, nargs="*", default=[8, 32], help="batching runs (default 8 32; none: skip)"
     )
     parser.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="the simulated GPU (default h100)")
+    parser.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=GPUS_PER_NODE,
+        help=f"logical GPUs per worker node (default {GPUS_PER_NODE})",
+    )
+    parser.add_argument(
+        "--placement-gpus",
+        type=int,
+        default=8,
+        help="disaggregated vs co-located on H100 and L40S (default 8; 0: skip)",
+    )
+    parser.add_argument("--ramp-gpus", type=int, default=16, help="the autoscaling ramp's fleet (default 16; 0: skip)")
+    parser.add_argument(
+        "--ramp-seconds",
+        type=float,
+        nargs=3,
+        default=[s for _, s in RAMP],
+        help="wall seconds with 1 client, the peak and 1 again (default %(default)s)",
+    )
+    parser.add_argument("--ramp-peak", type=int, default=16, help="clients at the ramp's peak (default 16)")
+    parser.add_argument("--plot", type=Path, default=Path("docs/images/fleet-autoscaling.png"), help="the ramp's PNG")
+    parser.add_argument(
+        "--placement-types", nargs="+", default=["h100", "l40s"], choices=sorted(GPUS), help="GPUs to compare on"
+    )
+    parser.add_argument(
+        "--placement-videos-per-gpu", type=int, default=8, help="videos per GPU in each placement run (default 8)"
+    )
+    parser.add_argument(
+        "--output-uri", help="the fleets' job records and videos on this pyarrow.fs URI (default: a local temp dir)"
+    )
     args = parser.parse_args(argv)
-    if args.videos_per_gpu < 5:
-        parser.error("--videos-per-gpu must be at least 5: the rate is read between the first wave and the drain")
+    if min(args.videos_per_gpu, args.placement_videos_per_gpu) < 5:
+        parser.error("videos per GPU must be at least 5: the rate is read between the first wave and the drain")
     width, height = (int(v) for v in args.size.split("x"))
     shape = Shape(width, height)
     base = model_settings()
@@ -393,7 +679,22 @@ def main(argv: list[str] | None = None) -> dict:
         for c in args.batching_concurrency
         for b in (False, True)
     ]
-    fleets = [bench_fleet(base, gpus, shape, args.videos_per_gpu, args.gpu) for gpus in args.gpus]
+    fleets = [
+        bench_fleet(base, gpus, shape, args.videos_per_gpu, args.gpu, args.output_uri, gpus_per_node=args.gpus_per_node)
+        for gpus in args.gpus
+    ]
+    ramp = None
+    if args.ramp_gpus:
+        phases = tuple(zip((1, args.ramp_peak, 1), args.ramp_seconds, strict=True))
+        ramp = bench_autoscale(base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
+    placements = [
+        bench_fleet(
+            base, args.placement_gpus, shape, args.placement_videos_per_gpu, gpu, args.output_uri, placement, alone=2
+        )
+        for gpu in args.placement_types
+        for placement in ("disaggregated", "co_located")
+        if args.placement_gpus
+    ]
 
     if fleets:
         print(f"\n== Fleet, {shape.size} x {shape.frames} frames, {shape.steps} steps, {args.gpu} ({LABEL})")
@@ -411,6 +712,38 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             "(ideal: GPUs / expert GPU-seconds per video; split: what the t2v plan split allows; overhead: this\n"
             " machine's wall time outside the simulated GPUs, HTTP to mp4, counted unscaled)"
+        )
+    if placements:
+        print(f"\n== Disaggregated vs co-located experts, {args.placement_gpus} GPUs, {shape.size} ({LABEL})")
+        print(
+            f"{'GPU':>5} {'placement':>13} {'layout':>11} {'videos/h':>9} {'per GPU/h':>9} {'bound/h':>8} {'p50 alone s':>11}"
+        )
+        for f in placements:
+            layout = "both/GPU" if f["split"] is None else f"{f['split'][0]}:{f['split'][1]}"
+            print(
+                f"{f['gpu']:>5} {f['placement']:>13} {layout:>11} {f['videos_per_hour']:>9.1f} "
+                f"{f['videos_per_hour_per_gpu']:>9.2f} {f['split_bound_per_hour']:>8.1f} {f['low_load_p50_s']:>11.1f}"
+            )
+        print("(bound: what the layout allows - the split, or each GPU's swaps; p50 alone: one request at a time)")
+    if ramp:
+        print(f"\n== Autoscaling ramp, {ramp['gpus']} GPUs, {shape.size} ({LABEL})")
+        print(
+            f"clients {' -> '.join(str(c) for c, _ in ramp['phases'])} (Poisson arrivals; "
+            f"{' / '.join(f'{s:g}' for _, s in ramp['phases'])} wall s); experts from 1 up to "
+            f"{ramp['max_replicas'][0]} and {ramp['max_replicas'][1]} replicas"
+        )
+        print(
+            f"{ramp['requests']} requests, {ramp['failed']} failed. After the step up (from "
+            f"{ramp['replicas_at_step'][0]} + {ramp['replicas_at_step'][1]}): Serve decided "
+            f"{_s(ramp['decided_s'])}, the first added replica served {_s(ramp['added_capacity_s'])}, all "
+            f"{_s(ramp['full_capacity_s'])} (peak {ramp['peak_replicas'][0]} + {ramp['peak_replicas'][1]}); "
+            f"back to 1 + 1 {_s(ramp['scaled_back_s'])} after the step down (wall s: Serve's reaction and this "
+            f"machine's replica start; a real replica also copies its weights, {ramp['load_seconds']:.1f} s)"
+        )
+        print(
+            "p50 per phase: "
+            + ", ".join(f"{p:.0f}" for p in ramp["p50_s_by_phase"])
+            + f" simulated s (pure compute {ramp['pure_compute_s']:.0f}); plot: {ramp['plot']}"
         )
     print(
         f"\ntemplate cache, {len(TEMPLATE_VARIANTS)} variants of one template: {template['cached_gpu_s']:.1f} "
@@ -442,6 +775,8 @@ def main(argv: list[str] | None = None) -> dict:
         "frames": shape.frames,
         "steps": shape.steps,
         "fleets": fleets,
+        "placements": placements,
+        "autoscaling": ramp,
         "template": template,
         "batching": batching,
         "control_plane": capacity,
@@ -450,7 +785,10 @@ def main(argv: list[str] | None = None) -> dict:
             "saturation": all(f["saturation_ratio"] >= GOALS["saturation"] for f in fleets) if fleets else None,
             "low_load": all(f["low_load_ratio"] <= GOALS["low_load"] for f in fleets) if fleets else None,
             "template": template["ratio"] <= GOALS["template"],
-            "no_failures": all(f["failed"] == 0 for f in fleets) and not (capacity or {}).get("failed"),
+            "no_failures": all(f["failed"] == 0 for f in fleets + placements)
+            and not (capacity or {}).get("failed")
+            and not (ramp or {}).get("failed"),
+            "scales_back": None if ramp is None else ramp["scaled_back_s"] is not None,
             "control_plane": None if capacity is None else capacity["jobs_per_second"] >= GOALS["control_plane"],
         },
     }

@@ -18,7 +18,7 @@ from contract.experts import ExpertKind
 from contract.settings import Settings
 from deployments.checkpoint import Checkpoint
 from deployments.decoder_deployment import DecoderDeployment
-from deployments.expert_deployment import HighNoiseExpert, LowNoiseExpert
+from deployments.expert_deployment import CoLocatedExperts, HighNoiseExpert, LowNoiseExpert
 from deployments.ingress import Ingress
 from deployments.job_store_deployment import JobStoreDeployment
 from deployments.text_encoder_deployment import TextEncoderDeployment
@@ -53,9 +53,14 @@ def bind_app(settings: Settings) -> Application:
         settings
     )
     text_encoder = TextEncoderDeployment.options(**options["TextEncoder"]).bind(settings, jobs)
-    high_noise = HighNoiseExpert.options(**options[ExpertKind.HIGH_NOISE.deployment]).bind(settings, jobs)
+    high_options = options[ExpertKind.HIGH_NOISE.deployment]
     low_noise = None
-    if checkpoint.has_low_noise_expert:
+    co_located = settings.experts_placement == "co_located" and checkpoint.has_low_noise_expert
+    if co_located:
+        high_noise = CoLocatedExperts.options(**high_options).bind(settings, jobs)  # both, one handle
+    else:
+        high_noise = HighNoiseExpert.options(**high_options).bind(settings, jobs)
+    if checkpoint.has_low_noise_expert and not co_located:
         low_noise = LowNoiseExpert.options(**options[ExpertKind.LOW_NOISE.deployment]).bind(settings, jobs)
     decoder = DecoderDeployment.options(**options["Decoder"]).bind(settings, jobs)
     return Ingress.options(**options["Ingress"]).bind(settings, jobs, text_encoder, high_noise, low_noise, decoder)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+# Both experts in one deployment (settings `experts_placement: co_located`): its methods are the
+# experts' stage names, `high_noise` and `low_noise`.
+CO_LOCATED_DEPLOYMENT = "Experts"
+
 
 class ExpertKind(Enum):
     HIGH_NOISE = ("transformer", "HighNoiseExpert", "high_noise")  # layout and motion: steps with t >= boundary

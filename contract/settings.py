@@ -65,6 +65,8 @@ class DeploymentSettings(BaseModel):
     graceful_shutdown_timeout_s: float | None = None  # how long Serve waits for a stopping replica
     initial_replicas: int | None = None  # None: min_replicas
     downscale_delay_s: float | None = None  # None: Serve's (600 s): idle this long before a replica goes
+    upscale_delay_s: float | None = None  # None: Serve's (30 s): loaded this long before a replica is added
+    look_back_period_s: float | None = None  # None: Serve's (30 s): the window its load is averaged over
 
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -85,7 +87,11 @@ class DeploymentSettings(BaseModel):
                 "initial_replicas": self.min_replicas if self.initial_replicas is None else self.initial_replicas,
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
-                **({"downscale_delay_s": self.downscale_delay_s} if self.downscale_delay_s is not None else {}),
+                **{
+                    name: getattr(self, name)
+                    for name in ("downscale_delay_s", "upscale_delay_s", "look_back_period_s")
+                    if getattr(self, name) is not None
+                },
             },
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
@@ -201,6 +207,10 @@ class ServingSettings(BaseModel):
     # Where job records and mp4s live: a local path or any pyarrow.fs URI (s3://, gs://, ...),
     # shared by all replicas. Default: <cache_dir>/outputs.
     output_uri: str | None = None
+    # The job store answers from memory and writes records behind: a new or ended job at once, a
+    # stage's progress after this long, so that a job's stages make few writes (a store restarted
+    # meanwhile misses at most that progress: the stages report again, or the watchdog acts).
+    record_write_delay_seconds: float = Field(0.25, ge=0)
     ray_temp_dir: str = "/tmp/t2v-ray"  # short: Ray's socket paths must stay under 107 bytes
     # Ray's dashboard process writes the Prometheus service-discovery file of the metrics
     # agents (<ray_temp_dir>/prom_metrics_service_discovery.json): no dashboard, no metrics.
@@ -278,6 +288,11 @@ class Settings(BaseSettings):
     step_cache: StepCacheSettings = StepCacheSettings()
     sim: SimSettings = SimSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
+    # disaggregated: each expert its own deployment, its replicas on GPUs of their own (requests
+    # pipeline across the two). co_located: one `Experts` deployment whose every replica holds both
+    # experts and runs a request's two phases in turn, placed and scaled as
+    # `deployments.HighNoiseExpert` says (a GPU too small for both swaps them: bench/fleet.py).
+    experts_placement: Literal["disaggregated", "co_located"] = "disaggregated"
 
     @model_validator(mode="after")
     def _ingress_can_drain(self) -> Settings:

@@ -67,6 +67,7 @@ class Scheduler:
     def __init__(self, scheduler_class: type, config: dict):
         self.scheduler_class = scheduler_class
         self.config = config
+        self._plans: dict[tuple[int, float | None], DenoisingPlan] = {}  # the ingress plans every job
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Scheduler:
@@ -85,7 +86,10 @@ class Scheduler:
         return DenoisingPlan(timesteps, boundary_step), self.capture(scheduler)
 
     def plan(self, num_steps: int, boundary_ratio: float | None) -> DenoisingPlan:
-        return self.start(num_steps, boundary_ratio)[0]
+        key = (num_steps, boundary_ratio)
+        if key not in self._plans:  # building a scheduler costs more than the rest of admitting a job
+            self._plans[key] = self.start(num_steps, boundary_ratio)[0]
+        return self._plans[key]
 
     def restore(self, state: SchedulerState):
         scheduler = self.scheduler_class.from_config(self.config)

@@ -43,16 +43,19 @@ def enable_step_cache(transformer, settings) -> bool:
 
 
 class Expert:
-    def __init__(self, checkpoint: Checkpoint, kind: ExpertKind, batching: bool | None = None):
+    def __init__(
+        self, checkpoint: Checkpoint, kind: ExpertKind, batching: bool | None = None, gpu: SimulatedGpu | None = None
+    ):
         """`batching`: share each step's forward with concurrent callers (a Serve replica's
-        requests); default from `settings.batching.enabled`."""
+        requests); default from `settings.batching.enabled`. `gpu`: on the simulated accelerator,
+        the GPU this expert shares with the other (co-located experts); default: its own."""
         self.kind = kind
         self.checkpoint = checkpoint
         self.simulated = checkpoint.simulated
         if self.simulated:
-            gpu = SimulatedGpu(checkpoint.settings.sim, kind.stage)
+            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage)
             gpu.load("expert")
-            self.transformer = SimulatedTransformer(gpu)
+            self.transformer = SimulatedTransformer(gpu, kind.stage)
         else:
             self.transformer = checkpoint.expert(kind)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)

@@ -1,5 +1,7 @@
-"""The `HighNoiseExpert` and `LowNoiseExpert` Serve deployments: one expert (expert.py) per
-replica, so per GPU, called once per phase with the job's embeddings and denoising state."""
+"""The experts' Serve deployments, called once per phase with the job's embeddings and denoising
+state. Disaggregated (the default): `HighNoiseExpert` and `LowNoiseExpert`, one expert
+(expert.py) per replica, so per GPU. Co-located (`experts_placement: co_located`): `Experts`,
+both experts in every replica, a request's two phases in turn on one GPU."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
-from contract.experts import ExpertKind
+from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
 from contract.messages import Cancelled
 from contract.request import GenerationRequest
 from contract.settings import Settings
@@ -15,15 +17,17 @@ from deployments.checkpoint import Checkpoint
 from deployments.denoising import DenoisingState
 from deployments.expert import Expert
 from deployments.reporting import JobReporter
+from deployments.simulated import SimulatedGpu
 from deployments.text_encoder import PromptEmbeddings
 from monitoring.metrics import metrics
 
 
-class ExpertDeployment:
-    kind: ExpertKind
+class ExpertPhase:
+    """One expert's phase as a replica serves it: the expert, the template cache, job reports."""
 
-    def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        self.expert = Expert(Checkpoint.from_settings(settings), self.kind)
+    def __init__(self, settings: Settings, jobs: DeploymentHandle, kind: ExpertKind, gpu: SimulatedGpu | None = None):
+        self.kind = kind
+        self.expert = Expert(Checkpoint.from_settings(settings), kind, gpu=gpu)
         # The high-noise phase of a template is shared through the node's cache.
         self.cache = LatentCache.from_settings(settings) if self.kind is ExpertKind.HIGH_NOISE else None
         self.jobs = jobs
@@ -59,14 +63,37 @@ class ExpertDeployment:
 
 
 @serve.deployment(name=ExpertKind.HIGH_NOISE.deployment)
-class HighNoiseExpert(ExpertDeployment):
+class HighNoiseExpert(ExpertPhase):
     """Checkpoint `transformer`: layout and motion, the steps with t >= boundary."""
 
-    kind = ExpertKind.HIGH_NOISE
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        super().__init__(settings, jobs, ExpertKind.HIGH_NOISE)
 
 
 @serve.deployment(name=ExpertKind.LOW_NOISE.deployment)
-class LowNoiseExpert(ExpertDeployment):
+class LowNoiseExpert(ExpertPhase):
     """Checkpoint `transformer_2`: detail, the steps below the boundary (and physics repairs)."""
 
-    kind = ExpertKind.LOW_NOISE
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        super().__init__(settings, jobs, ExpertKind.LOW_NOISE)
+
+
+@serve.deployment(name=CO_LOCATED_DEPLOYMENT)
+class CoLocatedExperts:
+    """Both experts in one replica (one GPU): the ingress calls `high_noise` and `low_noise` on it
+    as it calls `denoise` on the two disaggregated deployments. On the simulated accelerator the two
+    share one GPU, which swaps them where its memory cannot hold both."""
+
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        gpu = SimulatedGpu(settings.sim, "experts") if settings.device == "sim" else None
+        self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
+
+    def check_health(self) -> None:
+        for phase in self.phases.values():
+            phase.check_health()
+
+    def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
+
+    def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)

@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
 from contract.errors import RequestInvalid, error_summary
+from contract.experts import CO_LOCATED_DEPLOYMENT
 from contract.jobs import Job, JobCreate, JobError, valid_job_id, video_key
 from contract.messages import Video
 from contract.request import GenerationRequest
@@ -118,14 +119,19 @@ class Ingress:
         self.validator = RequestValidator(settings, checkpoint)
         self.store = OutputStore(settings.output_uri)
         scheduler = Scheduler.from_checkpoint(checkpoint)
+        if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
+            high_noise, low_noise = high_noise_expert.high_noise, high_noise_expert.low_noise
+        else:
+            high_noise = high_noise_expert.denoise
+            low_noise = low_noise_expert.denoise if low_noise_expert is not None else None
         # Each stage call answers a DeploymentResponse, which the runner hands to the next stage as it is.
         self.runner = JobRunner(
             Stages(
                 encode=text_encoder.encode.remote,
-                high_noise=lambda job_id, request, embeddings, base: high_noise_expert.denoise.remote(
+                high_noise=lambda job_id, request, embeddings, base: high_noise.remote(
                     job_id, request, embeddings, base=base
                 ),
-                low_noise=low_noise_expert.denoise.remote if low_noise_expert is not None else None,
+                low_noise=low_noise.remote if low_noise is not None else None,
                 decode=decoder.decode.remote,
             ),
             plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
@@ -254,8 +260,7 @@ class Ingress:
         if cached is not None:
             try:
                 self.store.write(video_key(job.id), cached.mp4)
-                await self.jobs.scored.remote(job.id, cached.physics)
-                job = await self.jobs.complete.remote(job.id)
+                job = await self.jobs.complete.remote(job.id, cached.physics)
             except BaseException as error:  # never leave the job queued with nothing to run it
                 await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
                 raise
@@ -276,8 +281,7 @@ class Ingress:
 
     async def _record(self, job_id: str, outcome: Outcome) -> Job:
         if outcome.status == "completed":
-            await self.jobs.scored.remote(job_id, outcome.physics)
-            return await self.jobs.complete.remote(job_id)
+            return await self.jobs.complete.remote(job_id, outcome.physics)
         if outcome.status == "failed":
             return await self.jobs.fail.remote(job_id, outcome.error)
         return await self.jobs.get.remote(job_id)  # cancelled (or ended otherwise): the record says so

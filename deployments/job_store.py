@@ -28,14 +28,23 @@ logger = logging.getLogger(__name__)
 
 
 class JobStore:
-    def __init__(self, store: OutputStore, stage_timeout: float | None = None, runner_lost: float | None = None):
-        self.store = store
+    def __init__(
+        self,
+        store: OutputStore,
+        stage_timeout: float | None = None,
+        runner_lost: float | None = None,
+        write_delay: float = 0.0,
+    ):
+        """`write_delay`: how long a changed record waits before it is written (changes to it in
+        the meantime join that write)."""
+        self.store, self.write_delay = store, write_delay
         self.stage_timeout, self.runner_lost = stage_timeout, runner_lost
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)  # the writer's wake-up, and flush()'s
         self._dirty: set[str] = set()  # ids whose record changed since it was last written
         self._deleted: set[str] = set()  # ids whose record and video are to be deleted
         self._writing = False
+        self._urgent = False
         self._jobs: dict[str, Job] = {}
         # queued or in progress, in order of creation: what the watchdog and the gauges look at
         self._active: dict[str, None] = {}
@@ -146,7 +155,7 @@ class JobStore:
                 return Admission(refused=f"{new.max_active} jobs are already queued or in progress")
             self._jobs[job.id] = job
             self._active[job.id] = None
-            self._save(job)
+            self._save(job, urgent=True)
             self._publish()
         return Admission(job=job)
 
@@ -231,7 +240,7 @@ class JobStore:
             if job is not None and job.active:
                 job.status = "cancelled"
                 job.completed_at = int(time.time())
-                self._save(job)
+                self._save(job, urgent=True)
                 self._finished(job)
             return job
 
@@ -274,7 +283,7 @@ class JobStore:
             if status == "completed":
                 job.progress, job.steps_done = 100, job.steps_total
             job.timings["total"] = time.time() - job.created
-            self._save(job)
+            self._save(job, urgent=True)
             self._finished(job)
             return job
 
@@ -299,9 +308,12 @@ class JobStore:
 
     # -- the records' copies in the output store ---------------------------------------
 
-    def _save(self, job: Job) -> None:
-        """Mark `job`'s record for the writer (call with the lock held)."""
+    def _save(self, job: Job, urgent: bool = False) -> None:
+        """Mark `job`'s record for the writer (call with the lock held). `urgent`: a new job or an
+        ended one, written at once (a restart must never lose a job or its end); a stage's
+        progress may wait `write_delay` for the next."""
         self._dirty.add(job.id)
+        self._urgent |= urgent
         self._written.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -313,6 +325,10 @@ class JobStore:
         while True:
             with self._lock:
                 self._written.wait_for(lambda: self._dirty or self._deleted)
+                urgent, self._urgent = self._urgent, False
+            if not urgent:
+                time.sleep(self.write_delay)
+            with self._lock:
                 records = {i: self._record(self._jobs[i]) for i in self._dirty if i in self._jobs}
                 deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), True
             failed = self._write(records, deleted)

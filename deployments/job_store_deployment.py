@@ -22,7 +22,12 @@ class JobStoreDeployment(JobStore):
 
     def __init__(self, settings: Settings):
         serving = settings.serving
-        super().__init__(OutputStore(settings.output_uri), serving.stage_timeout_seconds, serving.runner_lost_seconds)
+        super().__init__(
+            OutputStore(settings.output_uri),
+            serving.stage_timeout_seconds,
+            serving.runner_lost_seconds,
+            serving.record_write_delay_seconds,
+        )
         threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
 
     def __del__(self):

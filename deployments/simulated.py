@@ -45,22 +45,38 @@ def standing_for(size: tuple[int, int, int] | None) -> Iterator[None]:
 
 
 class SimulatedGpu:
-    """One replica's simulated GPU: waits the cost model's seconds, scaled, and counts them."""
+    """One replica's simulated GPU: waits the cost model's seconds, scaled, and counts them.
+
+    A GPU that holds both experts (co-located placement) swaps them in turn where its memory
+    cannot hold the two at once (`CostModel.needs_swap`): each forward of the expert that is not
+    resident first pays `swap_seconds`."""
 
     def __init__(self, sim: SimSettings, stage: str):
         self.cost = CostModel.from_settings(sim)
         self.time_scale = sim.time_scale
         self.stage = stage
         self.seconds = 0.0  # simulated seconds this replica has charged
+        self.swaps = 0
+        self.resident: str | None = None  # the expert whose weights are on the GPU
+        self._holds_both = not self.cost.needs_swap()
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # a GPU computes one thing at a time: concurrent calls queue
 
-    def charge(self, seconds: float) -> None:
+    def charge(self, seconds: float, stage: str | None = None, expert: str | None = None) -> None:
+        """Compute for `seconds` (on `expert`'s weights, swapping them in first if they are not there)."""
         with self._busy:
-            time.sleep(seconds * self.time_scale)
+            swap = 0.0
+            if expert is not None and expert != self.resident:
+                if self.resident is not None and not self._holds_both:
+                    swap = self.cost.swap_seconds()
+                self.resident = expert
+            time.sleep((seconds + swap) * self.time_scale)
         with self._lock:
-            self.seconds += seconds
-        metrics.inc("simulated_seconds", seconds, stage=self.stage, gpu=self.cost.gpu.name)
+            self.seconds += seconds + swap
+            self.swaps += swap > 0
+        metrics.inc("simulated_seconds", seconds, stage=stage or self.stage, gpu=self.cost.gpu.name)
+        if swap:
+            metrics.inc("simulated_seconds", swap, stage="swap", gpu=self.cost.gpu.name)
 
     def load(self, component: str) -> None:
         """A new replica copies its weights onto its GPU before it serves."""
@@ -70,8 +86,8 @@ class SimulatedGpu:
 class SimulatedTransformer:
     """Stands in for an expert's `WanTransformer3DModel`: the same call, the cost model's time, zeros out."""
 
-    def __init__(self, gpu: SimulatedGpu):
-        self.gpu = gpu
+    def __init__(self, gpu: SimulatedGpu, expert: str):
+        self.gpu, self.expert = gpu, expert
 
     def __call__(self, hidden_states: torch.Tensor, timestep, encoder_hidden_states, return_dict: bool = True):
         size = getattr(_current, "size", None)
@@ -79,7 +95,8 @@ class SimulatedTransformer:
             raise RuntimeError("a simulated forward outside standing_for(): the size of its video is unknown")
         frames, height, width = size
         # cond and uncond halves stacked into one forward are samples of one batch, as on a GPU
-        self.gpu.charge(self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0]))
+        seconds = self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0])
+        self.gpu.charge(seconds, stage=self.expert, expert=self.expert)
         out = torch.zeros_like(hidden_states)
         return (out,) if not return_dict else {"sample": out}
 

@@ -50,7 +50,9 @@ class TextEncoder:
         """As diffusers' `WanPipeline._get_t5_prompt_embeds`, one text per forward as it does."""
         inputs = self.tokenizer(
             [prompt_clean(text)],
-            padding="max_length",
+            # Simulated: the prompt's own tokens only (the padding's states are zeroed below anyway),
+            # so the stand-in work on this host stays far below the control plane's.
+            padding="max_length" if self.gpu is None else "longest",
             max_length=self.max_sequence_length,
             truncation=True,
             add_special_tokens=True,
@@ -61,6 +63,9 @@ class TextEncoder:
         hidden = self.model(inputs.input_ids.to(self.device), mask).last_hidden_state
         if self.gpu is not None:
             self.gpu.charge(self.gpu.cost.encode_seconds(guidance=False))
+            pad = self.max_sequence_length - hidden.shape[1]  # (1, tokens, dim) -> (1, max length, dim)
+            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad))
         # Padding positions still carry encoder output; Wan was trained with them zeroed.
         return (hidden * mask.unsqueeze(-1)).to(self.dtype).cpu()
 

@@ -35,3 +35,19 @@ def test_benchmark_runs_as_a_script() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "--repeats" in run.stdout
+
+
+def test_the_gpu_check_runs_its_stages_here_on_the_cpu() -> None:
+    """bench/gpu_check.py is for a CUDA machine; its smoke run on the CPU times every stage in
+    both engines, so it is ready when a GPU is at hand."""
+    import json
+
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--dtype", "float32", "--quick"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["project"] == "ran" and [r["engine"] for r in result["rows"]] == ["diffusers", "project"]
+    diffusers, project = result["rows"]
+    for stage in ("encode", "high_noise", "low_noise", "decode"):
+        assert diffusers["stages_s"][stage] > 0 and project["stages_s"][stage] > 0, stage
+    assert diffusers["calls"]["high_noise"] + diffusers["calls"]["low_noise"] == 2 * diffusers["steps"]  # CFG

@@ -1,5 +1,6 @@
 """The simulated fleet (bench/fleet.py) end to end on a small fleet: a multi-node Ray cluster with
-logical GPUs, the real app in `device: sim`, requests over HTTP. Run as a subprocess: this test
+logical GPUs, the real app in `device: sim`, requests over HTTP, job records and videos on an
+S3-compatible object store (the `s3_uri` fixture's server). Run as a subprocess: this test
 session's own Ray is started in-process elsewhere, and one process drives one Ray cluster."""
 
 from __future__ import annotations
@@ -13,21 +14,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated():
+def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s3_uri, tmp_path):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    command = [sys.executable, "-m", "bench.fleet", "--gpus", "2", "--videos-per-gpu", "12", "--size", "256x256"]
-    command += ["--batching-concurrency", "4", "--control-plane-jobs", "40"]
+    # 4 logical GPUs on 2 worker nodes (and a GPU-less head)
+    command = [sys.executable, "-m", "bench.fleet", "--gpus", "4", "--gpus-per-node", "2", "--videos-per-gpu", "6"]
+    command += ["--size", "256x256"]
+    command += ["--batching-concurrency", "4", "--control-plane-jobs", "40", "--output-uri", s3_uri("fleet")]
+    command += ["--placement-gpus", "2", "--placement-types", "l40s"]
+    plot = tmp_path / "ramp.png"
+    command += ["--ramp-gpus", "4", "--ramp-peak", "4", "--ramp-seconds", "10", "30", "30", "--plot", str(plot)]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "SIMULATED GPUs" in run.stdout
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["simulated"] is True and result["met"]["no_failures"], result
     (fleet,) = result["fleets"]
-    assert fleet["split"] == [1, 1] and fleet["steps"] == [26, 14]  # Wan2.2's schedule, one GPU per expert
+    assert fleet["nodes"] == 2 and fleet["steps"] == [26, 14]  # Wan2.2's schedule
+    assert fleet["split"] == [2, 2]  # as `t2v plan --gpus 4` splits them
     # simulated GPUs compute one thing at a time: the fleet cannot beat the split's bound
     assert fleet["videos_per_hour"] <= 1.05 * fleet["split_bound_per_hour"]
+    # every request's record and video went to the object store (4 alone + 4 x 6 at saturation)
+    assert fleet["stored"]["records"] == fleet["stored"]["videos"] == 4 + 24, fleet["stored"]
     assert 0 < result["template"]["ratio"] < 1  # variants of a template share the high-noise phase
     runs = {(b["size"], b["batching"]) for b in result["batching"]}
     assert runs == {(size, on) for size in ("832x480", "256x256") for on in (False, True)}
@@ -35,3 +44,19 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated()
     capacity = result["control_plane"]
     assert capacity["failed"] == 0 and capacity["jobs_per_second"] > 0
     assert {"Ingress", "JobStore", "Decoder"} <= set(capacity["cpu_seconds_per_job"])  # CPU by process
+
+    # disaggregated against co-located on L40S-48GB, which cannot hold both experts: the GPUs
+    # running both swap them, so a lone video takes longer than on GPUs of their own
+    placements = {f["placement"]: f for f in result["placements"]}
+    assert set(placements) == {"disaggregated", "co_located"} and placements["co_located"]["split"] is None
+    assert all(
+        f["gpu"] == "l40s" and f["failed"] == 0 and f["videos_per_hour_per_gpu"] > 0 for f in result["placements"]
+    )
+    assert placements["co_located"]["pure_compute_s"] > placements["disaggregated"]["pure_compute_s"]  # the swaps
+    # the autoscaling ramp: experts scale up from one replica under the load step, back after it,
+    # and no request fails on the way
+    ramp = result["autoscaling"]
+    assert ramp["failed"] == 0 and ramp["requests"] > 0, ramp
+    assert ramp["peak_replicas"][0] > 1 and ramp["added_capacity_s"] is not None, ramp
+    assert ramp["scaled_back_s"] is not None and result["met"]["scales_back"], ramp
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

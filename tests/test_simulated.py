@@ -186,3 +186,22 @@ def test_a_simulated_gpu_computes_one_thing_at_a_time():
         list(pool.map(gpu.charge, [0.2, 0.2]))
     assert time.monotonic() - start >= 0.4  # queued, not side by side (a lower bound: never flaky)
     assert gpu.seconds == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("gpu", "swaps"), [("h100", 0), ("l40s", 3)])
+def test_co_located_experts_swap_only_where_the_gpu_cannot_hold_both(gpu, swaps):
+    """One GPU running both experts (co-located placement): an H100-80GB holds the two, an
+    L40S-48GB brings in the other expert's weights at every change of phase."""
+    from deployments.cost_model import CostModel
+    from deployments.simulated import SimulatedGpu
+
+    sim = SimSettings(gpu=gpu, time_scale=1e-9)
+    shared = SimulatedGpu(sim, "experts")
+    for expert in ("high_noise", "high_noise", "low_noise", "low_noise", "high_noise", "low_noise"):
+        shared.charge(10.0, stage=expert, expert=expert)
+    assert shared.swaps == swaps
+    assert shared.seconds == pytest.approx(60.0 + swaps * CostModel(gpu).swap_seconds())
+    alone = SimulatedGpu(sim, "low_noise")  # an expert on a GPU of its own never swaps
+    for _ in range(3):
+        alone.charge(10.0, stage="low_noise", expert="low_noise")
+    assert alone.swaps == 0

@@ -1,0 +1,191 @@
+"""A check on a real GPU: the stages' times on CUDA in bf16, in under 5 minutes.
+
+    python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16]
+
+Needs only torch, diffusers and transformers: it loads a diffusers-format Wan2.2 checkpoint
+(default: the embedded default model shipped in deployments/weights/) with diffusers'
+`WanPipeline` and times each stage of a generation - the UMT5 text encoder, the high-noise and
+the low-noise expert (`transformer`, `transformer_2`: every forward, per step), the VAE decode -
+with the device synchronised around each, at a few sizes. Where the project's own dependencies
+are installed too, it then runs the project's in-process pipeline (`cluster.pipeline.Pipeline`,
+the stage classes the Serve deployments wrap) on the same device and prints its per-stage
+timings beside diffusers'. Nothing here is simulated: these are the device's own seconds.
+
+Prints a table, then one JSON line. `--device cpu --dtype float32` runs it here (a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED = ROOT / "deployments" / "weights" / "t2v-world-wan2.2-a14b"
+SIZES = [(64, 64, 17, 10), (128, 128, 33, 20), (256, 256, 33, 20)]  # width, height, frames, steps
+PROMPT = "a red ball bouncing on a wooden floor"
+
+
+class StageClock:
+    """Seconds per stage: each timed call waits for the device before and after."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def wrap(self, obj, method: str, stage: str) -> None:
+        original = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            out = original(*args, **kwargs)
+            self.sync()
+            self.seconds[stage] += time.perf_counter() - start
+            self.calls[stage] += 1
+            return out
+
+        setattr(obj, method, timed)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def diffusers_run(model: Path, device: torch.device, dtype: torch.dtype, sizes) -> list[dict]:
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    start = time.perf_counter()
+    vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32)  # as Wan2.2 decodes
+    pipe = WanPipeline.from_pretrained(model, vae=vae, torch_dtype=dtype).to(device)
+    load = time.perf_counter() - start
+    pipe.set_progress_bar_config(disable=True)
+    clock = StageClock(device)
+    clock.wrap(pipe, "encode_prompt", "encode")
+    clock.wrap(pipe.transformer, "forward", "high_noise")
+    if pipe.transformer_2 is not None:
+        clock.wrap(pipe.transformer_2, "forward", "low_noise")
+    clock.wrap(pipe.vae, "decode", "decode")
+    rows = []
+    for width, height, frames, steps in sizes:
+        for _warm in (True, False):  # the first call at a size compiles kernels and fills caches
+            clock.reset()
+            clock.sync()
+            start = time.perf_counter()
+            pipe(
+                PROMPT,
+                height=height,
+                width=width,
+                num_frames=frames,
+                num_inference_steps=steps,
+                generator=torch.Generator(device).manual_seed(0),
+                output_type="np",
+            )
+            clock.sync()
+            total = time.perf_counter() - start
+        rows.append(
+            {
+                "engine": "diffusers",
+                "size": f"{width}x{height}",
+                "frames": frames,
+                "steps": steps,
+                "total_s": total,
+                "stages_s": dict(clock.seconds),
+                "calls": dict(clock.calls),  # forwards per expert (one per guidance branch)
+                "load_s": load,
+            }
+        )
+    return rows
+
+
+def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str:
+    """The project's in-process pipeline on the same device; a reason instead when it cannot run."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from cluster.pipeline import Pipeline
+        from contract.settings import Limits, Settings
+    except ImportError as error:
+        return f"skipped: the project's dependencies are not installed ({error.name})"
+    biggest = max(max(w, h) for w, h, _, _ in sizes)
+    limits = Limits(max_height=biggest, max_width=biggest, max_frames=max(f for *_, f, _ in sizes))
+    settings = Settings(model=model, device=device, dtype=dtype, limits=limits)
+    settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"enabled": False})})
+    pipeline = Pipeline.from_settings(settings)
+    rows = []
+    for width, height, frames, steps in sizes:
+        for _warm in (True, False):
+            request = pipeline.validator.request(
+                prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps, seed=0
+            )
+            start = time.perf_counter()
+            result = pipeline(request)
+            total = time.perf_counter() - start
+        rows.append(
+            {
+                "engine": "project",
+                "size": f"{width}x{height}",
+                "frames": frames,
+                "steps": steps,
+                "total_s": total,
+                "stages_s": dict(result.timings),
+                "calls": dict(result.steps),  # denoising steps per expert
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=EMBEDDED, help="diffusers-format Wan2.x checkpoint directory")
+    parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--quick", action="store_true", help="the smallest size only")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here: run it where one is, or pass --device cpu --dtype float32 for a smoke run")
+    sizes = SIZES[:1] if args.quick else SIZES
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = diffusers_run(args.model, device, getattr(torch, args.dtype), sizes)
+    project = project_run(args.model, args.device, args.dtype, sizes)
+    if isinstance(project, list):
+        rows += project
+
+    print(f"== Stage times on {name}, {args.dtype}, {args.model.name} (seconds, second run at each size)")
+    print(
+        f"{'engine':>9} {'size':>9} {'frames':>6} {'steps':>5} {'encode':>8} {'high':>8} {'low':>8} {'decode':>8} {'total':>8}"
+    )
+    for r in rows:
+        s = r["stages_s"]
+        print(
+            f"{r['engine']:>9} {r['size']:>9} {r['frames']:>6} {r['steps']:>5} {s.get('encode', 0):>8.3f} "
+            f"{s.get('high_noise', 0):>8.3f} {s.get('low_noise', 0):>8.3f} {s.get('decode', 0):>8.3f} "
+            f"{r['total_s']:>8.3f}"
+        )
+    if isinstance(project, str):
+        print(f"project pipeline: {project}")
+    result = {
+        "benchmark": "gpu_check",
+        "device": name,
+        "dtype": args.dtype,
+        "model": args.model.name,
+        "torch": torch.__version__,
+        "rows": rows,
+        "project": project if isinstance(project, str) else "ran",
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
