@@ -8,6 +8,8 @@ import time
 
 from ray import serve
 
+from contract.jobs import Admission, Job, JobCreate
+from contract.messages import PhysicsResult, StageReport
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.job_store import JobStore
@@ -17,7 +19,7 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(name="JobStore")
 class JobStoreDeployment(JobStore):
-    """Exactly one replica: it holds the records in memory (and writes them through to the
+    """Exactly one replica: it holds the records in memory (and writes them behind to the
     output store, from which a restarted replica reloads them)."""
 
     def __init__(self, settings: Settings):
@@ -29,6 +31,26 @@ class JobStoreDeployment(JobStore):
             serving.record_write_delay_seconds,
         )
         threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
+
+    # The calls every job makes, answered on the replica's event loop: they only touch memory,
+    # and a sync method would cost each call a hop to Serve's thread pool and back.
+    async def create(self, new: JobCreate) -> Admission:
+        return JobStore.create(self, new)
+
+    async def stage_started(self, job_id: str, stage: str) -> bool:
+        return JobStore.stage_started(self, job_id, stage)
+
+    async def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
+        return JobStore.step_done(self, job_id, expert, steps)
+
+    async def stage_done(self, report: StageReport) -> None:
+        JobStore.stage_done(self, report)
+
+    async def complete(self, job_id: str, physics: PhysicsResult | None = None) -> Job | None:
+        return JobStore.complete(self, job_id, physics)
+
+    async def heartbeat(self, runner: str) -> None:
+        JobStore.heartbeat(self, runner)
 
     def __del__(self):
         """Serve stops the replica (redeploy, shutdown): what is still to be written goes first."""

@@ -49,7 +49,7 @@ def probe(replica_actor) -> dict:
         "torch_cuda_available": torch.cuda.is_available(),
         "replica": serve.get_replica_context().replica_id.unique_id,
     }
-    try:  # the user object behind the replica: ExpertDeployment -> Expert (Ray Serve internals)
+    try:  # the user object behind the replica: ExpertPhase -> Expert (Ray Serve internals)
         expert = replica_actor._replica_impl._user_callable_wrapper._callable.expert
         facts["expert"] = expert.kind.stage
         facts["torch_device"] = str(next(expert.transformer.parameters()).device)

@@ -127,10 +127,10 @@ def test_a_request_that_left_can_leave_again(wan22_dir):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the deaths it causes
 def test_a_dead_batcher_fails_the_replicas_health_check(wan22_dir, parts):
-    from deployments.expert_deployment import ExpertDeployment
+    from deployments.expert_deployment import ExpertPhase
 
     expert = batching_expert(wan22_dir, max_wait_ms=0)
-    deployment = object.__new__(ExpertDeployment)  # the Serve replica's object, without Serve
+    deployment = object.__new__(ExpertPhase)  # the Serve replica's object, without Serve
     deployment.expert, deployment.kind = expert, ExpertKind.HIGH_NOISE
     deployment.check_health()  # healthy
 

@@ -44,6 +44,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     capacity = result["control_plane"]
     assert capacity["failed"] == 0 and capacity["jobs_per_second"] > 0
     assert {"Ingress", "JobStore", "Decoder"} <= set(capacity["cpu_seconds_per_job"])  # CPU by process
+    assert capacity["control_plane_only_jobs_per_second"] > capacity["ceiling_jobs_per_second"]
 
     # disaggregated against co-located on L40S-48GB, which cannot hold both experts: the GPUs
     # running both swap them, so a lone video takes longer than on GPUs of their own
