@@ -34,16 +34,18 @@ class JobStore:
         stage_timeout: float | None = None,
         runner_lost: float | None = None,
         write_delay: float = 0.0,
+        durable_timeout: float = 30.0,
     ):
         """`write_delay`: how long a changed record waits before it is written (changes to it in
-        the meantime join that write)."""
-        self.store, self.write_delay = store, write_delay
+        the meantime join that write); `durable_timeout`: the longest a new or ended job's call
+        waits for its record to be written."""
+        self.store, self.write_delay, self.durable_timeout = store, write_delay, durable_timeout
         self.stage_timeout, self.runner_lost = stage_timeout, runner_lost
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)  # the writer's wake-up, and flush()'s
         self._dirty: set[str] = set()  # ids whose record changed since it was last written
         self._deleted: set[str] = set()  # ids whose record and video are to be deleted
-        self._writing = False
+        self._writing: set[str] = set()  # ids of the records being written now
         self._urgent = False
         self._jobs: dict[str, Job] = {}
         # queued or in progress, in order of creation: what the watchdog and the gauges look at
@@ -157,6 +159,7 @@ class JobStore:
             self._active[job.id] = None
             self._save(job, urgent=True)
             self._publish()
+        self._durable(job.id)
         return Admission(job=job)
 
     def stage_started(self, job_id: str, stage: str) -> bool:
@@ -242,7 +245,9 @@ class JobStore:
                 job.completed_at = int(time.time())
                 self._save(job, urgent=True)
                 self._finished(job)
-            return job
+        if job is not None:
+            self._durable(job_id)
+        return job
 
     def delete(self, job_id: str) -> bool:
         """Delete a finished job and its video. Active jobs must be cancelled first."""
@@ -285,7 +290,8 @@ class JobStore:
             job.timings["total"] = time.time() - job.created
             self._save(job, urgent=True)
             self._finished(job)
-            return job
+        self._durable(job_id)
+        return job
 
     def _finished(self, job: Job) -> None:
         self._active.pop(job.id, None)
@@ -321,6 +327,17 @@ class JobStore:
         with self._lock:
             return self._written.wait_for(lambda: not (self._dirty or self._deleted or self._writing), timeout)
 
+    def _durable(self, job_id: str) -> None:
+        """Wait (call without the lock) until `job_id`'s record as it is now is in the output store:
+        a job accepted or ended is never lost by a restart. Bounded, so a store that is down slows
+        this call only; its record is written when the store is back."""
+        with self._lock:
+            written = self._written.wait_for(
+                lambda: job_id not in self._dirty and job_id not in self._writing, self.durable_timeout
+            )
+        if not written:
+            logger.warning("job store: record %s not yet written after %g s", job_id, self.durable_timeout)
+
     def _write_behind(self) -> None:
         while True:
             with self._lock:
@@ -330,10 +347,10 @@ class JobStore:
                 time.sleep(self.write_delay)
             with self._lock:
                 records = {i: self._record(self._jobs[i]) for i in self._dirty if i in self._jobs}
-                deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), True
+                deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), set(records)
             failed = self._write(records, deleted)
             with self._lock:
-                self._writing = False
+                self._writing = set()
                 self._dirty |= failed.intersection(self._jobs)
                 self._deleted |= failed - set(records)
                 self._written.notify_all()

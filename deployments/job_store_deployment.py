@@ -8,8 +8,7 @@ import time
 
 from ray import serve
 
-from contract.jobs import Admission, Job, JobCreate
-from contract.messages import PhysicsResult, StageReport
+from contract.messages import StageReport
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.job_store import JobStore
@@ -32,11 +31,9 @@ class JobStoreDeployment(JobStore):
         )
         threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
 
-    # The calls every job makes, answered on the replica's event loop: they only touch memory,
-    # and a sync method would cost each call a hop to Serve's thread pool and back.
-    async def create(self, new: JobCreate) -> Admission:
-        return JobStore.create(self, new)
-
+    # A stage's reports, answered on the replica's event loop: they only touch memory, and a sync
+    # method would cost each call a hop to Serve's thread pool and back. (A new or ended job's call
+    # waits for its record to be written: those stay on the thread pool.)
     async def stage_started(self, job_id: str, stage: str) -> bool:
         return JobStore.stage_started(self, job_id, stage)
 
@@ -45,9 +42,6 @@ class JobStoreDeployment(JobStore):
 
     async def stage_done(self, report: StageReport) -> None:
         JobStore.stage_done(self, report)
-
-    async def complete(self, job_id: str, physics: PhysicsResult | None = None) -> Job | None:
-        return JobStore.complete(self, job_id, physics)
 
     async def heartbeat(self, runner: str) -> None:
         JobStore.heartbeat(self, runner)

@@ -49,9 +49,20 @@ class HeldStore(OutputStore):
         super().write(key, data)
 
 
+def test_a_job_is_on_the_store_when_its_creation_returns(tmp_path, settings):
+    """Accepted means durable: a restart right after the 202 still knows the job; so does its end."""
+    output = OutputStore(str(tmp_path))
+    store = JobStore(output, write_delay=10)  # progress waits long; a new or ended job does not
+    request = GenerationRequest.build(settings, prompt="a cat", seed=1)
+    job = store.create(JobCreate(request=request, model_id="m", steps_total=4)).job
+    assert JobStore(output).get(job.id).status == "queued"
+    store.complete(job.id)
+    assert JobStore(output).get(job.id).status == "completed"
+
+
 def test_the_job_store_answers_while_the_object_store_is_stalled(tmp_path, settings):
     output = HeldStore(str(tmp_path))
-    store = JobStore(output)
+    store = JobStore(output, durable_timeout=0.1)  # a new or ended job's call waits this long at most
     request = GenerationRequest.build(settings, prompt="a cat", seed=1)
     jobs = [store.create(JobCreate(request=request, model_id="m", steps_total=4)).job for _ in range(3)]
     # Every call returns while no write gets through: the records' copies wait, the answers do not.
@@ -79,7 +90,7 @@ def test_the_job_store_keeps_a_record_its_store_refused_and_writes_it_later(tmp_
     output = HeldStore(str(tmp_path))
     output.failing = True
     output.release.set()
-    store = JobStore(output)
+    store = JobStore(output, durable_timeout=0.1)
     request = GenerationRequest.build(settings, prompt="a cat", seed=1)
     job = store.create(JobCreate(request=request, model_id="m", steps_total=4)).job
     assert not store.flush(timeout=0.5)  # refused, kept, retried
