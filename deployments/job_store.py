@@ -1,9 +1,9 @@
-"""The job store: every job record of the cluster, in memory, written through to the output store.
+"""The job store: every job record of the cluster, in memory, copied to the output store.
 
-Each change of a record goes to the `OutputStore` too, so a restarted store (or ingress)
-loses nothing: written behind, by a thread of its own, so an object store's latency delays the
-records' copies and never the store's answers (changes to one record made while it is being
-written coalesce into one write of the latest). Stages report their start, progress and end here, and learn here that a
+A thread of its own writes each changed record to the `OutputStore`, so a restarted store (or
+ingress) reloads them: a stage's progress never waits for the object store (changes to one
+record coalesce into one write), and only the call that accepts or ends a job waits, bounded,
+for that job's record. Stages report their start, progress and end here, and learn here that a
 job was cancelled: the answers say so (`False`), nothing is raised across the cluster.
 Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
 `JobStoreDeployment` in job_store_deployment.py.
