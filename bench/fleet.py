@@ -1,10 +1,10 @@
 """A simulated GPU fleet on this machine: the real cluster at 8 and 32 GPUs. SIMULATED GPUs.
 
-    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--videos-per-gpu 10] [--output-uri s3://...]
+    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--rate 2.5] [--window 32] [--output-uri s3://...]
 
-Each fleet is a local multi-node Ray cluster (`ray.cluster_utils.Cluster`: a GPU-less head for
-the ingress, job store, text encoder and decoder, and workers with 8 logical GPUs each) running
-the real Serve app with `device: sim`: every stage's real code path - HTTP, ingress, job store,
+The fleets run one after another on one local multi-node Ray cluster (`ray.cluster_utils.Cluster`:
+a GPU-less head for the ingress, job store, text encoder and decoder, and workers with 8 logical
+GPUs each), each the real Serve app with `device: sim`: every stage's real code path - HTTP, ingress, job store,
 handles, hand-offs, caches, metrics, placement on `num_gpus` - with the model compute replaced by
 the cost model's seconds (deployments/simulated.py, docs/scaling.md). Experts hold one logical
 GPU per replica, split between the two as `t2v plan --gpus N` says. Every figure is in simulated
@@ -13,8 +13,9 @@ machine's control plane keeps up) and is labelled SIMULATED.
 
 Measured, side by side in one run:
 - saturation throughput over ideal: `2 x GPUs` requests in flight over HTTP (`POST
-  /v1/videos/sync`), the completion rate between the first and the last wave, against
-  ideal = GPUs / (expert GPU-seconds per video). Goal >= 0.95;
+  /v1/videos/sync`), the completion rate (a least-squares slope) over `--window` completions
+  between the first wave and the drain, against ideal = GPUs / (expert GPU-seconds per
+  video). Goal >= 0.95;
 - latency at low load over pure compute: one request at a time, p50 against the cost model's
   seconds for the video (encode + every step + decode); the time outside the simulated GPUs
   (HTTP, ingress, hand-offs, job store, mp4, scorer) is this machine's wall time, unscaled, as it
@@ -59,7 +60,8 @@ from contract.storage import OutputStore, child_uri
 from deployments.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
 
 GPUS_PER_NODE = 8
-WALL_VIDEOS_PER_SECOND = 0.6  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
+WALL_VIDEOS_PER_SECOND = 2.5  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
+WINDOW = 64  # completions a saturation rate is read over
 GOALS = {"saturation": 0.95, "low_load": 1.02, "template": 0.45, "control_plane": 20}
 LABEL = "SIMULATED GPUs: cost-model seconds (docs/scaling.md), the real control plane"
 # 20 variants of one template, as an ad studio makes them (products x surfaces)
@@ -104,24 +106,76 @@ def fixed(split: ExpertSplit) -> dict[str, tuple[int, int]]:
     }
 
 
+APP = "t2v-fleet"
+
+
+class Nodes:
+    """A local multi-node Ray cluster: a GPU-less head (the ingress, job store, text encoder and
+    decoder) and worker nodes of `gpus_per_node` logical GPUs, Serve's proxy on the head. The
+    benchmark's fleets are deployed on it one after another (`Fleet`): one start-up and teardown
+    for the run, as on a real cluster that is redeployed."""
+
+    def __init__(self, gpus: int, work: Path, gpus_per_node: int = GPUS_PER_NODE):
+        self.gpus, self.work, self.gpus_per_node = gpus, work, gpus_per_node
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cluster = None
+
+    def __enter__(self) -> Nodes:
+        import ray
+        from ray import serve
+        from ray.cluster_utils import Cluster
+
+        started = time.monotonic()
+        ray_environment()
+        # Ray notes the cluster's address under its temp dir: this run's own, not a shared /tmp/ray
+        (self.work / "ray").mkdir(parents=True, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = str(self.work)
+        # Serve's handles report queue lengths every 10 s by default, for autoscaled deployments
+        # only: the ramp's videos take seconds here (the nodes' processes inherit it)
+        os.environ["RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+        node = {"object_store_memory": 200 * 1024**2, "dashboard_agent_listen_port": None}
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 4, "num_gpus": 0, "temp_dir": str(self.work / "ray"), **node},
+        )
+        for _ in range(-(-self.gpus // self.gpus_per_node)):
+            self.cluster.add_node(num_cpus=2 * self.gpus_per_node, num_gpus=self.gpus_per_node, **node)
+        self.cluster.wait_for_nodes()
+        ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.port})
+        nodes = -(-self.gpus // self.gpus_per_node)
+        log(f"a head and {nodes} nodes of {self.gpus_per_node} logical GPUs up in {time.monotonic() - started:.0f} s")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+        from ray import serve
+
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.shutdown()
+
+
 class Fleet:
-    """A local multi-node Ray cluster with `gpus` logical GPUs on worker nodes, the app deployed on it."""
+    """The app deployed on `nodes`, experts placed on their logical GPUs; deleted on exit."""
 
     def __init__(
         self,
+        nodes: Nodes,
         settings: Settings,
-        gpus: int,
         experts: dict[str, tuple[int, int]],
-        work: Path,
         output_uri: str | None = None,
         autoscaling: dict | None = None,
-        env: dict[str, str] | None = None,
-        gpus_per_node: int = GPUS_PER_NODE,
     ):
         """`experts`: (min, max) replicas of each expert deployment, one logical GPU each (under
         co-located placement, `HighNoiseExpert`'s are the `Experts` deployment's); `autoscaling`:
-        their `DeploymentSettings` beyond that; `env`: for every Ray process of the fleet."""
-        self.gpus, self.work, self.env, self.gpus_per_node = gpus, work, env or {}, gpus_per_node
+        their `DeploymentSettings` beyond that."""
+        self.nodes, self.url = nodes, nodes.url
         deployments = {name: d.model_copy() for name, d in settings.deployments.items()}
         for name, (least, most) in experts.items():
             deployments[name] = deployments[name].model_copy(
@@ -148,39 +202,20 @@ class Fleet:
             )
         serving = settings.serving.model_copy(
             # every request the benchmark sends is admitted: 503s would measure the limit, not the fleet
-            update={"port": free_port(), "max_active_jobs": 1024, "ray_temp_dir": str(work / "ray")}
+            update={"port": nodes.port, "max_active_jobs": 1024, "ray_temp_dir": str(nodes.work / "ray")}
         )
         if output_uri is not None:  # job records and videos on an object store, as a real cluster keeps them
             serving = serving.model_copy(update={"output_uri": output_uri})
         self.settings = settings.model_copy(update={"deployments": deployments, "serving": serving})
-        self.url = f"http://127.0.0.1:{serving.port}"
-        self.cluster = None
 
     def __enter__(self) -> Fleet:
         import httpx
-        import ray
         from ray import serve
-        from ray.cluster_utils import Cluster
 
         from cluster.app import bind_app
 
-        ray_environment()
-        # Ray notes the cluster's address under its temp dir: this fleet's own, not a shared /tmp/ray
-        (self.work / "ray").mkdir(parents=True, exist_ok=True)
-        os.environ["RAY_TMPDIR"] = str(self.work)
-        os.environ.update(self.env)  # the nodes' processes inherit it
-        node = {"object_store_memory": 200 * 1024**2, "dashboard_agent_listen_port": None}
-        self.cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 4, "num_gpus": 0, "temp_dir": str(self.work / "ray"), **node},
-        )
-        for _ in range(-(-self.gpus // self.gpus_per_node)):
-            self.cluster.add_node(num_cpus=2 * self.gpus_per_node, num_gpus=self.gpus_per_node, **node)
-        self.cluster.wait_for_nodes()
-        ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.settings.serving.port})
         started = time.monotonic()
-        serve.run(bind_app(self.settings), name="t2v-fleet", route_prefix="/")
+        serve.run(bind_app(self.settings), name=APP, route_prefix="/")
         with httpx.Client(base_url=self.url, timeout=30) as http:
             while http.get("/healthz").status_code != 200:
                 time.sleep(1)
@@ -188,16 +223,9 @@ class Fleet:
         return self
 
     def __exit__(self, *exc) -> None:
-        import ray
         from ray import serve
 
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        if self.cluster is not None:
-            with contextlib.suppress(Exception):
-                self.cluster.shutdown()
+        serve.delete(APP)  # returns once its replicas are gone and their GPUs free
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:
@@ -241,23 +269,27 @@ def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:
 
 
 def bench_fleet(
+    nodes: Nodes,
     base: Settings,
     gpus: int,
     shape: Shape,
-    videos_per_gpu: int,
     gpu: str,
     output_uri: str | None = None,
     placement: str = "disaggregated",
-    alone: int = 4,
-    gpus_per_node: int = GPUS_PER_NODE,
+    alone: int = 3,
+    rate: float = WALL_VIDEOS_PER_SECOND,
+    window: int = WINDOW,
 ) -> dict:
     """Saturation throughput and low-load latency of one fleet, in simulated seconds; job records
     and videos under `output_uri` when given (counted there afterwards). `placement`:
-    disaggregated (experts split as `t2v plan` says) or co_located (every GPU runs both)."""
+    disaggregated (experts split as `t2v plan` says) or co_located (every GPU runs both).
+    `alone`: low-load requests, the first of which warms the routes; `rate`: wall videos a second
+    of the ideal fleet (sets the time scale); `window`: completions the saturation rate is read
+    over, between the first wave and the drain."""
     cost = CostModel(gpu)
     step = cost.step_seconds(ExpertKind.HIGH_NOISE, shape.height, shape.width, shape.frames)
     ideal = gpus / (shape.steps * step)  # videos per simulated second: GPUs / expert GPU-seconds per video
-    time_scale = round(ideal / WALL_VIDEOS_PER_SECOND, 6)  # the ideal fleet makes that many videos a wall second
+    time_scale = round(ideal / rate, 6)  # the ideal fleet makes `rate` videos a wall second
     work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
     settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
     settings = settings.model_copy(update={"experts_placement": placement})
@@ -266,12 +298,12 @@ def bench_fleet(
     split = expert_split(gpus, high_steps, low_steps)
     experts = {ExpertKind.HIGH_NOISE.deployment: (gpus, gpus)} if co_located else fixed(split)
     concurrency = 2 * gpus
-    n = videos_per_gpu * gpus
+    n = 2 * concurrency + window
     layout = "both experts on each" if co_located else f"{split.high_noise} high-noise, {split.low_noise} low-noise"
     log(f"{gpus} {gpu} GPUs ({layout}), time scale {time_scale:g}")
     output = child_uri(output_uri, f"fleet-{gpus}-{gpu}-{placement}") if output_uri else None
     try:
-        with Fleet(settings, gpus, experts, work, output, gpus_per_node=gpus_per_node) as fleet:
+        with Fleet(nodes, settings, experts, output) as fleet:
             log(f"  up in {fleet.startup_seconds:.0f} s; low load: {alone} videos one at a time")
             alone = load(fleet.url, bodies(shape, alone, 10_000), 1)
             log(f"  saturation: {n} videos, {concurrency} in flight")
@@ -280,9 +312,11 @@ def bench_fleet(
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    ends = sorted(r["end"] for r in busy)
-    first, last = concurrency, n - concurrency  # after the first wave, before the drain
-    rate = (last - first) / (ends[last] - ends[first]) * time_scale  # videos per simulated second
+    # after the first wave, before the drain: the slope of completion times over the window (two
+    # requests sharing a GPU finish together, so a rate from the window's ends alone jumps by pairs)
+    window_ends = sorted(r["end"] for r in busy)[concurrency : n - concurrency]
+    seconds_each = statistics.linear_regression(range(len(window_ends)), window_ends).slope
+    rate = time_scale / seconds_each  # videos per simulated second
     # A request's GPU time is simulated (scaled); the rest - HTTP, the ingress, hand-offs, the job
     # store, the mp4, the scorer - is this machine's real wall time, counted as it is, unscaled.
     # each expert on its own GPU: no swaps; both on one GPU: swaps where it cannot hold the two
@@ -299,7 +333,7 @@ def bench_fleet(
         stored = {"output_uri": output, "records": len(store.keys("jobs")), "videos": len(store.keys("videos"))}
     return {
         "gpus": gpus,
-        "nodes": -(-gpus // gpus_per_node),
+        "nodes": -(-gpus // nodes.gpus_per_node),
         "gpu": gpu,
         "placement": placement,
         "split": None if co_located else [split.high_noise, split.low_noise],
@@ -360,7 +394,7 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
 
     cost = CostModel(gpu)
     video_gpu_s = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps)
-    time_scale = 1.0 / video_gpu_s  # a lone video: a wall second, well above this process's CPU work per video
+    time_scale = 0.5 / video_gpu_s  # a lone video: half a wall second, well above this process's CPU work per video
     work = Path(tempfile.mkdtemp(prefix="fleet-batching", dir="/tmp"))
     try:
         settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape).model_copy(
@@ -399,7 +433,7 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
 
 # The load ramp: (concurrent clients, wall seconds). Each client sends a request, waits for its
 # video, then thinks for an exponential time (Poisson arrivals per client) before the next.
-RAMP = ((1, 40), (16, 100), (1, 90))
+RAMP = ((1, 20), (16, 80), (1, 60))
 PEAK_REQUESTS_PER_SECOND = 1.6  # what this machine's control plane serves beside 16 GPUs' replicas
 THINK = 0.1  # a client's mean think time, in videos' compute times
 AUTOSCALE = {
@@ -450,7 +484,9 @@ async def _ramp_load(url: str, shape: Shape, phases, video_wall_s: float, seed: 
     return results, t0
 
 
-def bench_autoscale(base: Settings, gpus: int, shape: Shape, gpu: str, plot: Path | None, phases=RAMP) -> dict:
+def bench_autoscale(
+    nodes: Nodes, base: Settings, gpus: int, shape: Shape, gpu: str, plot: Path | None, phases=RAMP
+) -> dict:
     """The load ramp on an autoscaled fleet: experts from one replica each up to the `t2v plan`
     split of `gpus`; replicas (running, and running + starting) and requests in flight sampled
     every half second (a PNG at `plot`); the wall seconds from the load step to Serve's decision, to
@@ -473,15 +509,14 @@ def bench_autoscale(base: Settings, gpus: int, shape: Shape, gpu: str, plot: Pat
     log(f"autoscaling ramp on {gpus} GPUs: experts 1 -> {split.high_noise} and 1 -> {split.low_noise}")
     samples: list[dict] = []
     try:
-        env = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}  # Serve's default: 10 s
-        with Fleet(settings, gpus, experts, work, autoscaling=AUTOSCALE, env=env) as fleet:
+        with Fleet(nodes, settings, experts, autoscaling=AUTOSCALE) as fleet:
             stop = threading.Event()
             started = time.monotonic()
 
             def sample() -> None:
                 while not stop.wait(0.5):
                     with contextlib.suppress(Exception):  # a status call may time out under load
-                        deployments = serve.status().applications["t2v-fleet"].deployments
+                        deployments = serve.status().applications[APP].deployments
                         point = {"t": time.monotonic() - started}
                         for n in names:
                             states = deployments[n].replica_states
@@ -584,7 +619,7 @@ def plot_ramp(samples: list[dict], names: list[str], phases, result: dict, path:
     plt.close(fig)
 
 
-def bench_control_plane(base: Settings, jobs: int, concurrency: int) -> dict:
+def bench_control_plane(nodes: Nodes, base: Settings, jobs: int, concurrency: int) -> dict:
     """The most jobs a second the serving path sustains here with compute at zero (a simulated
     second of 1 ns), and its CPU seconds per job by process: HTTP proxy, ingress, job store,
     hand-offs, and the stages' own CPU work (the stand-in video's mp4 and physics score)."""
@@ -595,7 +630,7 @@ def bench_control_plane(base: Settings, jobs: int, concurrency: int) -> dict:
     settings = sim_settings(base, work, SimSettings(time_scale=1e-9), shape)
     high_steps, low_steps = schedule(settings, shape.steps)
     try:
-        with Fleet(settings, 2, fixed(expert_split(2, high_steps, low_steps)), work) as fleet:
+        with Fleet(nodes, settings, fixed(expert_split(2, high_steps, low_steps))) as fleet:
             load(fleet.url, bodies(shape, min(jobs, concurrency), 30_000), concurrency)  # warm every route
             meter = CpuMeter().start()
             start = time.monotonic()
@@ -627,9 +662,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, nargs="*", default=[8, 32], help="fleet sizes (default 8 32; none: skip)")
     parser.add_argument("--size", default="1280x720", help="WxH of every video (default 1280x720, 81 frames)")
-    parser.add_argument("--videos-per-gpu", type=int, default=10, help="videos per GPU at saturation (default 10)")
     parser.add_argument(
-        "--control-plane-jobs", type=int, default=400, help="jobs for control-plane capacity (default 400; 0: skip)"
+        "--rate",
+        type=float,
+        default=WALL_VIDEOS_PER_SECOND,
+        help="wall videos a second of the ideal fleet: sets each fleet's time scale (default %(default)s)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW,
+        help="completions a saturation rate is read over, after the first wave (default %(default)s)",
+    )
+    parser.add_argument(
+        "--control-plane-jobs", type=int, default=300, help="jobs for control-plane capacity (default 300; 0: skip)"
     )
     parser.add_argument(
         "--batching-concurrency", type=int, nargs="*", default=[8, 32], help="batching runs (default 8 32; none: skip)"
@@ -661,42 +707,47 @@ def main(argv: list[str] | None = None) -> dict:
         "--placement-types", nargs="+", default=["h100", "l40s"], choices=sorted(GPUS), help="GPUs to compare on"
     )
     parser.add_argument(
-        "--placement-videos-per-gpu", type=int, default=8, help="videos per GPU in each placement run (default 8)"
-    )
-    parser.add_argument(
         "--output-uri", help="the fleets' job records and videos on this pyarrow.fs URI (default: a local temp dir)"
     )
     args = parser.parse_args(argv)
-    if min(args.videos_per_gpu, args.placement_videos_per_gpu) < 5:
-        parser.error("videos per GPU must be at least 5: the rate is read between the first wave and the drain")
+    if args.window < 4:
+        parser.error("--window must be at least 4 completions")
     width, height = (int(v) for v in args.size.split("x"))
     shape = Shape(width, height)
     base = model_settings()
 
+    # in this process first, before the nodes' processes share its cores
     template = bench_template(base, shape, args.gpu)
-    capacity = bench_control_plane(base, args.control_plane_jobs, 64) if args.control_plane_jobs else None
     batching = [
         bench_batching(base, s, c, b, args.gpu)
         for s in (Shape(832, 480), shape)
         for c in args.batching_concurrency
         for b in (False, True)
     ]
-    fleets = [
-        bench_fleet(base, gpus, shape, args.videos_per_gpu, args.gpu, args.output_uri, gpus_per_node=args.gpus_per_node)
-        for gpus in args.gpus
-    ]
-    ramp = None
-    if args.ramp_gpus:
-        phases = tuple(zip((1, args.ramp_peak, 1), args.ramp_seconds, strict=True))
-        ramp = bench_autoscale(base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
-    placements = [
-        bench_fleet(
-            base, args.placement_gpus, shape, args.placement_videos_per_gpu, gpu, args.output_uri, placement, alone=2
-        )
-        for gpu in args.placement_types
-        for placement in ("disaggregated", "co_located")
-        if args.placement_gpus
-    ]
+    capacity, fleets, placements, ramp = None, [], [], None
+    gpus = max([*args.gpus, args.placement_gpus, args.ramp_gpus, 2 if args.control_plane_jobs else 0])
+    work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
+    try:
+        with Nodes(gpus, work, args.gpus_per_node) as nodes:
+            if args.control_plane_jobs:
+                capacity = bench_control_plane(nodes, base, args.control_plane_jobs, 64)
+            measure = {"rate": args.rate, "window": args.window}
+            fleets = [bench_fleet(nodes, base, n, shape, args.gpu, args.output_uri, **measure) for n in args.gpus]
+            if args.ramp_gpus:
+                phases = tuple(zip((1, args.ramp_peak, 1), args.ramp_seconds, strict=True))
+                ramp = bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
+            for gpu in args.placement_types if args.placement_gpus else []:
+                for placement in ("disaggregated", "co_located"):
+                    key = (args.placement_gpus, gpu, placement)
+                    placements.append(
+                        # a fleet above already measured this one
+                        next((f for f in fleets if (f["gpus"], f["gpu"], f["placement"]) == key), None)
+                        or bench_fleet(
+                            nodes, base, args.placement_gpus, shape, gpu, args.output_uri, placement, alone=2, **measure
+                        )
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     if fleets:
         print(f"\n== Fleet, {shape.size} x {shape.frames} frames, {shape.steps} steps, {args.gpu} ({LABEL})")
