@@ -1,6 +1,6 @@
 """A simulated GPU fleet on this machine: the real cluster at 8 and 32 GPUs. SIMULATED GPUs.
 
-    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--rate 2.5] [--window 32] [--output-uri s3://...]
+    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--rate 3] [--window 48] [--output-uri s3://...]
 
 The fleets run one after another on one local multi-node Ray cluster (`ray.cluster_utils.Cluster`:
 a GPU-less head for the ingress, job store, text encoder and decoder, and workers with 8 logical
@@ -60,8 +60,8 @@ from contract.storage import OutputStore, child_uri
 from deployments.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
 
 GPUS_PER_NODE = 8
-WALL_VIDEOS_PER_SECOND = 2.5  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
-WINDOW = 64  # completions a saturation rate is read over
+WALL_VIDEOS_PER_SECOND = 3.0  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
+WINDOW = 48  # completions a saturation rate is read over
 GOALS = {"saturation": 0.95, "low_load": 1.02, "template": 0.45, "control_plane": 20}
 LABEL = "SIMULATED GPUs: cost-model seconds (docs/scaling.md), the real control plane"
 # 20 variants of one template, as an ad studio makes them (products x surfaces)
@@ -218,7 +218,7 @@ class Fleet:
         serve.run(bind_app(self.settings), name=APP, route_prefix="/")
         with httpx.Client(base_url=self.url, timeout=30) as http:
             while http.get("/healthz").status_code != 200:
-                time.sleep(1)
+                time.sleep(0.25)
         self.startup_seconds = time.monotonic() - started
         return self
 
@@ -433,7 +433,7 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
 
 # The load ramp: (concurrent clients, wall seconds). Each client sends a request, waits for its
 # video, then thinks for an exponential time (Poisson arrivals per client) before the next.
-RAMP = ((1, 20), (16, 80), (1, 60))
+RAMP = ((1, 15), (16, 75), (1, 45))
 PEAK_REQUESTS_PER_SECOND = 1.6  # what this machine's control plane serves beside 16 GPUs' replicas
 THINK = 0.1  # a client's mean think time, in videos' compute times
 AUTOSCALE = {
@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="completions a saturation rate is read over, after the first wave (default %(default)s)",
     )
     parser.add_argument(
-        "--control-plane-jobs", type=int, default=300, help="jobs for control-plane capacity (default 300; 0: skip)"
+        "--control-plane-jobs", type=int, default=200, help="jobs for control-plane capacity (default 200; 0: skip)"
     )
     parser.add_argument(
         "--batching-concurrency", type=int, nargs="*", default=[8, 32], help="batching runs (default 8 32; none: skip)"

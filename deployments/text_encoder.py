@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from cache.keys import embedding_key
 from cache.store import LatentCache, MemoryLRU
@@ -16,6 +15,8 @@ from deployments.simulated import SimulatedGpu
 
 def count_tokens(tokenizer, text: str) -> int:
     """Tokens of `text` as the text encoder sees it (cleaned, with the end token)."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # see TextEncoder.embed
+
     return len(tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
 
 
@@ -48,6 +49,10 @@ class TextEncoder:
     @torch.no_grad()
     def embed(self, text: str) -> torch.Tensor:
         """As diffusers' `WanPipeline._get_t5_prompt_embeds`, one text per forward as it does."""
+        # Imported here, not with this module: it loads transformers' model code, a second of every
+        # replica's start-up that the experts, decoder and job store (which import this module) never use.
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
         inputs = self.tokenizer(
             [prompt_clean(text)],
             # Simulated: the prompt's own tokens only (the padding's states are zeroed below anyway),
