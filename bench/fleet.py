@@ -42,12 +42,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -433,7 +435,7 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
 
 # The load ramp: (concurrent clients, wall seconds). Each client sends a request, waits for its
 # video, then thinks for an exponential time (Poisson arrivals per client) before the next.
-RAMP = ((1, 15), (16, 75), (1, 45))
+RAMP = ((1, 10), (16, 75), (1, 40))
 PEAK_REQUESTS_PER_SECOND = 1.6  # what this machine's control plane serves beside 16 GPUs' replicas
 THINK = 0.1  # a client's mean think time, in videos' compute times
 AUTOSCALE = {
@@ -658,6 +660,38 @@ def _s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f} s"
 
 
+def on_nodes(args: argparse.Namespace, base: Settings, shape: Shape) -> tuple:
+    """The sections that deploy the app, one after another on one set of nodes: capacity, the
+    fleets, the ramp, the placements (a fleet above stands for its placement run)."""
+    capacity, fleets, placements, ramp = None, [], [], None
+    gpus = max([*args.gpus, args.placement_gpus, args.ramp_gpus, 2 if args.control_plane_jobs else 0])
+    if not gpus:
+        return capacity, fleets, placements, ramp
+    measure = {"rate": args.rate, "window": args.window}
+    work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
+    try:
+        with Nodes(gpus, work, args.gpus_per_node) as nodes:
+            if args.control_plane_jobs:
+                capacity = bench_control_plane(nodes, base, args.control_plane_jobs, 64)
+            fleets = [bench_fleet(nodes, base, n, shape, args.gpu, args.output_uri, **measure) for n in args.gpus]
+            if args.ramp_gpus:
+                phases = tuple(zip((1, args.ramp_peak, 1), args.ramp_seconds, strict=True))
+                ramp = bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
+            for gpu in args.placement_types if args.placement_gpus else []:
+                for placement in ("disaggregated", "co_located"):
+                    key = (args.placement_gpus, gpu, placement)
+                    done = next((f for f in fleets if (f["gpus"], f["gpu"], f["placement"]) == key), None)
+                    placements.append(
+                        done
+                        or bench_fleet(
+                            nodes, base, args.placement_gpus, shape, gpu, args.output_uri, placement, 2, **measure
+                        )
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return capacity, fleets, placements, ramp
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, nargs="*", default=[8, 32], help="fleet sizes (default 8 32; none: skip)")
@@ -675,7 +709,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="completions a saturation rate is read over, after the first wave (default %(default)s)",
     )
     parser.add_argument(
-        "--control-plane-jobs", type=int, default=200, help="jobs for control-plane capacity (default 200; 0: skip)"
+        "--control-plane-jobs", type=int, default=150, help="jobs for control-plane capacity (default 150; 0: skip)"
     )
     parser.add_argument(
         "--batching-concurrency", type=int, nargs="*", default=[8, 32], help="batching runs (default 8 32; none: skip)"
@@ -716,38 +750,18 @@ def main(argv: list[str] | None = None) -> dict:
     shape = Shape(width, height)
     base = model_settings()
 
-    # in this process first, before the nodes' processes share its cores
-    template = bench_template(base, shape, args.gpu)
-    batching = [
-        bench_batching(base, s, c, b, args.gpu)
-        for s in (Shape(832, 480), shape)
-        for c in args.batching_concurrency
-        for b in (False, True)
-    ]
-    capacity, fleets, placements, ramp = None, [], [], None
-    gpus = max([*args.gpus, args.placement_gpus, args.ramp_gpus, 2 if args.control_plane_jobs else 0])
-    work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
-    try:
-        with Nodes(gpus, work, args.gpus_per_node) as nodes:
-            if args.control_plane_jobs:
-                capacity = bench_control_plane(nodes, base, args.control_plane_jobs, 64)
-            measure = {"rate": args.rate, "window": args.window}
-            fleets = [bench_fleet(nodes, base, n, shape, args.gpu, args.output_uri, **measure) for n in args.gpus]
-            if args.ramp_gpus:
-                phases = tuple(zip((1, args.ramp_peak, 1), args.ramp_seconds, strict=True))
-                ramp = bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
-            for gpu in args.placement_types if args.placement_gpus else []:
-                for placement in ("disaggregated", "co_located"):
-                    key = (args.placement_gpus, gpu, placement)
-                    placements.append(
-                        # a fleet above already measured this one
-                        next((f for f in fleets if (f["gpus"], f["gpu"], f["placement"]) == key), None)
-                        or bench_fleet(
-                            nodes, base, args.placement_gpus, shape, gpu, args.output_uri, placement, alone=2, **measure
-                        )
-                    )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # In-process sections first, before the nodes' processes share the cores: two processes, each
+    # batching run's off and on side by side (each process is mostly waiting on simulated GPUs).
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        template_run = pool.submit(bench_template, base, shape, args.gpu)
+        batching_runs = [
+            pool.submit(bench_batching, base, s, c, b, args.gpu)
+            for s in (Shape(832, 480), shape)
+            for c in args.batching_concurrency
+            for b in (False, True)
+        ]
+        template, batching = template_run.result(), [run.result() for run in batching_runs]
+    capacity, fleets, placements, ramp = on_nodes(args, base, shape)
 
     if fleets:
         print(f"\n== Fleet, {shape.size} x {shape.frames} frames, {shape.steps} steps, {args.gpu} ({LABEL})")
