@@ -4,12 +4,12 @@
 
 The fleets run one after another on one local multi-node Ray cluster (`ray.cluster_utils.Cluster`:
 a GPU-less head for the ingress, job store, text encoder and decoder, and workers with 8 logical
-GPUs each), each the real Serve app with `device: sim`: every stage's real code path - HTTP, ingress, job store,
-handles, hand-offs, caches, metrics, placement on `num_gpus` - with the model compute replaced by
-the cost model's seconds (deployments/simulated.py, docs/scaling.md). Experts hold one logical
-GPU per replica, split between the two as `t2v plan --gpus N` says. Every figure is in simulated
-seconds (wall seconds / `sim.time_scale`; the scale is chosen per fleet so that this 2-core
-machine's control plane keeps up) and is labelled SIMULATED.
+GPUs each), each the real Serve app with `device: sim`: every stage's real code path - HTTP,
+ingress, job store, handles, hand-offs, caches, metrics, placement on `num_gpus` - with the
+model compute replaced by the cost model's seconds (deployments/simulated.py, docs/scaling.md).
+Experts hold one logical GPU per replica, split between the two as `t2v plan --gpus N` says.
+Every figure is in simulated seconds (wall seconds / `sim.time_scale`; the scale is chosen per
+fleet so that this 2-core machine's control plane keeps up) and is labelled SIMULATED.
 
 Measured, side by side in one run:
 - saturation throughput over ideal: `2 x GPUs` requests in flight over HTTP (`POST
@@ -61,6 +61,7 @@ from contract.settings import Limits, Settings, SimSettings
 from contract.storage import OutputStore, child_uri
 from deployments.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
 
+APP = "t2v-fleet"
 GPUS_PER_NODE = 8
 WALL_VIDEOS_PER_SECOND = 3.0  # the rate the time scale aims the ideal fleet at: what 2 cores keep up with
 WINDOW = 48  # completions a saturation rate is read over
@@ -108,9 +109,6 @@ def fixed(split: ExpertSplit) -> dict[str, tuple[int, int]]:
     }
 
 
-APP = "t2v-fleet"
-
-
 class Nodes:
     """A local multi-node Ray cluster: a GPU-less head (the ingress, job store, text encoder and
     decoder) and worker nodes of `gpus_per_node` logical GPUs, Serve's proxy on the head. The
@@ -119,6 +117,7 @@ class Nodes:
 
     def __init__(self, gpus: int, work: Path, gpus_per_node: int = GPUS_PER_NODE):
         self.gpus, self.work, self.gpus_per_node = gpus, work, gpus_per_node
+        self.nodes = -(-gpus // gpus_per_node)  # worker nodes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cluster = None
@@ -141,13 +140,13 @@ class Nodes:
             initialize_head=True,
             head_node_args={"num_cpus": 4, "num_gpus": 0, "temp_dir": str(self.work / "ray"), **node},
         )
-        for _ in range(-(-self.gpus // self.gpus_per_node)):
+        for _ in range(self.nodes):
             self.cluster.add_node(num_cpus=2 * self.gpus_per_node, num_gpus=self.gpus_per_node, **node)
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.port})
-        nodes = -(-self.gpus // self.gpus_per_node)
-        log(f"a head and {nodes} nodes of {self.gpus_per_node} logical GPUs up in {time.monotonic() - started:.0f} s")
+        up = time.monotonic() - started
+        log(f"a head and {self.nodes} nodes of {self.gpus_per_node} logical GPUs up in {up:.0f} s")
         return self
 
     def __exit__(self, *exc) -> None:
