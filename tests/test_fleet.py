@@ -19,7 +19,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # 4 logical GPUs on 2 worker nodes (and a GPU-less head)
-    command = [sys.executable, "-m", "bench.fleet", "--gpus", "4", "--gpus-per-node", "2", "--window", "8"]
+    command = [sys.executable, "-m", "bench.fleet", "--gpus", "4", "--gpus-per-node", "2", "--window", "16"]
     command += ["--size", "256x256"]
     command += ["--batching-concurrency", "4", "--control-plane-jobs", "40", "--output-uri", s3_uri("fleet")]
     command += ["--placement-gpus", "2", "--placement-types", "l40s"]
@@ -33,10 +33,11 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     (fleet,) = result["fleets"]
     assert fleet["nodes"] == 2 and fleet["steps"] == [26, 14]  # Wan2.2's schedule
     assert fleet["split"] == [2, 2]  # as `t2v plan --gpus 4` splits them
-    # simulated GPUs compute one thing at a time: the fleet cannot beat the split's bound
-    assert fleet["videos_per_hour"] <= 1.05 * fleet["split_bound_per_hour"]
-    # every request's record and video went to the object store (3 alone; 2 x 8 in flight + a window of 8 at saturation)
-    assert fleet["stored"]["records"] == fleet["stored"]["videos"] == 3 + 24, fleet["stored"]
+    # simulated GPUs compute one thing at a time: the fleet cannot beat the split's bound (a GPU
+    # running its two requests at once would double it; 16 completions read it to +-10 %)
+    assert fleet["videos_per_hour"] <= 1.1 * fleet["split_bound_per_hour"], fleet
+    # every request's record and video went to the object store (3 alone; 2 x 8 in flight + a window of 16)
+    assert fleet["stored"]["records"] == fleet["stored"]["videos"] == 3 + 32, fleet["stored"]
     assert 0 < result["template"]["ratio"] < 1  # variants of a template share the high-noise phase
     runs = {(b["size"], b["batching"]) for b in result["batching"]}
     assert runs == {(size, on) for size in ("832x480", "256x256") for on in (False, True)}
