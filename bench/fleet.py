@@ -176,7 +176,7 @@ class Fleet:
         """`experts`: (min, max) replicas of each expert deployment, one logical GPU each (under
         co-located placement, `HighNoiseExpert`'s are the `Experts` deployment's); `autoscaling`:
         their `DeploymentSettings` beyond that."""
-        self.nodes, self.url = nodes, nodes.url
+        self.url = nodes.url
         deployments = {name: d.model_copy() for name, d in settings.deployments.items()}
         for name, (least, most) in experts.items():
             deployments[name] = deployments[name].model_copy(
@@ -683,7 +683,7 @@ def on_nodes(args: argparse.Namespace, base: Settings, shape: Shape) -> tuple:
                     placements.append(
                         done
                         or bench_fleet(
-                            nodes, base, args.placement_gpus, shape, gpu, args.output_uri, placement, 2, **measure
+                            nodes, base, args.placement_gpus, shape, gpu, args.output_uri, placement, alone=2, **measure
                         )
                     )
     finally:
