@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,3 +64,11 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     assert ramp["peak_replicas"][0] > 1 and ramp["added_capacity_s"] is not None, ramp
     assert ramp["scaled_back_s"] is not None and result["met"]["scales_back"], ramp
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_window_too_short_to_read_a_rate_is_refused_by_name(capsys):
+    from bench.fleet import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--window", "2"])
+    assert exit_.value.code == 2 and "--window must be at least 4" in capsys.readouterr().err
