@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from cache.store import cache_key
+from contract.adapters import adapters_for
+from contract.experts import ExpertKind
 from contract.request import GenerationRequest
 
 
@@ -47,8 +49,12 @@ def embedding_key(model: ModelIdentity, text: str) -> str:
 
 def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | None = None) -> str:
     """The shared high-noise steps' inputs: the base prompt (not the full one), shape, noise,
-    and how many steps are shared (None: the whole phase)."""
+    the high-noise expert's adapters (name, version, scale), and how many steps are shared
+    (None: the whole phase)."""
     phase = request.model_dump(include=BOUNDARY_FIELDS)
+    adapters = adapters_for(request.lora, ExpertKind.HIGH_NOISE)
+    if adapters:  # no key changes for requests without adapters: their cached latents stay valid
+        phase["lora"] = [a.model_dump(include={"name", "revision", "scale"}) for a in adapters]
     experts = {"boundary_ratio": model.boundary_ratio, "step_cache": model.step_cache}
     shared = {} if steps is None else {"shared_steps": steps}
     return cache_key(level="boundary", **model.weights, **experts, **phase, **shared)

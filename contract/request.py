@@ -28,11 +28,14 @@ from pydantic import (
     model_validator,
 )
 
+from contract.adapters import AdapterRef
 from contract.errors import FieldError, RequestInvalid
 from contract.settings import Limits, Settings, get_settings
 
 MAX_SEED = 2**63 - 1
 PromptCheck = Callable[[str, str], None]  # (text, field): raises FieldError(field, ...) for text that may not run
+# The request's adapters -> the same, resolved against the adapter store; raises FieldError naming the bad one
+AdapterCheck = Callable[[list[AdapterRef]], list[AdapterRef]]
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -101,6 +104,9 @@ class RequestFields(BaseModel):
         None, ge=0, le=1, description="Below this physics score the low-noise phase is re-sampled (new seed)"
     )
     max_retries: int | None = Field(None, ge=0, description="Re-samples at most; default from settings")
+    lora: list[AdapterRef] | None = Field(
+        None, description="LoRA adapters from GET /v1/adapters, each with its scale: [{name, scale}]"
+    )
 
 
 class VideoCreateBody(RequestFields):
@@ -124,7 +130,11 @@ class VideoCreateBody(RequestFields):
             raise RequestInvalid.from_validation(e) from None
 
     def to_request(
-        self, settings: Settings, model_id: str, prompt_check: PromptCheck | None = None
+        self,
+        settings: Settings,
+        model_id: str,
+        prompt_check: PromptCheck | None = None,
+        adapter_check: AdapterCheck | None = None,
     ) -> GenerationRequest:
         if self.model not in (None, model_id):
             raise RequestInvalid.of(
@@ -145,7 +155,7 @@ class VideoCreateBody(RequestFields):
                 raise RequestInvalid.of("seconds", f"seconds * fps must be a finite number, got {self.seconds} * {fps}")
             fields["num_frames"] = 4 * round(self.seconds * fps / 4) + 1
         try:
-            return GenerationRequest.build(settings, prompt_check, **fields)
+            return GenerationRequest.build(settings, prompt_check, adapter_check, **fields)
         except ValidationError as e:
             raise RequestInvalid.from_validation(e) from None
 
@@ -235,6 +245,28 @@ class GenerationRequest(RequestFields):
     def _guidance(cls, v: float | None, info: ValidationInfo) -> float | None:
         return _in_range(info.field_name, v, 0.0, _settings(info).limits.max_guidance)
 
+    @field_validator("lora")
+    @classmethod
+    def _lora(cls, v: list[AdapterRef] | None, info: ValidationInfo) -> list[AdapterRef] | None:
+        if not v:
+            return None
+        settings = _settings(info).adapters
+        if len(v) > settings.max_per_request:
+            raise ValueError(f"at most {settings.max_per_request} adapters per request, got {len(v)}")
+        names = [a.name for a in v]
+        if len(set(names)) < len(names):
+            raise ValueError(f"each adapter at most once, got {names}")
+        for i, adapter in enumerate(v):
+            if abs(adapter.scale) > settings.max_scale:
+                raise FieldError(
+                    f"lora.{i}.scale",
+                    f"scale of adapter {adapter.name!r} must be between {-settings.max_scale:g} and "
+                    f"{settings.max_scale:g}, got {adapter.scale:g}",
+                )
+        if (check := (info.context or {}).get("adapter_check")) is not None:
+            v = check(v)  # the store's word: each exists and fits this model; revision and experts filled in
+        return sorted(v, key=lambda a: a.name)
+
     @model_validator(mode="after")
     def _fill_defaults(self, info: ValidationInfo) -> GenerationRequest:
         """Resolve every unset field, so the request says exactly what will run."""
@@ -294,9 +326,13 @@ class GenerationRequest(RequestFields):
 
     @classmethod
     def build(
-        cls, settings: Settings | None = None, prompt_check: PromptCheck | None = None, **fields
+        cls,
+        settings: Settings | None = None,
+        prompt_check: PromptCheck | None = None,
+        adapter_check: AdapterCheck | None = None,
+        **fields,
     ) -> GenerationRequest:
         """Validate `fields` against `settings` (default: the process settings); `prompt_check`
         runs on every prompt that will run (a template's filled-in one included)."""
-        context = {"settings": settings or get_settings(), "prompt_check": prompt_check}
+        context = {"settings": settings or get_settings(), "prompt_check": prompt_check, "adapter_check": adapter_check}
         return cls.model_validate(fields, context=context)

@@ -191,6 +191,19 @@ class SimSettings(BaseModel):
     flow_shift: float | None = Field(12.0, gt=0)
 
 
+class AdapterSettings(BaseModel):
+    """LoRA adapters (deployments/adapters.py): where they live and how many a replica holds."""
+
+    # A local directory or any pyarrow.fs URI holding one folder per adapter (a diffusers-format
+    # `pytorch_lora_weights.safetensors`). None: the test adapters shipped with the default model.
+    uri: str | None = None
+    # Per expert replica, least recently used unloaded first; also Serve's multiplexed models per replica.
+    max_loaded: int = Field(4, ge=1)
+    max_per_request: int = Field(4, ge=1)
+    max_scale: float = Field(2.0, gt=0)  # |scale| at most this: far beyond 1 a LoRA only breaks the video
+    listing_seconds: float = Field(10, ge=0)  # the ingress re-reads the store's listing this often
+
+
 class SafetySettings(BaseModel):
     """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
 
@@ -284,6 +297,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     cache: CacheSettings = CacheSettings()
     safety: SafetySettings = SafetySettings()
+    adapters: AdapterSettings = AdapterSettings()
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
     sim: SimSettings = SimSettings()

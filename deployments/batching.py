@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from contract.adapters import AdapterRef
+from deployments.adapters import ExpertAdapters
 from deployments.denoising import DenoisingState, Scheduler
 from deployments.guidance import GuidancePair
 from deployments.simulated import standing_for
@@ -36,13 +38,16 @@ class _Member:
     on_step: Callable[[int], None] | None
     stop: int  # the step index after the phase
     stands_for: tuple[int, int, int] | None = None  # the video a simulated stand-in latent stands for
+    adapters: list[AdapterRef] = field(default_factory=list)  # this expert's LoRAs for the request
     future: Future = field(default_factory=Future)
     ready_since: float = field(default_factory=time.monotonic)  # when it last stepped (or arrived)
 
     @property
     def key(self) -> tuple:
-        """Requests batch with their own kind: same latent shape, guidance on or off."""
-        return tuple(self.latents.shape), self.stands_for, self.negative is not None
+        """Requests batch with their own kind: same latent shape, guidance on or off, same adapters
+        at the same scales (one forward runs one set of weights)."""
+        adapters = tuple((a.name, a.revision, a.scale) for a in self.adapters)
+        return tuple(self.latents.shape), self.stands_for, self.negative is not None, adapters
 
 
 class StepBatcher:
@@ -57,9 +62,12 @@ class StepBatcher:
         max_batch: int,
         max_wait: float,
         pair: GuidancePair | None = None,
+        adapters: ExpertAdapters | None = None,
     ):
-        """`pair`: run the conditional and unconditional halves as two forwards side by side (CPU)."""
+        """`pair`: run the conditional and unconditional halves as two forwards side by side (CPU).
+        `adapters`: the expert's LoRAs, set for each forward to its batch's."""
         self.transformer, self.scheduler, self.pair = transformer, scheduler, pair
+        self.adapters = adapters
         self.device, self.dtype = device, dtype
         self.max_batch, self.max_wait = max_batch, max_wait
         self.batch_sizes: list[int] = []  # requests per forward, for tests and benchmarks
@@ -81,6 +89,7 @@ class StepBatcher:
         guidance_scale: float,
         steps: range,
         on_step: Callable[[int], None] | None = None,
+        adapters: list[AdapterRef] | None = None,
     ) -> DenoisingState:
         """The same contract as `Expert.__call__`; blocks until this request's phase is done."""
         negative = None if embeddings.negative is None else embeddings.negative.to(self.device, self.dtype)
@@ -94,6 +103,7 @@ class StepBatcher:
             on_step,
             steps.stop,
             state.stands_for,
+            list(adapters or []),
         )
         if not member.steps:
             return DenoisingState(state.latents, state.scheduler, steps.stop, state.stands_for)
@@ -126,7 +136,11 @@ class StepBatcher:
                 groups.setdefault(member.key, []).append(member)
             batch = next(iter(groups.values()))[: self.max_batch]
             try:
-                self._step(batch)
+                if self.adapters is None:
+                    self._step(batch)
+                else:
+                    with self.adapters.active(batch[0].adapters):
+                        self._step(batch)
             except Exception as error:  # a bad forward fails its batch, not the engine
                 for member in batch:
                     self._leave(member, error=error)

@@ -15,8 +15,10 @@ import torch
 
 from cache.keys import boundary_key
 from cache.store import LatentCache
+from contract.adapters import AdapterRef, adapters_for
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
+from deployments.adapters import AdapterStore, ExpertAdapters
 from deployments.batching import StepBatcher
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import DenoisingState, Scheduler, prepare_latents
@@ -59,6 +61,14 @@ class Expert:
         else:
             self.transformer = checkpoint.expert(kind)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
+        settings = checkpoint.settings
+        self.adapters = ExpertAdapters(
+            self.transformer,
+            kind,
+            AdapterStore.from_settings(settings, checkpoint),
+            settings.adapters.max_loaded,
+            self.simulated,
+        )
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype
         # A step cache keeps per-module state across the steps of one phase: phases take
@@ -80,6 +90,7 @@ class Expert:
                 config.max_batch_size,
                 config.max_wait_ms / 1000,
                 self.pair,
+                self.adapters,
             )
 
     def phase(
@@ -90,18 +101,20 @@ class Expert:
         on_step: StepCallback | None = None,
         resample_seed: int | None = None,
     ) -> DenoisingState:
-        """Run this expert's side of the boundary; the high-noise expert starts from noise.
-        `resample_seed` re-draws the low-noise phase's noise (a physics retry)."""
+        """Run this expert's side of the boundary (with the request's adapters for this expert);
+        the high-noise expert starts from noise. `resample_seed` re-draws the low-noise phase's
+        noise (a physics retry)."""
         plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
+        adapters = adapters_for(request.lora, self.kind)
         if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
                 state = self._noise(request, scheduler_state)
-            return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step)
+            return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step, adapters)
         if state is None:
             raise ValueError(f"{self.kind.stage}: the low-noise phase needs the high-noise phase's state")
         if resample_seed is not None:
             state = self.scheduler.resample(state, resample_seed)
-        return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step)
+        return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step, adapters)
 
     def shared_phase(
         self,
@@ -121,11 +134,12 @@ class Expert:
         shared = self.checkpoint.settings.cache.template_shared_steps
         shared = len(steps) if shared is None else min(shared, len(steps))
         key = boundary_key(self.checkpoint.identity, request, None if shared == len(steps) else shared)
+        adapters = adapters_for(request.lora, self.kind)
 
         def compute() -> dict:
             _, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
             start = self._noise(request, scheduler_state)
-            return self(start, base, request.guidance_scale, range(0, shared), on_step).as_plain()
+            return self(start, base, request.guidance_scale, range(0, shared), on_step, adapters).as_plain()
 
         plain, hit = cache.get_or_compute("boundary", key, compute)
         state = DenoisingState.from_plain(plain)
@@ -133,7 +147,7 @@ class Expert:
             for i in range(state.step):  # the steps count as done: progress stays true
                 on_step(i)
         if shared < len(steps):
-            state = self(state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step)
+            state = self(state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step, adapters)
         return state, hit
 
     def _noise(self, request: GenerationRequest, scheduler_state) -> DenoisingState:
@@ -152,17 +166,21 @@ class Expert:
         guidance_scale: float,
         steps: range,
         on_step: StepCallback | None = None,
+        adapters: list[AdapterRef] | None = None,
     ) -> DenoisingState:
+        """`steps` of this expert from `state`, with `adapters` (this expert's LoRAs) active."""
         if steps.start != state.step:
             raise ValueError(f"{self.kind.stage}: asked to start at step {steps.start}, state is at {state.step}")
+        adapters = adapters or []
         if self.batcher is not None:
-            return self.batcher.run(state, embeddings, guidance_scale, steps, on_step)
-        if not self.step_cache:
-            with standing_for(state.stands_for):
+            return self.batcher.run(state, embeddings, guidance_scale, steps, on_step, adapters)
+        with self.adapters.active(adapters):
+            if not self.step_cache:
+                with standing_for(state.stands_for):
+                    return self._loop(state, embeddings, guidance_scale, steps, on_step)
+            with self._phase_lock:
+                self.transformer._reset_stateful_cache()  # as DiffusionPipeline does between calls
                 return self._loop(state, embeddings, guidance_scale, steps, on_step)
-        with self._phase_lock:
-            self.transformer._reset_stateful_cache()  # as DiffusionPipeline does between calls
-            return self._loop(state, embeddings, guidance_scale, steps, on_step)
 
     @torch.no_grad()
     def _loop(

@@ -1,14 +1,22 @@
 """The experts' Serve deployments, called once per phase with the job's embeddings and denoising
 state. Disaggregated (the default): `HighNoiseExpert` and `LowNoiseExpert`, one expert
 (expert.py) per replica, so per GPU. Co-located (`experts_placement: co_located`): `Experts`,
-both experts in every replica, a request's two phases in turn on one GPU."""
+both experts in every replica, a request's two phases in turn on one GPU.
+
+LoRA adapters ride on Ray Serve model multiplexing: the ingress calls an expert with the
+multiplexed model id of the request's adapters for that expert (contract/adapters.py), Serve
+routes it to a replica that holds them, and a replica keeps up to `adapters.max_loaded`
+sets, least recently used unloaded first."""
 
 from __future__ import annotations
+
+import asyncio
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
+from contract.adapters import parse_adapter_set_id
 from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
 from contract.messages import Cancelled
 from contract.request import GenerationRequest
@@ -33,12 +41,28 @@ class ExpertPhase:
         self.jobs = jobs
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
 
+        async def load_adapters(model_id: str) -> LoadedAdapters:
+            pairs = parse_adapter_set_id(model_id)
+            await asyncio.to_thread(self.expert.adapters.load, pairs)
+            return LoadedAdapters(self.expert.adapters, [name for name, _ in pairs])
+
+        # Set up here, not with the decorator on a method: the LRU's size is a setting.
+        self.adapter_sets = serve.multiplexed(max_num_models_per_replica=settings.adapters.max_loaded)(load_adapters)
+
     def check_health(self) -> None:
         """Serve replaces a replica whose step batcher lost its worker: its requests would hang."""
         if self.expert.batcher is not None and not self.expert.batcher.alive:
             raise RuntimeError(f"{self.kind.deployment}: the step batcher's worker thread died")
 
-    def denoise(
+    async def denoise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        """`phase` on a worker thread, the request's adapters loaded first when Serve routed it
+        here with a multiplexed model id (a replica that had them is a hit)."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self.adapter_sets(model_id)
+        return await asyncio.to_thread(self.phase, *args, **kwargs)
+
+    def phase(
         self,
         job_id: str,
         request: GenerationRequest,
@@ -60,6 +84,19 @@ class ExpertPhase:
             return boundary
 
         return reporter.run(self.kind.stage, work, embeddings, state, base)
+
+
+class LoadedAdapters:
+    """A multiplexed model of an expert replica: a set of adapters loaded into its expert.
+    Serve calls `__del__` when its LRU drops the set; the adapters are unloaded then."""
+
+    def __init__(self, adapters, names: list[str]):
+        self.adapters, self.names = adapters, names
+
+    def __del__(self) -> None:
+        if self.names:
+            self.adapters.unload(self.names)
+            self.names = []
 
 
 @serve.deployment(name=ExpertKind.HIGH_NOISE.deployment)
@@ -92,8 +129,8 @@ class CoLocatedExperts:
         for phase in self.phases.values():
             phase.check_health()
 
-    def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
+    async def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return await self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
 
-    def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)
+    async def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return await self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)

@@ -90,6 +90,34 @@ async def _query_error(request: Request, error: RequestValidationError) -> JSONR
     return await _api_error(request, ApiError.invalid(RequestInvalid(errors)))
 
 
+def form_fields(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A form's fields as the JSON body they stand for, decoded the way the openai SDK encodes
+    `extra_body`: `slots[product]=x` is a dict, `lora[][name]=a&lora[][scale]=1` a list of dicts
+    (a key seen again starts the next one); files are ignored."""
+    fields: dict[str, Any] = {}
+    for key, value in items:
+        if not isinstance(value, str):
+            continue
+        name, _, rest = key.partition("[")
+        if not rest.endswith("]"):
+            fields[key] = value
+        elif rest.startswith("]["):
+            entries = fields.get(name)
+            if not isinstance(entries, list):
+                entries = fields[name] = []
+            sub = rest[2:-1]
+            if not entries or not isinstance(entries[-1], dict) or sub in entries[-1]:
+                entries.append({})
+            entries[-1][sub] = value
+        elif rest == "]":
+            entries = fields.get(name)
+            fields[name] = [*entries, value] if isinstance(entries, list) else [value]
+        else:
+            entries = fields.get(name)
+            fields[name] = {**(entries if isinstance(entries, dict) else {}), rest[:-1]: value}
+    return fields
+
+
 async def read_body(request: Request, limit: int) -> Any:
     """The JSON or form body, refused with 413 past `limit` bytes (before reading it all)."""
     too_large = ApiError(413, f"request body is larger than {limit} bytes", "body", "body_too_large")
@@ -104,17 +132,7 @@ async def read_body(request: Request, limit: int) -> Any:
     request._body = bytes(body)  # starlette's cache: .json() / .form() read this
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        form = await request.form()
-        fields: dict[str, Any] = {}
-        for key, value in form.items():
-            if not isinstance(value, str):
-                continue
-            name, _, sub = key.partition("[")  # the openai SDK sends a dict as slots[product]=...
-            if sub.endswith("]"):
-                fields.setdefault(name, {})[sub[:-1]] = value
-            else:
-                fields[key] = value
-        return fields
+        return form_fields((await request.form()).multi_items())
     try:
         return await request.json()
     except ValueError:

@@ -23,8 +23,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
+from contract.adapters import adapter_set_id, adapters_for
 from contract.errors import RequestInvalid, error_summary
-from contract.experts import CO_LOCATED_DEPLOYMENT
+from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
 from contract.jobs import Job, JobCreate, JobError, valid_job_id, video_key
 from contract.messages import Video
 from contract.request import GenerationRequest
@@ -87,6 +88,19 @@ def replica_died(error: BaseException) -> bool:
     return False
 
 
+def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind):
+    """A stage call to an expert deployment's `method`, routed by Serve model multiplexing to a
+    replica that holds the request's adapters for that expert (any replica when it has none)."""
+    plain = getattr(handle, method)
+
+    def call(job_id: str, request: GenerationRequest, *args, **kwargs):
+        model_id = adapter_set_id(adapters_for(request.lora, kind))
+        target = getattr(handle.options(multiplexed_model_id=model_id), method) if model_id else plain
+        return target.remote(job_id, request, *args, **kwargs)
+
+    return call
+
+
 def proxy_host(default: str) -> str:
     """Where Serve's HTTP proxies listen: `http_options.host` of `t2v serve`, a Serve config or
     KubeRay, read from the controller (the app's own settings need not know it)."""
@@ -120,18 +134,17 @@ class Ingress:
         self.store = OutputStore(settings.output_uri)
         scheduler = Scheduler.from_checkpoint(checkpoint)
         if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
-            high_noise, low_noise = high_noise_expert.high_noise, high_noise_expert.low_noise
+            high_noise = expert_call(high_noise_expert, "high_noise", ExpertKind.HIGH_NOISE)
+            low_noise = expert_call(high_noise_expert, "low_noise", ExpertKind.LOW_NOISE)
         else:
-            high_noise = high_noise_expert.denoise
-            low_noise = low_noise_expert.denoise if low_noise_expert is not None else None
+            high_noise = expert_call(high_noise_expert, "denoise", ExpertKind.HIGH_NOISE)
+            low_noise = expert_call(low_noise_expert, "denoise", ExpertKind.LOW_NOISE) if low_noise_expert else None
         # Each stage call answers a DeploymentResponse, which the runner hands to the next stage as it is.
         self.runner = JobRunner(
             Stages(
                 encode=text_encoder.encode.remote,
-                high_noise=lambda job_id, request, embeddings, base: high_noise.remote(
-                    job_id, request, embeddings, base=base
-                ),
-                low_noise=low_noise.remote if low_noise is not None else None,
+                high_noise=lambda job_id, request, embeddings, base: high_noise(job_id, request, embeddings, base=base),
+                low_noise=low_noise,
                 decode=decoder.decode.remote,
             ),
             plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
@@ -341,6 +354,14 @@ class Ingress:
     async def list_templates(self, request: Request) -> dict:
         self._caller(request)
         return {"object": "list", "data": self.settings.templates().public()}
+
+    @api.get("/v1/adapters", summary="LoRA adapters")
+    async def list_adapters(self, request: Request) -> dict:
+        """The adapters requests may name in `lora`, with the experts each changes; one that does
+        not fit this model is listed with the reason (a request naming it gets a 400)."""
+        self._caller(request)
+        listing = await asyncio.to_thread(self.validator.adapters.listing)  # may read an object store
+        return {"object": "list", "data": [info.public() for info in listing.values()]}
 
     @api.get("/v1/models", summary="Models served")
     async def list_models(self, request: Request) -> dict:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from contract.errors import FieldError, RequestInvalid
 from contract.request import GenerationRequest, VideoCreateBody
 from contract.settings import Settings
+from deployments.adapters import AdapterStore
 from deployments.checkpoint import Checkpoint
 from deployments.safety import ContentFilter
 from deployments.text_encoder import count_tokens
@@ -32,6 +33,11 @@ class RequestValidator:
     def tokenizer(self):
         return self._checkpoint.tokenizer()
 
+    @cached_property
+    def adapters(self) -> AdapterStore:
+        """The LoRA adapters requests may name (`lora`), each checked against this model."""
+        return AdapterStore.from_settings(self.settings, self._checkpoint)
+
     def check_prompt(self, text: str, field: str = "prompt") -> None:
         """The checks a text needs a model for: blocked terms, then the tokenizer's count (an
         over-long text is refused instead of silently cut at max_sequence_length)."""
@@ -44,10 +50,12 @@ class RequestValidator:
     def request(self, **fields: Any) -> GenerationRequest:
         """Request fields (canonical names) -> the request that will run; RequestInvalid names the field."""
         try:
-            return GenerationRequest.build(self.settings, self.check_prompt, **fields)
+            return GenerationRequest.build(self.settings, self.check_prompt, self.adapters.resolve, **fields)
         except ValidationError as e:
             raise RequestInvalid.from_validation(e) from None
 
     def body(self, data: Any) -> GenerationRequest:
         """An HTTP body (or a batch row) in the API's shape -> the request that will run."""
-        return VideoCreateBody.parse(data).to_request(self.settings, self.model_id, self.check_prompt)
+        return VideoCreateBody.parse(data).to_request(
+            self.settings, self.model_id, self.check_prompt, self.adapters.resolve
+        )

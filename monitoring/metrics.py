@@ -58,6 +58,20 @@ class _Metrics:
             ),
             "in_flight": Gauge("t2v_jobs_in_flight", "Jobs queued or in progress", tag_keys=("status",)),
             "steps": Counter("t2v_denoising_steps", "Denoising steps run", tag_keys=("expert", "model")),
+            "adapter_loads": Counter(
+                "t2v_adapter_loads", "LoRA adapters loaded into an expert replica", tag_keys=("expert", "adapter")
+            ),
+            "adapter_requests": Counter(
+                "t2v_adapter_requests",
+                "Expert phases with adapters: their adapters already loaded (hit) or loaded for them (load)",
+                tag_keys=("expert", "result"),
+            ),
+            "adapter_load": Histogram(
+                "t2v_adapter_load_seconds",
+                "Seconds to load one adapter into an expert",
+                boundaries=SECONDS,
+                tag_keys=("expert",),
+            ),
             "cache": Counter("t2v_cache_lookups", "Cache lookups by level and result", tag_keys=("level", "result")),
             "evictions": Counter(
                 "t2v_cache_evictions", "Entries evicted to respect the size limit", tag_keys=("level",)

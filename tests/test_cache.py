@@ -18,6 +18,7 @@ import torch
 from cache.keys import BOUNDARY_FIELDS, ModelIdentity, boundary_key, embedding_key, result_key
 from cache.store import LatentCache, pack
 from cluster.pipeline import Pipeline
+from contract.adapters import AdapterRef
 from contract.request import GenerationRequest
 from contract.settings import CacheSettings, Settings, StepCacheSettings
 from contract.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
@@ -343,6 +344,13 @@ def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
         assert changed == changed_levels, name
     # Of the request: the high-noise phase's inputs change the boundary key; any field the mp4.
     for name in GenerationRequest.model_fields:
+        if name == "lora":  # the high-noise expert's adapters change the boundary; any adapter the mp4
+            for experts, boundary in ((["high_noise"], True), (["low_noise"], False)):
+                adapter = AdapterRef(name="style", scale=0.8, revision="r1", experts=experts)
+                other = request.model_copy(update={"lora": [adapter]})
+                assert (boundary_key(model, other) != boundary_key(model, request)) == boundary, experts
+                assert result_key(model, other) != result_key(model, request), experts
+            continue
         other = request.model_copy(update={name: _other(getattr(request, name))})
         assert (boundary_key(model, other) != boundary_key(model, request)) == (name in BOUNDARY_FIELDS), name
         if name not in ("preset", "template", "slots"):  # those only through the fields they fill in

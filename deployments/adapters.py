@@ -1,0 +1,370 @@
+"""LoRA adapters: the store they live in, and the ones loaded into an expert.
+
+An adapter is a folder holding a diffusers-format `pytorch_lora_weights.safetensors`, its
+keys prefixed by the pipeline component they go into: `transformer.` (the high-noise
+expert), `transformer_2.` (the low-noise expert), or both (and an optional `adapter.json`
+describing it). diffusers loads each part with `load_lora_adapter(prefix=...)` and peft
+does the rest. The store is a local folder or any `pyarrow.fs` URI (settings `adapters.uri`).
+
+`AdapterStore` lists the adapters and checks each against the model's architecture from
+the safetensors header alone, so a request naming one that cannot fit is refused before
+any compute. `ExpertAdapters` keeps up to `adapters.max_loaded` of them in one expert's
+transformer (least recently used unloaded first) and lets one set at a time be active:
+requests with the same adapters and scales run together; others take turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from contract.adapters import ADAPTER_NAME, AdapterRef
+from contract.errors import FieldError
+from contract.experts import ExpertKind
+from contract.settings import Settings
+from deployments.checkpoint import Checkpoint
+from monitoring.metrics import metrics
+
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+DESCRIPTION_FILE = "adapter.json"
+# Trained on the default model's world by `t2v model train-lora` (README, "LoRA adapters").
+TEST_ADAPTERS_DIR = Path(__file__).parent / "weights" / "test-adapters"
+_LORA_PARTS = (".lora_A.weight", ".lora_B.weight")
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    revision: str  # changes whenever the weights file does
+    experts: tuple[str, ...]  # stage names of the experts it holds weights for
+    rank: int
+    description: str = ""
+    problem: str | None = None  # why it cannot be used with this model; None: it fits
+
+    def public(self) -> dict:
+        return {
+            "id": self.name,
+            "object": "adapter",
+            "experts": list(self.experts),
+            "rank": self.rank,
+            "revision": self.revision,
+            "description": self.description,
+            "compatible": self.problem is None,
+            **({"problem": self.problem} if self.problem else {}),
+        }
+
+
+def _linear_shapes(checkpoint: Checkpoint, kind: ExpertKind) -> dict[str, tuple[int, int]]:
+    """module name -> (in_features, out_features) of every Linear of an expert, from its config
+    alone: the model is built on the meta device, so no weights are read or allocated."""
+    import torch
+
+    config = json.loads((checkpoint.path / kind.subfolder / "config.json").read_text())
+    with torch.device("meta"):
+        model = checkpoint._class_of(kind.subfolder).from_config(config)
+    return {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
+class AdapterStore:
+    def __init__(self, uri: str | Path, checkpoint: Checkpoint, listing_seconds: float = 10):
+        uri = str(uri)
+        if "://" not in uri:
+            uri = "file://" + str(Path(uri).expanduser().resolve())
+        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.uri = uri
+        self.checkpoint = checkpoint
+        self.listing_seconds = listing_seconds
+        self._listing: tuple[float, dict[str, AdapterInfo]] | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, checkpoint: Checkpoint | None = None) -> AdapterStore:
+        checkpoint = checkpoint or Checkpoint.from_settings(settings)
+        return cls(settings.adapters.uri or TEST_ADAPTERS_DIR, checkpoint, settings.adapters.listing_seconds)
+
+    @cached_property
+    def _experts(self) -> dict[str, tuple[ExpertKind, dict[str, tuple[int, int]]]]:
+        """key prefix -> (expert, its Linear shapes) for the experts this checkpoint has."""
+        kinds = [k for k in ExpertKind if k is ExpertKind.HIGH_NOISE or self.checkpoint.has_low_noise_expert]
+        return {f"{k.subfolder}.": (k, _linear_shapes(self.checkpoint, k)) for k in kinds}
+
+    # -- listing -----------------------------------------------------------------------------
+
+    def listing(self) -> dict[str, AdapterInfo]:
+        """Every adapter in the store by name, re-read at most every `listing_seconds`."""
+        with self._lock:
+            if self._listing is None or time.monotonic() - self._listing[0] > self.listing_seconds:
+                self._listing = (time.monotonic(), self._read_listing())
+            return self._listing[1]
+
+    def _read_listing(self) -> dict[str, AdapterInfo]:
+        try:
+            folders = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except OSError as error:
+            logger.warning("adapter store %s cannot be listed: %s", self.uri, error)
+            return {}
+        found = {}
+        for folder in sorted(folders, key=lambda f: f.base_name):
+            if folder.type == pafs.FileType.Directory and not folder.base_name.startswith("."):
+                info = self._describe(folder.base_name)
+                if info is not None:
+                    found[info.name] = info
+        return found
+
+    def _describe(self, name: str) -> AdapterInfo | None:
+        weights = self.fs.get_file_info(f"{self.root}/{name}/{WEIGHTS_FILE}")
+        if weights.type != pafs.FileType.File:
+            return None  # not an adapter folder
+        import re
+
+        revision = hashlib.sha256(f"{name}:{weights.size}:{weights.mtime_ns}".encode()).hexdigest()[:16]
+        description = ""
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{name}/{DESCRIPTION_FILE}") as f:
+                description = str(json.loads(f.read()).get("description", ""))
+        except (FileNotFoundError, ValueError, AttributeError):
+            pass
+        if not re.match(ADAPTER_NAME, name):
+            return AdapterInfo(name, revision, (), 0, description, f"folder name {name!r} is not an adapter name")
+        try:
+            header = self._header(name)
+        except (OSError, ValueError) as error:
+            return AdapterInfo(name, revision, (), 0, description, f"unreadable {WEIGHTS_FILE}: {error}")
+        experts, rank, problem = self._check(header)
+        return AdapterInfo(name, revision, experts, rank, description, problem)
+
+    def _header(self, name: str) -> dict[str, dict]:
+        """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read."""
+        with self.fs.open_input_file(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > 100 * 2**20:
+                raise ValueError(f"a {length}-byte header is not a safetensors file's")
+            header = json.loads(f.read(length))
+        header.pop("__metadata__", None)
+        return header
+
+    def _check(self, header: dict[str, dict]) -> tuple[tuple[str, ...], int, str | None]:
+        """(experts it changes, rank, the first reason it does not fit this model or None)."""
+        experts, ranks = set(), set()
+        for key, tensor in header.items():
+            prefix = next((p for p in self._experts if key.startswith(p)), None)
+            if prefix is None:
+                component = key.split(".", 1)[0]
+                if component == ExpertKind.LOW_NOISE.subfolder:
+                    return (), 0, "it holds low-noise expert (transformer_2) weights; this model has one transformer"
+                return (), 0, f"{key!r} is not a weight of the experts ({', '.join(p[:-1] for p in self._experts)})"
+            kind, linears = self._experts[prefix]
+            part = next((p for p in _LORA_PARTS if key.endswith(p)), None)
+            if part is None:
+                continue  # alphas, DoRA magnitudes: peft checks them when loading
+            module = key[len(prefix) : -len(part)]
+            shape = tensor.get("shape", [])
+            if module not in linears:
+                return (), 0, f"{key!r}: this model's {kind.subfolder} has no layer {module!r} (another architecture?)"
+            inputs, outputs = linears[module]
+            expected = (shape[0], inputs) if part == ".lora_A.weight" else (outputs, shape[1] if len(shape) > 1 else 0)
+            if len(shape) != 2 or tuple(shape) != expected:
+                return (
+                    (),
+                    0,
+                    (
+                        f"{key!r} has shape {shape}; {kind.subfolder}.{module} takes {inputs} inputs and gives "
+                        f"{outputs} outputs (an adapter for another architecture)"
+                    ),
+                )
+            experts.add(kind.stage)
+            ranks.add(shape[0] if part == ".lora_A.weight" else shape[1])
+        if not experts:
+            return (), 0, "it holds no LoRA weights"
+        order = [k.stage for k in ExpertKind if k.stage in experts]
+        return tuple(order), max(ranks), None
+
+    # -- what requests and experts use --------------------------------------------------------
+
+    def resolve(self, adapters: list[AdapterRef]) -> list[AdapterRef]:
+        """The request's adapters with their revision and experts; FieldError names the first
+        unknown one, or one that does not fit this model."""
+        known = self.listing()
+        resolved = []
+        for i, adapter in enumerate(adapters):
+            info = known.get(adapter.name)
+            if info is None:
+                names = ", ".join(sorted(known)) or "none"
+                raise FieldError(
+                    f"lora.{i}.name", f"unknown adapter {adapter.name!r}; known: {names}", "adapter_not_found"
+                )
+            if info.problem is not None:
+                raise FieldError(
+                    f"lora.{i}.name",
+                    f"adapter {adapter.name!r} does not fit model {self.checkpoint.model_id!r}: {info.problem}",
+                    "adapter_incompatible",
+                )
+            resolved.append(adapter.model_copy(update={"revision": info.revision, "experts": list(info.experts)}))
+        return resolved
+
+    def read(self, name: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
+            return f.read()
+
+
+class ExpertAdapters:
+    """The adapters loaded into one expert's transformer, and which of them is active.
+
+    peft's active adapters and their scales belong to the transformer, not to a request, so
+    requests whose adapter set (names and scales) differs take turns: `active(...)` admits a
+    request while the active set is its own, and a request waiting for another set stops
+    newcomers of the current one from cutting in."""
+
+    def __init__(self, transformer, kind: ExpertKind, store: AdapterStore, max_loaded: int, simulated: bool = False):
+        self.transformer, self.kind, self.store = transformer, kind, store
+        self.max_loaded = max_loaded
+        self.simulated = simulated  # a simulated transformer has no layers to adapt: bookkeeping only
+        self.loaded: OrderedDict[str, str] = OrderedDict()  # name -> revision, least recently used first
+        self.load_seconds: list[float] = []  # for tests and benchmarks
+        self._active: tuple = ()
+        self._users = 0
+        self._queue: list[tuple[tuple, object]] = []  # (key, ticket) of each waiting caller, in arrival order
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _slot(name: str, revision: str) -> str:
+        """peft's name for an adapter: a valid attribute name, new for every revision."""
+        return "lora_" + hashlib.sha256(f"{name}@{revision}".encode()).hexdigest()[:12]
+
+    @contextmanager
+    def active(self, adapters: list[AdapterRef]) -> Iterator[None]:
+        """Run the body with exactly `adapters` (at their scales) active in the transformer."""
+        key = tuple((a.name, a.revision, a.scale) for a in adapters)
+        with self._turn(key):
+            if self._active != key or (key and not self._holds(adapters)):
+                self._load([(a.name, a.revision) for a in adapters])
+                self._activate(adapters)
+                self._active = key
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def _turn(self, key: tuple) -> Iterator[None]:
+        """Hold the lock once it is `key`'s turn: first come, first served by set. A set may join
+        the one running while nobody with another set waits ahead of it; else it waits for the
+        running phases to end and for those ahead of it to have had their turn."""
+        ticket = (key, object())
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                while True:
+                    ahead = self._queue[: self._queue.index(ticket)]
+                    if self._users == 0 and not ahead:
+                        break
+                    if self._users and self._active == key and all(k == key for k, _ in ahead):
+                        break
+                    self._cond.wait()
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+            yield
+
+    def load(self, pairs: list[tuple[str, str]]) -> bool:
+        """Load (name, revision) pairs not loaded yet (Serve's multiplexed load calls this ahead
+        of the phase). True when all were loaded already (a hit)."""
+        with self._idle():
+            return self._load(pairs)
+
+    def unload(self, names: list[str]) -> None:
+        """Unload these adapters (Serve's multiplexed LRU evicted a set they belong to)."""
+        with self._idle():
+            for name in names:
+                if name in self.loaded:
+                    self._delete(name)
+
+    @contextmanager
+    def _idle(self) -> Iterator[None]:
+        """Hold the lock with no phase running: peft adds and removes layers in place, which a
+        forward on another thread must not see half done. It takes its turn like a phase."""
+        with self._turn(("load",)):
+            yield
+
+    # -- under the lock ---------------------------------------------------------------------
+
+    def _holds(self, adapters: list[AdapterRef]) -> bool:
+        return all(self.loaded.get(a.name) == a.revision for a in adapters)
+
+    def _load(self, pairs: list[tuple[str, str]]) -> bool:
+        hit = True
+        for name, revision in pairs:
+            if self.loaded.get(name) == revision:
+                self.loaded.move_to_end(name)
+                continue
+            hit = False
+            if name in self.loaded:  # another revision: the adapter was replaced in the store
+                self._delete(name)
+            while len(self.loaded) >= self.max_loaded:
+                self._delete(next(n for n in self.loaded if n not in dict(pairs)))
+            start = time.perf_counter()
+            if not self.simulated:
+                self._load_weights(name, revision)
+            seconds = time.perf_counter() - start
+            self.loaded[name] = revision
+            self.load_seconds.append(seconds)
+            metrics.inc("adapter_loads", expert=self.kind.metric_label, adapter=name)
+            metrics.observe("adapter_load", seconds, expert=self.kind.metric_label)
+            logger.info("%s: loaded adapter %s (%s) in %.2f s", self.kind.stage, name, revision, seconds)
+        if pairs:
+            metrics.inc("adapter_requests", expert=self.kind.metric_label, result="hit" if hit else "load")
+        return hit
+
+    def _load_weights(self, name: str, revision: str) -> None:
+        from safetensors.torch import load as load_safetensors
+
+        info = self.store.listing().get(name)
+        if info is not None and info.revision != revision:
+            logger.warning("adapter %s changed since the request was validated: loading the store's", name)
+        state = load_safetensors(self.store.read(name))
+        with warnings.catch_warnings():  # "multiple adapters in the model": what this class is for
+            warnings.filterwarnings("ignore", "Already found a `peft_config`")
+            self.transformer.load_lora_adapter(
+                state, prefix=self.kind.subfolder, adapter_name=self._slot(name, revision)
+            )
+
+    def _delete(self, name: str) -> None:
+        revision = self.loaded.pop(name)
+        if self._active and name in {k[0] for k in self._active}:
+            self._active = ()  # so the next phase activates its set again
+        if not self.simulated:
+            with warnings.catch_warnings():  # "was active which is now deleted": the next phase activates its own
+                warnings.filterwarnings("ignore", "Adapter .* was active")
+                self.transformer.delete_adapters([self._slot(name, revision)])
+
+    def _activate(self, adapters: list[AdapterRef]) -> None:
+        if self.simulated or not self.loaded:
+            return  # never adapted: the plain transformer, no peft layers in the way
+        if not adapters:
+            self.transformer.disable_lora()
+            return
+        self.transformer.enable_lora()
+        slots = [self._slot(a.name, a.revision) for a in adapters]
+        self.transformer.set_adapters(slots, weights=[a.scale for a in adapters])
