@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ class GenerationResult:
     steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert stage
     cache: dict[str, bool | None] = field(default_factory=dict)  # level -> hit (None: not used)
     physics: PhysicsResult | None = None
+    latents: Any = None  # the kept video's final latent (a final of its shot starts from it); None when cached
 
 
 def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
@@ -65,9 +67,11 @@ class _Job:
     """What the in-process stages note about one job: timings, cache levels, frames."""
 
     on_step: Callable[[int], None] | None
+    source: Any = None  # the preview's final latent, for the final of its shot (`from_video`)
     timings: dict[str, float] = field(default_factory=dict)
     cache: dict[str, bool | None] = field(default_factory=dict)
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # per attempt
+    latents: dict[int, Any] = field(default_factory=dict)  # per attempt
 
     def timed(self, stage: str, start: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
@@ -119,6 +123,7 @@ class Pipeline:
             self.checkpoint.identity,
             self.cache,
             min_dynamics=self.checkpoint.settings.repair_min_dynamics,
+            finalize_strength=self.checkpoint.settings.finalize_strength,
         )
 
     def _stages(self, job: _Job) -> Stages:
@@ -151,7 +156,7 @@ class Pipeline:
             resample_seed: int | None,
         ) -> DenoisingState:
             start = time.perf_counter()
-            state = self.low_noise_expert.phase(request, embeddings, boundary, job.on_step, resample_seed)
+            state = self.low_noise_expert.phase(request, embeddings, boundary, job.on_step, resample_seed, job.source)
             job.timed("low_noise", start)
             return state
 
@@ -161,6 +166,7 @@ class Pipeline:
             for part, seconds in video.timings.items():
                 job.timings[part] = job.timings.get(part, 0.0) + seconds
             job.frames[attempt] = video.frames
+            job.latents[attempt] = state.latents
             return Video(attempt=attempt, seed=seed, physics=video.physics, mp4=video.mp4)
 
         return Stages(encode, high_noise, low_noise if self.low_noise_expert is not None else None, decode)
@@ -172,12 +178,24 @@ class Pipeline:
         denoised = self.runner(job).denoise("local", request)
         return Denoised(denoised.state, denoised.boundary, denoised.embeddings, job.timings, job.cache)
 
+    def final_of(self, preview: GenerationResult, **fields) -> GenerationResult:
+        """The final of `preview`'s shot, as `POST /v1/videos` with `from` makes it: `fields` may
+        set the preset (default "final"), size and steps; the rest is the preview's."""
+        request = self.validator.final_of(preview.request, fields, preview_id="local")
+        return self(request, source=preview.latents)
+
     def generate_frames(self, request: GenerationRequest) -> np.ndarray:
         """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
         return self.decoder(self.denoise(request).state.latents)
 
-    def __call__(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> GenerationResult:
-        job = _Job(on_step)
+    def __call__(
+        self, request: GenerationRequest, on_step: Callable[[int], None] | None = None, source=None
+    ) -> GenerationResult:
+        """`source`: for a final of a previewed shot (`request.from_video`), the preview's
+        `GenerationResult.latents`."""
+        if (request.from_video is None) != (source is None):
+            raise ValueError("the final of a shot needs its preview's latents, and only it takes them")
+        job = _Job(on_step, source)
         runner = self.runner(job)
         if (cached := runner.cached(request)) is not None:
             return GenerationResult(
@@ -188,6 +206,9 @@ class Pipeline:
         steps = {ExpertKind.HIGH_NOISE.stage: len(plan.high_noise_steps)}
         if self.low_noise_expert is not None:
             steps[ExpertKind.LOW_NOISE.stage] = len(plan.low_noise_steps) * outcome.attempts
+        if request.from_video is not None:
+            refined = len(plan.refinement_steps(self.checkpoint.settings.finalize_strength))
+            steps = {ExpertKind.HIGH_NOISE.stage: 0, ExpertKind.LOW_NOISE.stage: refined}
         return GenerationResult(
             request,
             self.model_id,
@@ -197,6 +218,7 @@ class Pipeline:
             steps,
             {**job.cache, "result": outcome.result_cache},
             outcome.physics,
+            job.latents[outcome.video.attempt],
         )
 
 

@@ -87,6 +87,11 @@ def video_key(job_id: str, attempt: int = 0) -> str:
     return f"videos/{job_id}.mp4" if attempt == 0 else f"videos/{job_id}.retry{attempt}.mp4"
 
 
+def latent_key(job_id: str, attempt: int = 0) -> str:
+    """The job's final latent, kept so that a final of the same shot can start from it (`from`)."""
+    return f"videos/{job_id}.latent" if attempt == 0 else f"videos/{job_id}.retry{attempt}.latent"
+
+
 class JobCreate(BaseModel):
     """Ingress -> job store: record a new job, unless `max_active` jobs are already active."""
 

@@ -104,6 +104,11 @@ class RequestFields(BaseModel):
         None, ge=0, le=1, description="Below this physics score the low-noise phase is re-sampled (new seed)"
     )
     max_retries: int | None = Field(None, ge=0, description="Re-samples at most; default from settings")
+    from_video: str | None = Field(
+        None,
+        validation_alias=AliasChoices("from", "from_video"),
+        description="A finished video's id: make the final of that shot (its prompt, seed, frames and motion kept)",
+    )
     lora: list[AdapterRef] | None = Field(
         None, description="LoRA adapters from GET /v1/adapters, each with its scale: [{name, scale}]"
     )
@@ -297,6 +302,10 @@ class GenerationRequest(RequestFields):
             self.guidance_scale_2 = settings.guidance_scale_2
         if self.negative_prompt is None:
             self.negative_prompt = settings.negative_prompt
+        if self.from_video is not None and self.min_physics_score is not None:
+            raise FieldError(
+                "min_physics_score", "the final of a shot keeps its preview's motion: it is not re-sampled"
+            )
         if self.max_retries is None:
             self.max_retries = settings.limits.default_physics_retries if self.min_physics_score is not None else 0
         elif self.max_retries > settings.limits.max_physics_retries:

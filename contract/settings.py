@@ -289,6 +289,11 @@ class Settings(BaseSettings):
         "preview": Preset(height=64, width=64, num_frames=17, num_inference_steps=10),
         "final": Preset(height=128, width=128, num_frames=33, num_inference_steps=20),
     }
+    # The final of a previewed shot (`from`): the preview's latent, upsampled to the final's size, is
+    # re-noised to this noise level (SDEdit) and the low-noise expert denoises it from there. Lower
+    # keeps more of the preview; at most the MoE boundary's level: the preview's layout and motion
+    # (its high-noise phase) always stay. bench/quality.py measures what it keeps and saves.
+    finalize_strength: float = Field(0.6, gt=0, le=1)
     # Physics repair: a re-sampled video replaces the first only if it moves at least this share
     # as much (the scorer's `dynamics`); else a still video, with nothing to break, would win.
     repair_min_dynamics: float = Field(0.8, ge=0, le=1)

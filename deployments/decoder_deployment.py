@@ -1,5 +1,6 @@
 """The `Decoder` Serve deployment: VAE decode, mp4 and physics score (decoder.py) per replica;
-the mp4 goes to the shared output store, only its key and score go back."""
+the mp4 goes to the shared output store, only its key and score go back. The final latent goes
+there too: a final of the same shot (`from`) starts from it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import time
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from contract.jobs import video_key
+from contract.jobs import latent_key, video_key
 from contract.messages import Cancelled, Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
 from deployments.decoder import Decoder
-from deployments.denoising import DenoisingState
+from deployments.denoising import DenoisingState, latent_bytes
 from deployments.reporting import JobReporter
 
 
@@ -38,6 +39,7 @@ class DecoderDeployment:
             video = self.decoder.video(request, state.latents, seed)
             key = video_key(job_id, attempt)
             self.store.write(key, video.mp4)
+            self.store.write(latent_key(job_id, attempt), latent_bytes(state.latents))
             decoded = start + video.timings["decode"]
             encoded = decoded + video.timings["mp4"]
             reporter.part("mp4", decoded, encoded)

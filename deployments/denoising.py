@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
 from deployments.checkpoint import Checkpoint
@@ -47,6 +48,14 @@ class DenoisingState:
 class DenoisingPlan:
     timesteps: tuple[int, ...]
     boundary_step: int  # steps [0, boundary_step) are high-noise, the rest low-noise
+    sigmas: tuple[float, ...] = ()  # the noise level of each step
+
+    def refinement_steps(self, strength: float) -> range:
+        """The steps a final of a previewed shot runs: from the first whose noise level is at most
+        `strength`, never before the boundary (the preview's high-noise phase stands), and at least
+        the last (a final is always denoised at its own size)."""
+        first = next((i for i, sigma in enumerate(self.sigmas) if sigma <= strength), self.num_steps - 1)
+        return range(min(max(first, self.boundary_step), self.num_steps - 1), self.num_steps)
 
     @property
     def num_steps(self) -> int:
@@ -83,7 +92,8 @@ class Scheduler:
         else:
             boundary_t = boundary_ratio * scheduler.config.num_train_timesteps
             boundary_step = sum(1 for t in timesteps if t >= boundary_t)
-        return DenoisingPlan(timesteps, boundary_step), self.capture(scheduler)
+        sigmas = tuple(float(s) for s in scheduler.sigmas[: len(timesteps)])
+        return DenoisingPlan(timesteps, boundary_step, sigmas), self.capture(scheduler)
 
     def plan(self, num_steps: int, boundary_ratio: float | None) -> DenoisingPlan:
         key = (num_steps, boundary_ratio)
@@ -115,11 +125,44 @@ class Scheduler:
         }
         return DenoisingState((1 - sigma) * x0.float() + sigma * noise, scheduler, state.step, state.stands_for)
 
+    def refine(
+        self,
+        source: torch.Tensor,
+        shape: tuple[int, ...],
+        seed: int,
+        num_steps: int,
+        boundary_ratio: float | None,
+        strength: float,
+    ) -> DenoisingState:
+        """Where the final of a previewed shot starts (SDEdit): the preview's clean latent `source`,
+        resized to `shape` (frames, height and width of the latent), re-noised with the request's own
+        noise to the first refinement step, x = (1 - sigma) x0 + sigma * noise; the solver starts
+        there with no history."""
+        plan, state = self.start(num_steps, boundary_ratio)
+        steps = plan.refinement_steps(strength)
+        upsampled = F.interpolate(source.float(), size=tuple(shape[2:]), mode="trilinear", align_corners=False)
+        sigma = plan.sigmas[steps.start] if steps else 0.0
+        latents = (1 - sigma) * upsampled + sigma * prepare_latents(tuple(shape), seed)
+        return DenoisingState(latents, {**state, "_begin_index": steps.start}, steps.start)
+
     @staticmethod
     def capture(scheduler) -> SchedulerState:
         """The scheduler's mutable state (timesteps, sigmas, step index, multistep history)."""
         state = {k: v for k, v in vars(scheduler).items() if k != "_internal_dict"}
         return copy.deepcopy(state)
+
+
+def latent_bytes(latents: torch.Tensor) -> bytes:
+    """A finished latent as stored next to its mp4 (half precision: a 720p latent is ~10 MB)."""
+    from safetensors.torch import save
+
+    return save({"latents": latents.detach().to(torch.float16).contiguous()})
+
+
+def latent_from_bytes(data: bytes) -> torch.Tensor:
+    from safetensors.torch import load
+
+    return load(data)["latents"].float()
 
 
 def prepare_latents(shape: tuple[int, ...], seed: int) -> torch.Tensor:

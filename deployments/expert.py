@@ -100,21 +100,43 @@ class Expert:
         state: DenoisingState | None = None,
         on_step: StepCallback | None = None,
         resample_seed: int | None = None,
+        source: torch.Tensor | None = None,
     ) -> DenoisingState:
         """Run this expert's side of the boundary (with the request's adapters for this expert);
         the high-noise expert starts from noise. `resample_seed` re-draws the low-noise phase's
-        noise (a physics retry)."""
+        noise (a physics retry). `source`: the final latent of the preview whose shot a `from`
+        request finishes; the low-noise expert starts from it, re-noised, instead of from `state`."""
         plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
         adapters = adapters_for(request.lora, self.kind)
         if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
                 state = self._noise(request, scheduler_state)
             return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step, adapters)
+        if state is None and source is not None:
+            state = self.refine_start(request, source)
         if state is None:
             raise ValueError(f"{self.kind.stage}: the low-noise phase needs the high-noise phase's state")
         if resample_seed is not None:
             state = self.scheduler.resample(state, resample_seed)
-        return self(state, embeddings, request.guidance_scale_2, plan.low_noise_steps, on_step, adapters)
+        steps = range(max(state.step, plan.boundary_step), plan.num_steps)
+        return self(state, embeddings, request.guidance_scale_2, steps, on_step, adapters)
+
+    def refine_start(self, request: GenerationRequest, source: torch.Tensor) -> DenoisingState:
+        """The preview's latent at this request's size, re-noised to `finalize_strength` (SDEdit)."""
+        settings = self.checkpoint.settings
+        if self.simulated:
+            shape, size = STAND_IN_LATENT, (request.num_frames, request.height, request.width)
+        else:
+            shape, size = self.checkpoint.latent_shape(request.num_frames, request.height, request.width), None
+        state = self.scheduler.refine(
+            source,
+            shape,
+            request.seed,
+            request.num_inference_steps,
+            self.checkpoint.boundary_ratio,
+            settings.finalize_strength,
+        )
+        return DenoisingState(state.latents, state.scheduler, state.step, size)
 
     def shared_phase(
         self,

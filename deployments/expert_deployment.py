@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 
+import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
 from contract.adapters import parse_adapter_set_id
 from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
+from contract.jobs import latent_key
 from contract.messages import Cancelled
 from contract.request import GenerationRequest
 from contract.settings import Settings
+from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState
+from deployments.denoising import DenoisingState, latent_from_bytes
 from deployments.expert import Expert
 from deployments.reporting import JobReporter
 from deployments.simulated import SimulatedGpu
@@ -39,6 +42,7 @@ class ExpertPhase:
         # The high-noise phase of a template is shared through the node's cache.
         self.cache = LatentCache.from_settings(settings) if self.kind is ExpertKind.HIGH_NOISE else None
         self.jobs = jobs
+        self.outputs = OutputStore(settings.output_uri)  # where a preview's latent waits for its final
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
 
         async def load_adapters(model_id: str) -> LoadedAdapters:
@@ -48,6 +52,13 @@ class ExpertPhase:
 
         # Set up here, not with the decorator on a method: the LRU's size is a setting.
         self.adapter_sets = serve.multiplexed(max_num_models_per_replica=settings.adapters.max_loaded)(load_adapters)
+
+    def _preview_latent(self, video_id: str) -> torch.Tensor:
+        """The final latent the decoder kept of the video whose shot a `from` request finishes."""
+        data = self.outputs.read(latent_key(video_id))
+        if data is None:
+            raise ValueError(f"the latent of video {video_id} is gone (deleted since the final was asked for)")
+        return latent_from_bytes(data)
 
     def check_health(self) -> None:
         """Serve replaces a replica whose step batcher lost its worker: its requests would hang."""
@@ -78,7 +89,8 @@ class ExpertPhase:
 
         def work() -> DenoisingState:
             if self.kind is ExpertKind.LOW_NOISE:
-                return self.expert.phase(request, embeddings, state, reporter.step, resample_seed)
+                source = self._preview_latent(request.from_video) if state is None and request.from_video else None
+                return self.expert.phase(request, embeddings, state, reporter.step, resample_seed, source)
             boundary, hit = self.expert.shared_phase(request, embeddings, base, self.cache, on_step=reporter.step)
             reporter.cache("boundary", hit)
             return boundary

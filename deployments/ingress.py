@@ -26,7 +26,7 @@ from cache.store import LatentCache
 from contract.adapters import adapter_set_id, adapters_for
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
-from contract.jobs import Job, JobCreate, JobError, valid_job_id, video_key
+from contract.jobs import Job, JobCreate, JobError, latent_key, valid_job_id, video_key
 from contract.messages import Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
@@ -48,12 +48,15 @@ class StoreOutputs(VideoOutputs):
         self.store = store
 
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
+        """The best attempt's mp4 and latent under the job's keys; the other attempts' deleted."""
         key = video_key(job_id)
         if best.key != key:
             self.store.write(key, self.store.read(best.key))
+            self.store.write(latent_key(job_id), self.store.read(latent_key(job_id, best.attempt)))
         for video in attempts:
             if video.key != key:
                 self.store.delete(video.key)
+                self.store.delete(latent_key(job_id, video.attempt))
         return best.model_copy(update={"key": key})
 
     def mp4(self, video: Video) -> bytes:
@@ -155,7 +158,9 @@ class Ingress:
             retries=settings.serving.job_retries,
             min_dynamics=settings.repair_min_dynamics,
             replica_died=replica_died,
+            finalize_strength=settings.finalize_strength,
         )
+        self.two_experts = checkpoint.has_low_noise_expert
         self.api_keys = [hashlib.sha256(k.encode()).hexdigest() for k in settings.serving.api_keys]
         self.max_body = settings.serving.max_body_bytes
         self._tasks: set[asyncio.Task] = set()
@@ -204,6 +209,19 @@ class Ingress:
             )
         return Response(self.store.read(video_key(job.id)), media_type="video/mp4", headers={"X-Video-Id": job.id})
 
+    @api.post("/v1/videos/{video_id}/finalize", status_code=202, summary="Make the final of a finished video's shot")
+    async def finalize_video(self, video_id: str, request: Request) -> JSONResponse:
+        """`POST /v1/videos` with `"from": video_id`: the body (optional) may set preset, size, steps."""
+        owner = self._caller(request)
+        has_body = request.headers.get("content-length", "0") not in ("", "0") or "chunked" in request.headers.get(
+            "transfer-encoding", ""
+        )
+        fields = await read_body(request, self.max_body) if has_body else {}
+        if not isinstance(fields, dict):
+            raise ApiError(400, "request body must be a JSON object or a form", "body")
+        job, _ = await asyncio.shield(self._start({**fields, "from": video_id}, owner))
+        return JSONResponse(self._public(job), status_code=202)
+
     async def submit(self, fields: dict[str, Any], keep: bool = False) -> dict[str, Any]:
         """One request through the stages for callers inside the cluster (batch jobs): the
         same validation, job record, capacity and caches as `POST /v1/videos`. Returns the
@@ -240,9 +258,14 @@ class Ingress:
     async def _accept(self, fields: Any, owner: str | None = None) -> tuple[Job, GenerationRequest]:
         """Validate the body and record the job; 400 names the bad field, 503 when full.
         An identical earlier request's mp4 completes the job at once (result cache)."""
-        generation = self.validator.body(fields)
+        source = fields.get("from", fields.get("from_video")) if isinstance(fields, dict) else None
+        if source is not None:
+            generation = self.validator.final_of(await self._preview(source, owner), fields, source)
+        else:
+            generation = self.validator.body(fields)
         matched = None
-        approximate = self.settings.cache.approximate_match and generation.cache
+        # A final of a shot keeps its preview's seed and so its match, if it had one.
+        approximate = self.settings.cache.approximate_match and generation.cache and source is None
         if approximate and generation.template is None and fields.get("seed") is None:
             # Admission before a text-encoder forward: a full cluster answers 503 at once.
             if await self.jobs.count_active.remote() >= self.settings.serving.max_active_jobs:
@@ -259,7 +282,7 @@ class Ingress:
             JobCreate(
                 request=generation,
                 model_id=self.model_id,
-                steps_total=self.runner.plan(generation).num_steps,
+                steps_total=self.runner.steps_total(generation),
                 max_active=self.settings.serving.max_active_jobs,
                 matched_template=matched,
                 owner=owner,
@@ -278,6 +301,23 @@ class Ingress:
                 await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
                 raise
         return job, generation
+
+    async def _preview(self, video_id: Any, owner: str | None) -> GenerationRequest:
+        """The request of the finished video whose shot a `from` request finishes; 400/404/409 when
+        there is none to finish."""
+        if not isinstance(video_id, str) or not valid_job_id(video_id):
+            raise ApiError(400, f"from: not a video id: {video_id!r}", "from")
+        if not self.two_experts:
+            raise ApiError(400, "from: the final of a shot needs a two-expert (Wan2.2) checkpoint", "from")
+        try:
+            preview = await self._job(video_id, owner)
+        except ApiError as missing:
+            raise ApiError(404, f"from: {missing.message}", "from", "video_not_found") from None
+        if preview.status != "completed":
+            raise ApiError(409, f"from: video {video_id} is {preview.status}, not completed", "from", "video_not_ready")
+        if not await asyncio.to_thread(self.store.exists, latent_key(video_id)):
+            raise ApiError(409, f"from: video {video_id} kept no latent to start a final from", "from", "no_latent")
+        return GenerationRequest.model_validate(preview.request, context={"settings": self.settings})
 
     async def _generate(self, job_id: str, request: GenerationRequest, owner: str | None) -> Job:
         """Run one job through the stages and record how it ended; a job left active with

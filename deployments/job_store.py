@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 from contract.errors import error_summary
-from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, new_job_id, video_key
+from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, latent_key, new_job_id, video_key
 from contract.messages import PhysicsResult, StageReport, StageSpan
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
@@ -370,6 +370,7 @@ class JobStore:
             try:
                 self.store.delete(f"jobs/{job_id}.json")
                 self.store.delete(video_key(job_id))
+                self.store.delete(latent_key(job_id))
             except Exception as error:
                 logger.warning("job store: deleting %s failed, will retry: %s", job_id, error_summary(error))
                 failed.add(job_id)

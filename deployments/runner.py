@@ -39,7 +39,8 @@ class Stages:
     # template's base-prompt embeddings, whose steps a template's requests share (else None)
     high_noise: Callable[[str, GenerationRequest, Any, Any], Any]
     # (job_id, request, embeddings, boundary, resample_seed) -> final DenoisingState; None on
-    # Wan2.1-style checkpoints, where the high-noise expert runs every step
+    # Wan2.1-style checkpoints, where the high-noise expert runs every step. boundary None: the
+    # final of a previewed shot, which starts from the preview's latent (`request.from_video`)
     low_noise: Callable[[str, GenerationRequest, Any, Any, int | None], Any] | None
     # (job_id, request, state, attempt) -> Video (decoded, mp4 written or in hand, scored)
     decode: Callable[[str, GenerationRequest, Any, int], Any]
@@ -90,7 +91,7 @@ class Outcome:
 @dataclass
 class Denoising:
     embeddings: Any  # of the full prompt (the low-noise phase and repairs use them)
-    boundary: Any  # the state after the high-noise phase (repairs start again here)
+    boundary: Any  # the state after the high-noise phase (repairs start again here); None for a final of a shot
     state: Any  # the state after the low-noise phase
 
 
@@ -129,6 +130,14 @@ class JobRunner:
     retries: int = 0  # runs again after a replica died under the job (Serve replaces it)
     min_dynamics: float = 0.8  # a repair attempt must move at least this share as much as the first
     replica_died: Callable[[BaseException], bool] = lambda error: False
+    finalize_strength: float = 0.6  # where the final of a previewed shot starts (settings.finalize_strength)
+
+    def steps_total(self, request: GenerationRequest) -> int:
+        """The denoising steps a job runs (its progress is measured against them)."""
+        plan = self.plan(request)
+        if request.from_video is not None:
+            return len(plan.refinement_steps(self.finalize_strength))
+        return plan.num_steps
 
     # -- 0. the result cache --------------------------------------------------------------
 
@@ -172,6 +181,13 @@ class JobRunner:
         # 1. Encode the prompt (and the negative prompt, for classifier-free guidance); a
         #    template request's high-noise phase sees its base prompt instead
         embeddings = stages.encode(job_id, request, False)
+        if request.from_video is not None:
+            # 2-3. The final of a previewed shot: the preview's high-noise phase stands (the shot's
+            #      layout and motion); the low-noise expert starts from the preview's latent,
+            #      upsampled to this size and re-noised part way (SDEdit), and adds the detail
+            if stages.low_noise is None:
+                raise ValueError("the final of a shot needs a two-expert (Wan2.2) checkpoint")
+            return Denoising(embeddings, None, stages.low_noise(job_id, request, embeddings, None, None))
         base = stages.encode(job_id, request, True) if request.template_mode else None
         # 2. High-noise phase: initial noise, then layout and motion (every step on a
         #    Wan2.1-style checkpoint); its first steps shared by a template's requests through the cache

@@ -21,6 +21,21 @@ from deployments.checkpoint import Checkpoint
 from deployments.safety import ContentFilter
 from deployments.text_encoder import count_tokens
 
+# What a final of a shot takes from its preview, and what its body may set.
+SHOT_FIELDS = {
+    "prompt",
+    "negative_prompt",
+    "template",
+    "slots",
+    "seed",
+    "guidance_scale",
+    "guidance_scale_2",
+    "lora",
+    "num_frames",
+    "fps",
+}
+FINAL_FIELDS = {"from", "from_video", "preset", "size", "steps", "num_inference_steps", "model", "cache"}
+
 
 class RequestValidator:
     def __init__(self, settings: Settings, checkpoint: Checkpoint):
@@ -53,6 +68,27 @@ class RequestValidator:
             return GenerationRequest.build(self.settings, self.check_prompt, self.adapters.resolve, **fields)
         except ValidationError as e:
             raise RequestInvalid.from_validation(e) from None
+
+    def final_of(self, preview: GenerationRequest, data: Any, preview_id: str) -> GenerationRequest:
+        """The request of a final of `preview`'s shot (`from`): the preview's prompt, seed, guidance,
+        adapters, frames and fps, at the final preset's (or the body's) size and steps."""
+        if not isinstance(data, dict):
+            raise RequestInvalid.of("body", "request body must be a JSON object or a form")
+        for name in data:
+            if name not in FINAL_FIELDS:
+                raise RequestInvalid.of(
+                    name, f"the final of a shot keeps its preview's {name}; give only {', '.join(sorted(FINAL_FIELDS))}"
+                )
+        shot = preview.model_dump(include=SHOT_FIELDS, exclude_none=True)
+        if preview.template is not None:
+            shot.pop("prompt")  # the template fills it in again
+        if preview.lora:
+            shot["lora"] = [
+                {"name": a.name, "scale": a.scale} for a in preview.lora
+            ]  # resolved again: it may have changed
+        fields = {**shot, "preset": "final", **data, "from": preview_id}
+        fields.pop("from_video", None)
+        return self.body(fields)
 
     def body(self, data: Any) -> GenerationRequest:
         """An HTTP body (or a batch row) in the API's shape -> the request that will run."""

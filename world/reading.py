@@ -43,6 +43,7 @@ class Reading:
     displacement: float  # the object's largest distance from its start, frame heights (camera removed)
     track: np.ndarray = field(repr=False)  # (T, 2) centroid in pixels, NaN where not found
     shift: np.ndarray = field(repr=False)  # (T,) cumulative background shift in pixels (+: content moves right)
+    height: int = 0  # of the frames, in pixels (positions in frame heights are track / height)
 
     @property
     def static(self) -> bool:
@@ -178,4 +179,23 @@ def read_clip(frames: np.ndarray) -> Reading:
     if abs(shift[-1]) / h > PAN:
         camera = "pans left" if shift[-1] > 0 else "pans right"
     motion, displacement = _motion(track, shift, h)
-    return Reading(setting, color, obj, motion, camera, float(found.mean()), displacement, track, shift)
+    return Reading(setting, color, obj, motion, camera, float(found.mean()), displacement, track, shift, h)
+
+
+def shot_difference(first: Reading, second: Reading) -> dict:
+    """How far two readings of one shot at the same frame count are apart (e.g. a preview and its
+    final): whether colour, object and motion read the same, and the tracked object's distance
+    frame by frame, in frame heights (centroids scaled to each clip's height), over the frames
+    where both found it."""
+    if len(first.track) != len(second.track):
+        raise ValueError(f"frame counts differ: {len(first.track)} and {len(second.track)}")
+    both = ~np.isnan(first.track).any(1) & ~np.isnan(second.track).any(1)
+    distance = np.linalg.norm(first.track[both] / first.height - second.track[both] / second.height, axis=1)
+    return {
+        "color": first.color == second.color,
+        "object": first.object == second.object,
+        "motion": first.motion == second.motion,
+        "path": float(distance.mean()) if both.any() else float("nan"),  # mean over frames, frame heights
+        "path_max": float(distance.max()) if both.any() else float("nan"),
+        "tracked": float(both.mean()),
+    }
