@@ -17,7 +17,16 @@ Speed features, on the preview prompts in English (each against the plain path, 
 - step caches: FirstBlockCache and TaylorSeer on both experts;
 - batching: the requests run four at a time through the experts' step batcher;
 - repair: `min_physics_score` with two re-samples of the detail phase.
-Prints a table, then one JSON object last.
+
+The ad studio's workflow, on moving held-out prompts (`--adapter-prompts`, `--shot-prompts`):
+- the `studio` LoRA pair (deployments/weights/test-adapters, `t2v model train-lora`) at scales
+  0, 0.5 and 1 against no adapter: how much of the frames show its backdrop
+  (`world.styles.style_strength`), whether the object still reads right, and whether scale 0
+  gives the base model's frames bit for bit;
+- preview -> final of the same shot (`from`) against a plain final with the same seed and
+  shape: how much of the preview each keeps (`world.reading.shot_difference`: colour, object,
+  motion, the tracked object's path frame by frame), its detail, and the denoising it costs.
+Prints tables, then one JSON object last.
 """
 
 from __future__ import annotations
@@ -36,8 +45,9 @@ from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from contract.settings import Settings, StepCacheSettings
 from world.captions import EN, caption, phrasings
-from world.reading import read_clip
+from world.reading import read_clip, shot_difference
 from world.scene import held_out_combinations
+from world.styles import style_strength
 from world.vocabulary import CAMERAS
 
 KEYS = ("color", "object", "motion", "setting", "camera")
@@ -126,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=34, help="preview prompts per language")
     parser.add_argument("--final-prompts", type=int, default=16, help="final prompts per language")
     parser.add_argument("--features", type=int, default=None, help="prompts for the speed features (default: all)")
+    parser.add_argument("--adapter-prompts", type=int, default=8, help="prompts for the studio adapter")
+    parser.add_argument("--shot-prompts", type=int, default=8, help="moving prompts for preview -> final")
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -153,12 +165,155 @@ def main(argv: list[str] | None = None) -> dict:
             same = run(pipe, plain, cases, "preview", cache=False)
         results["preview en (same prompts)"] = summary(same)
 
-    print(f"\nquality of the default model from its frames ({pipe.model_id}); held-out combinations and phrasings")
-    table(results)
+    if results:
+        print(f"\nquality of the default model from its frames ({pipe.model_id}); held-out combinations and phrasings")
+        table(results)
     result = {"model": pipe.model_id, "results": results, "targets": targets(results, rows)}
+    if args.adapter_prompts:
+        log(f"studio adapter: {args.adapter_prompts} prompts at scales 0, 0.5, 1")
+        result["adapters"] = adapter_rows(pipe, moving_prompts(args.adapter_prompts))
+        adapter_table(result["adapters"])
+    if args.shot_prompts:
+        log(f"preview -> final: {args.shot_prompts} moving prompts")
+        result["shots"] = shot_rows(pipe, moving_prompts(args.shot_prompts), plain.finalize_strength)
+        shot_table(result["shots"])
     print()
     print(json.dumps(rounded(result)), flush=True)
     return result
+
+
+def moving_prompts(count: int) -> list[tuple[dict[str, str], str, int]]:
+    """The first `count` held-out English prompts whose object moves (a still one has no path to keep)."""
+    cases = [c for c in prompts("en", 4 * count) if c[0]["motion"] != "stays still"]
+    return cases[:count]
+
+
+ADAPTER = "studio"  # the shipped test adapter pair
+ADAPTER_SCALES = (None, 0.0, 0.5, 1.0)  # None: no adapter
+
+
+def adapter_rows(pipe: Pipeline, cases) -> dict:
+    """The studio adapter's effect: its backdrop's share of the pixels, the object read right or not,
+    and scale 0 against no adapter, frame for frame."""
+    out, base = {}, {}
+    for scale in ADAPTER_SCALES:
+        rows = []
+        for attrs, prompt, seed in cases:
+            lora = [] if scale is None else [{"name": ADAPTER, "scale": scale}]
+            start = time.perf_counter()
+            result = pipe(pipe.validator.request(prompt=prompt, seed=seed, preset="preview", cache=False, lora=lora))
+            row = judge(attrs, result.frames)
+            row.update(physics=result.physics.score, seconds=time.perf_counter() - start)
+            row["style"] = style_strength(result.frames)
+            if scale is None:
+                base[seed] = result.frames
+            else:
+                row["same_as_base"] = bool(np.array_equal(result.frames, base[seed]))
+            rows.append(row)
+        name = "no adapter" if scale is None else f"{ADAPTER} x{scale:g}"
+        out[name] = summary(rows) | {
+            "style": float(np.mean([r["style"] for r in rows])),
+            **({"same_as_base": float(np.mean([r["same_as_base"] for r in rows]))} if scale is not None else {}),
+        }
+    return out
+
+
+def adapter_table(rows: dict) -> None:
+    print(f"\nLoRA adapter '{ADAPTER}' (both experts), preview preset, {rows['no adapter']['videos']} prompts")
+    print(
+        f"{'run':<16}{'backdrop':>9}"
+        + "".join(f"{k:>9}" for k in KEYS[:3])
+        + f"{'physics':>9}{'= base':>8}{'s/video':>9}"
+    )
+    for name, row in rows.items():
+        same = f"{row['same_as_base'] * 100:>7.0f}%" if "same_as_base" in row else f"{'-':>8}"
+        cells = "".join(f"{row[k] * 100:>8.0f}%" for k in KEYS[:3])
+        print(f"{name:<16}{row['style'] * 100:>8.0f}%{cells}{row['physics']:>9.3f}{same}{row['seconds']:>9.2f}")
+
+
+def detail(frames: np.ndarray) -> float:
+    """Mean absolute Laplacian of the grey frames: edges and texture (a blurry upscale has little)."""
+    import cv2
+
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
+    return float(np.mean([np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean() for g in grey]))
+
+
+def upscaled(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
+def shot_rows(pipe: Pipeline, cases, strength: float) -> dict:
+    """Preview -> final of the same shot against a plain final of the same seed and shape."""
+    runs: dict[str, list[dict]] = {"final of the preview": [], "plain final, same seed": [], "preview, upscaled": []}
+    for attrs, prompt, seed in cases:
+        preview = pipe(pipe.validator.request(prompt=prompt, seed=seed, preset="preview", cache=False))
+        seen = read_clip(preview.frames)
+        final = pipe.final_of(preview, cache=False)
+        plain = pipe(final.request.model_copy(update={"from_video": None}))
+        size = (final.request.width, final.request.height)
+        for name, result, frames in (
+            ("final of the preview", final, final.frames),
+            ("plain final, same seed", plain, plain.frames),
+            ("preview, upscaled", preview, upscaled(preview.frames, size)),
+        ):
+            row = shot_difference(seen, read_clip(frames)) | judge(attrs, frames)
+            row["detail"] = detail(frames)
+            row["physics"] = result.physics.score
+            row["steps"] = sum(result.steps.values())
+            row["denoise_seconds"] = result.timings.get("high_noise", 0) + result.timings.get("low_noise", 0)
+            runs[name].append(row)
+    out = {}
+    for name, rows in runs.items():
+        mean = lambda key, rows=rows: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
+        out[name] = {
+            "keeps_color": mean("color"),
+            "keeps_object": mean("object"),
+            "keeps_motion": mean("motion"),
+            "path": mean("path"),
+            "path_max": mean("path_max"),
+            "right": {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS[:3]},
+            "detail": mean("detail"),
+            "physics": mean("physics"),
+            "steps": mean("steps"),
+            "denoise_seconds": mean("denoise_seconds"),
+            "videos": len(rows),
+        }
+    final, plain = out["final of the preview"], out["plain final, same seed"]
+    out["saved"] = {
+        "strength": strength,
+        "steps": 1 - final["steps"] / plain["steps"],
+        "denoise_seconds": 1 - final["denoise_seconds"] / plain["denoise_seconds"],
+        # the preview's own denoising counted too (at its smaller size), as if it were made for this final alone
+        "with_preview_seconds": 1
+        - (final["denoise_seconds"] + out["preview, upscaled"]["denoise_seconds"]) / plain["denoise_seconds"],
+    }
+    return out
+
+
+def shot_table(rows: dict) -> None:
+    saved = rows["saved"]
+    print(
+        f"\npreview -> final of the same shot (strength {saved['strength']}), {rows['plain final, same seed']['videos']} "
+        "moving prompts; kept = same as the preview; path = tracked object's distance from the preview's, frame heights"
+    )
+    header = f"{'run':<24}{'colour':>8}{'object':>8}{'motion':>8}{'path':>7}{'path max':>9}{'detail':>8}"
+    print(header + f"{'physics':>8}{'steps':>7}{'denoise s':>10}")
+    for name, row in rows.items():
+        if name == "saved":
+            continue
+        kept = "".join(f"{row[k] * 100:>7.0f}%" for k in ("keeps_color", "keeps_object", "keeps_motion"))
+        print(
+            f"{name:<24}{kept}{row['path']:>7.3f}{row['path_max']:>9.3f}{row['detail']:>8.2f}"
+            f"{row['physics']:>8.3f}{row['steps']:>7.1f}{row['denoise_seconds']:>10.2f}"
+        )
+    print(
+        f"saved against the plain final: {saved['steps'] * 100:.0f} % of the denoising steps, "
+        f"{saved['denoise_seconds'] * 100:.0f} % of the denoising time ({saved['with_preview_seconds'] * 100:.0f} % "
+        "counting the preview's too)"
+    )
 
 
 def features(results: dict, pipe: Pipeline, base: Settings, plain: Settings, cache_dir: Path, cases) -> None:

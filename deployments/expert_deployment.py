@@ -44,6 +44,8 @@ class ExpertPhase:
         self.jobs = jobs
         self.outputs = OutputStore(settings.output_uri)  # where a preview's latent waits for its final
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
+        for result in ("hit", "load"):  # the dashboard shows adapter phases from the start, at zero
+            metrics.zero("adapter_requests", expert=self.kind.metric_label, result=result)
 
         async def load_adapters(model_id: str) -> LoadedAdapters:
             pairs = parse_adapter_set_id(model_id)

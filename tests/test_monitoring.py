@@ -13,6 +13,7 @@ import pytest
 
 from cluster.client import T2VClient
 from cluster.launch import free_port
+from contract.experts import ExpertKind
 from monitoring.physics import VIOLATION_KINDS
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring" / "grafana" / "t2v-cluster.json"
@@ -94,6 +95,7 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
         for p in ("a lamp", "a vase")
     ]  # the second is a template hit
     jobs.append(client.create("a kite over the sea", steps=4, seed=5)["id"])
+    jobs.append(client.create("a red ball on the sand", steps=4, seed=6, lora=[{"name": "studio", "scale": 0.7}])["id"])
     bad = httpx.post(f"{serve_app.url}/v1/videos", json={"prompt": "x", "size": "1x1"}, headers=serve_app.headers)
     assert bad.status_code == 400
     finished = [client.wait(j) for j in jobs]
@@ -116,6 +118,11 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
         'ray_t2v_jobs_in_flight{status="in_progress"}',
         'ray_t2v_unreadable_records_total{store="jobs"}',
         'ray_t2v_denoising_steps_total{expert="low_noise"}',
+        *(
+            f'ray_t2v_adapter_requests_total{{expert="{e}",result="{r}"}}'
+            for e in (k.metric_label for k in ExpertKind)
+            for r in ("hit", "load")
+        ),
         *(f'ray_t2v_physics_violations_total{{kind="{kind}"}}' for kind in VIOLATION_KINDS),
     ]:
         assert query(prometheus, series), f"{series}: no series"

@@ -103,6 +103,15 @@ def test_prompt_to_playing_video_with_its_score(serve_app, browser):
     assert "physics" in text(browser, f'#gallery li[data-id="{job_id}"]')
     browser.save_screenshot(str(ARTIFACTS / "playground-completed.png"))
 
+    # "Make final": the final of this preview's shot, shown as the job it starts
+    browser.find_element(By.ID, "job-finalize").click()
+    wait(browser, lambda d: text(d, "#job-id") != job_id)
+    wait(browser, lambda d: text(d, "#job-status") == "completed")
+    final = httpx.get(f"{serve_app.url}/v1/videos/{text(browser, '#job-id')}", headers=serve_app.headers).json()
+    assert final["request"]["from_video"] == job_id and final["size"] == "128x128"
+    assert not browser.find_element(By.ID, "job-finalize").is_displayed()  # a final is not made final again
+    browser.save_screenshot(str(ARTIFACTS / "playground-final.png"))
+
 
 def test_a_bad_size_shows_the_fields_error(serve_app, browser):
     from selenium.webdriver.common.by import By
@@ -135,3 +144,20 @@ def test_a_job_is_cancelled_from_the_page(serve_app, browser):
     job_id = text(browser, "#job-id")
     wait(browser, lambda d: "cancelled" in d.find_element(By.CSS_SELECTOR, f'#gallery li[data-id="{job_id}"]').text, 30)
     browser.save_screenshot(str(ARTIFACTS / "playground-cancelled.png"))
+
+
+def test_an_adapter_is_chosen_from_the_served_ones(serve_app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#adapter option")) > 1, 30)  # GET /v1/adapters
+    Select(browser.find_element(By.ID, "preset")).select_by_visible_text("preview")
+    field(browser, "prompt", "a red ball rolls to the right on the grass")
+    field(browser, "steps", "4")
+    Select(browser.find_element(By.ID, "adapter")).select_by_value("studio")
+    field(browser, "adapter-scale", "0.5")
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda d: text(d, "#job-status") == "completed")
+    job = httpx.get(f"{serve_app.url}/v1/videos/{text(browser, '#job-id')}", headers=serve_app.headers).json()
+    assert [(a["name"], a["scale"]) for a in job["request"]["lora"]] == [("studio", 0.5)]
+    Select(browser.find_element(By.ID, "adapter")).select_by_value("")

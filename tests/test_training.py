@@ -45,7 +45,9 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
 
     monkeypatch.setenv("T2V_MODEL", str(wan22_dir))
     monkeypatch.setenv("T2V_CACHE_DIR", str(tmp_path))
-    result = quality.main(["--prompts", "2", "--final-prompts", "1", "--features", "1"])
+    result = quality.main(
+        ["--prompts", "2", "--final-prompts", "1", "--features", "1", "--adapter-prompts", "1", "--shot-prompts", "1"]
+    )
     rows = result["results"]
     expected = {"preview en", "preview zh", "final en", "final zh", "template, uncached", "batching x4"}
     expected |= {f"template, shares {k or 'all'} steps" for k in quality.SHARED_STEPS}
@@ -55,6 +57,14 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     for row in rows.values():
         assert all(0.0 <= row[k] <= 1.0 for k in (*quality.KEYS, "physics", "static_when_moving"))
     assert set(result["targets"]) == {"preview", "final_within_5_points", "physics_mean", "template_within_5_points"}
+    # the ad studio's rows: the shipped adapter at each scale (scale 0 is the base model, frame for frame),
+    # and preview -> final against a plain final of the same seed
+    assert set(result["adapters"]) == {"no adapter", "studio x0", "studio x0.5", "studio x1"}
+    assert result["adapters"]["studio x0"]["same_as_base"] == 1.0
+    assert result["adapters"]["studio x1"]["same_as_base"] == 0.0
+    shots = result["shots"]
+    assert shots["final of the preview"]["steps"] < shots["plain final, same seed"]["steps"]
+    assert 0 < shots["saved"]["steps"] < 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == result["model"]
 
 

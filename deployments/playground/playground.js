@@ -44,6 +44,17 @@ function definitions(target, entries) {
 
 // -- the form ---------------------------------------------------------------------------
 
+async function loadAdapters() {
+  try {
+    const { data } = await api("GET", "/v1/adapters");
+    const select = $("#adapter");
+    const usable = data.filter((a) => a.compatible);
+    select.replaceChildren(select.firstElementChild, ...usable.map((a) => new Option(`${a.id}: ${a.description || a.experts.join(" + ")}`, a.id)));
+  } catch (error) {
+    $("#form-error").textContent = describe(error);
+  }
+}
+
 async function loadTemplates() {
   try {
     const { data } = await api("GET", "/v1/templates");
@@ -84,6 +95,7 @@ function body() {
   for (const [id, name] of [["#seed", "seed"], ["#steps", "steps"], ["#guidance", "guidance"], ["#min-physics", "min_physics_score"]]) {
     if (value(id) !== "") fields[name] = Number(value(id));
   }
+  if (value("#adapter")) fields.lora = [{ name: value("#adapter"), scale: Number(value("#adapter-scale") || 1) }];
   return fields;
 }
 
@@ -140,6 +152,8 @@ async function render(job) {
   $("#job-progress").value = job.progress;
   $("#job-percent").textContent = `${job.progress} % (${job.steps_done}/${job.steps_total} steps)`;
   $("#job-cancel").hidden = !["queued", "in_progress"].includes(job.status);
+  // A finished preview can be made final: the same shot at the final preset's size
+  $("#job-finalize").hidden = !(job.status === "completed" && job.request.preset === "preview" && !job.request.from_video);
   definitions($("#job-timings"), Object.entries(job.timings || {}).map(([k, v]) => [k, v.toFixed(2)]));
   definitions($("#job-cache"), Object.entries(job.cache || {}).map(([k, v]) => [k, v === null ? "n/a" : v ? "hit" : "miss"]));
   if (["queued", "in_progress"].includes(job.status)) return;
@@ -163,6 +177,17 @@ async function render(job) {
     Object.assign($("#job-download"), { href: url, hidden: false, download: `${job.id}.mp4` });
   }
   loadGallery();
+}
+
+async function finalize() {
+  $("#job-finalize").disabled = true;
+  try {
+    show(await api("POST", `/v1/videos/${state.job}/finalize`, {}));
+  } catch (error) {
+    $("#job-error").textContent = describe(error);
+  } finally {
+    $("#job-finalize").disabled = false;
+  }
 }
 
 async function cancel() {
@@ -212,11 +237,14 @@ $("#key-form").addEventListener("submit", (event) => {
   localStorage.setItem("t2v-api-key", state.key);
   $("#key-note").textContent = state.key ? "key saved in this browser" : "no key";
   loadTemplates();
+  loadAdapters();
   loadGallery();
 });
 $("#template").addEventListener("change", showSlots);
 $("#create-form").addEventListener("submit", submit);
 $("#job-cancel").addEventListener("click", cancel);
+$("#job-finalize").addEventListener("click", finalize);
 $("#refresh").addEventListener("click", loadGallery);
 loadTemplates();
+loadAdapters();
 loadGallery();
