@@ -139,13 +139,47 @@ async def read_body(request: Request, limit: int) -> Any:
         raise ApiError(400, "request body is not valid JSON", "body") from None
 
 
+def inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with its `$defs` written in place: in an OpenAPI document a `$ref` resolves against
+    the whole document, where pydantic's `#/$defs/...` do not exist."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        return [resolve(value) for value in node] if isinstance(node, list) else node
+
+    return resolve(schema)
+
+
 # The create routes read their body by hand (size limit, JSON or form): OpenAPI learns its schema here.
 CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            media: {"schema": VideoCreateBody.model_json_schema(by_alias=False)}
+            media: {"schema": inlined(VideoCreateBody.model_json_schema(by_alias=False))}
             for media in ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+        },
+    }
+}
+
+# `POST /v1/videos/{id}/finalize`: an optional body of what a final may set besides its shot.
+FINALIZE_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        name: VideoCreateBody.model_json_schema(by_alias=False)["properties"][name]
+                        for name in ("preset", "size", "num_inference_steps", "cache")
+                    },
+                }
+            }
         },
     }
 }

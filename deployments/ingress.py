@@ -33,7 +33,7 @@ from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
 from deployments.denoising import Scheduler
-from deployments.http import CREATE_BODY, PLAYGROUND, ApiError, api, read_body
+from deployments.http import CREATE_BODY, FINALIZE_BODY, PLAYGROUND, ApiError, api, read_body
 from deployments.runner import JobEvents, JobRunner, Outcome, Stages, VideoOutputs
 from deployments.validation import RequestValidator
 
@@ -209,7 +209,12 @@ class Ingress:
             )
         return Response(self.store.read(video_key(job.id)), media_type="video/mp4", headers={"X-Video-Id": job.id})
 
-    @api.post("/v1/videos/{video_id}/finalize", status_code=202, summary="Make the final of a finished video's shot")
+    @api.post(
+        "/v1/videos/{video_id}/finalize",
+        status_code=202,
+        openapi_extra=FINALIZE_BODY,
+        summary="Make the final of a finished video's shot",
+    )
     async def finalize_video(self, video_id: str, request: Request) -> JSONResponse:
         """`POST /v1/videos` with `"from": video_id`: the body (optional) may set preset, size, steps."""
         owner = self._caller(request)

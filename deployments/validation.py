@@ -74,6 +74,9 @@ class RequestValidator:
         adapters, frames and fps, at the final preset's (or the body's) size and steps."""
         if not isinstance(data, dict):
             raise RequestInvalid.of("body", "request body must be a JSON object or a form")
+        data = dict(data)
+        if "prompt" in data and (not str(data["prompt"]).strip() or data["prompt"] == preview.prompt):
+            del data["prompt"]  # the openai SDK always sends one: blank, or the shot's own, says nothing new
         for name in data:
             if name not in FINAL_FIELDS:
                 raise RequestInvalid.of(

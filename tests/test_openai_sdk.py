@@ -51,3 +51,31 @@ def test_sdk_sees_field_errors(sdk):
         sdk.videos.create(model="t2v-tiny-wan2.2-a14b", prompt="x", seconds="12", size="720x1280")
     error = info.value.body
     assert error["param"] in ("width", "height", "num_frames") and "between" in error["message"]
+
+
+def test_sdk_sends_adapters_and_makes_the_final_of_a_shot(sdk):
+    """The SDK posts `extra_body` as form fields (lora[][name]=..., from=...): the same requests as JSON."""
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    def finished(video):
+        while video.status in ("queued", "in_progress"):
+            time.sleep(0.2)
+            video = sdk.videos.retrieve(video.id)
+        return video
+
+    preview = sdk.videos.create(
+        model="t2v-tiny-wan2.2-a14b",
+        prompt="a red ball bounces on the grass",
+        size="64x64",
+        extra_body={"seed": 3, "steps": 4, "lora": [{"name": "studio", "scale": 0.8}]},
+    )
+    preview = finished(preview)
+    assert preview.status == "completed"
+    assert preview.model_extra["request"]["lora"][0]["name"] == "studio"
+    final = finished(sdk.videos.create(model="t2v-tiny-wan2.2-a14b", prompt="", extra_body={"from": preview.id}))
+    assert final.status == "completed" and final.size == "128x128"
+    assert final.model_extra["request"]["from_video"] == preview.id
+    assert final.model_extra["request"]["lora"][0]["scale"] == 0.8  # the shot's adapters, kept
+    with pytest.raises(BadRequestError) as info:
+        sdk.videos.create(model="t2v-tiny-wan2.2-a14b", prompt="x", extra_body={"lora": [{"name": "nope"}]})
+    assert info.value.body["param"] == "lora.0.name"
