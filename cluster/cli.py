@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init|train`, `t2v cache`, `t2v monitor`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init|train|train-lora`, `t2v cache`, `t2v monitor`."""
 
 from __future__ import annotations
 
@@ -307,6 +307,32 @@ def model_train(
     report = train(out, work or out.with_suffix(".work"), TrainingPlan.quick() if quick else TrainingPlan())
     typer.echo(json.dumps(report, indent=2))
     typer.echo(f"trained model at {out}")
+
+
+@model_app.command("train-lora")
+def model_train_lora(
+    style: str = typer.Option("studio", help="The world's style to learn (world/styles.py)."),
+    out: Path = typer.Option(..., help="Directory for pytorch_lora_weights.safetensors and adapter.json."),
+    work: Path | None = typer.Option(None, help="Stage checkpoints (default: OUT.work); a rerun resumes from them."),
+    experts: str = typer.Option("both", help="Which experts get the adapter: high, low or both."),
+    model: Path | None = typer.Option(None, help="Two-expert checkpoint to adapt (default: the shipped model)."),
+    quick: bool = typer.Option(False, help="A few steps of every stage: checks the command, learns nothing useful."),
+) -> None:
+    """Train a style LoRA for the default model's experts (about 15 minutes on two cores): see training/lora.py."""
+    import json
+
+    from training.lora import AdapterError, LoraPlan, train
+
+    if experts not in ("high", "low", "both"):
+        raise typer.BadParameter("high, low or both", param_hint="--experts")
+    plan = LoraPlan.quick(style) if quick else LoraPlan(style=style)
+    try:
+        info = train(out, work or out.with_suffix(".work"), plan, experts, model)
+    except AdapterError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(info, indent=2))
+    typer.echo(f"adapter at {out}")
 
 
 if __name__ == "__main__":

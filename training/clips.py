@@ -14,9 +14,9 @@ def training_combinations() -> list[dict[str, str]]:
     return [a for a in all_combinations() if not is_held_out(a)]
 
 
-def random_clip(rng: np.random.Generator, num_frames: int, size: int, combos=None) -> Clip:
+def random_clip(rng: np.random.Generator, num_frames: int, size: int, combos=None, style: str | None = None) -> Clip:
     combos = combos or training_combinations()
-    return render(sample_scene(combos[rng.integers(len(combos))], rng), num_frames, size)
+    return render(sample_scene(combos[rng.integers(len(combos))], rng), num_frames, size, style=style)
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:

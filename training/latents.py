@@ -1,5 +1,6 @@
 """The training set of the experts: rendered clips encoded once by the trained VAE, with their combination.
 
+In the world's own look, or in a style of it (`world.styles`) for a style adapter (training/lora.py).
 Encoding is the costly part, so it runs in one process per core, each on its own seeded shard.
 """
 
@@ -25,7 +26,7 @@ class LatentSet:
 
 
 def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
-    vae_state, vae_config, seed, count, num_frames, size, mean, std = args
+    vae_state, vae_config, seed, count, num_frames, size, mean, std, style = args
     from diffusers import AutoencoderKLWan
 
     torch.set_num_threads(1)
@@ -40,7 +41,8 @@ def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         for start in range(0, count, batch):
             indices = [int(rng.integers(len(combos))) for _ in range(min(batch, count - start))]
-            frames = torch.stack([to_tensor(random_clip(rng, num_frames, size, [combos[i]]).frames) for i in indices])
+            clips = [random_clip(rng, num_frames, size, [combos[i]], style) for i in indices]
+            frames = torch.stack([to_tensor(clip.frames) for clip in clips])
             latent = vae.encode(frames).latent_dist.mean
             out.extend((latent - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape))
             which.extend(indices)
@@ -48,14 +50,15 @@ def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def encode_clips(
-    vae, count: int, num_frames: int, size: int, seed: int, workers: int = 2, shards: int = 16
+    vae, count: int, num_frames: int, size: int, seed: int, workers: int = 2, shards: int = 16, style: str | None = None
 ) -> LatentSet:
-    """`count` clips of `num_frames` x `size` x `size`, VAE-encoded and normalised with the VAE's statistics."""
+    """`count` clips of `num_frames` x `size` x `size` (in `style`, None: the world's own), VAE-encoded and
+    normalised with the VAE's statistics."""
     config = dict(vae.config)
     mean, std = config["latents_mean"], config["latents_std"]
     state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     sizes = [count // shards + (i < count % shards) for i in range(shards)]
-    jobs = [(state, config, seed * 1000 + i, n, num_frames, size, mean, std) for i, n in enumerate(sizes) if n]
+    jobs = [(state, config, seed * 1000 + i, n, num_frames, size, mean, std, style) for i, n in enumerate(sizes) if n]
     parts = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         for part in tqdm(pool.map(_shard, jobs), total=len(jobs), desc=f"encode {size}px x {num_frames}", unit="shard"):

@@ -1,6 +1,7 @@
 """Frames of a scene: a textured background per setting, seen by a static or panning camera, and the object.
 
-Everything is defined in world units, so one scene renders the same at 64x64 and 128x128.
+Everything is defined in world units, so one scene renders the same at 64x64 and 128x128. A `style`
+(`world.styles`) changes the background only; without one the frames are the plain world's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import cv2
 import numpy as np
 
 from world.scene import GROUND, Scene
+from world.styles import check_style, studio_backdrop
 from world.vocabulary import COLORS
 
 TEXTURE_CELLS = 12  # noise cells per frame height
@@ -41,10 +43,12 @@ def _noise(rng: np.random.Generator, width: float, height_px: int, width_px: int
     return cv2.resize(grid, (width_px, height_px), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
 
 
-def background(scene: Scene, world_width: float, size: int) -> np.ndarray:
+def background(scene: Scene, world_width: float, size: int, style: str | None = None) -> np.ndarray:
     """(size, round(world_width * size), 3) float RGB of the setting, `world_width` frame heights wide."""
     rng = np.random.default_rng(scene.texture_seed)
     h, w = size, max(2, round(world_width * size))
+    if style == "studio":
+        return studio_backdrop(h, w, round(GROUND * h))
     top, horizon, ground = (np.array(c, np.float32) for c in PALETTES[scene.setting])
     g = round(GROUND * h)
     rows = np.linspace(0, 1, g, dtype=np.float32)[:, None, None]
@@ -104,12 +108,13 @@ def _draw(image: np.ndarray, scene: Scene, cx: float, cy: float, r: float, heigh
     return image * (1 - cover) + np.clip(paint, 0, 255) * cover, cover[..., 0] > 0.5
 
 
-def render(scene: Scene, num_frames: int, size: int, fps: float = 16.0) -> Clip:
-    """The clip of `scene`: `num_frames` frames of `size` x `size` at `fps`."""
+def render(scene: Scene, num_frames: int, size: int, fps: float = 16.0, style: str | None = None) -> Clip:
+    """The clip of `scene`: `num_frames` frames of `size` x `size` at `fps`, in `style` (None: the world's own)."""
+    check_style(style)
     positions = scene.simulate(num_frames, fps)
     camera = scene.camera_x(num_frames, fps)
     left = float(camera.min())
-    panorama = background(scene, float(camera.max() - left) + 1.0 + 2.0 / size, size)
+    panorama = background(scene, float(camera.max() - left) + 1.0 + 2.0 / size, size, style)
     frames = np.zeros((num_frames, size, size, 3), np.uint8)
     masks = np.zeros((num_frames, size, size), bool)
     centers = np.zeros((num_frames, 2))
