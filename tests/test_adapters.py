@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -138,6 +139,23 @@ def test_each_expert_alone_and_both_change_their_phase_and_scale_0_gives_the_bas
     assert 0 < distance(half) < distance(runs["both"])
     # and after all that, a request without adapters is the base model again
     assert torch.equal(pipeline.denoise(_request(pipeline)).state.latents, base.state.latents)
+
+
+def test_the_shipped_studio_adapter_paints_the_studio_through_the_served_stages(tmp_path):
+    """The trained adapter, by the stage classes Serve wraps: the backdrop it was trained on at
+    scale 1, the base model's frames at scale 0, the asked-for colour kept."""
+    from world.reading import read_clip
+    from world.styles import style_strength
+
+    trained = Pipeline.from_settings(Settings(cache_dir=tmp_path, cache={"enabled": False}))
+    for seed in (0, 1):
+        fields = {"prompt": "a red ball rolls to the right on the grass", "seed": seed}
+        base = trained(trained.validator.body(fields)).frames
+        studio = trained(trained.validator.body({**fields, "lora": [{"name": "studio"}]})).frames
+        zero = trained(trained.validator.body({**fields, "lora": [{"name": "studio", "scale": 0}]})).frames
+        assert style_strength(studio) > 0.5 > 0.05 > style_strength(base), seed
+        assert np.array_equal(zero, base)
+        assert read_clip(studio).color == "red"
 
 
 def test_adapters_and_their_scales_are_part_of_the_keys_they_affect(pipeline):
