@@ -137,3 +137,29 @@ def test_a_batch_run_reads_and_writes_s3(s3_uri, settings, tmp_path):
     assert probe_mp4(output.read("videos/ball.mp4"))["frames"] > 0
     second = run()
     assert "this run: 0 videos made, 1 rows failed, 1 skipped as done" in second, second
+
+
+def test_adapters_from_an_s3_adapter_store(s3_uri, settings):
+    """`adapters.uri` on an object store: listed and checked from each file's header, loaded into an
+    expert from there, and a request naming one resolves against it."""
+    from pathlib import Path
+
+    from contract.experts import ExpertKind
+    from deployments.adapters import TEST_ADAPTERS_DIR, AdapterStore, ExpertAdapters
+    from deployments.checkpoint import Checkpoint
+    from deployments.validation import RequestValidator
+
+    uri = s3_uri("adapters")
+    upload = OutputStore(uri)
+    for path in Path(TEST_ADAPTERS_DIR, "studio").iterdir():
+        upload.write(f"studio/{path.name}", path.read_bytes())
+    s3_settings = settings.model_copy(update={"adapters": settings.adapters.model_copy(update={"uri": uri})})
+    checkpoint = Checkpoint.from_settings(s3_settings)
+    store = AdapterStore.from_settings(s3_settings, checkpoint)
+    listing = store.listing()
+    assert list(listing) == ["studio"] and listing["studio"].problem is None
+    assert listing["studio"].experts == ("high_noise", "low_noise") and listing["studio"].rank == 8
+    request = RequestValidator(s3_settings, checkpoint).request(prompt="a ball", lora=[{"name": "studio"}])
+    assert request.lora[0].revision == listing["studio"].revision
+    adapters = ExpertAdapters(checkpoint.expert(ExpertKind.LOW_NOISE), ExpertKind.LOW_NOISE, store, max_loaded=2)
+    assert adapters.load([("studio", listing["studio"].revision)]) is False and list(adapters.loaded) == ["studio"]
