@@ -2,9 +2,10 @@
 
 An adapter is a folder holding a diffusers-format `pytorch_lora_weights.safetensors`, its
 keys prefixed by the pipeline component they go into: `transformer.` (the high-noise
-expert), `transformer_2.` (the low-noise expert), or both (and an optional `adapter.json`
-describing it). diffusers loads each part with `load_lora_adapter(prefix=...)` and peft
-does the rest. The store is a local folder or any `pyarrow.fs` URI (settings `adapters.uri`).
+expert), `transformer_2.` (the low-noise expert), or both; an optional `adapter.json`
+describes it, and its `"load_into_transformer_2": true` puts one set of `transformer.` weights
+into both experts (diffusers' `WanLoraLoaderMixin.load_lora_weights(load_into_transformer_2=True)`).
+diffusers loads each part with `load_lora_adapter(prefix=...)` and peft does the rest. The store is a local folder or any `pyarrow.fs` URI (settings `adapters.uri`).
 
 `AdapterStore` lists the adapters and checks each against the model's architecture from
 the safetensors header alone, so a request naming one that cannot fit is refused before
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -55,6 +57,11 @@ class AdapterInfo:
     rank: int
     description: str = ""
     problem: str | None = None  # why it cannot be used with this model; None: it fits
+    shared: bool = False  # adapter.json's load_into_transformer_2: its transformer. weights in both experts
+
+    def prefix(self, kind: ExpertKind) -> str:
+        """The key prefix of `kind`'s weights in the file."""
+        return ExpertKind.HIGH_NOISE.subfolder if self.shared else kind.subfolder
 
     def public(self) -> dict:
         return {
@@ -134,23 +141,25 @@ class AdapterStore:
         weights = self.fs.get_file_info(f"{self.root}/{name}/{WEIGHTS_FILE}")
         if weights.type != pafs.FileType.File:
             return None  # not an adapter folder
-        import re
-
         revision = hashlib.sha256(f"{name}:{weights.size}:{weights.mtime_ns}".encode()).hexdigest()[:16]
-        description = ""
+        about: dict = {}
         try:
             with self.fs.open_input_stream(f"{self.root}/{name}/{DESCRIPTION_FILE}") as f:
-                description = str(json.loads(f.read()).get("description", ""))
-        except (FileNotFoundError, ValueError, AttributeError):
+                about = json.loads(f.read())
+        except (FileNotFoundError, ValueError):
             pass
+        about = about if isinstance(about, dict) else {}
+        description = str(about.get("description", ""))
+        # diffusers' `load_into_transformer_2`: one set of `transformer.` weights for both experts
+        shared = about.get("load_into_transformer_2") is True
         if not re.match(ADAPTER_NAME, name):
             return AdapterInfo(name, revision, (), 0, description, f"folder name {name!r} is not an adapter name")
         try:
             header = self._header(name)
         except (OSError, ValueError) as error:
             return AdapterInfo(name, revision, (), 0, description, f"unreadable {WEIGHTS_FILE}: {error}")
-        experts, rank, problem = self._check(header)
-        return AdapterInfo(name, revision, experts, rank, description, problem)
+        experts, rank, problem = self._check(header, shared)
+        return AdapterInfo(name, revision, experts, rank, description, problem, shared)
 
     def _header(self, name: str) -> dict[str, dict]:
         """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read."""
@@ -162,41 +171,49 @@ class AdapterStore:
         header.pop("__metadata__", None)
         return header
 
-    def _check(self, header: dict[str, dict]) -> tuple[tuple[str, ...], int, str | None]:
-        """(experts it changes, rank, the first reason it does not fit this model or None)."""
+    def _check(self, header: dict[str, dict], shared: bool = False) -> tuple[tuple[str, ...], int, str | None]:
+        """(experts it changes, rank, the first reason it does not fit this model or None).
+        `shared`: its `transformer.` weights go into the low-noise expert too."""
+        low = ExpertKind.LOW_NOISE
         experts, ranks = set(), set()
         for key, tensor in header.items():
             prefix = next((p for p in self._experts if key.startswith(p)), None)
             if prefix is None:
-                component = key.split(".", 1)[0]
-                if component == ExpertKind.LOW_NOISE.subfolder:
+                if key.split(".", 1)[0] == low.subfolder:
                     return (), 0, "it holds low-noise expert (transformer_2) weights; this model has one transformer"
                 return (), 0, f"{key!r} is not a weight of the experts ({', '.join(p[:-1] for p in self._experts)})"
-            kind, linears = self._experts[prefix]
+            kind = self._experts[prefix][0]
+            if shared and kind is low:
+                return (), 0, "it holds transformer_2 weights and asks to load its transformer ones there too"
             part = next((p for p in _LORA_PARTS if key.endswith(p)), None)
             if part is None:
                 continue  # alphas, DoRA magnitudes: peft checks them when loading
-            module = key[len(prefix) : -len(part)]
-            shape = tensor.get("shape", [])
-            if module not in linears:
-                return (), 0, f"{key!r}: this model's {kind.subfolder} has no layer {module!r} (another architecture?)"
-            inputs, outputs = linears[module]
-            expected = (shape[0], inputs) if part == ".lora_A.weight" else (outputs, shape[1] if len(shape) > 1 else 0)
-            if len(shape) != 2 or tuple(shape) != expected:
-                return (
-                    (),
-                    0,
-                    (
-                        f"{key!r} has shape {shape}; {kind.subfolder}.{module} takes {inputs} inputs and gives "
-                        f"{outputs} outputs (an adapter for another architecture)"
-                    ),
-                )
-            experts.add(kind.stage)
+            targets = [kind] + ([low] if shared and f"{low.subfolder}." in self._experts else [])
+            for target in targets:
+                if (problem := self._fits(key, prefix, part, tensor.get("shape", []), target)) is not None:
+                    return (), 0, problem
+                experts.add(target.stage)
+            shape = tensor["shape"]
             ranks.add(shape[0] if part == ".lora_A.weight" else shape[1])
         if not experts:
             return (), 0, "it holds no LoRA weights"
         order = [k.stage for k in ExpertKind if k.stage in experts]
         return tuple(order), max(ranks), None
+
+    def _fits(self, key: str, prefix: str, part: str, shape: list[int], kind: ExpertKind) -> str | None:
+        """Why the LoRA matrix `key` cannot go into `kind`'s expert; None when it fits."""
+        linears = self._experts[f"{kind.subfolder}."][1]
+        module = key[len(prefix) : -len(part)]
+        if module not in linears:
+            return f"{key!r}: this model's {kind.subfolder} has no layer {module!r} (another architecture?)"
+        inputs, outputs = linears[module]
+        expected = (shape[0], inputs) if part == ".lora_A.weight" else (outputs, shape[1] if len(shape) > 1 else 0)
+        if len(shape) != 2 or tuple(shape) != expected:
+            return (
+                f"{key!r} has shape {shape}; {kind.subfolder}.{module} takes {inputs} inputs and gives "
+                f"{outputs} outputs (an adapter for another architecture)"
+            )
+        return None
 
     # -- what requests and experts use --------------------------------------------------------
 
@@ -343,12 +360,11 @@ class ExpertAdapters:
         info = self.store.listing().get(name)
         if info is not None and info.revision != revision:
             logger.warning("adapter %s changed since the request was validated: loading the store's", name)
+        prefix = info.prefix(self.kind) if info is not None else self.kind.subfolder
         state = load_safetensors(self.store.read(name))
         with warnings.catch_warnings():  # "multiple adapters in the model": what this class is for
             warnings.filterwarnings("ignore", "Already found a `peft_config`")
-            self.transformer.load_lora_adapter(
-                state, prefix=self.kind.subfolder, adapter_name=self._slot(name, revision)
-            )
+            self.transformer.load_lora_adapter(state, prefix=prefix, adapter_name=self._slot(name, revision))
 
     def _delete(self, name: str) -> None:
         revision = self.loaded.pop(name)

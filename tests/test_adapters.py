@@ -54,6 +54,9 @@ def store(wan22_dir, tmp_path_factory) -> Path:
     write_adapter(root, "both", wan22_dir, list(ExpertKind), 1)
     write_adapter(root, "high", wan22_dir, [ExpertKind.HIGH_NOISE], 2)
     write_adapter(root, "low", wan22_dir, [ExpertKind.LOW_NOISE], 3)
+    # one set of transformer. weights for both experts, as diffusers' load_into_transformer_2 loads it
+    write_adapter(root, "shared", wan22_dir, [ExpertKind.HIGH_NOISE], 4)
+    (root / "shared" / "adapter.json").write_text(json.dumps({"load_into_transformer_2": True}))
     # Made for a wider model: lora_A takes 5120 inputs where this one's attention takes 192.
     (root / "alien").mkdir()
     alien = {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 5120)}
@@ -86,7 +89,8 @@ def _request(pipeline: Pipeline, lora=None, **fields):
 
 def test_the_store_lists_each_adapter_with_its_experts_and_the_reason_one_does_not_fit(pipeline):
     listing = pipeline.validator.adapters.listing()
-    assert sorted(listing) == ["alien", "both", "broken", "high", "low"]
+    assert sorted(listing) == ["alien", "both", "broken", "high", "low", "shared"]
+    assert listing["shared"].experts == ("high_noise", "low_noise") and listing["shared"].shared
     assert listing["both"].experts == ("high_noise", "low_noise") and listing["both"].rank == 4
     assert listing["high"].experts == ("high_noise",) and listing["low"].experts == ("low_noise",)
     assert listing["both"].public()["description"] == "random both" and listing["both"].public()["compatible"]
@@ -97,14 +101,15 @@ def test_the_store_lists_each_adapter_with_its_experts_and_the_reason_one_does_n
 def test_the_low_noise_expert_only_adapter_does_not_fit_a_one_transformer_model(wan21_dir, store):
     checkpoint = Checkpoint(wan21_dir, Settings(model=wan21_dir))
     listing = AdapterStore(store, checkpoint).listing()
-    assert listing["high"].problem is None
+    assert listing["high"].problem is None and listing["shared"].problem is None
+    assert listing["shared"].experts == ("high_noise",)  # no second transformer to load it into
     assert "one transformer" in listing["low"].problem and "one transformer" in listing["both"].problem
 
 
 @pytest.mark.parametrize(
     ("lora", "field", "words"),
     [
-        ([{"name": "nope"}], "lora.0.name", "unknown adapter 'nope'; known: alien, both, broken, high, low"),
+        ([{"name": "nope"}], "lora.0.name", "unknown adapter 'nope'; known: alien, both, broken, high, low, shared"),
         ([{"name": "alien"}], "lora.0.name", "does not fit model"),
         ([{"name": "broken"}], "lora.0.name", "unreadable"),
         ([{"name": "both", "scale": 2.5}], "lora.0.scale", "between -2 and 2"),
@@ -132,6 +137,13 @@ def test_each_expert_alone_and_both_change_their_phase_and_scale_0_gives_the_bas
     # both = high on the high-noise expert + low on the low-noise one: the same file format, either part
     both_parts = pipeline.denoise(_request(pipeline, [{"name": "high"}, {"name": "low"}]))
     assert not torch.equal(both_parts.state.latents, runs["high"].state.latents)
+    # load_into_transformer_2: the high-noise weights in the low-noise expert too
+    shared = pipeline.denoise(_request(pipeline, [{"name": "shared"}]))
+    assert not torch.equal(shared.boundary.latents, base.boundary.latents)
+    shared_low = pipeline.low_noise_expert.phase(
+        _request(pipeline, [{"name": "shared"}]), base.embeddings, base.boundary
+    ).latents
+    assert not torch.equal(shared_low, base.state.latents)
     zero = pipeline.denoise(_request(pipeline, [{"name": "both", "scale": 0}]))
     assert torch.equal(zero.state.latents, base.state.latents)
     half = pipeline.denoise(_request(pipeline, [{"name": "both", "scale": 0.5}]))
