@@ -11,7 +11,9 @@ Serve app deployed:
     - batch job, serve engine: `ray job submit -- python -m cluster.batch` through the
       running Serve app (the default), `--concurrency` rows in flight;
     - batch job, local engine: the same job with `--engine local`, which loads the model in
-      the job's driver (what a Ray-Data-style job that brings its own model copies pays);
+      the job's driver;
+    - batch job, data engine: `--engine data`, Ray Data with one actor pool per stage, each
+      loading its stage's model (what a job that brings its own model copies pays);
     each job both end to end (submit to exit) and inside the run (first row to last);
 (b) template-heavy: N rows of 3 templates x N/3 slot variants through the batch job, with
     the latent cache (`cache: true`, the default) and without (`cache: false` on every
@@ -215,6 +217,7 @@ def print_tables(result: dict) -> None:
     for name, label in (
         ("serve", f"batch job, serve engine (x{result['concurrency']})"),
         ("local", "batch job, local engine"),
+        ("data", "batch job, data engine"),
     ):
         side = a[name]
         print(
@@ -267,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
                 dashboard, free_form(args.rows, "serve"), work / "serve", "--concurrency", str(args.concurrency)
             ),
             "local": batch_job(dashboard, free_form(args.rows, "local"), work / "local", "--engine", "local"),
+            "data": batch_job(dashboard, free_form(args.rows, "data"), work / "data", "--engine", "data"),
         }
         log("(b) template-heavy")
         heavy = {

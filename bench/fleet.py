@@ -331,7 +331,11 @@ def bench_fleet(
     stored = None
     if output is not None:
         store = OutputStore(output)
-        stored = {"output_uri": output, "records": len(store.keys("jobs")), "videos": len(store.keys("videos"))}
+        stored = {
+            "output_uri": output,
+            "records": len(store.keys("jobs")),
+            "videos": sum(k.endswith(".mp4") for k in store.keys("videos")),
+        }
     return {
         "gpus": gpus,
         "nodes": -(-gpus // nodes.gpus_per_node),

@@ -3,14 +3,17 @@
     ray job submit --working-dir . -- python -m cluster.batch --input prompts.jsonl --output out/
     t2v batch --input prompts.parquet --output s3://bucket/run-1 --engine local
 
-Two engines behind `--engine`, both running the stage classes the Serve app runs:
+Three engines behind `--engine`, all running the stage classes the Serve app runs:
 
-- `serve` (default): every row goes to the running Serve app's ingress through a
-  deployment handle (`Ingress.submit`), with the validation, content filter, capacity
-  limit, latent cache, physics scoring and metrics of `POST /v1/videos`. Rows overlap
-  across the stage deployments; the models stay loaded between runs (BENCHMARKS.md).
+- `serve` (the default when the Serve app runs): every row goes to the running Serve app's
+  ingress through a deployment handle (`Ingress.submit`), with the validation, content
+  filter, capacity limit, latent cache, physics scoring and metrics of `POST /v1/videos`.
+  Rows overlap across the stage deployments; the models stay loaded between runs.
+- `data` (the default on a Ray cluster without the app): Ray Data, one actor pool per stage,
+  sized from the settings (cluster/data_engine.py): a backfill on the whole cluster without
+  sharing the online app's capacity.
 - `local`: the in-process `Pipeline` in the job's driver, one row at a time, for a
-  machine without a Serve app.
+  machine without Ray.
 
 Rows of one template run next to each other, so the boundary-latent cache answers the
 rest of a group once its first row has computed the high-noise phase. Each finished row
@@ -243,6 +246,25 @@ class BatchRun:
             return earlier["model_id"] == model_id and self.output.exists(self._video_key(row))
         return not self.retry_failed
 
+    def _record(self, row: Row, outcome: Outcome, output: str | None, seconds: float, progress: Progress) -> None:
+        entry = manifest_entry(row, outcome, output, seconds)
+        self.manifest.record(entry)
+        progress.row_done(entry)
+        self.recorded += 1
+        if self.recorded % COMPACT_EVERY == 0:
+            self.manifest.compact([r.id for r in self.rows])
+
+    def _stream(self, todo: list[Row], progress: Progress) -> None:
+        """The data engine's way: the rows go out as one dataset and come back as they finish."""
+        for row in todo:
+            if row.error is not None:  # unreadable as read: failed before any pool sees it
+                self._record(row, Outcome.failed("invalid_request", row.error), None, 0.0, progress)
+        by_id = {row.id: row for row in todo if row.error is None}
+        for row_id, finished in self.engine.stream(list(by_id.values()), self.output.uri):
+            outcome = self.engine.outcome(finished)
+            seconds = sum(outcome.job["timings"].values())
+            self._record(by_id[row_id], outcome, finished["output"], seconds, progress)
+
     async def run(self) -> dict[str, Any]:
         model_id = await self.engine.model_id()
         earlier = self.manifest.load()
@@ -250,18 +272,19 @@ class BatchRun:
         # One template's rows together: the first computes the shared high-noise phase,
         # the rest find it in the cache (or wait for it: single flight).
         todo.sort(key=lambda r: (r.template is None, r.template or "", r.index))
+        streamed = hasattr(self.engine, "stream")
         self.log(
             f"{len(self.rows)} rows: {len(self.rows) - len(todo)} already done, {len(todo)} to run "
-            f"on the {self.engine.name} engine ({model_id}), {self.concurrency} at a time"
+            f"on the {self.engine.name} engine ({model_id}), "
+            + ("one actor pool per stage" if streamed else f"{self.concurrency} at a time")
         )
         progress = Progress(len(self.rows), len(self.rows) - len(todo), self.log)
         queue: asyncio.Queue[Row] = asyncio.Queue()
         for row in todo:
             queue.put_nowait(row)
-        recorded = 0
+        self.recorded = 0
 
         async def worker() -> None:
-            nonlocal recorded
             while not queue.empty():
                 row = queue.get_nowait()
                 start = time.monotonic()
@@ -276,15 +299,13 @@ class BatchRun:
                 if outcome.mp4 is not None:
                     self.output.write(self._video_key(row), outcome.mp4)
                     output = self.output.location(self._video_key(row))
-                entry = manifest_entry(row, outcome, output, time.monotonic() - start)
-                self.manifest.record(entry)
-                progress.row_done(entry)
-                recorded += 1
-                if recorded % COMPACT_EVERY == 0:
-                    self.manifest.compact([r.id for r in self.rows])
+                self._record(row, outcome, output, time.monotonic() - start, progress)
 
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)) or 1)))
+        if streamed:
+            self._stream(todo, progress)
+        else:
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)) or 1)))
         table = self.manifest.compact([r.id for r in self.rows])
         summary = self._summary(table.to_pylist(), progress, time.monotonic() - started)
         self.output.write("summary.txt", "\n".join(summary["lines"]).encode())
@@ -332,6 +353,7 @@ class BatchRun:
 
 class EngineName(StrEnum):
     serve = "serve"
+    data = "data"
     local = "local"
 
 
@@ -342,8 +364,10 @@ def batch(
     output: str = typer.Option(
         ..., "--output", "-o", help="Where videos/ and manifest.parquet go; a path or pyarrow.fs URI."
     ),
-    engine: EngineName = typer.Option(
-        EngineName.serve, help="serve: the running Serve app (handles); local: the stages in this process."
+    engine: EngineName | None = typer.Option(
+        None,
+        help="serve: the running Serve app (handles); data: Ray Data, an actor pool per stage; local: the "
+        "stages in this process. Default: serve when the app runs on the Ray cluster, else data.",
     ),
     concurrency: int | None = typer.Option(None, min=1, help="Rows in flight (default: 8 on serve, 1 on local)."),
     retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed", help="Rerun rows that failed before."),
@@ -351,26 +375,41 @@ def batch(
     address: str | None = typer.Option(
         None, help="Ray cluster (serve engine; default: RAY_ADDRESS, which `ray job submit` sets)."
     ),
-    model: Path | None = typer.Option(None, help="Checkpoint for the local engine (default: embedded tiny model)."),
-    config: Path | None = typer.Option(None, help="YAML settings for the local engine."),
+    model: Path | None = typer.Option(
+        None, help="Checkpoint for the data and local engines (default: the embedded model)."
+    ),
+    config: Path | None = typer.Option(None, help="YAML settings for the data and local engines."),
 ) -> None:
     """Generate a video per row of a prompt table; write videos/<id>.mp4 and manifest.parquet.
     Rerunning the same command skips the rows already done."""
     try:
         rows, ignored = read_table(input)
-        if engine == EngineName.serve:
-            runner_engine = ServeEngine(app_name, address)
-        else:
-            from contract.settings import Settings
+        from contract.settings import Settings
 
-            settings = Settings.from_yaml(config) if config else Settings()
-            runner_engine = LocalEngine(settings.model_copy(update={"model": model}) if model else settings)
+        settings = Settings.from_yaml(config) if config else Settings()
+        settings = settings.model_copy(update={"model": model}) if model else settings
+        reason = ""
+        if engine in (None, EngineName.serve):
+            try:
+                runner_engine = ServeEngine(app_name, address)
+            except EngineError as e:
+                if engine is not None:
+                    raise
+                reason = f" ({str(e).split(':')[0].split(' (')[0]})"  # e.g. no Serve app 't2v' on this Ray cluster
+                engine = EngineName.data
+        if engine == EngineName.data:
+            from cluster.data_engine import DataEngine
+
+            runner_engine = DataEngine(settings, address)
+        elif engine == EngineName.local:
+            runner_engine = LocalEngine(settings)
     except (InputError, EngineError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if ignored:
         typer.echo(f"note: columns ignored (not request fields): {', '.join(ignored)}")
     log = lambda line: print(line, flush=True)  # noqa: E731 - unbuffered: job logs follow it live
+    log(f"engine: {runner_engine.name}{reason}")
     summary = asyncio.run(BatchRun(rows, runner_engine, OutputStore(output), concurrency, retry_failed, log).run())
     if summary["completed"] + summary["failed"] != summary["rows"]:
         raise typer.Exit(1)  # should not happen: every row ends in the manifest

@@ -275,7 +275,8 @@ class GenerationRequest(RequestFields):
     @model_validator(mode="after")
     def _fill_defaults(self, info: ValidationInfo) -> GenerationRequest:
         """Resolve every unset field, so the request says exactly what will run."""
-        if self._resolved:
+        if self._resolved or (info.context or {}).get("resolved"):
+            self._resolved = True
             return self
         settings = _settings(info)
         if self.template is not None:
@@ -332,6 +333,14 @@ class GenerationRequest(RequestFields):
     def classifier_free_guidance(self) -> bool:
         """As in WanPipeline: guidance (and the negative prompt) is on when scale > 1."""
         return self.guidance_scale > 1.0
+
+    @classmethod
+    def load(cls, data: dict[str, Any] | str, settings: Settings | None = None) -> GenerationRequest:
+        """A request resolved before (a job record's, a batch row's between stages), read back as is."""
+        context = {"settings": settings or get_settings(), "resolved": True}
+        if isinstance(data, str):
+            return cls.model_validate_json(data, context=context)
+        return cls.model_validate(data, context=context)
 
     @classmethod
     def build(

@@ -322,7 +322,7 @@ class Ingress:
             raise ApiError(409, f"from: video {video_id} is {preview.status}, not completed", "from", "video_not_ready")
         if not await asyncio.to_thread(self.store.exists, latent_key(video_id)):
             raise ApiError(409, f"from: video {video_id} kept no latent to start a final from", "from", "no_latent")
-        return GenerationRequest.model_validate(preview.request, context={"settings": self.settings})
+        return GenerationRequest.load(preview.request, self.settings)
 
     async def _generate(self, job_id: str, request: GenerationRequest, owner: str | None) -> Job:
         """Run one job through the stages and record how it ended; a job left active with

@@ -57,5 +57,7 @@ class JobStoreDeployment(JobStore):
             try:
                 for job_id in self.check():
                     logger.warning("job %s failed by the watchdog: %s", job_id, self.get(job_id).error.message)
+                with self._lock:  # a gauge not set since the last export drops out of it: set it every second
+                    self._publish()
             except Exception:  # the watchdog must outlive any one bad record
                 logger.exception("job watchdog")

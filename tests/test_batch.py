@@ -354,3 +354,82 @@ def test_ray_job_reads_parquet_and_csv(serve_app, tmp_path, fmt):
     statuses = {k: e["status"] for k, e in manifest_rows(out).items()}
     assert statuses == {"cat": "completed", "ball": "completed", "shoe": "completed", "bad-size": "failed"}
     assert probe_mp4((out / "videos" / "shoe.mp4").read_bytes())["frames"] == 17
+
+
+# -- the Ray Data engine, by `ray job submit` on the session's cluster -------------------------------
+
+
+def data_job(serve_app, tmp_path: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+    """`ray job submit ... --engine data` on the session's model, with a cache of its own."""
+    env = {"env_vars": {"T2V_CACHE_DIR": str(tmp_path / "cache"), "T2V_MODEL": str(serve_app.model_dir)}}
+    command = [RAY, "job", "submit", "--address", serve_app.dashboard, "--working-dir", str(REPO)]
+    command += ["--runtime-env-json", json.dumps(env)] + ([] if wait else ["--no-wait"])
+    command += ["--", "python", "-m", "cluster.batch", *args]
+    deadline = time.monotonic() + 120
+    while True:
+        job = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in job.stderr or time.monotonic() > deadline:
+            return job
+        time.sleep(2)
+
+
+def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
+    """Good rows, template rows, an invalid row, a blocked prompt and a non-JSON line through Ray Data's
+    actor pools: each row ends in the manifest once, the template's rows share the high-noise phase."""
+    source = write_table(VALID + BAD, tmp_path / "prompts.jsonl", extra_lines=["{not json"])
+    out = tmp_path / "out"
+    job = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--engine", "data")
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "engine: data" in job.stdout and "one actor pool per stage" in job.stdout and "[7/7]" in job.stdout
+    entries = manifest_rows(out)
+    assert [e["status"] for e in entries.values()] == ["completed"] * 4 + ["failed"] * 3
+    assert entries["bad-size"]["error_code"] == "invalid_request" and "width" in entries["bad-size"]["error"]
+    assert entries["unsafe"]["error_code"] == "content_policy_violation"
+    assert entries["row-000006"]["error"].startswith("line 7: not valid JSON")
+    for name in ("cat", "ball", "shoe", "mug"):
+        entry = entries[name]
+        video = probe_mp4(Path(entry["output"]).read_bytes())
+        assert (video["width"], video["height"], video["frames"]) == (64, 64, 17)
+        assert 0 <= entry["physics_score"] <= 1 and entry["model_id"] == "t2v-tiny-wan2.2-a14b"
+        assert entry["seconds_high_noise"] > 0 and entry["seconds_decode"] > 0
+    assert "boundary" in entries["shoe"]["cache_hits"] + entries["mug"]["cache_hits"]  # one computed, one read
+
+    rerun = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--engine", "data")
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "7 rows: 4 already done, 3 to run" in rerun.stdout
+
+
+def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
+    rows = [{"id": f"clip-{i}", "prompt": f"a paper boat number {i} drifting on a pond", "steps": 6} for i in range(6)]
+    source = write_table(rows, tmp_path / "prompts.jsonl")
+    out = tmp_path / "out"
+    args = ("--input", str(source), "--output", str(out), "--engine", "data")
+    submitted = data_job(serve_app, tmp_path, *args, wait=False)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
+    deadline = time.monotonic() + 400
+    while len(list((out / PARTS).glob("*.parquet"))) < 2:
+        assert time.monotonic() < deadline, "no rows finished"
+        time.sleep(0.5)
+    stop = subprocess.run(
+        [RAY, "job", "stop", "--address", serve_app.dashboard, job_id], capture_output=True, text=True, timeout=120
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert len(Manifest(OutputStore(str(out))).load()) < len(rows)
+
+    resumed = data_job(serve_app, tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert 2 <= int(re.search(r"6 rows: (\d+) already done", resumed.stdout).group(1)) < 6
+    table = pq.read_table(out / MANIFEST)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)  # each once, none missing
+    assert set(table.column("status").to_pylist()) == {"completed"}
+    assert sorted(p.name for p in (out / "videos").glob("*.mp4")) == sorted(f"{r['id']}.mp4" for r in rows)
+
+
+def test_without_its_serve_app_a_job_runs_on_the_data_engine(serve_app, tmp_path):
+    source = write_table(VALID[:1], tmp_path / "prompts.jsonl")
+    out = tmp_path / "out"
+    job = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--app", "no-such-app")
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "engine: data (no Serve app 'no-such-app' on this Ray cluster)" in job.stdout
+    assert manifest_rows(out)["cat"]["status"] == "completed"

@@ -101,6 +101,12 @@ def test_from_and_finalize_make_the_final_of_a_finished_preview(serve_app):
         bare = http.post(f"/v1/videos/{preview_id}/finalize")  # no body: the final preset
         assert _wait(http, bare.raise_for_status().json()["id"])["status"] == "completed"
 
+        template = {"template": "product_showcase", "slots": {"product": "a mug"}, "steps": 4}
+        shot = _wait(http, http.post("/v1/videos", json=template).raise_for_status().json()["id"])
+        final_of_template = http.post(f"/v1/videos/{shot['id']}/finalize").raise_for_status().json()
+        assert final_of_template["request"]["template"] == "product_showcase"
+        assert _wait(http, final_of_template["id"])["status"] == "completed"
+
         changed = http.post("/v1/videos", json={"from": preview_id, "prompt": "a blue box"})
         assert changed.status_code == 400 and changed.json()["error"]["param"] == "prompt"
         missing = http.post("/v1/videos", json={"from": "video_" + "0" * 32})

@@ -104,6 +104,9 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
 
     wait_for(prometheus, 'sum(ray_t2v_http_requests_total{status="400"})', lambda r: total(r) >= 1)
     wait_for(prometheus, "sum(ray_t2v_denoising_steps_total)", lambda r: total(r) > 0)
+    # the adapter job's loads (its replicas may have had the adapter from earlier tests, or not)
+    wait_for(prometheus, 'sum(ray_t2v_adapter_requests_total{result=~"hit|load"})', lambda r: total(r) >= 2)
+    wait_for(prometheus, "sum(ray_t2v_adapter_loads_total)", lambda r: total(r) >= 1)
     time.sleep(3)  # a few more scrapes, so rate() has two samples of everything
     empty = [expr for expr in dashboard_queries() if not query(prometheus, expr)]
     assert not empty, f"dashboard queries without data: {empty}"

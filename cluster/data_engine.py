@@ -1,0 +1,290 @@
+"""The Ray Data batch engine: the prompt table streamed through one actor pool per stage.
+
+    ray job submit --working-dir . -- python -m cluster.batch --input prompts.parquet --output out/ --engine data
+
+validation, content filter and result cache -> text-encoder pool -> high-noise expert pool ->
+low-noise expert pool -> decoder-and-scorer pool. Each pool is a Ray Data `map` over a callable
+class around the stage classes the Serve deployments wrap (`TextEncoder`, `Expert`, `Decoder`),
+placed and sized from `Settings.deployments` (`num_cpus`, `num_gpus`, `min_replicas` to
+`max_replicas` actors), so `t2v plan --gpus N` sizes both. Ray Data streams rows from pool to
+pool with backpressure, on any Ray cluster, with or without a Serve app. The decoders write each
+video to the output store; the driver records every row in the manifest as it arrives, so a
+killed run resumes as the other engines' do, each row exactly once. Rows of one template share
+the high-noise phase through the node's latent cache: the first computes it, the rest read it.
+A row that fails at any stage carries its error to the end and fails alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from cache.keys import result_key
+from cache.store import LatentCache
+from contract.errors import RequestInvalid, error_summary
+from contract.experts import ExpertKind
+from contract.request import GenerationRequest
+from contract.settings import Settings
+from contract.storage import OutputStore
+from deployments.checkpoint import Checkpoint
+from monitoring.metrics import metrics
+
+logger = logging.getLogger(__name__)
+
+# Every row has every column from the start: Arrow needs one schema for the whole stream.
+COLUMNS = ("error_code", "error", "request", "embeddings", "base", "state", "mp4", "physics", "output")
+
+
+def _pack(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def _unpack(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), weights_only=False)  # written by the pool before, in this run
+
+
+class RowStage:
+    """One pool's actor: its stage built once, then every row through `run`. A row that failed
+    earlier passes through untouched; one that fails here carries its error on."""
+
+    stage = ""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.checkpoint = Checkpoint.from_settings(settings)
+        self.model = self.checkpoint.model_id
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["error_code"] is not None or row["mp4"] is not None:  # failed, or answered by the result cache
+            return row
+        start = time.perf_counter()
+        try:
+            row = self.run(row, GenerationRequest.load(row["request"], self.settings))
+        except Exception as error:  # whatever goes wrong with one row fails that row alone
+            logger.exception("row %s: %s failed", row["id"], self.stage)
+            return {**row, "error_code": "generation_failed", "error": error_summary(error)}
+        seconds = time.perf_counter() - start
+        timings = json.loads(row["timings"])
+        timings.setdefault(self.stage, seconds)  # the decoder notes its parts (decode, mp4, score) itself
+        row["timings"] = json.dumps(timings)
+        metrics.observe("stage", seconds, stage=self.stage, model=self.model)
+        return row
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def note_cache(row: dict[str, Any], level: str, hit: bool | None) -> None:
+        row["cache"] = json.dumps({**json.loads(row["cache"]), level: hit})
+
+
+class ValidateRows(RowStage):
+    """The request a row makes, as `POST /v1/videos` would validate it, and the result cache."""
+
+    stage = "validate"
+
+    def __init__(self, settings: Settings):
+        from deployments.validation import RequestValidator
+
+        super().__init__(settings)
+        self.validator = RequestValidator(settings, self.checkpoint)
+        self.cache = LatentCache.from_settings(settings)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["error_code"] is not None:
+            return row
+        try:
+            request = self.validator.body(json.loads(row["fields"]))
+        except RequestInvalid as invalid:
+            return {**row, "error_code": invalid.code, "error": invalid.message}
+        # Not on this engine yet (the serve and local engines run them): said by name, never dropped.
+        if request.from_video is not None:
+            return {**row, "error_code": "invalid_request", "error": "from: finals of shots run on --engine serve"}
+        if request.min_physics_score is not None:
+            message = "min_physics_score: physics repairs run on --engine serve or local"
+            return {**row, "error_code": "invalid_request", "error": message}
+        row["request"] = request.model_dump_json()
+        if self.cache is not None and request.cache:
+            hit = self.cache.get("result", result_key(self.checkpoint.identity, request))
+            self.note_cache(row, "result", hit is not None)
+            if hit is not None:
+                row["mp4"], row["physics"] = hit["mp4"], json.dumps(hit["physics"])
+        return row
+
+
+class EncodeRows(RowStage):
+    stage = "encode"
+
+    def __init__(self, settings: Settings):
+        from deployments.text_encoder import TextEncoder
+
+        super().__init__(settings)
+        self.cache = LatentCache.from_settings(settings)
+        self.encoder = TextEncoder(self.checkpoint, self.cache)
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        def encode(text: str):
+            return self.encoder(text, request.negative_prompt, request.classifier_free_guidance, request.cache)
+
+        embeddings = encode(request.prompt)
+        self.note_cache(row, "embeddings", embeddings.cache_hit if self.cache is not None and request.cache else None)
+        row["embeddings"] = _pack(embeddings)
+        row["base"] = _pack(encode(request.base_prompt)) if request.template_mode else None
+        return row
+
+
+class HighNoiseRows(RowStage):
+    stage = ExpertKind.HIGH_NOISE.stage
+
+    def __init__(self, settings: Settings):
+        from deployments.expert import Expert
+
+        super().__init__(settings)
+        self.expert = Expert(self.checkpoint, ExpertKind.HIGH_NOISE, batching=False)
+        self.cache = LatentCache.from_settings(settings)
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        base = _unpack(row["base"]) if row["base"] is not None else None
+        state, hit = self.expert.shared_phase(request, _unpack(row["embeddings"]), base, self.cache)
+        self.note_cache(row, "boundary", hit)
+        row["state"], row["base"] = _pack(state.as_plain()), None
+        return row
+
+
+class LowNoiseRows(RowStage):
+    stage = ExpertKind.LOW_NOISE.stage
+
+    def __init__(self, settings: Settings):
+        from deployments.expert import Expert
+
+        super().__init__(settings)
+        self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        from deployments.denoising import DenoisingState
+
+        boundary = DenoisingState.from_plain(_unpack(row["state"]))
+        row["state"] = _pack(self.expert.phase(request, _unpack(row["embeddings"]), boundary).as_plain())
+        return row
+
+
+class DecodeRows(RowStage):
+    """VAE decode, mp4, physics score; the mp4 goes to the output store and the result cache."""
+
+    stage = "decode"
+
+    def __init__(self, settings: Settings, output_uri: str):
+        from deployments.decoder import Decoder
+
+        super().__init__(settings)
+        self.decoder = Decoder(self.checkpoint)
+        self.store = OutputStore(output_uri)
+        self.cache = LatentCache.from_settings(settings)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["error_code"] is None and row["mp4"] is not None:  # from the result cache: only written
+            return self.write(row, row["mp4"])
+        return super().__call__(row)
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        from deployments.denoising import DenoisingState
+
+        video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
+        physics = video.physics
+        row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
+        metrics.observe("physics", physics.score, template=request.template or "none", model=self.model)
+        if self.cache is not None and request.cache:
+            key = result_key(self.checkpoint.identity, request)
+            self.cache.put("result", key, {"mp4": video.mp4, "physics": physics.model_dump()})
+        row["physics"] = physics.model_dump_json()
+        row["embeddings"] = row["state"] = None
+        return self.write(row, video.mp4)
+
+    def write(self, row: dict[str, Any], mp4: bytes) -> dict[str, Any]:
+        key = f"videos/{row['id']}.mp4"
+        self.store.write(key, mp4)
+        row["output"], row["mp4"] = self.store.location(key), None
+        return row
+
+
+class DataEngine:
+    """Rows through Ray Data, one actor pool per stage (module docstring)."""
+
+    name = "data"
+    default_concurrency = 1  # unused: each pool's size comes from the settings
+
+    def __init__(self, settings: Settings, address: str | None = None):
+        import ray
+
+        from cluster.launch import ray_environment, running_cluster
+
+        ray_environment()
+        if not ray.is_initialized():
+            # `ray job submit` sets RAY_ADDRESS; without a cluster, one is started for this run.
+            ray.init(address=address or running_cluster(), logging_level="WARNING")
+        self.settings = settings
+        self.checkpoint = Checkpoint.from_settings(settings)
+
+    async def model_id(self) -> str:
+        return self.checkpoint.model_id
+
+    def _pool(self, name: str) -> dict[str, Any]:
+        """A pool's `map` options from the deployment of the same stage."""
+        deployment = self.settings.deployments[name]
+        return {
+            "concurrency": (deployment.min_replicas, max(deployment.min_replicas, deployment.max_replicas)),
+            "num_cpus": deployment.num_cpus,
+            "num_gpus": deployment.num_gpus,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(deployment.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
+        }
+
+    def stream(self, rows: list, output_uri: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(row id, finished row) as each comes out of the last pool."""
+        import ray.data
+
+        items = [
+            {
+                "id": row.id,
+                "fields": json.dumps(row.request_fields(), ensure_ascii=False, default=str),
+                "cache": "{}",
+                "timings": "{}",
+                **dict.fromkeys(COLUMNS),
+            }
+            for row in rows
+        ]
+        settings = {"fn_constructor_kwargs": {"settings": self.settings}}
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        dataset = dataset.map(ValidateRows, **settings, **self._pool("Ingress"))
+        dataset = dataset.map(EncodeRows, **settings, **self._pool("TextEncoder"))
+        dataset = dataset.map(HighNoiseRows, **settings, **self._pool(ExpertKind.HIGH_NOISE.deployment))
+        if self.checkpoint.has_low_noise_expert:
+            dataset = dataset.map(LowNoiseRows, **settings, **self._pool(ExpertKind.LOW_NOISE.deployment))
+        decode = {"fn_constructor_kwargs": {"settings": self.settings, "output_uri": output_uri}}
+        dataset = dataset.map(DecodeRows, **decode, **self._pool("Decoder"))
+        for row in dataset.iter_rows():
+            yield row["id"], row
+
+    def outcome(self, row: dict[str, Any]):
+        """The finished row as the other engines' `Outcome`."""
+        from cluster.batch import Outcome
+
+        request = json.loads(row["request"]) if row["request"] else {}
+        job = {
+            "request": request,
+            "timings": json.loads(row["timings"]),
+            "cache": json.loads(row["cache"]),
+            "physics": json.loads(row["physics"]) if row["physics"] else None,
+            "model": self.checkpoint.model_id,
+            "id": None,
+        }
+        if row["error_code"] is not None:
+            return Outcome("failed", job, None, row["error_code"], row["error"])
+        return Outcome("completed", job, None)
