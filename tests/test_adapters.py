@@ -374,3 +374,19 @@ def test_requests_with_an_adapter_go_to_the_replica_that_holds_it(serve_app, sto
         assert set(both) != set(high) and set(again) == set(both), (both, high, again)
     finally:
         serve.delete(name)
+
+
+def test_the_adapter_benchmark_measures_each_case_side_by_side(capsys):
+    from bench import adapters as bench
+
+    result = bench.main(["--repeats", "1", "--steps", "4"])
+    assert set(result["phase_seconds"]) == {
+        "no adapter, expert never adapted",
+        "no adapter, 2 adapters loaded",
+        "studio",
+        "studio + studio-high x0.5",
+        "studio, same set back to back",
+        "studio x1 / x0.5 taking turns",
+    }
+    assert result["vs_plain"]["no adapter, expert never adapted"] == 1.0 and result["load_seconds"] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["adapters"]["studio"]["rank"] == 8
