@@ -85,10 +85,8 @@ class RequestValidator:
         shot = preview.model_dump(include=SHOT_FIELDS, exclude_none=True)
         if preview.template is not None:
             shot.pop("prompt")  # the template fills it in again
-        if preview.lora:
-            shot["lora"] = [
-                {"name": a.name, "scale": a.scale} for a in preview.lora
-            ]  # resolved again: it may have changed
+        if preview.lora:  # by name and scale: resolved again against the store (it may have changed)
+            shot["lora"] = [{"name": a.name, "scale": a.scale} for a in preview.lora]
         fields = {**shot, "preset": "final", **data, "from": preview_id}
         fields.pop("from_video", None)
         return self.body(fields)
