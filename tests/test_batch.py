@@ -264,8 +264,11 @@ def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
 # -- real `ray job submit` against the session's Serve app ----------------------------------
 
 
-def ray_job(serve_app, *args: str, wait: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def ray_job(
+    serve_app, *args: str, wait: bool = True, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     command = [RAY, "job", "submit", "--address", serve_app.dashboard, "--working-dir", str(REPO)]
+    command += ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
     command += [] if wait else ["--no-wait"]
     command += ["--", "python", "-m", "cluster.batch", *args]
     deadline = time.monotonic() + 120
@@ -361,16 +364,8 @@ def test_ray_job_reads_parquet_and_csv(serve_app, tmp_path, fmt):
 
 def data_job(serve_app, tmp_path: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
     """`ray job submit ... --engine data` on the session's model, with a cache of its own."""
-    env = {"env_vars": {"T2V_CACHE_DIR": str(tmp_path / "cache"), "T2V_MODEL": str(serve_app.model_dir)}}
-    command = [RAY, "job", "submit", "--address", serve_app.dashboard, "--working-dir", str(REPO)]
-    command += ["--runtime-env-json", json.dumps(env)] + ([] if wait else ["--no-wait"])
-    command += ["--", "python", "-m", "cluster.batch", *args]
-    deadline = time.monotonic() + 120
-    while True:
-        job = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        if "No available agent to submit job" not in job.stderr or time.monotonic() > deadline:
-            return job
-        time.sleep(2)
+    env = {"T2V_CACHE_DIR": str(tmp_path / "cache"), "T2V_MODEL": str(serve_app.model_dir)}
+    return ray_job(serve_app, *args, wait=wait, timeout=900, env=env)
 
 
 def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
