@@ -113,10 +113,11 @@ class Nodes:
     """A local multi-node Ray cluster: a GPU-less head (the ingress, job store, text encoder and
     decoder) and worker nodes of `gpus_per_node` logical GPUs, Serve's proxy on the head. The
     benchmark's fleets are deployed on it one after another (`Fleet`): one start-up and teardown
-    for the run, as on a real cluster that is redeployed."""
+    for the run, as on a real cluster that is redeployed. `serve=False`: no Serve (a batch engine
+    that needs none, and whose pools then have the two cores to themselves)."""
 
-    def __init__(self, gpus: int, work: Path, gpus_per_node: int = GPUS_PER_NODE):
-        self.gpus, self.work, self.gpus_per_node = gpus, work, gpus_per_node
+    def __init__(self, gpus: int, work: Path, gpus_per_node: int = GPUS_PER_NODE, serve: bool = True):
+        self.gpus, self.work, self.gpus_per_node, self.serve = gpus, work, gpus_per_node, serve
         self.nodes = -(-gpus // gpus_per_node)  # worker nodes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -144,7 +145,8 @@ class Nodes:
             self.cluster.add_node(num_cpus=2 * self.gpus_per_node, num_gpus=self.gpus_per_node, **node)
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, logging_level="WARNING", log_to_driver=False)
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.port})
+        if self.serve:
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.port})
         up = time.monotonic() - started
         log(f"a head and {self.nodes} nodes of {self.gpus_per_node} logical GPUs up in {up:.0f} s")
         return self
@@ -153,8 +155,9 @@ class Nodes:
         import ray
         from ray import serve
 
-        with contextlib.suppress(Exception):
-            serve.shutdown()
+        if self.serve:
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         with contextlib.suppress(Exception):
             ray.shutdown()
         if self.cluster is not None:
