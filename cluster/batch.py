@@ -67,6 +67,7 @@ class ServeEngine:
 
     name = "serve"
     default_concurrency = 8
+    read_table = staticmethod(read_table)  # in the job's driver: the rows go to the app one by one
 
     def __init__(self, app_name: str = APP_NAME, address: str | None = None):
         import ray
@@ -116,6 +117,7 @@ class LocalEngine:
 
     name = "local"
     default_concurrency = 1  # one pipeline, one request at a time
+    read_table = staticmethod(read_table)
 
     def __init__(self, settings):
         from cluster.pipeline import Pipeline
@@ -383,7 +385,6 @@ def batch(
     """Generate a video per row of a prompt table; write videos/<id>.mp4 and manifest.parquet.
     Rerunning the same command skips the rows already done."""
     try:
-        rows, ignored = read_table(input)
         from contract.settings import Settings
 
         settings = Settings.from_yaml(config) if config else Settings()
@@ -403,6 +404,7 @@ def batch(
             runner_engine = DataEngine(settings, address)
         elif engine == EngineName.local:
             runner_engine = LocalEngine(settings)
+        rows, ignored = runner_engine.read_table(input)
     except (InputError, EngineError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -2,6 +2,8 @@
 
     ray job submit --working-dir . -- python -m cluster.batch --input prompts.parquet --output out/ --engine data
 
+Ray Data reads the table (`read_parquet`, `read_csv`, `read_text` for JSONL; a file or a folder of
+them, on any `pyarrow.fs`); the driver gives the rows their ids and skips the ones done before, then
 validation, content filter and result cache -> text-encoder pool -> high-noise expert pool ->
 low-noise expert pool -> decoder-and-scorer pool. Each pool is a Ray Data `map` over a callable
 class around the stage classes the Serve deployments wrap (`TextEncoder`, `Expert`, `Decoder`),
@@ -21,12 +23,24 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
 from cache.keys import result_key
 from cache.store import LatentCache
+from cluster.prompt_table import (
+    COMPRESSED,
+    FORMATS,
+    InputError,
+    Row,
+    csv_options,
+    json_records,
+    rows_from_records,
+    table_format,
+)
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
@@ -200,8 +214,7 @@ class DecodeRows(RowStage):
         video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
         physics = video.physics
         row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
-        # The physics histogram counts the Serve app's jobs (each completed job scored once); rows of a
-        # batch report their score in the manifest.
+        metrics.physics(physics, request.template, self.model, engine="data")
         if self.cache is not None and request.cache:
             key = result_key(self.checkpoint.identity, request)
             self.cache.put("result", key, {"mp4": video.mp4, "physics": physics.model_dump()})
@@ -214,6 +227,24 @@ class DecodeRows(RowStage):
         self.store.write(key, mp4)
         row["output"], row["mp4"] = self.store.location(key), None
         return row
+
+
+def _table_files(fs, path: str) -> list[str]:
+    """The file at `path`, or the table files of the folder at `path` (sorted: one order per run)."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"{path}: no such file or folder")
+    if info.type != pafs.FileType.Directory:
+        return [path]
+    names = tuple(f"{kind}{packed}" for kind in FORMATS for packed in ("", *COMPRESSED))
+    files = sorted(
+        entry.path
+        for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if entry.type == pafs.FileType.File and entry.path.lower().endswith(names)
+    )
+    if not files:
+        raise InputError(f"{path}: a folder without .parquet, .jsonl or .csv files")
+    return files
 
 
 class DataEngine:
@@ -237,6 +268,49 @@ class DataEngine:
     async def model_id(self) -> str:
         return self.checkpoint.model_id
 
+    def read_table(self, uri: str) -> tuple[list[Row], list[str]]:
+        """The prompt table read by Ray Data, in file order, as `cluster.prompt_table.read_table`
+        reads it: `read_parquet`, `read_csv`, or `read_text` for JSONL (a line that is not JSON
+        fails its row; `read_json` would fail the table). A folder of such files is one table."""
+        import ray.data
+
+        try:
+            if "://" in uri:
+                fs, path = pafs.FileSystem.from_uri(uri)
+            else:
+                fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+            files = _table_files(fs, path)
+            kinds = {table_format(file) for file in files}
+            if len(kinds) > 1:
+                raise InputError(f"{uri}: a folder of one format only, found {', '.join(sorted(kinds))} files")
+            kind = kinds.pop()
+            context = ray.data.DataContext.get_current()
+            preserve_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+            try:
+                if kind == "parquet":
+                    dataset = ray.data.read_parquet(files, filesystem=fs)
+                elif kind == "csv":
+                    with fs.open_input_stream(files[0]) as f:
+                        header = f.read(1 << 16).split(b"\n", 1)[0] + b"\n"
+                    dataset = ray.data.read_csv(files, filesystem=fs, convert_options=csv_options(header))
+                else:
+                    dataset = ray.data.read_text(files, filesystem=fs, drop_empty_lines=False, include_paths=True)
+                tables = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+            finally:
+                context.execution_options.preserve_order = preserve_order
+        except InputError:
+            raise
+        except Exception as error:  # a missing file, an unreadable one: the table as a whole is unusable
+            raise InputError(f"{uri}: cannot read the input: {error_summary(error)}") from None
+        if kind != "jsonl":
+            return rows_from_records([record for table in tables for record in table.to_pylist()])
+        lines: dict[str, list[str]] = {}  # per file, in order: an error names the file's line
+        for table in tables:
+            for file, line in zip(table["path"].to_pylist(), table["text"].to_pylist(), strict=True):
+                lines.setdefault(file, []).append(line)
+        where = (lambda file: f"{Path(file).name} line") if len(lines) > 1 else (lambda file: "line")
+        return rows_from_records([r for file, text in lines.items() for r in json_records(text, where(file))])
+
     def _pool(self, name: str) -> dict[str, Any]:
         """A pool's `map` options from the deployment of the same stage."""
         deployment = self.settings.deployments[name]
@@ -247,7 +321,7 @@ class DataEngine:
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(deployment.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
         }
 
-    def stream(self, rows: list, output_uri: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def stream(self, rows: list[Row], output_uri: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """(row id, finished row) as each comes out of the last pool."""
         import ray.data
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def _content_hash(fields: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _format(path: str) -> str:
+def table_format(path: str) -> str:
+    """parquet, jsonl or csv, from the file name (compressed files by the name inside)."""
     name = path.lower()
     for suffix in COMPRESSED:
         name = name.removesuffix(suffix)
@@ -112,22 +114,31 @@ def _records(fs: pafs.FileSystem, path: str, kind: str) -> list[dict | str]:
     with fs.open_input_stream(path) as f:  # decompresses by extension
         data = f.read()
     if kind == "csv":
-        # Every column as text: pydantic converts per row, so one bad cell fails one row,
-        # not the whole column's type inference.
-        names = pacsv.open_csv(pa.BufferReader(data)).schema.names
-        options = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
-        return pacsv.read_csv(pa.BufferReader(data), convert_options=options).to_pylist()
+        return pacsv.read_csv(pa.BufferReader(data), convert_options=csv_options(data)).to_pylist()
+    return json_records(data.decode("utf-8", errors="replace").splitlines())
+
+
+def json_records(lines: Iterable[str], where: str = "line") -> list[dict | str]:
+    """JSONL lines as row dicts; a line that is not a JSON object stays a string: its error,
+    naming `where` (e.g. the file) and the line's number."""
     records: list[dict | str] = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            records.append(f"line {number}: not valid JSON ({e.msg} at column {e.colno})")
+            records.append(f"{where} {number}: not valid JSON ({e.msg} at column {e.colno})")
             continue
-        records.append(record if isinstance(record, dict) else f"line {number}: not a JSON object")
+        records.append(record if isinstance(record, dict) else f"{where} {number}: not a JSON object")
     return records
+
+
+def csv_options(header: bytes) -> pacsv.ConvertOptions:
+    """Every column as text: pydantic converts per row, so one bad cell fails one row, not the
+    whole column's type inference (and an id such as 007 stays 007)."""
+    names = pacsv.open_csv(pa.BufferReader(header)).schema.names
+    return pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True)
 
 
 def _fields(record: dict, known: set[str]) -> tuple[dict, str | None]:
@@ -146,16 +157,22 @@ def _fields(record: dict, known: set[str]) -> tuple[dict, str | None]:
 
 
 def read_table(uri: str) -> tuple[list[Row], list[str]]:
-    """The rows of the table at `uri`, and the columns ignored (not request fields).
-    Raises InputError when the table itself is unusable."""
+    """The rows of the table at `uri`, read in this process, and the columns ignored (not
+    request fields). Raises InputError when the table itself is unusable."""
     try:
         if "://" in uri:
             fs, path = pafs.FileSystem.from_uri(uri)
         else:
             fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-        records = _records(fs, path, _format(path))
+        records = _records(fs, path, table_format(path))
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"{uri}: cannot read the input: {e}") from None
+    return rows_from_records(records)
+
+
+def rows_from_records(records: list[dict | str]) -> tuple[list[Row], list[str]]:
+    """Rows of the table's records in file order (a string is an unreadable record: its error),
+    and the columns ignored. Raises InputError on duplicate ids."""
     known = request_columns()
     ignored = sorted({name for r in records if isinstance(r, dict) for name in r} - known - {"id"})
 

@@ -55,7 +55,7 @@ class JobStore:
         self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
         metrics.zero("unreadable", store="jobs")
         for kind in VIOLATION_KINDS:
-            metrics.zero("violations", kind=kind)
+            metrics.zero("violations", kind=kind, engine="serve")
         for key in store.keys("jobs"):
             try:
                 job = Job.model_validate_json(store.read(key) or b"")
@@ -297,14 +297,7 @@ class JobStore:
         self._active.pop(job.id, None)
         metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
         if job.status == "completed" and job.physics is not None:  # one observation per completed video
-            metrics.observe("physics", job.physics.score, template=job.template, model=job.model)
-            for name, value in job.physics.subscores.items():
-                if value is not None:
-                    metrics.observe("subscore", value, subscore=name, template=job.template, model=job.model)
-            if job.physics.dynamics is not None:
-                metrics.observe("dynamics", job.physics.dynamics, template=job.template, model=job.model)
-            for violation in job.physics.violations:
-                metrics.inc("violations", kind=violation["kind"])
+            metrics.physics(job.physics, job.template, job.model, engine="serve")
         self._publish()
 
     def _publish(self) -> None:

@@ -87,19 +87,19 @@ class _Metrics:
                 "t2v_physics_score",
                 "Physics-plausibility score of each video",
                 boundaries=SCORE,
-                tag_keys=("template", "model"),
+                tag_keys=("template", "model", "engine"),
             ),
             "subscore": Histogram(
                 "t2v_physics_subscore",
                 "Physics-plausibility subscores",
                 boundaries=SCORE,
-                tag_keys=("subscore", "template", "model"),
+                tag_keys=("subscore", "template", "model", "engine"),
             ),
             "dynamics": Histogram(
                 "t2v_physics_dynamics",
                 "How much each video's scene moves, camera removed (frame sizes per second)",
                 boundaries=DYNAMICS,
-                tag_keys=("template", "model"),
+                tag_keys=("template", "model", "engine"),
             ),
             "simulated_seconds": Counter(
                 "t2v_simulated_gpu_seconds",
@@ -107,7 +107,9 @@ class _Metrics:
                 tag_keys=("stage", "gpu"),
             ),
             "violations": Counter(
-                "t2v_physics_violations", "Physics violations found in completed videos, by kind", tag_keys=("kind",)
+                "t2v_physics_violations",
+                "Physics violations found in completed videos, by kind",
+                tag_keys=("kind", "engine"),
             ),
         }
 
@@ -126,6 +128,19 @@ class _Metrics:
         metric = self._get(name)
         if metric is not None:
             metric.observe(value, tags={k: str(v) for k, v in tags.items()})
+
+    def physics(self, physics, template: str | None, model: str, engine: str) -> None:
+        """One completed video's physics score, subscores, dynamics and violations. `engine`: serve
+        (the app's jobs, HTTP and batch rows alike) or data (the Ray Data batch engine's rows)."""
+        tags = {"template": template, "model": model, "engine": engine}
+        self.observe("physics", physics.score, **tags)
+        for name, value in physics.subscores.items():
+            if value is not None:
+                self.observe("subscore", value, subscore=name, **tags)
+        if physics.dynamics is not None:
+            self.observe("dynamics", physics.dynamics, **tags)
+        for violation in physics.violations:
+            self.inc("violations", kind=violation["kind"], engine=engine)
 
     def zero(self, name: str, **tags: str) -> None:
         """Create a counter's or gauge's series at 0, so that a dashboard panel shows 0, not

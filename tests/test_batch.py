@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gzip
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -428,3 +430,86 @@ def test_without_its_serve_app_a_job_runs_on_the_data_engine(serve_app, tmp_path
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "engine: data (no Serve app 'no-such-app' on this Ray cluster)" in job.stdout
     assert manifest_rows(out)["cat"]["status"] == "completed"
+
+
+def test_the_data_engine_reads_the_table_through_ray_data(serve_app, settings, tmp_path):
+    """`read_parquet`, `read_csv` and `read_text` give the rows the in-process reader gives, a folder
+    of parts is one table, and an unusable table is an InputError naming it."""
+    from cluster.data_engine import DataEngine
+
+    engine = DataEngine(settings)
+    rows = VALID + BAD + [{"id": "007", "prompt": "a box sliding down a ramp", "seed": 7}]
+    sources = [write_table(rows, tmp_path / f"prompts.{fmt}", ["[1, 2]"]) for fmt in ("jsonl", "parquet", "csv")]
+    gz = tmp_path / "prompts.jsonl.gz"
+    gz.write_bytes(gzip.compress(sources[0].read_bytes()))
+
+    def shape(table):
+        return [(r.index, r.id, r.fields, r.request_hash, r.error) for r in table[0]]
+
+    for source in [*sources, gz]:
+        assert shape(engine.read_table(str(source))) == shape(read_table(str(source))), source.name
+    by_ray = engine.read_table(str(sources[0]))[0]
+    assert by_ray[-2].id == "007" and by_ray[-1].error == "line 8: not a JSON object"
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    write_table(rows[:3], parts / "part-0.parquet")
+    write_table(rows[3:], parts / "part-1.parquet")
+    assert shape(engine.read_table(f"file://{parts}")) == shape(read_table(str(sources[1])))
+    (parts / "part-2.jsonl").write_text("{not json\n")
+    with pytest.raises(InputError, match="one format only"):
+        engine.read_table(str(parts))
+    with pytest.raises(InputError, match="no such file"):
+        engine.read_table(str(tmp_path / "missing.parquet"))
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="broken.parquet: cannot read the input"):
+        engine.read_table(str(tmp_path / "broken.parquet"))
+
+
+def test_readme_batch_job_on_a_bare_ray_head(tmp_path):
+    """README's `ray job submit` command on a cluster `ray start --head` made, without the Serve app:
+    the job says it runs on the data engine and makes every row."""
+    from cluster.launch import free_port
+
+    port, dashboard, agent = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "T2V_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    # --block, in a session of its own: the whole cluster goes with its process group, and no other
+    # Ray on this machine (the session's) is touched, as `ray stop` would. Ports of its own: the
+    # session's cluster holds the defaults.
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=4", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+         "--object-store-memory=200000000",
+         "--temp-dir=/tmp/t2v-bare", "--disable-usage-stats"],
+        env=env, stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        source = write_table(VALID[:1] + VALID[2:] + BAD[:1], tmp_path / "prompts.jsonl")
+        out = tmp_path / "out"
+        command = [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO)]
+        command += ["--", "python", "-m", "cluster.batch", "--input", str(source), "--output", str(out)]
+        deadline = time.monotonic() + 180
+        while True:  # the head's dashboard and job agent come up a few seconds after `ray start`
+            job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            if job.returncode == 0 or time.monotonic() > deadline or head.poll() is not None:
+                break
+            time.sleep(3)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "engine: data (no Serve app 't2v' on this Ray cluster)" in job.stdout
+        entries = manifest_rows(out)
+        assert {k: e["status"] for k, e in entries.items()} == {
+            "cat": "completed", "shoe": "completed", "mug": "completed", "bad-size": "failed"
+        }  # fmt: skip
+        assert probe_mp4((out / "videos" / "mug.mp4").read_bytes())["frames"] == 17
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
