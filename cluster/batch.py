@@ -36,7 +36,7 @@ import typer
 
 from cluster.launch import APP_NAME
 from cluster.manifest import MANIFEST, STAGES, Manifest
-from cluster.prompt_table import InputError, Row, read_table
+from cluster.prompt_table import InputError, Row, locate, read_table
 from contract.errors import RequestInvalid, error_summary
 from contract.storage import OutputStore
 
@@ -361,7 +361,10 @@ class EngineName(StrEnum):
 
 def batch(
     input: str = typer.Option(
-        ..., "--input", "-i", help="Prompt table: .parquet, .jsonl or .csv; a path or pyarrow.fs URI."
+        ...,
+        "--input",
+        "-i",
+        help="Prompt table: .parquet, .jsonl or .csv (or a folder of them); a path or pyarrow.fs URI.",
     ),
     output: str = typer.Option(
         ..., "--output", "-o", help="Where videos/ and manifest.parquet go; a path or pyarrow.fs URI."
@@ -385,6 +388,7 @@ def batch(
     """Generate a video per row of a prompt table; write videos/<id>.mp4 and manifest.parquet.
     Rerunning the same command skips the rows already done."""
     try:
+        locate(input)  # a missing table is named before any engine starts
         from contract.settings import Settings
 
         settings = Settings.from_yaml(config) if config else Settings()
@@ -404,14 +408,14 @@ def batch(
             runner_engine = DataEngine(settings, address)
         elif engine == EngineName.local:
             runner_engine = LocalEngine(settings)
+        log = lambda line: print(line, flush=True)  # noqa: E731 - unbuffered: job logs follow it live
+        log(f"engine: {runner_engine.name}{reason}")
         rows, ignored = runner_engine.read_table(input)
     except (InputError, EngineError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if ignored:
         typer.echo(f"note: columns ignored (not request fields): {', '.join(ignored)}")
-    log = lambda line: print(line, flush=True)  # noqa: E731 - unbuffered: job logs follow it live
-    log(f"engine: {runner_engine.name}{reason}")
     summary = asyncio.run(BatchRun(rows, runner_engine, OutputStore(output), concurrency, retry_failed, log).run())
     if summary["completed"] + summary["failed"] != summary["rows"]:
         raise typer.Exit(1)  # should not happen: every row ends in the manifest

@@ -5,7 +5,8 @@
 Ray Data reads the table (`read_parquet`, `read_csv`, `read_text` for JSONL; a file or a folder of
 them, on any `pyarrow.fs`); the driver gives the rows their ids and skips the ones done before, then
 validation, content filter and result cache -> text-encoder pool -> high-noise expert pool ->
-low-noise expert pool -> decoder-and-scorer pool. Each pool is a Ray Data `map` over a callable
+low-noise expert pool -> decoder-and-scorer pool (-> a repair pool, when rows ask for a
+`min_physics_score`: their detail phase re-sampled as the app does). Each pool is a Ray Data `map` over a callable
 class around the stage classes the Serve deployments wrap (`TextEncoder`, `Expert`, `Decoder`),
 placed and sized from `Settings.deployments` (`num_cpus`, `num_gpus`, `min_replicas` to
 `max_replicas` actors), so `t2v plan --gpus N` sizes both. Ray Data streams rows from pool to
@@ -23,36 +24,29 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 
 from cache.keys import result_key
 from cache.store import LatentCache
-from cluster.prompt_table import (
-    COMPRESSED,
-    FORMATS,
-    InputError,
-    Row,
-    csv_options,
-    json_records,
-    rows_from_records,
-    table_format,
-)
+from cluster.prompt_table import InputError, Row, csv_options, json_records, line_names, locate, rows_from_records
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import ExpertKind
+from contract.messages import PhysicsAttempt
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.checkpoint import Checkpoint
+from deployments.runner import best_attempt
 from monitoring.metrics import metrics
 
 logger = logging.getLogger(__name__)
 
 # Every row has every column from the start: Arrow needs one schema for the whole stream.
-COLUMNS = ("error_code", "error", "request", "embeddings", "base", "state", "mp4", "physics", "output")
+COLUMNS = (
+    "error_code", "error", "request", "embeddings", "base", "state", "boundary", "attempts", "mp4", "physics", "output"
+)  # fmt: skip
 
 
 def _pack(value: Any) -> bytes:
@@ -119,12 +113,10 @@ class ValidateRows(RowStage):
             request = self.validator.body(json.loads(row["fields"]))
         except RequestInvalid as invalid:
             return {**row, "error_code": invalid.code, "error": invalid.message}
-        # Not on this engine yet (the serve and local engines run them): said by name, never dropped.
+        # A shot's preview lives in the app's output store: its final is the app's to make (said by
+        # name, never dropped).
         if request.from_video is not None:
             return {**row, "error_code": "invalid_request", "error": "from: finals of shots run on --engine serve"}
-        if request.min_physics_score is not None:
-            message = "min_physics_score: physics repairs run on --engine serve or local"
-            return {**row, "error_code": "invalid_request", "error": message}
         row["request"] = request.model_dump_json()
         if self.cache is not None and request.cache:
             hit = self.cache.get("result", result_key(self.checkpoint.identity, request))
@@ -170,6 +162,8 @@ class HighNoiseRows(RowStage):
         state, hit = self.expert.shared_phase(request, _unpack(row["embeddings"]), base, self.cache)
         self.note_cache(row, "boundary", hit)
         row["state"], row["base"] = _pack(state.as_plain()), None
+        if request.min_physics_score is not None and self.checkpoint.has_low_noise_expert:
+            row["boundary"] = row["state"]  # where a repair re-samples the detail phase from
         return row
 
 
@@ -212,15 +206,29 @@ class DecodeRows(RowStage):
         from deployments.denoising import DenoisingState
 
         video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
-        physics = video.physics
         row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
+        record = PhysicsAttempt(
+            attempt=0, seed=request.seed, score=video.physics.score, dynamics=video.physics.dynamics
+        )
+        attempt = (video.mp4, video.physics, record)
+        row["state"] = None
+        if row["boundary"] is not None and video.physics.score < request.min_physics_score:
+            row["attempts"] = _pack([attempt])  # below the request's minimum: the repair pool's turn
+            return row
+        return self.keep(row, request, [attempt])
+
+    def keep(self, row: dict[str, Any], request: GenerationRequest, attempts: list[tuple]) -> dict[str, Any]:
+        """The best of a row's videos: written, remembered by the result cache, its score exported."""
+        best = best_attempt([physics for _, physics, _ in attempts], self.settings.repair_min_dynamics)
+        mp4, physics, _ = attempts[best]
+        physics = physics.model_copy(update={"attempts": [record for *_, record in attempts]})
         metrics.physics(physics, request.template, self.model, engine="data")
         if self.cache is not None and request.cache:
             key = result_key(self.checkpoint.identity, request)
-            self.cache.put("result", key, {"mp4": video.mp4, "physics": physics.model_dump()})
+            self.cache.put("result", key, {"mp4": mp4, "physics": physics.model_dump()})
         row["physics"] = physics.model_dump_json()
-        row["embeddings"] = row["state"] = None
-        return self.write(row, video.mp4)
+        row["embeddings"] = row["boundary"] = row["attempts"] = None
+        return self.write(row, mp4)
 
     def write(self, row: dict[str, Any], mp4: bytes) -> dict[str, Any]:
         key = f"videos/{row['id']}.mp4"
@@ -229,22 +237,40 @@ class DecodeRows(RowStage):
         return row
 
 
-def _table_files(fs, path: str) -> list[str]:
-    """The file at `path`, or the table files of the folder at `path` (sorted: one order per run)."""
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"{path}: no such file or folder")
-    if info.type != pafs.FileType.Directory:
-        return [path]
-    names = tuple(f"{kind}{packed}" for kind in FORMATS for packed in ("", *COMPRESSED))
-    files = sorted(
-        entry.path
-        for entry in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if entry.type == pafs.FileType.File and entry.path.lower().endswith(names)
-    )
-    if not files:
-        raise InputError(f"{path}: a folder without .parquet, .jsonl or .csv files")
-    return files
+class RepairRows(DecodeRows):
+    """Generate, verify, repair, as the app does: a row below its `min_physics_score` has its
+    detail phase re-sampled with derived seeds (`max_retries` at most) and keeps its best video.
+    A pool of its own, after the decoders, so that the rows that pass stream on untouched."""
+
+    stage = "repair"
+
+    def __init__(self, settings: Settings, output_uri: str):
+        from deployments.expert import Expert
+
+        super().__init__(settings, output_uri)
+        self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["attempts"] is None:  # kept by the decoders (or failed): nothing to repair
+            return row
+        return RowStage.__call__(self, row)
+
+    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        from deployments.denoising import DenoisingState
+
+        attempts = _unpack(row["attempts"])
+        embeddings, boundary = _unpack(row["embeddings"]), DenoisingState.from_plain(_unpack(row["boundary"]))
+        for number in range(1, request.max_retries + 1):
+            if max(physics.score for _, physics, _ in attempts) >= request.min_physics_score:
+                break
+            seed = request.resample_seed(number)
+            state = self.expert.phase(request, embeddings, boundary, resample_seed=seed)
+            video = self.decoder.video(request, state.latents, seed)
+            record = PhysicsAttempt(
+                attempt=number, seed=seed, score=video.physics.score, dynamics=video.physics.dynamics
+            )
+            attempts.append((video.mp4, video.physics, record))
+        return self.keep(row, request, attempts)
 
 
 class DataEngine:
@@ -274,41 +300,30 @@ class DataEngine:
         fails its row; `read_json` would fail the table). A folder of such files is one table."""
         import ray.data
 
+        fs, files, kind = locate(uri)
+        context = ray.data.DataContext.get_current()
+        preserve_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
         try:
-            if "://" in uri:
-                fs, path = pafs.FileSystem.from_uri(uri)
+            if kind == "parquet":
+                dataset = ray.data.read_parquet(files, filesystem=fs)
+            elif kind == "csv":
+                with fs.open_input_stream(files[0]) as f:
+                    header = f.read(1 << 16).split(b"\n", 1)[0] + b"\n"
+                dataset = ray.data.read_csv(files, filesystem=fs, convert_options=csv_options(header))
             else:
-                fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-            files = _table_files(fs, path)
-            kinds = {table_format(file) for file in files}
-            if len(kinds) > 1:
-                raise InputError(f"{uri}: a folder of one format only, found {', '.join(sorted(kinds))} files")
-            kind = kinds.pop()
-            context = ray.data.DataContext.get_current()
-            preserve_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
-            try:
-                if kind == "parquet":
-                    dataset = ray.data.read_parquet(files, filesystem=fs)
-                elif kind == "csv":
-                    with fs.open_input_stream(files[0]) as f:
-                        header = f.read(1 << 16).split(b"\n", 1)[0] + b"\n"
-                    dataset = ray.data.read_csv(files, filesystem=fs, convert_options=csv_options(header))
-                else:
-                    dataset = ray.data.read_text(files, filesystem=fs, drop_empty_lines=False, include_paths=True)
-                tables = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
-            finally:
-                context.execution_options.preserve_order = preserve_order
-        except InputError:
-            raise
-        except Exception as error:  # a missing file, an unreadable one: the table as a whole is unusable
+                dataset = ray.data.read_text(files, filesystem=fs, drop_empty_lines=False, include_paths=True)
+            tables = list(dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+        except Exception as error:  # an unreadable file: the table as a whole is unusable
             raise InputError(f"{uri}: cannot read the input: {error_summary(error)}") from None
+        finally:
+            context.execution_options.preserve_order = preserve_order
         if kind != "jsonl":
             return rows_from_records([record for table in tables for record in table.to_pylist()])
-        lines: dict[str, list[str]] = {}  # per file, in order: an error names the file's line
+        lines: dict[str, list[str]] = {}  # per file, in order
         for table in tables:
             for file, line in zip(table["path"].to_pylist(), table["text"].to_pylist(), strict=True):
                 lines.setdefault(file, []).append(line)
-        where = (lambda file: f"{Path(file).name} line") if len(lines) > 1 else (lambda file: "line")
+        where = line_names(files)
         return rows_from_records([r for file, text in lines.items() for r in json_records(text, where(file))])
 
     def _pool(self, name: str) -> dict[str, Any]:
@@ -344,6 +359,11 @@ class DataEngine:
             dataset = dataset.map(LowNoiseRows, **settings, **self._pool(ExpertKind.LOW_NOISE.deployment))
         decode = {"fn_constructor_kwargs": {"settings": self.settings, "output_uri": output_uri}}
         dataset = dataset.map(DecodeRows, **decode, **self._pool("Decoder"))
+        if self.checkpoint.has_low_noise_expert and any("min_physics_score" in row.fields for row in rows):
+            low_noise = self._pool(ExpertKind.LOW_NOISE.deployment)  # its GPU: the re-sampling expert's
+            dataset = dataset.map(
+                RepairRows, **decode, **{**low_noise, "concurrency": (1, low_noise["concurrency"][1])}
+            )
         for row in dataset.iter_rows():
             yield row["id"], row
 

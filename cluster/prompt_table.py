@@ -2,7 +2,8 @@
 
 Columns are the fields of `POST /v1/videos` (prompt or template + slots, seed, preset,
 size, steps, ...) plus an optional `id`. Files are opened through `pyarrow.fs`, so the
-input may be a local path or any URI pyarrow knows (s3://, gs://, hdfs://); `.gz` and
+input may be a local path or any URI pyarrow knows (s3://, gs://, hdfs://), a file or a
+folder of files of one format (one table, its files in name order); `.gz` and
 other compressed files are read as such. A row the reader cannot make sense of (a line
 that is not JSON, an unusable id) still becomes a `Row`, carrying its error, so it shows
 up in the manifest as failed instead of stopping the run.
@@ -106,7 +107,7 @@ def table_format(path: str) -> str:
     return kind
 
 
-def _records(fs: pafs.FileSystem, path: str, kind: str) -> list[dict | str]:
+def _records(fs: pafs.FileSystem, path: str, kind: str, where: str = "line") -> list[dict | str]:
     """Row dicts in file order; a JSONL line that does not parse stays a string (its error)."""
     if kind == "parquet":
         with fs.open_input_file(path) as f:
@@ -115,7 +116,7 @@ def _records(fs: pafs.FileSystem, path: str, kind: str) -> list[dict | str]:
         data = f.read()
     if kind == "csv":
         return pacsv.read_csv(pa.BufferReader(data), convert_options=csv_options(data)).to_pylist()
-    return json_records(data.decode("utf-8", errors="replace").splitlines())
+    return json_records(data.decode("utf-8", errors="replace").splitlines(), where)
 
 
 def json_records(lines: Iterable[str], where: str = "line") -> list[dict | str]:
@@ -156,15 +157,46 @@ def _fields(record: dict, known: set[str]) -> tuple[dict, str | None]:
     return fields, error
 
 
-def read_table(uri: str) -> tuple[list[Row], list[str]]:
-    """The rows of the table at `uri`, read in this process, and the columns ignored (not
-    request fields). Raises InputError when the table itself is unusable."""
+def locate(uri: str) -> tuple[pafs.FileSystem, list[str], str]:
+    """The table's filesystem, its files (the one named, or a folder's, sorted: one order per
+    run) and their format. Raises InputError when there is none to read."""
     try:
         if "://" in uri:
             fs, path = pafs.FileSystem.from_uri(uri)
         else:
             fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
-        records = _records(fs, path, table_format(path))
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            table_format(path)  # a name no reader takes says so first
+            raise InputError(f"{uri}: cannot read the input: no such file or folder")
+        files = [path]
+        if info.type == pafs.FileType.Directory:
+            names = tuple(f"{kind}{packed}" for kind in FORMATS for packed in ("", *COMPRESSED))
+            selector = pafs.FileSelector(path, recursive=True)
+            files = sorted(e.path for e in fs.get_file_info(selector) if e.is_file and e.path.lower().endswith(names))
+            if not files:
+                raise InputError(f"{uri}: a folder without .parquet, .jsonl or .csv files")
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{uri}: cannot read the input: {e}") from None
+    kinds = {table_format(file) for file in files}
+    if len(kinds) > 1:
+        raise InputError(f"{uri}: a folder of one format only, found {', '.join(sorted(kinds))} files")
+    return fs, files, kinds.pop()
+
+
+def line_names(files: list[str]):
+    """What a JSONL record's error calls its line: `line N`, or `<file> line N` in a folder."""
+    return (lambda file: f"{Path(file).name} line") if len(files) > 1 else (lambda file: "line")
+
+
+def read_table(uri: str) -> tuple[list[Row], list[str]]:
+    """The rows of the table at `uri` (a file, or a folder of files of one format), read in this
+    process, and the columns ignored (not request fields). Raises InputError when the table
+    itself is unusable."""
+    fs, files, kind = locate(uri)
+    where = line_names(files)
+    try:
+        records = [record for file in files for record in _records(fs, file, kind, where(file))]
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"{uri}: cannot read the input: {e}") from None
     return rows_from_records(records)

@@ -110,6 +110,8 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
     # the adapter job's loads (its replicas may have had the adapter from earlier tests, or not)
     wait_for(prometheus, 'sum(ray_t2v_adapter_requests_total{result=~"hit|load"})', lambda r: total(r) >= 2)
     wait_for(prometheus, "sum(ray_t2v_adapter_loads_total)", lambda r: total(r) >= 1)
+    # the job store's histograms reach Prometheus on their own schedule (alone, this test may be first)
+    wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
     time.sleep(3)  # a few more scrapes, so rate() has two samples of everything
     empty = [expr for expr in dashboard_queries() if not query(prometheus, expr)]
     assert not empty, f"dashboard queries without data: {empty}"
@@ -134,7 +136,6 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
         assert query(prometheus, series), f"{series}: no series"
 
     # Every completed video is scored once: the physics histogram counts the completions.
-    wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
     # (Polled: a job of an earlier test may complete between two scrapes of the two series.)
     wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) == total(query(prometheus, COMPLETED)), timeout=60)
     assert all(0 <= j["physics"]["score"] <= 1 and j["physics"]["subscores"] for j in finished)
