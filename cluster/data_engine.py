@@ -326,11 +326,17 @@ class DataEngine:
         where = line_names(files)
         return rows_from_records([r for file, text in lines.items() for r in json_records(text, where(file))])
 
+    @staticmethod
+    def _actors(least: int, most: int):
+        import ray.data
+
+        return ray.data.ActorPoolStrategy(min_size=least, max_size=max(least, most))
+
     def _pool(self, name: str) -> dict[str, Any]:
         """A pool's `map` options from the deployment of the same stage."""
         deployment = self.settings.deployments[name]
         return {
-            "concurrency": (deployment.min_replicas, max(deployment.min_replicas, deployment.max_replicas)),
+            "compute": self._actors(deployment.min_replicas, deployment.max_replicas),
             "num_cpus": deployment.num_cpus,
             "num_gpus": deployment.num_gpus,
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(deployment.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
@@ -361,9 +367,10 @@ class DataEngine:
         dataset = dataset.map(DecodeRows, **decode, **self._pool("Decoder"))
         if self.checkpoint.has_low_noise_expert and any("min_physics_score" in row.fields for row in rows):
             low_noise = self._pool(ExpertKind.LOW_NOISE.deployment)  # its GPU: the re-sampling expert's
-            dataset = dataset.map(
-                RepairRows, **decode, **{**low_noise, "concurrency": (1, low_noise["concurrency"][1])}
+            low_noise["compute"] = self._actors(
+                1, self.settings.deployments[ExpertKind.LOW_NOISE.deployment].max_replicas
             )
+            dataset = dataset.map(RepairRows, **decode, **low_noise)
         for row in dataset.iter_rows():
             yield row["id"], row
 
