@@ -6,15 +6,15 @@ Ray Data reads the table (`read_parquet`, `read_csv`, `read_text` for JSONL; a f
 them, on any `pyarrow.fs`); the driver gives the rows their ids and skips the ones done before, then
 validation, content filter and result cache -> text-encoder pool -> high-noise expert pool ->
 low-noise expert pool -> decoder-and-scorer pool (-> a repair pool, when rows ask for a
-`min_physics_score`: their detail phase re-sampled as the app does). Each pool is a Ray Data `map` over a callable
-class around the stage classes the Serve deployments wrap (`TextEncoder`, `Expert`, `Decoder`),
-placed and sized from `Settings.deployments` (`num_cpus`, `num_gpus`, `min_replicas` to
-`max_replicas` actors), so `t2v plan --gpus N` sizes both. Ray Data streams rows from pool to
-pool with backpressure, on any Ray cluster, with or without a Serve app. The decoders write each
-video to the output store; the driver records every row in the manifest as it arrives, so a
-killed run resumes as the other engines' do, each row exactly once. Rows of one template share
-the high-noise phase through the node's latent cache: the first computes it, the rest read it.
-A row that fails at any stage carries its error to the end and fails alone.
+`min_physics_score`: their detail phase re-sampled as the app does). Each pool is a Ray Data
+`map` over a callable class around the stage classes the Serve deployments wrap (`TextEncoder`,
+`Expert`, `Decoder`), placed and sized from `Settings.deployments` (`num_cpus`, `num_gpus`,
+`min_replicas` to `max_replicas` actors), so `t2v plan --gpus N` sizes both. Ray Data streams
+rows from pool to pool with backpressure, on any Ray cluster, with or without a Serve app. The
+decoders write each video to the output store; the driver records every row in the manifest as
+it arrives, so a killed run resumes as the other engines' do, each row exactly once. Rows of one
+template share the high-noise phase through the node's latent cache: the first computes it, the
+rest read it. A row that fails at any stage carries its error to the end and fails alone.
 """
 
 from __future__ import annotations
