@@ -13,16 +13,22 @@ Outside Ray (`t2v generate`, unit tests) every call is a no-op.
 from __future__ import annotations
 
 import threading
+import time
 from functools import cached_property
 
 SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600]
 SCORE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 DYNAMICS = [0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0]  # the scorer's "still" ends at 0.03
+# Ray's metrics agent drops a gauge's value two export intervals (2 x 10 s) after it was last set:
+# a gauge that changes rarely (a cache's size) is set again this often while its process lives.
+GAUGE_REFRESH_SECONDS = 5.0
 
 
 class _Metrics:
     def __init__(self):
         self._lock = threading.Lock()
+        self._gauges: dict[tuple[str, tuple], float] = {}  # (name, tags) -> the value last set
+        self._refresher: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -148,16 +154,32 @@ class _Metrics:
         metric = self._get(name)
         if metric is None:
             return
-        tags = {k: str(v) for k, v in tags.items()}
         if hasattr(metric, "set"):
-            metric.set(0, tags=tags)
-        else:
-            metric._record(0, tags=tags)  # Counter.inc refuses 0; recording it creates the series
+            self.set(name, 0, **tags)
+        else:  # Counter.inc refuses 0; recording it creates the series
+            metric._record(0, tags={k: str(v) for k, v in tags.items()})
 
     def set(self, name: str, value: float, **tags: str) -> None:
         metric = self._get(name)
-        if metric is not None:
-            metric.set(value, tags={k: str(v) for k, v in tags.items()})
+        if metric is None:
+            return
+        tags = {k: str(v) for k, v in tags.items()}
+        metric.set(value, tags=tags)
+        with self._lock:
+            self._gauges[(name, tuple(sorted(tags.items())))] = value
+            if self._refresher is None:
+                self._refresher = threading.Thread(target=self._refresh, name="t2v-gauges", daemon=True)
+                self._refresher.start()
+
+    def _refresh(self) -> None:
+        while True:
+            time.sleep(GAUGE_REFRESH_SECONDS)
+            with self._lock:
+                gauges = list(self._gauges.items())
+            for (name, tags), value in gauges:
+                metric = self._get(name)
+                if metric is not None:
+                    metric.set(value, tags=dict(tags))
 
 
 metrics = _Metrics()

@@ -169,3 +169,14 @@ def test_batch_rows_on_the_data_engine_report_from_their_actors(serve_app, prome
         )
 
     wait_for(prometheus, stages, every_stage_counted)
+
+
+def test_a_gauge_set_once_stays_exported(serve_app, prometheus):
+    """A cache's size is set at start and on writes only; Ray's agent forgets a gauge two export
+    intervals after its last change, so each process sets its gauges again while it lives."""
+    from cache.store import LEVELS
+
+    sizes = "sum by (level) (ray_t2v_cache_size_bytes)"
+    wait_for(prometheus, sizes, lambda r: {x["metric"]["level"] for x in r} == set(LEVELS))
+    time.sleep(30)  # no traffic meanwhile: nothing changes the sizes
+    assert {x["metric"]["level"] for x in query(prometheus, sizes)} == set(LEVELS)
