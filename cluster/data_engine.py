@@ -59,6 +59,12 @@ def _unpack(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=False)  # written by the pool before, in this run
 
 
+def _attempt(video, number: int, seed: int) -> tuple:
+    """One try at a row's video as the repair loop keeps it: (mp4, physics, the attempt's record)."""
+    physics = video.physics
+    return video.mp4, physics, PhysicsAttempt(attempt=number, seed=seed, score=physics.score, dynamics=physics.dynamics)
+
+
 class RowStage:
     """One pool's actor: its stage built once, then every row through `run`. A row that failed
     earlier passes through untouched; one that fails here carries its error on."""
@@ -207,10 +213,7 @@ class DecodeRows(RowStage):
 
         video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
         row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
-        record = PhysicsAttempt(
-            attempt=0, seed=request.seed, score=video.physics.score, dynamics=video.physics.dynamics
-        )
-        attempt = (video.mp4, video.physics, record)
+        attempt = _attempt(video, 0, request.seed)
         row["state"] = None
         if row["boundary"] is not None and video.physics.score < request.min_physics_score:
             row["attempts"] = _pack([attempt])  # below the request's minimum: the repair pool's turn
@@ -266,10 +269,7 @@ class RepairRows(DecodeRows):
             seed = request.resample_seed(number)
             state = self.expert.phase(request, embeddings, boundary, resample_seed=seed)
             video = self.decoder.video(request, state.latents, seed)
-            record = PhysicsAttempt(
-                attempt=number, seed=seed, score=video.physics.score, dynamics=video.physics.dynamics
-            )
-            attempts.append((video.mp4, video.physics, record))
+            attempts.append(_attempt(video, number, seed))
         return self.keep(row, request, attempts)
 
 
