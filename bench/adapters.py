@@ -21,7 +21,7 @@ from bench.serve import log, model_settings, rounded
 from cluster.pipeline import Pipeline
 from contract.adapters import adapters_for
 from contract.experts import ExpertKind
-from deployments.expert import Expert
+from stages.expert import Expert
 
 
 def phase_seconds(expert: Expert, pipe: Pipeline, request) -> float:

@@ -6,7 +6,7 @@ On the local multi-node Ray cluster of bench/fleet.py (`Nodes`: a GPU-less head 
 logical GPUs; no Serve app), each table runs through `cluster.batch.BatchRun` on the data engine
 (cluster/data_engine.py: one Ray Data actor pool per stage, sized from `Settings.deployments`)
 with `device: sim`: every stage's real code path with the model compute replaced by the cost
-model's seconds (deployments/simulated.py, docs/scaling.md). The experts' pools hold one logical
+model's seconds (sim/gpu.py, docs/scaling.md). The experts' pools hold one logical
 GPU per actor, split between high- and low-noise as `t2v plan --gpus N` says; the text encoder and
 decoder pools sit beside them without a logical GPU, each actor one simulated GPU of its own (as
 bench/fleet.py places them on the head), so the N GPUs are the experts'.
@@ -43,7 +43,7 @@ from bench.serve import log, model_settings, rounded
 from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind
 from contract.settings import Settings, SimSettings
-from deployments.cost_model import GPUS, CostModel
+from sim.cost_model import GPUS, CostModel
 
 WALL_ROWS_PER_SECOND = 4.0  # the ideal fleet's rows a wall second: what 2 cores keep up with across 5 pools
 VARIANTS = 20  # rows of one template group

@@ -188,7 +188,7 @@ def expert_batching(settings: Settings, sizes=(1, 2, 4, 8), repeats: int = 5) ->
     import torch
 
     from contract.experts import ExpertKind
-    from deployments.checkpoint import Checkpoint
+    from stages.checkpoint import Checkpoint
 
     checkpoint = Checkpoint.from_settings(settings)
     transformer = checkpoint.expert(ExpertKind.HIGH_NOISE)

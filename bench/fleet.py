@@ -6,7 +6,7 @@ The fleets run one after another on one local multi-node Ray cluster (`ray.clust
 a GPU-less head for the ingress, job store, text encoder and decoder, and workers with 8 logical
 GPUs each), each the real Serve app with `device: sim`: every stage's real code path - HTTP,
 ingress, job store, handles, hand-offs, caches, metrics, placement on `num_gpus` - with the
-model compute replaced by the cost model's seconds (deployments/simulated.py, docs/scaling.md).
+model compute replaced by the cost model's seconds (sim/gpu.py, docs/scaling.md).
 Experts hold one logical GPU per replica, split between the two as `t2v plan --gpus N` says.
 Every figure is in simulated seconds (wall seconds / `sim.time_scale`; the scale is chosen per
 fleet so that this 2-core machine's control plane keeps up) and is labelled SIMULATED.
@@ -59,7 +59,7 @@ from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind
 from contract.settings import Limits, Settings, SimSettings
 from contract.storage import OutputStore, child_uri
-from deployments.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
+from sim.cost_model import GPUS, SWAPS_PER_VIDEO, CostModel
 
 APP = "t2v-fleet"
 GPUS_PER_NODE = 8
@@ -93,8 +93,8 @@ def sim_settings(base: Settings, work: Path, sim: SimSettings, shape: Shape) -> 
 
 
 def schedule(settings: Settings, steps: int) -> tuple[int, int]:
-    from deployments.checkpoint import Checkpoint
-    from deployments.denoising import Scheduler
+    from stages.checkpoint import Checkpoint
+    from stages.denoising import Scheduler
 
     checkpoint = Checkpoint.from_settings(settings)
     plan = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
@@ -398,7 +398,7 @@ def bench_batching(base: Settings, shape: Shape, concurrency: int, batching: boo
 
     from cluster.pipeline import Pipeline
     from contract.settings import BatchingSettings
-    from deployments.checkpoint import Checkpoint
+    from stages.checkpoint import Checkpoint
 
     cost = CostModel(gpu)
     video_gpu_s = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps)

@@ -3,7 +3,7 @@
     python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16]
 
 Needs only torch, diffusers and transformers: it loads a diffusers-format Wan2.2 checkpoint
-(default: the embedded default model shipped in deployments/weights/) with diffusers'
+(default: the embedded default model shipped in stages/weights/) with diffusers'
 `WanPipeline` and times each stage of a generation - the UMT5 text encoder, the high-noise and
 the low-noise expert (`transformer`, `transformer_2`: every forward, per step), the VAE decode -
 with the device synchronised around each, at a few sizes. Where the project's own dependencies
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED = ROOT / "deployments" / "weights" / "t2v-world-wan2.2-a14b"
+EMBEDDED = ROOT / "stages" / "weights" / "t2v-world-wan2.2-a14b"
 SIZES = [(64, 64, 17, 10), (128, 128, 33, 20), (256, 256, 33, 20)]  # width, height, frames, steps
 PROMPT = "a red ball bouncing on a wooden floor"
 

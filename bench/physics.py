@@ -34,8 +34,8 @@ from bench.footage import FOLDER, HELD_OUT, TUNING, auc, read_video, samples
 from bench.footage import VIOLATIONS as FOOTAGE_VIOLATIONS
 from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
 from contract.messages import PhysicsResult
-from deployments.runner import best_attempt
 from monitoring.physics import NO_EVIDENCE, SUBSCORES, score_video
+from stages.runner import best_attempt
 
 GOALS = {"auc": 0.97, "pan_difference": 0.05, "ms_128x128x33": 500, "ms_480x270x81": 2000}
 SHORT = {

@@ -19,7 +19,7 @@ Speed features, on the preview prompts in English (each against the plain path, 
 - repair: `min_physics_score` with two re-samples of the detail phase.
 
 The ad studio's workflow, on moving held-out prompts (`--adapter-prompts`, `--shot-prompts`):
-- the `studio` LoRA pair (deployments/weights/test-adapters, `t2v model train-lora`) at scales
+- the `studio` LoRA pair (stages/weights/test-adapters, `t2v model train-lora`) at scales
   0, 0.5 and 1 against no adapter: how much of the frames show its backdrop
   (`world.styles.style_strength`), whether the object still reads right, and whether scale 0
   gives the base model's frames bit for bit;

@@ -83,7 +83,7 @@ def cluster_run(ray_dir: str, work: Path):
 def model_settings() -> Settings:
     """The process settings with the model resolved (`T2V_MODEL`, else the embedded default,
     built now so no benchmark times the build)."""
-    from deployments.default_model import default_model_dir
+    from stages.default_model import default_model_dir
 
     base = Settings()
     return base if base.model else base.model_copy(update={"model": default_model_dir(base.cache_dir)})
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from cluster.launch import deploy
-    from deployments.default_model import default_model_dir
+    from stages.default_model import default_model_dir
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Every request computes: with the latent cache on, a repeat (or the other side's run of

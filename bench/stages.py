@@ -25,8 +25,8 @@ from diffusers import WanPipeline
 from cluster.pipeline import Pipeline, wan_pipeline_arguments
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.decoder import to_uint8
+from stages.checkpoint import Checkpoint
+from stages.decoder import to_uint8
 
 PRESETS = ("preview", "final")
 STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4")

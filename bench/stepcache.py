@@ -23,9 +23,9 @@ from bench.serve import log, model_settings, rounded
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from contract.settings import StepCacheSettings
-from deployments.checkpoint import Checkpoint
-from deployments.decoder import to_uint8
 from monitoring.physics import score_video
+from stages.checkpoint import Checkpoint
+from stages.decoder import to_uint8
 
 CONFIGS = {
     "none": StepCacheSettings(),

@@ -7,7 +7,7 @@ threads per thread that starts a parallel region; this measures one expert forwa
 and, in another process, on a second thread only (the model loaded with one thread, so the
 main thread never starts a pool). Fresh processes under each OpenMP wait policy (read at
 process start). In each place also one guided step (the prompt's and the negative prompt's
-forward) run in turn, and side by side on deployments/guidance.py's two single-threaded
+forward) run in turn, and side by side on stages/guidance.py's two single-threaded
 workers, as the experts run it.
 
     python -m bench.threads [--repeats 10]
@@ -40,8 +40,8 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
 
     from bench.serve import model_settings
     from contract.experts import ExpertKind
-    from deployments.checkpoint import Checkpoint
-    from deployments.guidance import GuidancePair
+    from stages.checkpoint import Checkpoint
+    from stages.guidance import GuidancePair
 
     settings = model_settings()
     checkpoint = Checkpoint.from_settings(settings)
@@ -85,7 +85,7 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
         }
 
     torch.set_num_threads(threads)
-    pair = GuidancePair(threads)  # what the experts use (deployments/guidance.py)
+    pair = GuidancePair(threads)  # what the experts use (stages/guidance.py)
     out: dict = {"threads": threads}
     if not only_thread:
         run(out, "main")

@@ -32,8 +32,8 @@ from bench.serve import cluster_run, log, model_settings, percentile, rounded
 from cluster.launch import free_port, start_private_ray
 from cluster.sizing import expert_split
 from contract.settings import BatchingSettings, Settings
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import Scheduler
+from stages.checkpoint import Checkpoint
+from stages.denoising import Scheduler
 
 GOALS = {"throughput_ratio": 1.5, "p95_ratio": 1.3}
 

@@ -16,12 +16,14 @@ from ray.serve import Application
 
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.decoder_deployment import DecoderDeployment
-from deployments.expert_deployment import CoLocatedExperts, HighNoiseExpert, LowNoiseExpert
+from deployments.co_located_experts import CoLocatedExperts
+from deployments.decoder import DecoderDeployment
+from deployments.high_noise_expert import HighNoiseExpert
 from deployments.ingress import Ingress
-from deployments.job_store_deployment import JobStoreDeployment
-from deployments.text_encoder_deployment import TextEncoderDeployment
+from deployments.job_store import JobStoreDeployment
+from deployments.low_noise_expert import LowNoiseExpert
+from deployments.text_encoder import TextEncoderDeployment
+from stages.checkpoint import Checkpoint
 
 
 class AppArgs(BaseModel):

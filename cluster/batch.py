@@ -27,13 +27,13 @@ import asyncio
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from cluster.batch_engine import EngineError, Outcome
 from cluster.launch import APP_NAME
 from cluster.manifest import MANIFEST, STAGES, Manifest
 from cluster.prompt_table import InputError, Row, locate, read_table
@@ -41,25 +41,6 @@ from contract.errors import RequestInvalid, error_summary
 from contract.storage import OutputStore
 
 COMPACT_EVERY = 64  # finished rows between folds of the manifest's parts
-
-
-class EngineError(RuntimeError):
-    """The engine cannot run at all (no cluster, no Serve app)."""
-
-
-@dataclass
-class Outcome:
-    """One row's result, in the job record's shape whichever engine made it."""
-
-    status: str  # completed | failed
-    job: dict[str, Any] = field(default_factory=dict)  # request, timings, cache, physics, model, id
-    mp4: bytes | None = None
-    error_code: str | None = None
-    error: str | None = None
-
-    @classmethod
-    def failed(cls, code: str, message: str) -> Outcome:
-        return cls("failed", error_code=code, error=message)
 
 
 class ServeEngine:

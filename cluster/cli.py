@@ -191,8 +191,8 @@ def plan(
     import yaml
 
     from cluster.sizing import expert_split
-    from deployments.checkpoint import Checkpoint
-    from deployments.denoising import Scheduler
+    from stages.checkpoint import Checkpoint
+    from stages.denoising import Scheduler
 
     checkpoint = Checkpoint.from_settings(_settings(model))
     split = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
@@ -281,7 +281,7 @@ def model_init(
     """Write the embedded default model: Wan2.2 A14B's architecture at toy size, trained on the world."""
     import shutil
 
-    from deployments.default_model import default_model_dir, write_default_model
+    from stages.default_model import default_model_dir, write_default_model
 
     if random or single_expert:
         path = write_default_model(out or Path("t2v-tiny-random"), two_experts=not single_expert)

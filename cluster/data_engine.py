@@ -30,6 +30,7 @@ import torch
 
 from cache.keys import result_key
 from cache.store import LatentCache
+from cluster.batch_engine import Outcome
 from cluster.prompt_table import InputError, Row, csv_options, json_records, line_names, locate, rows_from_records
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import ExpertKind
@@ -37,9 +38,9 @@ from contract.messages import PhysicsAttempt
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
-from deployments.checkpoint import Checkpoint
-from deployments.runner import best_attempt
 from monitoring.metrics import metrics
+from stages.checkpoint import Checkpoint
+from stages.runner import best_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class ValidateRows(RowStage):
     stage = "validate"
 
     def __init__(self, settings: Settings):
-        from deployments.validation import RequestValidator
+        from stages.validation import RequestValidator
 
         super().__init__(settings)
         self.validator = RequestValidator(settings, self.checkpoint)
@@ -136,7 +137,7 @@ class EncodeRows(RowStage):
     stage = "encode"
 
     def __init__(self, settings: Settings):
-        from deployments.text_encoder import TextEncoder
+        from stages.text_encoder import TextEncoder
 
         super().__init__(settings)
         self.cache = LatentCache.from_settings(settings)
@@ -157,7 +158,7 @@ class HighNoiseRows(RowStage):
     stage = ExpertKind.HIGH_NOISE.stage
 
     def __init__(self, settings: Settings):
-        from deployments.expert import Expert
+        from stages.expert import Expert
 
         super().__init__(settings)
         self.expert = Expert(self.checkpoint, ExpertKind.HIGH_NOISE, batching=False)
@@ -177,13 +178,13 @@ class LowNoiseRows(RowStage):
     stage = ExpertKind.LOW_NOISE.stage
 
     def __init__(self, settings: Settings):
-        from deployments.expert import Expert
+        from stages.expert import Expert
 
         super().__init__(settings)
         self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
 
     def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from deployments.denoising import DenoisingState
+        from stages.denoising import DenoisingState
 
         boundary = DenoisingState.from_plain(_unpack(row["state"]))
         row["state"] = _pack(self.expert.phase(request, _unpack(row["embeddings"]), boundary).as_plain())
@@ -196,7 +197,7 @@ class DecodeRows(RowStage):
     stage = "decode"
 
     def __init__(self, settings: Settings, output_uri: str):
-        from deployments.decoder import Decoder
+        from stages.decoder import Decoder
 
         super().__init__(settings)
         self.decoder = Decoder(self.checkpoint)
@@ -209,7 +210,7 @@ class DecodeRows(RowStage):
         return super().__call__(row)
 
     def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from deployments.denoising import DenoisingState
+        from stages.denoising import DenoisingState
 
         video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
         row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
@@ -248,7 +249,7 @@ class RepairRows(DecodeRows):
     stage = "repair"
 
     def __init__(self, settings: Settings, output_uri: str):
-        from deployments.expert import Expert
+        from stages.expert import Expert
 
         super().__init__(settings, output_uri)
         self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
@@ -259,7 +260,7 @@ class RepairRows(DecodeRows):
         return RowStage.__call__(self, row)
 
     def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from deployments.denoising import DenoisingState
+        from stages.denoising import DenoisingState
 
         attempts = _unpack(row["attempts"])
         embeddings, boundary = _unpack(row["embeddings"]), DenoisingState.from_plain(_unpack(row["boundary"]))
@@ -376,8 +377,6 @@ class DataEngine:
 
     def outcome(self, row: dict[str, Any]):
         """The finished row as the other engines' `Outcome`."""
-        from cluster.batch import Outcome
-
         request = json.loads(row["request"]) if row["request"] else {}
         job = {
             "request": request,

@@ -21,13 +21,13 @@ from contract.experts import ExpertKind
 from contract.messages import PhysicsResult, Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.decoder import Decoder
-from deployments.denoising import DenoisingPlan, DenoisingState, Scheduler
-from deployments.expert import Expert
-from deployments.runner import JobRunner, Stages
-from deployments.text_encoder import PromptEmbeddings, TextEncoder
-from deployments.validation import RequestValidator
+from stages.checkpoint import Checkpoint
+from stages.decoder import Decoder
+from stages.denoising import DenoisingPlan, DenoisingState, Scheduler
+from stages.expert import Expert
+from stages.runner import JobRunner, Stages
+from stages.text_encoder import PromptEmbeddings, TextEncoder
+from stages.validation import RequestValidator
 
 
 @dataclass

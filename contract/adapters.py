@@ -1,6 +1,6 @@
 """LoRA adapters as a request names them, and the multiplexed model id of an expert's adapters.
 
-A request asks for `lora: [{"name", "scale"}]`. The validator (deployments/validation.py)
+A request asks for `lora: [{"name", "scale"}]`. The validator (stages/validation.py)
 resolves each name against the adapter store and fills in what the stages and the caches
 need: the adapter's `revision` (a changed adapter is another adapter) and the `experts` it
 holds weights for (an adapter for the low-noise expert alone leaves the high-noise phase,

@@ -1,6 +1,6 @@
 """Job records: queued -> in_progress -> completed | failed | cancelled.
 
-The job store (deployments/job_store.py) keeps them; everything else reads them in
+The job store (stages/job_store.py) keeps them; everything else reads them in
 this shape, which is also the OpenAI videos API's job object plus what this cluster adds.
 """
 

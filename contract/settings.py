@@ -151,7 +151,7 @@ class CacheSettings(BaseModel):
 
 
 class BatchingSettings(BaseModel):
-    """Continuous batching in the expert replicas (deployments/batching.py): requests of one
+    """Continuous batching in the expert replicas (stages/batching.py): requests of one
     shape share each step's forward. Off by default: on the CPU here a batched forward costs
     the same per request (BENCHMARKS.md), so it would only add the wait; on GPUs, turn it on."""
 
@@ -170,14 +170,14 @@ class StepCacheSettings(BaseModel):
     options: dict[str, Any] = {}
 
 
-# The GPUs the cost model knows (deployments/cost_model.py has a row for each, and a test checks
+# The GPUs the cost model knows (sim/cost_model.py has a row for each, and a test checks
 # the two lists agree); named here so a wrong name fails when the settings are read.
 SimGpu = Literal["h100", "h200", "a100", "l40s"]
 
 
 class SimSettings(BaseModel):
     """The simulated accelerator: the real control plane with a calibrated cost model
-    (deployments/cost_model.py) in place of model compute; its figures are always simulated."""
+    (sim/cost_model.py) in place of model compute; its figures are always simulated."""
 
     gpu: SimGpu = "h100"  # the GPU every simulated replica stands for
     # Wall seconds per simulated second: at 0.001 a 1000 s video takes 1 s, so the control plane
@@ -192,7 +192,7 @@ class SimSettings(BaseModel):
 
 
 class AdapterSettings(BaseModel):
-    """LoRA adapters (deployments/adapters.py): where they live and how many a replica holds."""
+    """LoRA adapters (stages/adapter_store.py): where they live and how many a replica holds."""
 
     # A local directory or any pyarrow.fs URI holding one folder per adapter (a diffusers-format
     # `pytorch_lora_weights.safetensors`). None: the test adapters shipped with the default model.
@@ -205,10 +205,10 @@ class AdapterSettings(BaseModel):
 
 
 class SafetySettings(BaseModel):
-    """The prompt filter (deployments/safety.py): categories of blocked terms, per language."""
+    """The prompt filter (stages/safety.py): categories of blocked terms, per language."""
 
     enabled: bool = True
-    blocklist_file: Path | None = None  # None: the block list shipped in deployments/safety.yaml
+    blocklist_file: Path | None = None  # None: the block list shipped in stages/safety.yaml
 
 
 class ServingSettings(BaseModel):
@@ -270,14 +270,14 @@ class Settings(BaseSettings):
     model: Path | None = None
     model_id: str | None = Field(None, description="Name reported to clients; defaults to the directory name")
     cache_dir: Path = Path.home() / ".cache" / "t2v-cluster"
-    # "sim": the simulated accelerator (deployments/simulated.py, settings in `sim`)
+    # "sim": the simulated accelerator (sim/gpu.py, settings in `sim`)
     device: Literal["auto", "cpu", "cuda", "sim"] = "auto"
     # bf16 on CUDA, fp32 on CPU unless set.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_sequence_length: int = 512
     # On a CPU with >= 2 torch threads, a guided step's two forwards run side by side, one
-    # intra-op thread each: faster than one after another, and bit-identical (deployments/guidance.py).
+    # intra-op thread each: faster than one after another, and bit-identical (stages/guidance.py).
     parallel_guidance: bool = True
 
     # Generation defaults (Wan2.2 A14B official: 4.0 / 3.0 guidance).

@@ -1,5 +1,5 @@
-"""The stages, each as a plain class (`text_encoder.py`, `expert.py`, `decoder.py`, ...)
-usable in process, in batch jobs and in tests, and next to it the Ray Serve deployment
-that wraps it (`*_deployment.py`: `TextEncoder`, `HighNoiseExpert`, `LowNoiseExpert`,
-`Decoder`, `JobStore`). `runner.py` is the stage sequence, written once; `ingress.py` (with
-`http.py`) is the HTTP API that runs it on the deployments."""
+"""The Ray Serve deployments, one module per stage, each wrapping the plain stage class of the
+same name in `stages/`: `TextEncoder` (text_encoder.py), `HighNoiseExpert`
+(high_noise_expert.py), `LowNoiseExpert` (low_noise_expert.py), `Experts`
+(co_located_experts.py), `Decoder` (decoder.py), `JobStore` (job_store.py); the `Ingress`
+(ingress.py: routes, with http.py) in front of them."""

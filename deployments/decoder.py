@@ -1,82 +1,49 @@
-"""Decoder stage: Wan VAE decode of the final latent -> video frames."""
+"""The `Decoder` Serve deployment: VAE decode, mp4 and physics score (stages/decoder.py) per replica;
+the mp4 goes to the shared output store, only its key and score go back. The final latent goes
+there too: a final of the same shot (`from`) starts from it."""
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass
 
-import numpy as np
-import torch
-from diffusers.video_processor import VideoProcessor
+from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from contract.messages import PhysicsResult
+from contract.jobs import latent_key, video_key
+from contract.messages import Cancelled, Video
 from contract.request import GenerationRequest
-from deployments.checkpoint import Checkpoint
-from deployments.simulated import SimulatedGpu, stand_in_frames
-from deployments.video import encode_mp4, provenance
-from monitoring.physics import score_video
+from contract.settings import Settings
+from contract.storage import OutputStore
+from deployments.reporting import JobReporter
+from stages.checkpoint import Checkpoint
+from stages.decoder import Decoder
+from stages.denoising import DenoisingState, latent_bytes
 
 
-@dataclass
-class DecodedVideo:
-    frames: np.ndarray  # uint8 (T, H, W, 3)
-    mp4: bytes
-    timings: dict[str, float]  # seconds: decode, mp4, score
-    physics: PhysicsResult
+@serve.deployment(name="Decoder")
+class DecoderDeployment:
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        self.decoder = Decoder(Checkpoint.from_settings(settings))
+        self.store = OutputStore(settings.output_uri)
+        self.jobs = jobs
 
+    def decode(
+        self, job_id: str, request: GenerationRequest, state: DenoisingState | Cancelled, attempt: int = 0
+    ) -> Video | Cancelled:
+        """A repair attempt's mp4 goes to a key of its own until the best one is kept."""
+        reporter = JobReporter(self.jobs, job_id)
 
-class Decoder:
-    def __init__(self, checkpoint: Checkpoint):
-        self.model_id = checkpoint.model_id
-        # Simulated: no VAE; the decode takes the cost model's time and makes a stand-in video.
-        self.gpu = SimulatedGpu(checkpoint.settings.sim, "decode") if checkpoint.simulated else None
-        if self.gpu is not None:
-            self.gpu.load("decoder")
-            return
-        self.vae = checkpoint.vae()
-        self.device = checkpoint.device
-        config = self.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        self.latents_mean = torch.tensor(config.latents_mean).view(shape)
-        self.latents_std = torch.tensor(config.latents_std).view(shape)
-        self.video_processor = VideoProcessor(vae_scale_factor=config.scale_factor_spatial)
-        # The Wan VAE keeps its causal-conv feature cache on the module during a decode, so
-        # two decodes at once (a replica serving requests from threads) corrupt each other.
-        self._vae_lock = threading.Lock()
+        def work() -> Video:
+            start = time.time()
+            seed = request.resample_seed(attempt) if attempt else request.seed
+            video = self.decoder.video(request, state.latents, seed)
+            key = video_key(job_id, attempt)
+            self.store.write(key, video.mp4)
+            self.store.write(latent_key(job_id, attempt), latent_bytes(state.latents))
+            decoded = start + video.timings["decode"]
+            encoded = decoded + video.timings["mp4"]
+            reporter.part("mp4", decoded, encoded)
+            reporter.part("score", encoded, encoded + video.timings["score"])
+            return Video(attempt=attempt, seed=seed, physics=video.physics, key=key)
 
-    @torch.no_grad()
-    def __call__(self, latents: torch.Tensor) -> np.ndarray:
-        """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
-        if self.gpu is not None:
-            raise RuntimeError("the simulated decoder has no VAE: it makes stand-in videos (Decoder.video) only")
-        latents = latents.to(self.device, self.vae.dtype)
-        mean = self.latents_mean.to(latents.device, latents.dtype)
-        inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)
-        with self._vae_lock:
-            video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        return self.video_processor.postprocess_video(video, output_type="np")[0]
-
-    def video(self, request: GenerationRequest, latents: torch.Tensor, seed: int | None = None) -> DecodedVideo:
-        """Decoded uint8 frames, the mp4 made of them marked as AI-generated (with `seed`, a
-        repair attempt's, or the request's), and their physics score."""
-        start = time.perf_counter()
-        if self.gpu is not None:
-            self.gpu.charge(self.gpu.cost.decode_seconds(request.height, request.width, request.num_frames))
-            frames = stand_in_frames(request.num_frames)
-        else:
-            frames = to_uint8(self(latents))
-        decoded = time.perf_counter()
-        mp4 = encode_mp4(
-            frames, request.fps, provenance(self.model_id, request.seed if seed is None else seed, request.prompt)
-        )
-        encoded = time.perf_counter()
-        # Scored here, not in a deployment of its own: it takes a fraction of the decode
-        # (bench/physics.py) and the frames are already in this process.
-        physics = PhysicsResult.of(score_video(frames, request.fps))
-        timings = {"decode": decoded - start, "mp4": encoded - decoded, "score": time.perf_counter() - encoded}
-        return DecodedVideo(frames, mp4, timings, physics)
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        return reporter.run("decode", work, state)

@@ -31,11 +31,11 @@ from contract.messages import Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import Scheduler
 from deployments.http import CREATE_BODY, FINALIZE_BODY, PLAYGROUND, ApiError, api, read_body
-from deployments.runner import JobEvents, JobRunner, Outcome, Stages, VideoOutputs
-from deployments.validation import RequestValidator
+from stages.checkpoint import Checkpoint
+from stages.denoising import Scheduler
+from stages.runner import JobEvents, JobRunner, Outcome, Stages, VideoOutputs
+from stages.validation import RequestValidator
 
 logger = logging.getLogger("ray.serve")
 

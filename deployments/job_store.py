@@ -1,374 +1,63 @@
-"""The job store: every job record of the cluster, in memory, copied to the output store.
-
-A thread of its own writes each changed record to the `OutputStore`, so a restarted store (or
-ingress) reloads them: a stage's progress never waits for the object store (changes to one
-record coalesce into one write), and only the call that accepts or ends a job waits, bounded,
-for that job's record. Stages report their start, progress and end here, and learn here that a
-job was cancelled: the answers say so (`False`), nothing is raised across the cluster.
-Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
-`JobStoreDeployment` in job_store_deployment.py.
-"""
+"""The `JobStore` Serve deployment: the cluster's job records (stages/job_store.py) and their watchdog."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import Counter
 
-from contract.errors import error_summary
-from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, latent_key, new_job_id, video_key
-from contract.messages import PhysicsResult, StageReport, StageSpan
+from ray import serve
+
+from contract.messages import StageReport
+from contract.settings import Settings
 from contract.storage import OutputStore
-from monitoring.metrics import metrics
-from monitoring.physics import VIOLATION_KINDS
+from stages.job_store import JobStore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")
 
 
-class JobStore:
-    def __init__(
-        self,
-        store: OutputStore,
-        stage_timeout: float | None = None,
-        runner_lost: float | None = None,
-        write_delay: float = 0.0,
-        durable_timeout: float = 30.0,
-    ):
-        """`write_delay`: how long a changed record waits before it is written (changes to it in
-        the meantime join that write); `durable_timeout`: the longest a new or ended job's call
-        waits for its record to be written."""
-        self.store, self.write_delay, self.durable_timeout = store, write_delay, durable_timeout
-        self.stage_timeout, self.runner_lost = stage_timeout, runner_lost
-        self._lock = threading.Lock()
-        self._written = threading.Condition(self._lock)  # the writer's wake-up, and flush()'s
-        self._dirty: set[str] = set()  # ids whose record changed since it was last written
-        self._deleted: set[str] = set()  # ids whose record and video are to be deleted
-        self._writing: set[str] = set()  # ids of the records being written now
-        self._urgent = False
-        self._jobs: dict[str, Job] = {}
-        # queued or in progress, in order of creation: what the watchdog and the gauges look at
-        self._active: dict[str, None] = {}
-        self._heartbeats: dict[str, float] = {}  # ingress replica -> last heartbeat
-        self._started = time.time()
-        self.unreadable: list[str] = []  # records that did not parse, skipped (and left in place)
-        metrics.zero("unreadable", store="jobs")
-        for kind in VIOLATION_KINDS:
-            metrics.zero("violations", kind=kind, engine="serve")
-        for key in store.keys("jobs"):
-            try:
-                job = Job.model_validate_json(store.read(key) or b"")
-            except ValueError as error:
-                logger.warning("job store: skipped unreadable record %s: %s", key, error_summary(error))
-                self.unreadable.append(key)
-                metrics.inc("unreadable", store="jobs")
-                continue
-            self._jobs[job.id] = job
-            if job.active:
-                self._active[job.id] = None
-        self._publish()  # jobs in flight by status, from the first scrape
-        threading.Thread(target=self._write_behind, name="job-records", daemon=True).start()
+@serve.deployment(name="JobStore")
+class JobStoreDeployment(JobStore):
+    """Exactly one replica: it holds the records in memory (and writes them behind to the
+    output store, from which a restarted replica reloads them)."""
 
-    # -- the watchdog: no job stays active forever ------------------------------------
-
-    def heartbeat(self, runner: str) -> None:
-        self._heartbeats[runner] = time.time()
-
-    def check(self, now: float | None = None) -> list[str]:
-        """Fail the active jobs whose stage overran its timeout, that sat between stages or
-        queued as long (their next call was lost, or no one started them), or whose ingress
-        replica stopped heartbeating (it died with the job's orchestration). Returns their ids."""
-        now = time.time() if now is None else now
-        failed = []
-        for job in [j for i in list(self._active) if (j := self._jobs.get(i)) is not None and j.active]:
-            since = now - (job.stage_since or now)
-            if self.stage_timeout and job.stage and since > self.stage_timeout:
-                failed.append(job.id)
-                message = f"stage {job.stage} did not finish within {self.stage_timeout:g} s"
-                self.fail(job.id, JobError(code="stage_timeout", message=message))
-            elif self.stage_timeout and job.status == "in_progress" and not job.stage and since > self.stage_timeout:
-                # Between stages a job waits milliseconds: this one's next call got lost in the cluster.
-                failed.append(job.id)
-                last = job.trace[-1].stage if job.trace else "none"
-                message = f"no stage started within {self.stage_timeout:g} s after the last one finished ({last}); "
-                self.fail(job.id, JobError(code="stalled", message=message + "submit it again"))
-            elif self.stage_timeout and job.status == "queued" and now - job.created > self.stage_timeout:
-                # Accepted, and no stage ever started: whatever was to run it is gone.
-                message = f"not started within {self.stage_timeout:g} s of being accepted; submit it again"
-                failed.append(job.id)
-                self.fail(job.id, JobError(code="stalled", message=message))
-            elif self.runner_lost and job.runner:
-                # A store restarted since has heard from no one yet: give runners the grace too.
-                seen = self._heartbeats.get(job.runner, max(self._started, job.created))
-                if now - seen > self.runner_lost:
-                    failed.append(job.id)
-                    message = (
-                        f"the ingress replica running this job stopped (no heartbeat for {self.runner_lost:g} s); "
-                        "submit it again"
-                    )
-                    self.fail(job.id, JobError(code="ingress_lost", message=message))
-        return failed
-
-    # -- queries ---------------------------------------------------------------------
-
-    def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
-
-    def list(
-        self, after: str | None = None, limit: int = 20, order: str = "desc", owner: str | None = None
-    ) -> tuple[list[Job], bool]:
-        jobs = [j for j in self._jobs.values() if j.owner == owner]
-        jobs.sort(key=lambda j: (j.created, j.id), reverse=order == "desc")
-        if after is not None:
-            ids = [j.id for j in jobs]
-            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
-        return jobs[:limit], len(jobs) > limit
-
-    def count_active(self) -> int:
-        return len(self._active)
-
-    def is_cancelled(self, job_id: str) -> bool:
-        job = self._jobs.get(job_id)
-        return job is None or job.status == "cancelled"
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    def create(self, new: JobCreate) -> Admission:
-        """Record a job, or refuse it when `max_active` jobs are already active (a 503, not an error)."""
-        now, request = time.time(), new.request
-        job = Job(
-            id=new_job_id(),
-            model=new.model_id,
-            created_at=int(now),
-            created=now,
-            size=f"{request.width}x{request.height}",
-            seconds=f"{request.num_frames / request.fps:g}",
-            prompt=request.prompt,
-            request=request.model_dump(),
-            steps_total=new.steps_total,
-            matched_template=new.matched_template,
-            owner=new.owner,
-            runner=new.runner,
-            cache=new.cache,
+    def __init__(self, settings: Settings):
+        serving = settings.serving
+        super().__init__(
+            OutputStore(settings.output_uri),
+            serving.stage_timeout_seconds,
+            serving.runner_lost_seconds,
+            serving.record_write_delay_seconds,
         )
-        with self._lock:
-            if new.max_active is not None and self.count_active() >= new.max_active:
-                return Admission(refused=f"{new.max_active} jobs are already queued or in progress")
-            self._jobs[job.id] = job
-            self._active[job.id] = None
-            self._save(job, urgent=True)
-            self._publish()
-        self._durable(job.id)
-        return Admission(job=job)
+        threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
 
-    def stage_started(self, job_id: str, stage: str) -> bool:
-        """False if the job was cancelled (or ended) while it waited for this stage: don't run it."""
-        with self._lock:
-            job = self._live(job_id)
-            if job is None:
-                return False
-            job.stage, job.stage_since = stage, time.time()
-            if job.status == "queued":
-                job.status = "in_progress"
-                job.started_at = time.time()
-                job.timings["queue"] = job.started_at - job.created
-                self._save(job)
-                metrics.observe("queue", job.timings["queue"], model=job.model)
-                self._publish()
-            return True
+    # A stage's reports, answered on the replica's event loop: they only touch memory, and a sync
+    # method would cost each call a hop to Serve's thread pool and back. (A new or ended job's call
+    # waits for its record to be written: those stay on the thread pool.)
+    async def stage_started(self, job_id: str, stage: str) -> bool:
+        return JobStore.stage_started(self, job_id, stage)
 
-    def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
-        """Denoising steps finished. False: the job was cancelled (or ended), stop the stage."""
-        with self._lock:
-            job = self._live(job_id)
-            if job is not None:
-                self._add_steps(job, steps, expert)
-            return job is not None
+    async def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
+        return JobStore.step_done(self, job_id, expert, steps)
 
-    def stage_done(self, report: StageReport) -> None:
-        """A stage finished: its span and parts (the decoder's mp4 and score), the denoising
-        steps it had not reported yet and the cache levels it used, in one call."""
-        with self._lock:
-            job = self._jobs.get(report.job_id)
-            if job is None:
-                return
-            if job.stage == report.stage:
-                job.stage, job.stage_since = None, time.time()  # between stages: watched too
-            if report.steps and job.active:
-                self._add_steps(job, report.steps, report.expert)
-            job.cache.update(report.cache)
-            # A stage's timing is its own time, without the parts timed on their own, so the
-            # timings add up to the wall time as the in-process Pipeline's do; the trace keeps
-            # the whole span (the replica was busy for all of it).
-            whole = StageSpan(stage=report.stage, replica=report.replica, start=report.start, end=report.end)
-            own = (whole.end - whole.start) - sum(part.end - part.start for part in report.parts)
-            for span in (whole, *report.parts):
-                job.trace.append(span.model_copy(update={"replica": report.replica}))
-                seconds = own if span is whole else span.end - span.start
-                job.timings[span.stage] = job.timings.get(span.stage, 0.0) + seconds
-                metrics.observe("stage", seconds, stage=span.stage, model=job.model)
-            self._save(job)
+    async def stage_done(self, report: StageReport) -> None:
+        JobStore.stage_done(self, report)
 
-    def retrying(self, job_id: str) -> bool:
-        """A stage's replica died under the job: it runs again from the start. False if the job
-        was cancelled or ended meanwhile (that stands)."""
-        with self._lock:
-            job = self._live(job_id)
-            if job is None:
-                return False
-            job.retries += 1
-            job.steps_done = job.progress = 0
-            job.stage, job.stage_since = None, time.time()
-            self._save(job)
-            return True
+    async def heartbeat(self, runner: str) -> None:
+        JobStore.heartbeat(self, runner)
 
-    def add_steps(self, job_id: str, steps: int) -> None:
-        """A physics retry re-runs the low-noise phase: more steps to make progress over."""
-        with self._lock:
-            if (job := self._live(job_id)) is not None:
-                job.steps_total += steps
+    def __del__(self):
+        """Serve stops the replica (redeploy, shutdown): what is still to be written goes first."""
+        if not self.flush(timeout=10):
+            logger.warning("job store: stopped with job records not yet written to %s", self.store.uri)
 
-    def complete(self, job_id: str, physics: PhysicsResult | None = None) -> Job | None:
-        """The job's video is written; `physics`, its score, in the same call."""
-        return self._finish(job_id, "completed", physics=physics)
-
-    def fail(self, job_id: str, error: JobError) -> Job | None:
-        return self._finish(job_id, "failed", error=error)
-
-    def cancel(self, job_id: str) -> Job | None:
-        """Cancel an active job (its stages stop at their next step); None if unknown."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is not None and job.active:
-                job.status = "cancelled"
-                job.completed_at = int(time.time())
-                self._save(job, urgent=True)
-                self._finished(job)
-        if job is not None:
-            self._durable(job_id)
-        return job
-
-    def delete(self, job_id: str) -> bool:
-        """Delete a finished job and its video. Active jobs must be cancelled first."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.active:
-                return False
-            del self._jobs[job_id]
-            self._deleted.add(job_id)
-            self._written.notify_all()
-            return True
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _live(self, job_id: str) -> Job | None:
-        """The job while it may still run; None once it is cancelled or has ended otherwise
-        (e.g. failed by the watchdog), so its stages stop."""
-        job = self._jobs.get(job_id)
-        return job if job is not None and job.active else None
-
-    @staticmethod
-    def _add_steps(job: Job, steps: int, expert: str) -> None:
-        job.steps_done = min(job.steps_done + steps, job.steps_total)
-        job.progress = int(100 * job.steps_done / max(job.steps_total, 1))
-        metrics.inc("steps", steps, expert=expert, model=job.model)
-
-    def _finish(
-        self, job_id: str, status: Status, error: JobError | None = None, physics: PhysicsResult | None = None
-    ) -> Job | None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or not job.active:
-                return job  # cancelled meanwhile: cancellation wins
-            job.status, job.error, job.stage = status, error, None
-            if physics is not None:
-                job.physics = physics
-            job.completed_at = int(time.time())
-            if status == "completed":
-                job.progress, job.steps_done = 100, job.steps_total
-            job.timings["total"] = time.time() - job.created
-            self._save(job, urgent=True)
-            self._finished(job)
-        self._durable(job_id)
-        return job
-
-    def _finished(self, job: Job) -> None:
-        self._active.pop(job.id, None)
-        metrics.observe("job", time.time() - job.created, status=job.status, template=job.template, model=job.model)
-        if job.status == "completed" and job.physics is not None:  # one observation per completed video
-            metrics.physics(job.physics, job.template, job.model, engine="serve")
-        self._publish()
-
-    def _publish(self) -> None:
-        counts = Counter(self._jobs[i].status for i in self._active)
-        for status in ACTIVE:
-            metrics.set("in_flight", counts[status], status=status)
-
-    # -- the records' copies in the output store ---------------------------------------
-
-    def _save(self, job: Job, urgent: bool = False) -> None:
-        """Mark `job`'s record for the writer (call with the lock held). `urgent`: a new job or an
-        ended one, written at once (a restart must never lose a job or its end); a stage's
-        progress may wait `write_delay` for the next."""
-        self._dirty.add(job.id)
-        self._urgent |= urgent
-        self._written.notify_all()
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every change so far is in the output store; False if `timeout` ran out."""
-        with self._lock:
-            return self._written.wait_for(lambda: not (self._dirty or self._deleted or self._writing), timeout)
-
-    def _durable(self, job_id: str) -> None:
-        """Wait (call without the lock) until `job_id`'s record as it is now is in the output store:
-        a job accepted or ended is never lost by a restart. Bounded, so a store that is down slows
-        this call only; its record is written when the store is back."""
-        with self._lock:
-            written = self._written.wait_for(
-                lambda: job_id not in self._dirty and job_id not in self._writing, self.durable_timeout
-            )
-        if not written:
-            logger.warning("job store: record %s not yet written after %g s", job_id, self.durable_timeout)
-
-    def _write_behind(self) -> None:
+    def _watch(self) -> None:
         while True:
-            with self._lock:
-                self._written.wait_for(lambda: self._dirty or self._deleted)
-                urgent, self._urgent = self._urgent, False
-            if not urgent:
-                time.sleep(self.write_delay)
-            with self._lock:
-                records = {i: self._record(self._jobs[i]) for i in self._dirty if i in self._jobs}
-                deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), set(records)
-            failed = self._write(records, deleted)
-            with self._lock:
-                self._writing = set()
-                self._dirty |= failed.intersection(self._jobs)
-                self._deleted |= failed - set(records)
-                self._written.notify_all()
-            if failed:
-                time.sleep(1.0)  # the store is down or refusing: retry, without spinning
-
-    def _write(self, records: dict[str, bytes], deleted: set[str]) -> set[str]:
-        """Write and delete; returns the ids that failed (kept for the next round)."""
-        failed = set()
-        for job_id, data in records.items():
+            time.sleep(1.0)
             try:
-                self.store.write(f"jobs/{job_id}.json", data)
-            except Exception as error:  # any store error: keep the record, retry
-                logger.warning("job store: writing record %s failed, will retry: %s", job_id, error_summary(error))
-                failed.add(job_id)
-        for job_id in deleted:
-            try:
-                self.store.delete(f"jobs/{job_id}.json")
-                self.store.delete(video_key(job_id))
-                self.store.delete(latent_key(job_id))
-            except Exception as error:
-                logger.warning("job store: deleting %s failed, will retry: %s", job_id, error_summary(error))
-                failed.add(job_id)
-        return failed
-
-    @staticmethod
-    def _record(job: Job) -> bytes:
-        return json.dumps(job.model_dump(mode="json"), ensure_ascii=False).encode()
+                for job_id in self.check():
+                    logger.warning("job %s failed by the watchdog: %s", job_id, self.get(job_id).error.message)
+                with self._lock:  # a gauge not set since the last export drops out of it: set it every second
+                    self._publish()
+            except Exception:  # the watchdog must outlive any one bad record
+                logger.exception("job watchdog")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from contract.settings import CacheSettings, ServingSettings, Settings
-from deployments.default_model import write_default_model
+from stages.default_model import write_default_model
 
 
 @pytest.hookimpl(hookwrapper=True)

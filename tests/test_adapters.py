@@ -21,9 +21,9 @@ from contract.adapters import AdapterRef, adapter_set_id, adapters_for, parse_ad
 from contract.errors import RequestInvalid
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.adapters import AdapterStore, ExpertAdapters
-from deployments.checkpoint import Checkpoint
 from deployments.http import form_fields
+from stages.adapter_store import AdapterStore, ExpertAdapters
+from stages.checkpoint import Checkpoint
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

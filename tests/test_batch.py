@@ -27,10 +27,10 @@ from cluster.manifest import MANIFEST, PARTS, Manifest, _to_bytes
 from cluster.prompt_table import InputError, read_table
 from contract.errors import RequestInvalid
 from contract.storage import OutputStore
-from deployments.checkpoint import Checkpoint
-from deployments.validation import RequestValidator
-from deployments.video import probe_mp4
 from monitoring.physics import VIOLATION_KINDS
+from stages.checkpoint import Checkpoint
+from stages.validation import RequestValidator
+from stages.video import probe_mp4
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")

@@ -9,7 +9,7 @@ from bench.batch_fleet import ideal, pool_work, share_split, table
 from bench.fleet import Shape
 from cluster.sizing import expert_split
 from contract.experts import ExpertKind
-from deployments.cost_model import CostModel
+from sim.cost_model import CostModel
 
 SHAPE = Shape(1280, 720)
 STEPS = (26, 14)  # Wan2.2 A14B's 40 steps

@@ -14,10 +14,10 @@ from contract.experts import ExpertKind
 from contract.jobs import JobCancelled
 from contract.request import GenerationRequest
 from contract.settings import BatchingSettings, Settings
-from deployments.batching import _Member
-from deployments.checkpoint import Checkpoint
-from deployments.expert import Expert
-from deployments.text_encoder import TextEncoder
+from stages.batching import _Member
+from stages.checkpoint import Checkpoint
+from stages.expert import Expert
+from stages.text_encoder import TextEncoder
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_a_request_that_left_can_leave_again(wan22_dir):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the deaths it causes
 def test_a_dead_batcher_fails_the_replicas_health_check(wan22_dir, parts):
-    from deployments.expert_deployment import ExpertPhase
+    from deployments.expert_phase import ExpertPhase
 
     expert = batching_expert(wan22_dir, max_wait_ms=0)
     deployment = object.__new__(ExpertPhase)  # the Serve replica's object, without Serve

@@ -22,7 +22,7 @@ from contract.adapters import AdapterRef
 from contract.request import GenerationRequest
 from contract.settings import CacheSettings, Settings, StepCacheSettings
 from contract.templates import DEFAULT_TEMPLATES, Template, TemplateRegistry
-from deployments.checkpoint import Checkpoint
+from stages.checkpoint import Checkpoint
 
 LIMITS = {"embeddings": 2**24, "boundary": 2**26, "result": 2**24}
 
@@ -289,7 +289,7 @@ def test_disabled_cache_is_none(tmp_path):
 
 
 def test_closest_template_by_prompt_embedding(settings, checkpoint):
-    from deployments.text_encoder import TextEncoder
+    from stages.text_encoder import TextEncoder
 
     encoder = TextEncoder(checkpoint)
     registry = settings.templates()

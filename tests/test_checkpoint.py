@@ -11,11 +11,11 @@ from diffusers import WanTransformer3DModel
 
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint, CheckpointError
-from deployments.decoder import Decoder
-from deployments.default_model import write_default_model
-from deployments.expert import Expert
-from deployments.text_encoder import TextEncoder
+from stages.checkpoint import Checkpoint, CheckpointError
+from stages.decoder import Decoder
+from stages.default_model import write_default_model
+from stages.expert import Expert
+from stages.text_encoder import TextEncoder
 
 
 def _modules(obj) -> list[torch.nn.Module]:

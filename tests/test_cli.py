@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from deployments.video import probe_mp4
+from stages.video import probe_mp4
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from bench import cost_model as calibration
 from contract.experts import ExpertKind
 from contract.settings import Settings, SimGpu, SimSettings
-from deployments.cost_model import (
+from sim.cost_model import (
     FITTED,
     GPUS,
     SWAPS_PER_VIDEO,
@@ -42,7 +42,7 @@ def test_unfitted_a100_run_stays_in_range():
 
 
 def test_held_constants_are_the_fit():
-    """The constants in deployments/cost_model.py are what the bench fits today, to 1 %."""
+    """The constants in sim/cost_model.py are what the bench fits today, to 1 %."""
     for stack, refit in calibration.fit().items():
         for name, value in vars(refit).items():
             assert getattr(FITTED[stack], name) == pytest.approx(value, rel=0.01), (stack, name)

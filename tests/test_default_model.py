@@ -11,7 +11,7 @@ from safetensors import safe_open
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.default_model import TRAINED_MODEL_DIR, default_model_dir
+from stages.default_model import TRAINED_MODEL_DIR, default_model_dir
 from world.reading import read_clip
 
 

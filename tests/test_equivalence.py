@@ -12,8 +12,8 @@ from diffusers import WanPipeline
 from cluster.pipeline import Pipeline, wan_pipeline_arguments
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState, Scheduler, prepare_latents
+from stages.checkpoint import Checkpoint
+from stages.denoising import DenoisingState, Scheduler, prepare_latents
 
 
 def _diffusers_frames(model_dir, request: GenerationRequest, two_experts: bool) -> np.ndarray:
@@ -127,7 +127,7 @@ def test_concurrent_decodes_equal_sequential_ones(wan22_dir):
     cache must not leak between them (it did: a 17-frame video came out with 20 frames)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from deployments.decoder import Decoder
+    from stages.decoder import Decoder
 
     checkpoint = Checkpoint(wan22_dir, Settings(model=wan22_dir))
     decoder = Decoder(checkpoint)

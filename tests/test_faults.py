@@ -24,7 +24,7 @@ from cache.store import LatentCache
 from cluster.client import T2VClient
 from contract.jobs import JobError
 from contract.request import GenerationRequest
-from deployments.checkpoint import Checkpoint
+from stages.checkpoint import Checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_the_watchdog_fails_every_kind_of_forgotten_job(tmp_path, settings):
     from contract.jobs import JobCreate
     from contract.messages import PhysicsResult, StageReport
     from contract.storage import OutputStore
-    from deployments.job_store import JobStore
+    from stages.job_store import JobStore
 
     request = GenerationRequest.build(settings, prompt="a cat", seed=1)
 
@@ -209,7 +209,7 @@ def test_half_written_files_never_break_a_restart(tmp_path, settings):
     from cluster.manifest import MANIFEST, PARTS, Manifest
     from contract.jobs import JobCreate
     from contract.storage import OutputStore
-    from deployments.job_store import JobStore
+    from stages.job_store import JobStore
 
     output = OutputStore(str(tmp_path))
     store = JobStore(output)

@@ -11,10 +11,10 @@ import torch
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
 from contract.settings import Settings, StepCacheSettings
-from deployments.checkpoint import Checkpoint
-from deployments.expert import Expert
-from deployments.guidance import GuidancePair, pair_for
-from deployments.text_encoder import TextEncoder
+from stages.checkpoint import Checkpoint
+from stages.expert import Expert
+from stages.guidance import GuidancePair, pair_for
+from stages.text_encoder import TextEncoder
 
 pytestmark = pytest.mark.skipif(torch.get_num_threads() < 2, reason="the pair needs two torch threads")
 

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.default_model import TRAINED_MODEL_DIR
+from stages.checkpoint import Checkpoint
+from stages.default_model import TRAINED_MODEL_DIR
 from training.lora import WEIGHTS_NAME
 from world.reading import read_clip
 from world.render import render

@@ -13,8 +13,8 @@ from cluster.manifest import Manifest
 from contract.jobs import JobCreate, JobError, video_key
 from contract.request import GenerationRequest
 from contract.storage import OutputStore, child_uri
-from deployments.job_store import JobStore
-from deployments.video import probe_mp4
+from stages.job_store import JobStore
+from stages.video import probe_mp4
 
 
 def test_the_output_store_on_s3(s3_uri):
@@ -145,9 +145,9 @@ def test_adapters_from_an_s3_adapter_store(s3_uri, settings):
     from pathlib import Path
 
     from contract.experts import ExpertKind
-    from deployments.adapters import TEST_ADAPTERS_DIR, AdapterStore, ExpertAdapters
-    from deployments.checkpoint import Checkpoint
-    from deployments.validation import RequestValidator
+    from stages.adapter_store import TEST_ADAPTERS_DIR, AdapterStore, ExpertAdapters
+    from stages.checkpoint import Checkpoint
+    from stages.validation import RequestValidator
 
     uri = s3_uri("adapters")
     upload = OutputStore(uri)

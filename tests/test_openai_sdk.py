@@ -8,7 +8,7 @@ import warnings
 import pytest
 from openai import BadRequestError, OpenAI
 
-from deployments.video import probe_mp4
+from stages.video import probe_mp4
 
 
 @pytest.fixture(scope="module")

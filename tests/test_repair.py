@@ -7,8 +7,8 @@ import torch
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState
+from stages.checkpoint import Checkpoint
+from stages.denoising import DenoisingState
 
 
 def test_retries_keep_the_best_and_report_every_attempt(wan22_dir):

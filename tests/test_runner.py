@@ -1,4 +1,4 @@
-"""The stage sequence, written once (deployments/runner.py), driven with fake stages: the
+"""The stage sequence, written once (stages/runner.py), driven with fake stages: the
 template mode, the physics repair loop, cancellation, re-runs after a replica died and
 the result cache, without a model and without Ray."""
 
@@ -13,8 +13,8 @@ from cache.store import LatentCache
 from contract.messages import Cancelled, PhysicsResult, Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
-from deployments.denoising import DenoisingPlan
-from deployments.runner import JobEvents, JobRunner, Stages
+from stages.denoising import DenoisingPlan
+from stages.runner import JobEvents, JobRunner, Stages
 
 PLAN = DenoisingPlan(timesteps=tuple(range(10, 0, -1)), boundary_step=6)  # 6 high-noise steps, 4 low-noise
 

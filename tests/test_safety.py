@@ -6,10 +6,10 @@ import pytest
 
 from contract.errors import RequestInvalid
 from contract.settings import SafetySettings, Settings
-from deployments.checkpoint import Checkpoint
 from deployments.http import ApiError
-from deployments.safety import ContentFilter
-from deployments.validation import RequestValidator
+from stages.checkpoint import Checkpoint
+from stages.safety import ContentFilter
+from stages.validation import RequestValidator
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cluster.client import T2VClient
-from deployments.video import probe_mp4
+from stages.video import probe_mp4
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from cluster.launch import free_port
-from deployments.video import probe_mp4
+from stages.video import probe_mp4
 
 
 def outward_address() -> str | None:

@@ -15,13 +15,13 @@ from cluster.pipeline import Pipeline
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
 from contract.settings import BatchingSettings, Limits, Settings, SimSettings
-from deployments.checkpoint import Checkpoint
-from deployments.cost_model import CostModel
-from deployments.denoising import DenoisingState
-from deployments.expert import Expert
-from deployments.simulated import STAND_IN_LATENT, SimulatedTransformer, standing_for
-from deployments.text_encoder import TextEncoder
-from deployments.video import probe_mp4
+from sim.cost_model import CostModel
+from sim.gpu import STAND_IN_LATENT, SimulatedTransformer, standing_for
+from stages.checkpoint import Checkpoint
+from stages.denoising import DenoisingState
+from stages.expert import Expert
+from stages.text_encoder import TextEncoder
+from stages.video import probe_mp4
 
 # 1 simulated second = 10 us: a 720p video (~1,000 simulated s) takes ~10 ms of waiting
 SIM = SimSettings(gpu="h100", time_scale=1e-5)
@@ -162,7 +162,7 @@ def test_sim_settings_come_from_the_environment(monkeypatch, wan22_dir):
 
 
 def test_the_stand_in_video_is_grey_frames_of_the_request_s_length():
-    from deployments.simulated import stand_in_frames
+    from sim.gpu import stand_in_frames
 
     frames = stand_in_frames(33)
     assert frames.shape == (33, 16, 16, 3) and frames.dtype == np.uint8 and (frames == 128).all()
@@ -178,7 +178,7 @@ def test_the_simulated_schedule_is_wan22_s(wan22_dir, tmp_path):
 
 
 def test_a_simulated_gpu_computes_one_thing_at_a_time():
-    from deployments.simulated import SimulatedGpu
+    from sim.gpu import SimulatedGpu
 
     gpu = SimulatedGpu(SimSettings(time_scale=1.0), "high_noise")
     start = time.monotonic()
@@ -192,8 +192,8 @@ def test_a_simulated_gpu_computes_one_thing_at_a_time():
 def test_co_located_experts_swap_only_where_the_gpu_cannot_hold_both(gpu, swaps):
     """One GPU running both experts (co-located placement): an H100-80GB holds the two, an
     L40S-48GB brings in the other expert's weights at every change of phase."""
-    from deployments.cost_model import CostModel
-    from deployments.simulated import SimulatedGpu
+    from sim.cost_model import CostModel
+    from sim.gpu import SimulatedGpu
 
     sim = SimSettings(gpu=gpu, time_scale=1e-9)
     shared = SimulatedGpu(sim, "experts")

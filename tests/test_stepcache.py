@@ -10,9 +10,9 @@ import pytest
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
 from contract.settings import Settings, StepCacheSettings
-from deployments.checkpoint import Checkpoint
-from deployments.expert import Expert
-from deployments.text_encoder import TextEncoder
+from stages.checkpoint import Checkpoint
+from stages.expert import Expert
+from stages.text_encoder import TextEncoder
 
 
 def expert(wan22_dir, **step_cache) -> Expert:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.checkpoint import Checkpoint
+from stages.checkpoint import Checkpoint
 
 
 @pytest.fixture(scope="module")

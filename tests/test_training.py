@@ -11,7 +11,7 @@ import torch
 
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
+from stages.checkpoint import Checkpoint
 
 
 def test_the_recipe_runs_from_the_cli_and_resumes(tmp_path):
@@ -119,7 +119,7 @@ def test_the_vae_starts_as_a_working_autoencoder():
     """Before its first step the default VAE already gives each clip back as its blocks' colours."""
     import numpy as np
 
-    from deployments.default_model import build_default_pipeline
+    from stages.default_model import build_default_pipeline
     from training.clips import random_clip, to_frames, to_tensor
     from training.vae import init_for_training, psnr
 

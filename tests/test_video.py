@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from deployments.video import encode_mp4, probe_mp4, prompt_hash, provenance
+from stages.video import encode_mp4, probe_mp4, prompt_hash, provenance
 
 
 def _moving_square(frames=17, size=64) -> np.ndarray:

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
-from deployments.default_model import SEED
+from stages.checkpoint import Checkpoint
+from stages.default_model import SEED
 from training.clips import training_combinations
 from training.experts import TextTable, sample_sigmas, text_batch
 from training.latents import LatentSet, encode_clips

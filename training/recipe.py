@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
-from deployments.default_model import SEED, build_default_pipeline, save_pipeline
+from stages.default_model import SEED, build_default_pipeline, save_pipeline
 from training.clips import training_combinations
 from training.experts import TextTable, train_expert
 from training.latents import encode_clips

@@ -82,3 +82,24 @@ def training_captions(attrs: dict[str, str]) -> list[str]:
 def random_caption(attrs: dict[str, str], rng: np.random.Generator, held_out: bool = False) -> str:
     options = phrasings(str(rng.choice(["en", "zh"])), held_out)
     return caption(attrs, options[rng.integers(len(options))])
+
+
+def words() -> tuple[list[str], list[str]]:
+    """Every English word and every Chinese word the captions use (for the tokenizer)."""
+    en, zh = set(), set()
+    for table in EN.values():
+        for phrases in table.values():
+            for phrase in phrases:
+                en.update(phrase.split())
+    for frame in EN_FRAMES:
+        en.update(w.strip(",.:") for w in frame.split() if "{" not in w)
+    for table in ZH.values():
+        for phrases in table.values():
+            zh.update(phrases)
+    for frame in ZH_FRAMES:
+        zh.update(p for p in _zh_literals(frame) if p)
+    return sorted(w for w in en if w), sorted(zh)
+
+
+def _zh_literals(frame: str) -> list[str]:
+    return [p for p in re.split(r"\{[a-z]+\}|[，：。、 ]", frame) if p]

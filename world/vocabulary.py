@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 COLORS = {  # name -> RGB (0-255), chosen far from every setting's palette
     "red": (215, 35, 35),
     "orange": (240, 135, 20),
@@ -74,26 +72,3 @@ ZH = {
         "pans right": ["镜头向右平移", "镜头往右移"],
     },
 }
-
-
-def words() -> tuple[list[str], list[str]]:
-    """Every English word and every Chinese word the captions use (for the tokenizer)."""
-    from world.captions import EN_FRAMES, ZH_FRAMES
-
-    en, zh = set(), set()
-    for table in EN.values():
-        for phrases in table.values():
-            for phrase in phrases:
-                en.update(phrase.split())
-    for frame in EN_FRAMES:
-        en.update(w.strip(",.:") for w in frame.split() if "{" not in w)
-    for table in ZH.values():
-        for phrases in table.values():
-            zh.update(phrases)
-    for frame in ZH_FRAMES:
-        zh.update(p for p in _zh_literals(frame) if p)
-    return sorted(w for w in en if w), sorted(zh)
-
-
-def _zh_literals(frame: str) -> list[str]:
-    return [p for p in re.split(r"\{[a-z]+\}|[，：。、 ]", frame) if p]

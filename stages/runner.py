@@ -23,7 +23,7 @@ from contract.errors import error_summary
 from contract.jobs import JobError
 from contract.messages import Cancelled, PhysicsAttempt, PhysicsResult, Video
 from contract.request import GenerationRequest
-from deployments.denoising import DenoisingPlan
+from stages.denoising import DenoisingPlan
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from cache.store import LatentCache
 from contract.adapters import AdapterRef, adapters_for
 from contract.experts import ExpertKind
 from contract.request import GenerationRequest
-from deployments.adapters import AdapterStore, ExpertAdapters
-from deployments.batching import StepBatcher
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState, Scheduler, prepare_latents
-from deployments.guidance import pair_for
-from deployments.simulated import STAND_IN_LATENT, SimulatedGpu, SimulatedTransformer, standing_for
-from deployments.text_encoder import PromptEmbeddings
+from sim.gpu import STAND_IN_LATENT, SimulatedGpu, SimulatedTransformer, standing_for
+from stages.adapter_store import AdapterStore, ExpertAdapters
+from stages.batching import StepBatcher
+from stages.checkpoint import Checkpoint
+from stages.denoising import DenoisingState, Scheduler, prepare_latents
+from stages.guidance import pair_for
+from stages.text_encoder import PromptEmbeddings
 
 StepCallback = Callable[[int], None]  # called with the index of each finished step
 

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from contract.errors import FieldError, RequestInvalid
 from contract.request import GenerationRequest, VideoCreateBody
 from contract.settings import Settings
-from deployments.adapters import AdapterStore
-from deployments.checkpoint import Checkpoint
-from deployments.safety import ContentFilter
-from deployments.text_encoder import count_tokens
+from stages.adapter_store import AdapterStore
+from stages.checkpoint import Checkpoint
+from stages.safety import ContentFilter
+from stages.text_encoder import count_tokens
 
 # What a final of a shot takes from its preview, and what its body may set.
 SHOT_FIELDS = {

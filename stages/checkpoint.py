@@ -19,7 +19,7 @@ import transformers
 from cache.keys import ModelIdentity
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.default_model import default_model_dir
+from stages.default_model import default_model_dir
 
 # Per-file loading bars would drown the CLI's own progress bar and the replica logs.
 diffusers.utils.logging.disable_progress_bar()

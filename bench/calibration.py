@@ -1,6 +1,6 @@
-"""Calibration of the cost model of simulated GPUs (deployments/cost_model.py) against published runs.
+"""Calibration of the cost model of simulated GPUs (sim/cost_model.py) against published runs.
 
-    python -m bench.cost_model
+    python -m bench.calibration
 
 Fits the model's constants to Wan2.2-T2V-A14B's published end-to-end times (1280x720, 81
 frames, 40 steps, guidance on, H100s), checks them against the constants the module holds,
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from contract.experts import ExpertKind
-from deployments.cost_model import (
+from sim.cost_model import (
     ENCODE_LATENCY_S,
     FITTED,
     GPUS,
@@ -154,7 +154,7 @@ def print_calibration(rows: list[dict], fitted: dict[str, Calibration], held: di
         "(three runs fix wan2.2's three constants, one run fixes sglang's efficiency: those errors are ~0 by\n"
         " construction; the lines below show the fit with one constant fewer; the A100 run was not fitted)"
     )
-    print("constants (fitted now | held in deployments/cost_model.py):")
+    print("constants (fitted now | held in sim/cost_model.py):")
     for stack, constants in fitted.items():
         for name, value in asdict(constants).items():
             print(f"  {stack:<7} {name:<18} {value:.4f} | {getattr(held[stack], name):.4f}")

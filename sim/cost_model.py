@@ -3,7 +3,7 @@
 The simulated accelerator (`device: sim`) charges these seconds in place of model compute.
 Work is counted from the architecture (FLOPs of a forward, bytes of weights) and turned into
 seconds with a GPU's peak and a few constants fitted to published runs of the real model
-(`python -m bench.cost_model` fits and prints them; docs/scaling.md has the formulas and
+(`python -m bench.calibration` fits and prints them; docs/scaling.md has the formulas and
 sources). Every figure from here is a model of a simulated GPU, never a measurement.
 """
 
@@ -131,7 +131,7 @@ def vae_decode_flops(height: int, width: int, frames: int, model: WanA14B = WAN_
 
 @dataclass(frozen=True)
 class Calibration:
-    """The fitted constants (bench/cost_model.py fits them to the published runs)."""
+    """The fitted constants (bench/calibration.py fits them to the published runs)."""
 
     efficiency: float  # fraction of peak bf16 FLOPs the denoiser and text encoder reach
     parallel_overhead: float  # sequence parallelism's communication, relative to compute, on NVLinked H100s

@@ -1,7 +1,8 @@
-"""The experts' Serve deployments, called once per phase with the job's embeddings and denoising
-state. Disaggregated (the default): `HighNoiseExpert` and `LowNoiseExpert`, one expert
-(expert.py) per replica, so per GPU. Co-located (`experts_placement: co_located`): `Experts`,
-both experts in every replica, a request's two phases in turn on one GPU.
+"""What the experts' Serve deployments share: one expert's phase as a replica serves it
+(`ExpertPhase`), called once per phase with the job's embeddings and denoising state. The
+deployments: `HighNoiseExpert` (high_noise_expert.py) and `LowNoiseExpert`
+(low_noise_expert.py), one expert (stages/expert.py) per replica, so per GPU; or, with
+`experts_placement: co_located`, `Experts` (co_located_experts.py), both in every replica.
 
 LoRA adapters ride on Ray Serve model multiplexing: the ingress calls an expert with the
 multiplexed model id of the request's adapters for that expert (contract/adapters.py), Serve
@@ -18,19 +19,19 @@ from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
 from contract.adapters import parse_adapter_set_id
-from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
+from contract.experts import ExpertKind
 from contract.jobs import latent_key
 from contract.messages import Cancelled
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
-from deployments.checkpoint import Checkpoint
-from deployments.denoising import DenoisingState, latent_from_bytes
-from deployments.expert import Expert
 from deployments.reporting import JobReporter
-from deployments.simulated import SimulatedGpu
-from deployments.text_encoder import PromptEmbeddings
 from monitoring.metrics import metrics
+from sim.gpu import SimulatedGpu
+from stages.checkpoint import Checkpoint
+from stages.denoising import DenoisingState, latent_from_bytes
+from stages.expert import Expert
+from stages.text_encoder import PromptEmbeddings
 
 
 class ExpertPhase:
@@ -111,40 +112,3 @@ class LoadedAdapters:
         if self.names:
             self.adapters.unload(self.names)
             self.names = []
-
-
-@serve.deployment(name=ExpertKind.HIGH_NOISE.deployment)
-class HighNoiseExpert(ExpertPhase):
-    """Checkpoint `transformer`: layout and motion, the steps with t >= boundary."""
-
-    def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        super().__init__(settings, jobs, ExpertKind.HIGH_NOISE)
-
-
-@serve.deployment(name=ExpertKind.LOW_NOISE.deployment)
-class LowNoiseExpert(ExpertPhase):
-    """Checkpoint `transformer_2`: detail, the steps below the boundary (and physics repairs)."""
-
-    def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        super().__init__(settings, jobs, ExpertKind.LOW_NOISE)
-
-
-@serve.deployment(name=CO_LOCATED_DEPLOYMENT)
-class CoLocatedExperts:
-    """Both experts in one replica (one GPU): the ingress calls `high_noise` and `low_noise` on it
-    as it calls `denoise` on the two disaggregated deployments. On the simulated accelerator the two
-    share one GPU, which swaps them where its memory cannot hold both."""
-
-    def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        gpu = SimulatedGpu(settings.sim, "experts") if settings.device == "sim" else None
-        self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
-
-    def check_health(self) -> None:
-        for phase in self.phases.values():
-            phase.check_health()
-
-    async def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return await self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
-
-    async def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return await self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 Every stage keeps its real code path - Serve deployments and handles, the job store, caches,
 batching, metrics, placement on `num_gpus` - and only the model compute is replaced: an expert's
-forward waits the cost model's seconds (deployments/cost_model.py) times `sim.time_scale` and
+forward waits the cost model's seconds (sim/cost_model.py) times `sim.time_scale` and
 returns zeros, the text encoder and the decoder wait theirs, a new replica waits its weight
 loading. The latent a simulated request carries is a stand-in of a few numbers that names the
 video it stands for (`DenoisingState.stands_for`), so hand-offs, the scheduler and the caches cost
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from contract.settings import SimSettings
-from deployments.cost_model import CostModel
 from monitoring.metrics import metrics
+from sim.cost_model import CostModel
 
 STAND_IN_LATENT = (1, 1, 1, 2, 2)  # what a simulated request's latent really is
 STAND_IN_SIDE = 16  # px of the stand-in video's frames: the physics scorer's smallest

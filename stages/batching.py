@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 
 from contract.adapters import AdapterRef
-from deployments.adapters import ExpertAdapters
-from deployments.denoising import DenoisingState, Scheduler
-from deployments.guidance import GuidancePair
-from deployments.simulated import standing_for
-from deployments.text_encoder import PromptEmbeddings
+from sim.gpu import standing_for
+from stages.adapter_store import ExpertAdapters
+from stages.denoising import DenoisingState, Scheduler
+from stages.guidance import GuidancePair
+from stages.text_encoder import PromptEmbeddings
 
 
 @dataclass

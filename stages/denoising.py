@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from deployments.checkpoint import Checkpoint
+from stages.checkpoint import Checkpoint
 
 SchedulerState = dict[str, Any]
 
@@ -28,7 +28,7 @@ class DenoisingState:
     scheduler: SchedulerState
     step: int  # index of the next timestep to run
     # On the simulated accelerator: the (frames, height, width) of the video whose latent `latents`
-    # stands in for (deployments/simulated.py); None for a real latent.
+    # stands in for (sim/gpu.py); None for a real latent.
     stands_for: tuple[int, int, int] | None = None
 
     def as_plain(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 No weights can be downloaded here. The default is trained on this repository's small
 physical world (`world/`, recipe in `training/`) and ships in the real diffusers layout
 (`model_index.json`, `tokenizer/`, `text_encoder/`, `transformer/`, `transformer_2/`,
-`vae/`, `scheduler/`) under `deployments/weights/`; everything loads it through the same
+`vae/`, `scheduler/`) under `stages/weights/`; everything loads it through the same
 `from_pretrained` code path as a real checkpoint. `build_default_pipeline` gives the same
 architecture with seeded random weights: the training recipe starts from it, and tests
 that compare against diffusers use it, as its files are identical on every machine.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from world.vocabulary import words as world_words
+from world.captions import words as world_words
 
 DEFAULT_MODEL_NAME = "t2v-tiny-wan2.2-a14b"
 TRAINED_MODEL_DIR = Path(__file__).parent / "weights" / "t2v-world-wan2.2-a14b"
@@ -173,7 +173,7 @@ def write_default_model(out: str | Path, two_experts: bool = True) -> Path:
 
 def default_model_dir(cache_dir: str | Path) -> Path:
     """The embedded default model: the trained weights shipped with the code when they are
-    there (`t2v model train --out deployments/weights/t2v-world-wan2.2-a14b`), else the seeded
+    there (`t2v model train --out stages/weights/t2v-world-wan2.2-a14b`), else the seeded
     random model, built in the cache on first use."""
     if (TRAINED_MODEL_DIR / "model_index.json").exists():
         return TRAINED_MODEL_DIR

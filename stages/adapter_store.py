@@ -37,8 +37,8 @@ from contract.adapters import ADAPTER_NAME, AdapterRef
 from contract.errors import FieldError
 from contract.experts import ExpertKind
 from contract.settings import Settings
-from deployments.checkpoint import Checkpoint
 from monitoring.metrics import metrics
+from stages.checkpoint import Checkpoint
 
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DESCRIPTION_FILE = "adapter.json"

@@ -1,0 +1,35 @@
+"""The `Experts` Serve deployment (`experts_placement: co_located`): both experts in one
+replica (one GPU), a request's two phases in turn."""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
+from contract.messages import Cancelled
+from contract.settings import Settings
+from deployments.expert_phase import ExpertPhase
+from sim.gpu import SimulatedGpu
+from stages.denoising import DenoisingState
+
+
+@serve.deployment(name=CO_LOCATED_DEPLOYMENT)
+class CoLocatedExperts:
+    """The ingress calls `high_noise` and `low_noise` on it as it calls `denoise` on the two
+    disaggregated deployments. On the simulated accelerator the two share one GPU, which swaps
+    them where its memory cannot hold both."""
+
+    def __init__(self, settings: Settings, jobs: DeploymentHandle):
+        gpu = SimulatedGpu(settings.sim, "experts") if settings.device == "sim" else None
+        self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
+
+    def check_health(self) -> None:
+        for phase in self.phases.values():
+            phase.check_health()
+
+    async def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return await self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
+
+    async def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
+        return await self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)

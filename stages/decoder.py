@@ -1,0 +1,82 @@
+"""Decoder stage: Wan VAE decode of the final latent -> video frames."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.video_processor import VideoProcessor
+
+from contract.messages import PhysicsResult
+from contract.request import GenerationRequest
+from monitoring.physics import score_video
+from sim.gpu import SimulatedGpu, stand_in_frames
+from stages.checkpoint import Checkpoint
+from stages.video import encode_mp4, provenance
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    mp4: bytes
+    timings: dict[str, float]  # seconds: decode, mp4, score
+    physics: PhysicsResult
+
+
+class Decoder:
+    def __init__(self, checkpoint: Checkpoint):
+        self.model_id = checkpoint.model_id
+        # Simulated: no VAE; the decode takes the cost model's time and makes a stand-in video.
+        self.gpu = SimulatedGpu(checkpoint.settings.sim, "decode") if checkpoint.simulated else None
+        if self.gpu is not None:
+            self.gpu.load("decoder")
+            return
+        self.vae = checkpoint.vae()
+        self.device = checkpoint.device
+        config = self.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        self.latents_mean = torch.tensor(config.latents_mean).view(shape)
+        self.latents_std = torch.tensor(config.latents_std).view(shape)
+        self.video_processor = VideoProcessor(vae_scale_factor=config.scale_factor_spatial)
+        # The Wan VAE keeps its causal-conv feature cache on the module during a decode, so
+        # two decodes at once (a replica serving requests from threads) corrupt each other.
+        self._vae_lock = threading.Lock()
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor) -> np.ndarray:
+        """Float frames in [0, 1] of shape (T, H, W, 3), as `WanPipeline(output_type="np")`."""
+        if self.gpu is not None:
+            raise RuntimeError("the simulated decoder has no VAE: it makes stand-in videos (Decoder.video) only")
+        latents = latents.to(self.device, self.vae.dtype)
+        mean = self.latents_mean.to(latents.device, latents.dtype)
+        inv_std = 1.0 / self.latents_std.to(latents.device, latents.dtype)
+        with self._vae_lock:
+            video = self.vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        return self.video_processor.postprocess_video(video, output_type="np")[0]
+
+    def video(self, request: GenerationRequest, latents: torch.Tensor, seed: int | None = None) -> DecodedVideo:
+        """Decoded uint8 frames, the mp4 made of them marked as AI-generated (with `seed`, a
+        repair attempt's, or the request's), and their physics score."""
+        start = time.perf_counter()
+        if self.gpu is not None:
+            self.gpu.charge(self.gpu.cost.decode_seconds(request.height, request.width, request.num_frames))
+            frames = stand_in_frames(request.num_frames)
+        else:
+            frames = to_uint8(self(latents))
+        decoded = time.perf_counter()
+        mp4 = encode_mp4(
+            frames, request.fps, provenance(self.model_id, request.seed if seed is None else seed, request.prompt)
+        )
+        encoded = time.perf_counter()
+        # Scored here, not in a deployment of its own: it takes a fraction of the decode
+        # (bench/physics.py) and the frames are already in this process.
+        physics = PhysicsResult.of(score_video(frames, request.fps))
+        timings = {"decode": decoded - start, "mp4": encoded - decoded, "score": time.perf_counter() - encoded}
+        return DecodedVideo(frames, mp4, timings, physics)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
