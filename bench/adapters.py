@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bench.serve import log, model_settings, rounded
+from bench.toolkit import log, model_settings, rounded
 from cluster.pipeline import Pipeline
 from contract.adapters import adapters_for
 from contract.experts import ExpertKind

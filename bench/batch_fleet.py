@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from bench.fleet import GPUS_PER_NODE, LABEL, TEMPLATE_VARIANTS, Nodes, Shape, schedule, sim_settings
-from bench.serve import log, model_settings, rounded
+from bench.toolkit import log, model_settings, rounded
 from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind
 from contract.settings import Settings, SimSettings

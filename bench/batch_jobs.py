@@ -43,8 +43,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench.serve import BIN_DIR, cluster_run, log, model_settings, rounded
 from bench.template_cache import VARIANTS
+from bench.toolkit import BIN_DIR, cluster_run, log, model_settings, rounded
 from cluster.launch import deploy, free_port, start_private_ray
 from contract.settings import Settings
 

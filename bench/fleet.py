@@ -53,7 +53,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serve import log, model_settings
+from bench.toolkit import log, model_settings
 from cluster.launch import free_port, ray_environment
 from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.serve import model_settings
+from bench.toolkit import model_settings
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from world.reading import read_clip

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serve import log, model_settings, rounded
+from bench.toolkit import log, model_settings, rounded
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
 from contract.settings import Settings, StepCacheSettings

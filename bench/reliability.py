@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import cluster_run, log, model_settings, percentile, rounded
+from bench.toolkit import cluster_run, log, model_settings, percentile, rounded
 from cluster.client import T2VClient
 from cluster.launch import APP_NAME, deploy, free_port, start_private_ray
 from contract.settings import ServingSettings, Settings

@@ -43,6 +43,7 @@ import httpx
 import torch
 
 from bench.cpu import BENCHMARK, CpuMeter, ceiling, control_plane
+from bench.toolkit import BIN_DIR, cluster_run, log, percentile, rounded
 from cluster.launch import free_port, start_private_ray
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
@@ -51,47 +52,6 @@ from contract.settings import Settings
 PRESETS = ("final", "preview")  # final first: the goal is set there
 STAGES = ("encode", "high_noise", "low_noise", "decode", "mp4", "score")
 GOALS = {"latency_ratio": 1.10, "throughput_ratio": 1.5, "startup_s": 30}
-BIN_DIR = os.path.dirname(sys.executable)  # the venv's bin (no realpath: that leaves the venv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def cluster_run(ray_dir: str, work: Path):
-    """A benchmark's own Ray and Serve, stopped at the end; Ray's logs and the work folder
-    removed after a successful run, kept and named after a failed one."""
-    import ray
-    from ray import serve
-
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        ray.shutdown()
-        if ok:
-            shutil.rmtree(ray_dir, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            log(f"failed: logs kept in {ray_dir} and {work}")
-
-
-def model_settings() -> Settings:
-    """The process settings with the model resolved (`T2V_MODEL`, else the embedded default,
-    built now so no benchmark times the build)."""
-    from stages.default_model import default_model_dir
-
-    base = Settings()
-    return base if base.model else base.model_copy(update={"model": default_model_dir(base.cache_dir)})
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def cpu_busy(seconds: float = 5.0) -> float | None:
@@ -112,16 +72,6 @@ def cpu_busy(seconds: float = 5.0) -> float | None:
 
 def median_dict(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-
-
-def rounded(value, digits: int = 4):
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [rounded(v, digits) for v in value]
-    return value
 
 
 # -- (c) startup -----------------------------------------------------------------------------

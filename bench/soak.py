@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.reliability import DEPLOYMENTS, keyed_app, replica_pids
-from bench.serve import cluster_run, log, percentile, rounded
+from bench.toolkit import cluster_run, log, percentile, rounded
 from cluster.launch import deploy, start_private_ray
 
 # Bad inputs: each must be answered 4xx, never 5xx, and kill nothing.

@@ -38,7 +38,7 @@ def measure(repeats: int, only_thread: bool = False) -> dict:
     if only_thread:
         torch.set_num_threads(1)  # loading starts no OpenMP pool on the main thread
 
-    from bench.serve import model_settings
+    from bench.toolkit import model_settings
     from contract.experts import ExpertKind
     from stages.checkpoint import Checkpoint
     from stages.guidance import GuidancePair

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import cluster_run, log, model_settings, percentile, rounded
+from bench.toolkit import cluster_run, log, model_settings, percentile, rounded
 from cluster.launch import free_port, start_private_ray
 from cluster.sizing import expert_split
 from contract.settings import BatchingSettings, Settings
