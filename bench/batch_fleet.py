@@ -2,14 +2,14 @@
 
     python -m bench.batch_fleet [--gpus 8 32] [--rows 1000] [--template-share 0 0.8] [--rate 4]
 
-On the local multi-node Ray cluster of bench/fleet.py (`Nodes`: a GPU-less head and workers of 8
-logical GPUs; no Serve app), each table runs through `cluster.batch.BatchRun` on the data engine
-(cluster/data_engine.py: one Ray Data actor pool per stage, sized from `Settings.deployments`)
-with `device: sim`: every stage's real code path with the model compute replaced by the cost
+On the local multi-node Ray cluster of bench/fleet/harness.py (`Nodes`: a GPU-less head and
+workers of 8 logical GPUs; no Serve app), each table runs through `cluster.batch.BatchRun` on the
+data engine (cluster/data_engine.py: one Ray Data actor pool per stage, sized from
+`Settings.deployments`) with `device: sim`: every stage's real code path with the model compute replaced by the cost
 model's seconds (sim/gpu.py, docs/scaling.md). The experts' pools hold one logical
 GPU per actor, split between high- and low-noise as `t2v plan --gpus N` says; the text encoder and
 decoder pools sit beside them without a logical GPU, each actor one simulated GPU of its own (as
-bench/fleet.py places them on the head), so the N GPUs are the experts'.
+bench/fleet/ places them on the head), so the N GPUs are the experts'.
 
 The table: `--template-share` of its rows are template rows (groups of `--variants` slot variants
 of one template and seed, as an ad studio's campaigns: the first row of a group computes the
@@ -38,7 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.fleet import GPUS_PER_NODE, LABEL, TEMPLATE_VARIANTS, Nodes, Shape, schedule, sim_settings
+from bench.fleet.harness import GPUS_PER_NODE, LABEL, Nodes, Shape, schedule, sim_settings
+from bench.fleet.template_cache import TEMPLATE_VARIANTS
 from bench.toolkit import log, model_settings, rounded
 from cluster.sizing import ExpertSplit, expert_split
 from contract.experts import ExpertKind

@@ -310,7 +310,7 @@ class Settings(BaseSettings):
     # disaggregated: each expert its own deployment, its replicas on GPUs of their own (requests
     # pipeline across the two). co_located: one `Experts` deployment whose every replica holds both
     # experts and runs a request's two phases in turn, placed and scaled as
-    # `deployments.HighNoiseExpert` says (a GPU too small for both swaps them: bench/fleet.py).
+    # `deployments.HighNoiseExpert` says (a GPU too small for both swaps them: bench/fleet/placements.py).
     experts_placement: Literal["disaggregated", "co_located"] = "disaggregated"
 
     @model_validator(mode="after")

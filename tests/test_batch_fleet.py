@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.batch_fleet import ideal, pool_work, share_split, table
-from bench.fleet import Shape
+from bench.fleet.harness import Shape
 from cluster.sizing import expert_split
 from contract.experts import ExpertKind
 from sim.cost_model import CostModel

@@ -1,4 +1,4 @@
-"""The simulated fleet (bench/fleet.py) end to end on a small fleet: a multi-node Ray cluster with
+"""The simulated fleet (bench/fleet/) end to end on a small fleet: a multi-node Ray cluster with
 logical GPUs, the real app in `device: sim`, requests over HTTP, job records and videos on an
 S3-compatible object store (the `s3_uri` fixture's server). Run as a subprocess: this test
 session's own Ray is started in-process elsewhere, and one process drives one Ray cluster."""
@@ -67,7 +67,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
 
 
 def test_a_window_too_short_to_read_a_rate_is_refused_by_name(capsys):
-    from bench.fleet import main
+    from bench.fleet.__main__ import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["--window", "2"])
