@@ -146,8 +146,8 @@ def test_the_shipped_high_noise_adapter_is_the_studio_adapters_high_noise_part()
 
 
 def test_a_stopped_adapter_training_resumes_from_its_snapshot_on_the_same_path(tmp_path, monkeypatch):
-    from training import lora
-    from training.experts import TextTable
+    from training import flow_matching, lora
+    from training.flow_matching import TextTable
     from training.latents import LatentSet
     from training.snapshots import Snapshots
 
@@ -162,7 +162,7 @@ def test_a_stopped_adapter_training_resumes_from_its_snapshot_on_the_same_path(t
         return lora.train_adapter(expert, "high", [(data, 2, 1.0)], text, 0.875, plan, snapshots=snapshots)[1]
 
     straight = run()
-    batches, calls = lora.text_batch, []
+    batches, calls = flow_matching.text_batch, []
 
     def stops_at_the_third(*args):
         calls.append(1)
@@ -170,11 +170,11 @@ def test_a_stopped_adapter_training_resumes_from_its_snapshot_on_the_same_path(t
             raise KeyboardInterrupt  # the machine going away mid-stage
         return batches(*args)
 
-    monkeypatch.setattr(lora, "text_batch", stops_at_the_third)
+    monkeypatch.setattr(flow_matching, "text_batch", stops_at_the_third)
     snapshots = Snapshots(tmp_path / "high.snapshot.pt", every=1)
     with pytest.raises(KeyboardInterrupt):
         run(snapshots)
-    monkeypatch.setattr(lora, "text_batch", batches)
+    monkeypatch.setattr(flow_matching, "text_batch", batches)
     resumed = run(snapshots)  # steps 3 and 4 only
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

@@ -1,7 +1,7 @@
 """A style adapter for the shipped default model: a LoRA on each expert, trained on the world in a style
 (`world.styles`), written as one diffusers-format LoRA file.
 
-The experts' own objective (training/experts.py): flow matching, the high-noise expert on sigma >=
+The experts' own objective (training/flow_matching.py): flow matching, the high-noise expert on sigma >=
 the boundary, the low-noise one below it, one caption in ten dropped to the empty prompt. What
 changes is the data and what trains: clips in the style, encoded by the shipped VAE and captioned by
 the shipped text encoder, and only the low-rank matrices peft adds to the attention and feed-forward
@@ -21,7 +21,6 @@ another selection of the same training.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +38,7 @@ from contract.settings import Settings
 from stages.checkpoint import Checkpoint
 from stages.default_model import SEED
 from training.clips import training_combinations
-from training.experts import TextTable, sample_sigmas, text_batch
+from training.flow_matching import FlowMatching, TextTable, lr_schedule
 from training.latents import LatentSet, encode_clips
 from training.snapshots import Snapshots
 from training.text import caption_table, embed_captions
@@ -106,35 +105,18 @@ def train_adapter(
     transformer.add_adapter(config, adapter_name=ADAPTER)
     params = [p.requires_grad_(True) for n, p in transformer.named_parameters() if "lora_" in n]
     opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
-    warmup = min(50, plan.steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / plan.steps)))
-    )
-    shares = np.array([share for _, _, share in sets], float)
+    schedule = lr_schedule(opt, warmup=min(50, plan.steps // 10 + 1), steps=plan.steps)
+    objective = FlowMatching(expert, boundary, sets, text)
     first, recent = [], {i: [] for i in range(len(sets))}
     snapshots = snapshots or Snapshots(None)
     parts = {"model": transformer, "opt": opt, "schedule": schedule}
     start = snapshots.restore(parts, rng, generator)
     bar = tqdm(range(start, plan.steps), desc=f"{expert}-noise lora", unit="step", position=position, initial=start)
     for step in bar:
-        which = int(rng.choice(len(sets), p=shares / shares.sum()))
-        data, batch, _ = sets[which]
-        pick = torch.from_numpy(rng.integers(len(data.latents), size=batch))
-        x0 = data.latents[pick]
-        noise = torch.randn(x0.shape, generator=generator)
-        sigma = sample_sigmas(expert, boundary, batch, generator).view(-1, 1, 1, 1, 1)
-        xt = (1 - sigma) * x0 + sigma * noise
-        states = text_batch(text, data.combos[pick], rng)
-        pred = transformer(xt, sigma.flatten() * 1000, states, return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        schedule.step()
+        which, loss = objective.step(transformer, params, opt, schedule, rng, generator)
         if step < 50:
-            first.append(loss.item())  # the frozen model's loss on the style, as the adapter starts
-        recent[which] = (recent[which] + [loss.item()])[-100:]
+            first.append(loss)  # the frozen model's loss on the style, as the adapter starts
+        recent[which] = (recent[which] + [loss])[-100:]
         bar.set_postfix({f"loss{i}": f"{np.mean(v):.4f}" for i, v in recent.items() if v})
         snapshots.maybe_save(step + 1, parts, rng, generator)
     losses = {f"{expert}_loss_set{i}": float(np.mean(v)) for i, v in recent.items() if v}

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 
 from stages.default_model import SEED, build_default_pipeline, save_pipeline
 from training.clips import training_combinations
-from training.experts import TextTable, train_expert
+from training.experts import train_expert
+from training.flow_matching import TextTable
 from training.latents import encode_clips
 from training.snapshots import Snapshots
 from training.text import caption_table, embed_captions, pretrain_text_encoder
