@@ -33,7 +33,7 @@ from typing import Any
 
 import typer
 
-from cluster.batch_engine import EngineError, Outcome
+from cluster.batch_engine import BatchEngine, EngineError, Outcome, RequestEngine, video_key
 from cluster.launch import APP_NAME
 from cluster.manifest import MANIFEST, STAGES, Manifest
 from cluster.prompt_table import InputError, Row, locate, read_table
@@ -43,7 +43,7 @@ from contract.storage import OutputStore
 COMPACT_EVERY = 64  # finished rows between folds of the manifest's parts
 
 
-class ServeEngine:
+class ServeEngine(RequestEngine):
     """Rows through the running Serve app, as HTTP requests would go."""
 
     name = "serve"
@@ -93,7 +93,7 @@ class ServeEngine:
             return Outcome("completed", job, result["mp4"])
 
 
-class LocalEngine:
+class LocalEngine(RequestEngine):
     """Rows through the stages in this process (no Serve app needed)."""
 
     name = "local"
@@ -208,25 +208,22 @@ class BatchRun:
     def __init__(
         self,
         rows: list[Row],
-        engine,
+        engine: BatchEngine,
         output: OutputStore,
         concurrency: int | None = None,
         retry_failed: bool = True,
         log=print,
     ):
         self.rows, self.engine, self.output, self.log = rows, engine, output, log
-        self.concurrency = concurrency or engine.default_concurrency
+        self.concurrency = concurrency
         self.retry_failed = retry_failed
         self.manifest = Manifest(output)
-
-    def _video_key(self, row: Row) -> str:
-        return f"videos/{row.id}.mp4"
 
     def _done_before(self, row: Row, earlier: dict | None, model_id: str) -> bool:
         if earlier is None or earlier["request_hash"] != row.request_hash:
             return False
         if earlier["status"] == "completed":
-            return earlier["model_id"] == model_id and self.output.exists(self._video_key(row))
+            return earlier["model_id"] == model_id and self.output.exists(video_key(row))
         return not self.retry_failed
 
     def _record(self, row: Row, outcome: Outcome, output: str | None, seconds: float, progress: Progress) -> None:
@@ -237,17 +234,6 @@ class BatchRun:
         if self.recorded % COMPACT_EVERY == 0:
             self.manifest.compact([r.id for r in self.rows])
 
-    def _stream(self, todo: list[Row], progress: Progress) -> None:
-        """The data engine's way: the rows go out as one dataset and come back as they finish."""
-        for row in todo:
-            if row.error is not None:  # unreadable as read: failed before any pool sees it
-                self._record(row, Outcome.failed("invalid_request", row.error), None, 0.0, progress)
-        by_id = {row.id: row for row in todo if row.error is None}
-        for row_id, finished in self.engine.stream(list(by_id.values()), self.output.uri):
-            outcome = self.engine.outcome(finished)
-            seconds = sum(outcome.job["timings"].values())
-            self._record(by_id[row_id], outcome, finished["output"], seconds, progress)
-
     async def run(self) -> dict[str, Any]:
         model_id = await self.engine.model_id()
         earlier = self.manifest.load()
@@ -255,40 +241,18 @@ class BatchRun:
         # One template's rows together: the first computes the shared high-noise phase,
         # the rest find it in the cache (or wait for it: single flight).
         todo.sort(key=lambda r: (r.template is None, r.template or "", r.index))
-        streamed = hasattr(self.engine, "stream")
         self.log(
             f"{len(self.rows)} rows: {len(self.rows) - len(todo)} already done, {len(todo)} to run "
-            f"on the {self.engine.name} engine ({model_id}), "
-            + ("one actor pool per stage" if streamed else f"{self.concurrency} at a time")
+            f"on the {self.engine.name} engine ({model_id}), {self.engine.how(self.concurrency)}"
         )
         progress = Progress(len(self.rows), len(self.rows) - len(todo), self.log)
-        queue: asyncio.Queue[Row] = asyncio.Queue()
-        for row in todo:
-            queue.put_nowait(row)
         self.recorded = 0
-
-        async def worker() -> None:
-            while not queue.empty():
-                row = queue.get_nowait()
-                start = time.monotonic()
-                if row.error is not None:
-                    outcome = Outcome.failed("invalid_request", row.error)
-                else:
-                    try:
-                        outcome = await self.engine.generate(row.request_fields())
-                    except Exception as error:  # whatever goes wrong with one row fails that row alone
-                        outcome = Outcome.failed("generation_failed", error_summary(error))
-                output = None
-                if outcome.mp4 is not None:
-                    self.output.write(self._video_key(row), outcome.mp4)
-                    output = self.output.location(self._video_key(row))
-                self._record(row, outcome, output, time.monotonic() - start, progress)
-
         started = time.monotonic()
-        if streamed:
-            self._stream(todo, progress)
-        else:
-            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(todo)) or 1)))
+        for row in todo:
+            if row.error is not None:  # unreadable as read: failed before any engine sees it
+                self._record(row, Outcome.failed("invalid_request", row.error), None, 0.0, progress)
+        async for result in self.engine.results([r for r in todo if r.error is None], self.output, self.concurrency):
+            self._record(result.row, result.outcome, result.output, result.seconds, progress)
         table = self.manifest.compact([r.id for r in self.rows])
         summary = self._summary(table.to_pylist(), progress, time.monotonic() - started)
         self.output.write("summary.txt", "\n".join(summary["lines"]).encode())

@@ -4,12 +4,14 @@
 
 Ray Data reads the table (`read_parquet`, `read_csv`, `read_text` for JSONL; a file or a folder of
 them, on any `pyarrow.fs`); the driver gives the rows their ids and skips the ones done before, then
-validation, content filter and result cache -> text-encoder pool -> high-noise expert pool ->
-low-noise expert pool -> decoder-and-scorer pool (-> a repair pool, when rows ask for a
-`min_physics_score`: their detail phase re-sampled as the app does). Each pool is a Ray Data
-`map` over a callable class around the stage classes the Serve deployments wrap (`TextEncoder`,
-`Expert`, `Decoder`), placed and sized from `Settings.deployments` (`num_cpus`, `num_gpus`,
-`min_replicas` to `max_replicas` actors), so `t2v plan --gpus N` sizes both. Ray Data streams
+validation, content filter and result cache -> one pool per stage of the stage list
+(stages/stage_list.py: encode -> high-noise -> low-noise -> decode and score) -> the keeper,
+which re-enters the stages from the boundary for rows below their `min_physics_score` (by the
+same rule as the other executors; on the low-noise expert's resources when any row asks) and
+writes the kept video. Each pool is a Ray Data `map` over the same stage classes the Serve
+deployments wrap, each row carrying its `JobState` in one column, placed and sized from
+`Settings.deployments` (`num_cpus`, `num_gpus`, `min_replicas` to `max_replicas` actors), so
+`t2v plan --gpus N` sizes both. Ray Data streams
 rows from pool to pool with backpressure, on any Ray cluster, with or without a Serve app. The
 decoders write each video to the output store; the driver records every row in the manifest as
 it arrives, so a killed run resumes as the other engines' do, each row exactly once. Rows of one
@@ -19,99 +21,86 @@ rest read it. A row that fails at any stage carries its error to the end and fai
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import time
-from collections.abc import Iterator
+import pickle
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import torch
-
-from cache.keys import result_key
 from cache.store import LatentCache
-from cluster.batch_engine import Outcome
+from cluster.batch_engine import Outcome, RowResult
 from cluster.prompt_table import InputError, Row, csv_options, json_records, line_names, locate, rows_from_records
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import ExpertKind
-from contract.messages import PhysicsAttempt
-from contract.request import GenerationRequest
+from contract.messages import Video
 from contract.settings import Settings
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
 from stages.checkpoint import Checkpoint
-from stages.runner import best_attempt
+from stages.job_state import JobState
+from stages.stage import Stage
+from stages.stage_list import (
+    STAGE_LIST,
+    DecodeVideo,
+    EncodePrompt,
+    HighNoisePhase,
+    LowNoisePhase,
+    ResultCache,
+    StageSpec,
+    kept_video,
+    wants_repair,
+)
 
 logger = logging.getLogger(__name__)
 
-# Every row has every column from the start: Arrow needs one schema for the whole stream.
-COLUMNS = (
-    "error_code", "error", "request", "embeddings", "base", "state", "boundary", "attempts", "mp4", "physics", "output"
-)  # fmt: skip
+
+def _pack(state: JobState) -> bytes:
+    return pickle.dumps(state)
 
 
-def _pack(value: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
+def _unpack(data: bytes) -> JobState:
+    return pickle.loads(data)  # written by a pool before, in this run
 
 
-def _unpack(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), weights_only=False)  # written by the pool before, in this run
+def build_stage(name: str, settings: Settings, checkpoint: Checkpoint) -> Stage:
+    """The stage of the list named `name` on this actor's own models (in process, as a
+    pipeline's): the same classes the Serve deployments wrap."""
+    from stages.decoder import Decoder
+    from stages.expert import Expert
+    from stages.text_encoder import TextEncoder
+
+    cache = LatentCache.from_settings(settings)
+    if name == EncodePrompt.name:
+        return EncodePrompt(TextEncoder(checkpoint, cache))
+    if name == HighNoisePhase.name:  # a template's rows share its high-noise phase through the node cache
+        return HighNoisePhase(Expert(checkpoint, ExpertKind.HIGH_NOISE, batching=False), cache)
+    if name == LowNoisePhase.name:
+        return LowNoisePhase(Expert(checkpoint, ExpertKind.LOW_NOISE, batching=False))
+    return DecodeVideo(Decoder(checkpoint))
 
 
-def _attempt(video, number: int, seed: int) -> tuple:
-    """One try at a row's video as the repair loop keeps it: (mp4, physics, the attempt's record)."""
-    physics = video.physics
-    return video.mp4, physics, PhysicsAttempt(attempt=number, seed=seed, score=physics.score, dynamics=physics.dynamics)
-
-
-class RowStage:
-    """One pool's actor: its stage built once, then every row through `run`. A row that failed
-    earlier passes through untouched; one that fails here carries its error on."""
-
-    stage = ""
+class RowActor:
+    """One pool's actor: a row carries its `JobState` (one column) or the error that failed it."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.checkpoint = Checkpoint.from_settings(settings)
-        self.model = self.checkpoint.model_id
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row["error_code"] is not None or row["mp4"] is not None:  # failed, or answered by the result cache
-            return row
-        start = time.perf_counter()
-        try:
-            row = self.run(row, GenerationRequest.load(row["request"], self.settings))
-        except Exception as error:  # whatever goes wrong with one row fails that row alone
-            logger.exception("row %s: %s failed", row["id"], self.stage)
-            return {**row, "error_code": "generation_failed", "error": error_summary(error)}
-        seconds = time.perf_counter() - start
-        timings = json.loads(row["timings"])
-        timings.setdefault(self.stage, seconds)  # the decoder notes its parts (decode, mp4, score) itself
-        row["timings"] = json.dumps(timings)
-        metrics.observe("stage", seconds, stage=self.stage, model=self.model)
-        return row
-
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @staticmethod
-    def note_cache(row: dict[str, Any], level: str, hit: bool | None) -> None:
-        row["cache"] = json.dumps({**json.loads(row["cache"]), level: hit})
+    def failed(self, row: dict[str, Any], error: BaseException, where: str) -> dict[str, Any]:
+        """Whatever goes wrong with one row fails that row alone."""
+        logger.exception("row %s: %s failed", row["id"], where)
+        return {**row, "state": None, "error_code": "generation_failed", "error": error_summary(error)}
 
 
-class ValidateRows(RowStage):
+class ValidateRows(RowActor):
     """The request a row makes, as `POST /v1/videos` would validate it, and the result cache."""
-
-    stage = "validate"
 
     def __init__(self, settings: Settings):
         from stages.validation import RequestValidator
 
         super().__init__(settings)
         self.validator = RequestValidator(settings, self.checkpoint)
-        self.cache = LatentCache.from_settings(settings)
+        self.results = ResultCache(LatentCache.from_settings(settings), self.checkpoint.identity)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["error_code"] is not None:
@@ -124,161 +113,92 @@ class ValidateRows(RowStage):
         # name, never dropped).
         if request.from_video is not None:
             return {**row, "error_code": "invalid_request", "error": "from: finals of shots run on --engine serve"}
-        row["request"] = request.model_dump_json()
-        if self.cache is not None and request.cache:
-            hit = self.cache.get("result", result_key(self.checkpoint.identity, request))
-            self.note_cache(row, "result", hit is not None)
-            if hit is not None:
-                row["mp4"], row["physics"] = hit["mp4"], json.dumps(hit["physics"])
-        return row
+        state = JobState(row["id"], request)
+        if (hit := self.results.cached(request)) is not None:
+            state.video = Video(attempt=0, seed=request.seed, physics=hit.physics, mp4=hit.mp4)
+        if self.results.used(request):
+            state.cache["result"] = hit is not None
+        return {**row, "state": _pack(state)}
 
 
-class EncodeRows(RowStage):
-    stage = "encode"
+class StageRows(RowActor):
+    """A stage of the list (stage_list.py) over rows: a row the result cache answered, or one that
+    failed before, passes through."""
 
-    def __init__(self, settings: Settings):
-        from stages.text_encoder import TextEncoder
-
+    def __init__(self, settings: Settings, spec: StageSpec):
         super().__init__(settings)
-        self.cache = LatentCache.from_settings(settings)
-        self.encoder = TextEncoder(self.checkpoint, self.cache)
+        self.spec = spec
+        self.stage = build_stage(spec.name, settings, self.checkpoint)
 
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        def encode(text: str):
-            return self.encoder(text, request.negative_prompt, request.classifier_free_guidance, request.cache)
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["state"] is None:
+            return row
+        state = _unpack(row["state"])
+        if state.video is not None or not self.spec.applies(state, self.checkpoint.has_low_noise_expert):
+            return row
+        try:
+            return {**row, "state": _pack(self.stage(state))}
+        except Exception as error:
+            return self.failed(row, error, self.spec.name)
 
-        embeddings = encode(request.prompt)
-        self.note_cache(row, "embeddings", embeddings.cache_hit if self.cache is not None and request.cache else None)
-        row["embeddings"] = _pack(embeddings)
-        row["base"] = _pack(encode(request.base_prompt)) if request.template_mode else None
-        return row
 
+class KeepRows(RowActor):
+    """Generate, verify, repair, keep, as the other executors do: a row below its
+    `min_physics_score` re-enters the stages from the boundary (`stage_list.REPAIR_FROM`: the
+    low-noise phase and the decoder) with derived seeds while `wants_repair` says so; then the
+    kept video is written to the output store, remembered by the result cache and its score
+    exported. With `repairs`, a pool of its own on the low-noise expert's resources."""
 
-class HighNoiseRows(RowStage):
-    stage = ExpertKind.HIGH_NOISE.stage
-
-    def __init__(self, settings: Settings):
-        from stages.expert import Expert
-
+    def __init__(self, settings: Settings, output_uri: str, repairs: bool):
         super().__init__(settings)
-        self.expert = Expert(self.checkpoint, ExpertKind.HIGH_NOISE, batching=False)
-        self.cache = LatentCache.from_settings(settings)
-
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        base = _unpack(row["base"]) if row["base"] is not None else None
-        state, hit = self.expert.shared_phase(request, _unpack(row["embeddings"]), base, self.cache)
-        self.note_cache(row, "boundary", hit)
-        row["state"], row["base"] = _pack(state.as_plain()), None
-        if request.min_physics_score is not None and self.checkpoint.has_low_noise_expert:
-            row["boundary"] = row["state"]  # where a repair re-samples the detail phase from
-        return row
-
-
-class LowNoiseRows(RowStage):
-    stage = ExpertKind.LOW_NOISE.stage
-
-    def __init__(self, settings: Settings):
-        from stages.expert import Expert
-
-        super().__init__(settings)
-        self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
-
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from stages.denoising import DenoisingState
-
-        boundary = DenoisingState.from_plain(_unpack(row["state"]))
-        row["state"] = _pack(self.expert.phase(request, _unpack(row["embeddings"]), boundary).as_plain())
-        return row
-
-
-class DecodeRows(RowStage):
-    """VAE decode, mp4, physics score; the mp4 goes to the output store and the result cache."""
-
-    stage = "decode"
-
-    def __init__(self, settings: Settings, output_uri: str):
-        from stages.decoder import Decoder
-
-        super().__init__(settings)
-        self.decoder = Decoder(self.checkpoint)
         self.store = OutputStore(output_uri)
-        self.cache = LatentCache.from_settings(settings)
+        self.results = ResultCache(LatentCache.from_settings(settings), self.checkpoint.identity)
+        self.repair = (
+            [build_stage(name, settings, self.checkpoint) for name in (LowNoisePhase.name, DecodeVideo.name)]
+            if repairs
+            else []
+        )
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row["error_code"] is None and row["mp4"] is not None:  # from the result cache: only written
-            return self.write(row, row["mp4"])
-        return super().__call__(row)
-
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from stages.denoising import DenoisingState
-
-        video = self.decoder.video(request, DenoisingState.from_plain(_unpack(row["state"])).latents)
-        row["timings"] = json.dumps({**json.loads(row["timings"]), **video.timings})
-        attempt = _attempt(video, 0, request.seed)
-        row["state"] = None
-        if row["boundary"] is not None and video.physics.score < request.min_physics_score:
-            row["attempts"] = _pack([attempt])  # below the request's minimum: the repair pool's turn
+        if row["state"] is None:
             return row
-        return self.keep(row, request, [attempt])
+        state = _unpack(row["state"])
+        try:
+            return self.keep(row, state, self.attempts(state))
+        except Exception as error:
+            return self.failed(row, error, "repair")
 
-    def keep(self, row: dict[str, Any], request: GenerationRequest, attempts: list[tuple]) -> dict[str, Any]:
-        """The best of a row's videos: written, remembered by the result cache, its score exported."""
-        best = best_attempt([physics for _, physics, _ in attempts], self.settings.repair_min_dynamics)
-        mp4, physics, _ = attempts[best]
-        physics = physics.model_copy(update={"attempts": [record for *_, record in attempts]})
-        metrics.physics(physics, request.template, self.model, engine="data")
-        if self.cache is not None and request.cache:
-            key = result_key(self.checkpoint.identity, request)
-            self.cache.put("result", key, {"mp4": mp4, "physics": physics.model_dump()})
-        row["physics"] = physics.model_dump_json()
-        row["embeddings"] = row["boundary"] = row["attempts"] = None
-        return self.write(row, mp4)
+    def attempts(self, first: JobState) -> list[JobState]:
+        attempts = [first]
+        if first.cache.get("result") or not self.repair:  # from the result cache: kept as it was
+            return attempts
+        low_noise, decode = self.repair
+        min_dynamics = self.settings.repair_min_dynamics
+        while wants_repair(first.request, [a.video.physics for a in attempts], min_dynamics):
+            attempts.append(decode(low_noise(first, attempt=len(attempts))))
+        return attempts
 
-    def write(self, row: dict[str, Any], mp4: bytes) -> dict[str, Any]:
+    def keep(self, row: dict[str, Any], first: JobState, attempts: list[JobState]) -> dict[str, Any]:
+        request = first.request
+        video = attempts[0].video
+        if not first.cache.get("result"):
+            video = kept_video([a.video for a in attempts], self.settings.repair_min_dynamics)
+            metrics.physics(video.physics, request.template, self.checkpoint.model_id, engine="data")
+            self.results.remember(request, video.mp4, video.physics)
         key = f"videos/{row['id']}.mp4"
-        self.store.write(key, mp4)
-        row["output"], row["mp4"] = self.store.location(key), None
-        return row
-
-
-class RepairRows(DecodeRows):
-    """Generate, verify, repair, as the app does: a row below its `min_physics_score` has its
-    detail phase re-sampled with derived seeds (`max_retries` at most) and keeps its best video.
-    A pool of its own, after the decoders, so that the rows that pass stream on untouched."""
-
-    stage = "repair"
-
-    def __init__(self, settings: Settings, output_uri: str):
-        from stages.expert import Expert
-
-        super().__init__(settings, output_uri)
-        self.expert = Expert(self.checkpoint, ExpertKind.LOW_NOISE, batching=False)
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row["attempts"] is None:  # kept by the decoders (or failed): nothing to repair
-            return row
-        return RowStage.__call__(self, row)
-
-    def run(self, row: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
-        from stages.denoising import DenoisingState
-
-        attempts = _unpack(row["attempts"])
-        embeddings, boundary = _unpack(row["embeddings"]), DenoisingState.from_plain(_unpack(row["boundary"]))
-        for number in range(1, request.max_retries + 1):
-            if max(physics.score for _, physics, _ in attempts) >= request.min_physics_score:
-                break
-            seed = request.resample_seed(number)
-            state = self.expert.phase(request, embeddings, boundary, resample_seed=seed)
-            video = self.decoder.video(request, state.latents, seed)
-            attempts.append(_attempt(video, number, seed))
-        return self.keep(row, request, attempts)
+        self.store.write(key, video.mp4)
+        timings: dict[str, float] = {}
+        for attempt in attempts:
+            for stage, seconds in attempt.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        summary = first.slim().copy(video=video.model_copy(update={"mp4": None}), timings=timings, frames=None)
+        return {**row, "state": _pack(summary), "output": self.store.location(key)}
 
 
 class DataEngine:
     """Rows through Ray Data, one actor pool per stage (module docstring)."""
 
     name = "data"
-    default_concurrency = 1  # unused: each pool's size comes from the settings
 
     def __init__(self, settings: Settings, address: str | None = None):
         import ray
@@ -344,45 +264,60 @@ class DataEngine:
         }
 
     def stream(self, rows: list[Row], output_uri: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(row id, finished row) as each comes out of the last pool."""
+        """(row id, finished row) as each comes out of the last pool: the stage list's pools, in
+        its order, then the keeper (a pool of its own where rows may be repaired)."""
         import ray.data
 
         items = [
             {
                 "id": row.id,
                 "fields": json.dumps(row.request_fields(), ensure_ascii=False, default=str),
-                "cache": "{}",
-                "timings": "{}",
-                **dict.fromkeys(COLUMNS),
+                "state": None,
+                "error_code": None,
+                "error": None,
+                "output": None,
             }
             for row in rows
         ]
-        settings = {"fn_constructor_kwargs": {"settings": self.settings}}
+        settings = {"settings": self.settings}
         dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        dataset = dataset.map(ValidateRows, **settings, **self._pool("Ingress"))
-        dataset = dataset.map(EncodeRows, **settings, **self._pool("TextEncoder"))
-        dataset = dataset.map(HighNoiseRows, **settings, **self._pool(ExpertKind.HIGH_NOISE.deployment))
-        if self.checkpoint.has_low_noise_expert:
-            dataset = dataset.map(LowNoiseRows, **settings, **self._pool(ExpertKind.LOW_NOISE.deployment))
-        decode = {"fn_constructor_kwargs": {"settings": self.settings, "output_uri": output_uri}}
-        dataset = dataset.map(DecodeRows, **decode, **self._pool("Decoder"))
-        if self.checkpoint.has_low_noise_expert and any("min_physics_score" in row.fields for row in rows):
-            low_noise = self._pool(ExpertKind.LOW_NOISE.deployment)  # its GPU: the re-sampling expert's
-            low_noise["compute"] = self._actors(
-                1, self.settings.deployments[ExpertKind.LOW_NOISE.deployment].max_replicas
+        dataset = dataset.map(ValidateRows, fn_constructor_kwargs=settings, **self._pool("Ingress"))
+        two_experts = self.checkpoint.has_low_noise_expert
+        for spec in STAGE_LIST:
+            if spec.name == LowNoisePhase.name and not two_experts:
+                continue
+            dataset = dataset.map(
+                StageRows, fn_constructor_kwargs={**settings, "spec": spec}, **self._pool(spec.deployment)
             )
-            dataset = dataset.map(RepairRows, **decode, **low_noise)
+        repairs = two_experts and any("min_physics_score" in row.fields for row in rows)
+        keep = {"fn_constructor_kwargs": {**settings, "output_uri": output_uri, "repairs": repairs}}
+        if repairs:  # its GPU: the re-sampling expert's
+            pool = self._pool(ExpertKind.LOW_NOISE.deployment)
+            pool["compute"] = self._actors(1, self.settings.deployments[ExpertKind.LOW_NOISE.deployment].max_replicas)
+        else:
+            pool = self._pool("Decoder")
+        dataset = dataset.map(KeepRows, **keep, **pool)
         for row in dataset.iter_rows():
             yield row["id"], row
 
-    def outcome(self, row: dict[str, Any]):
+    def how(self, concurrency: int | None) -> str:
+        return "one actor pool per stage"
+
+    async def results(self, rows: list[Row], output: OutputStore, concurrency: int | None) -> AsyncIterator[RowResult]:
+        """The rows as one dataset through the pools (`stream`), each back as it finishes."""
+        by_id = {row.id: row for row in rows}
+        for row_id, finished in self.stream(rows, output.uri):
+            outcome = self.outcome(finished)
+            yield RowResult(by_id[row_id], outcome, finished["output"], sum(outcome.job["timings"].values()))
+
+    def outcome(self, row: dict[str, Any]) -> Outcome:
         """The finished row as the other engines' `Outcome`."""
-        request = json.loads(row["request"]) if row["request"] else {}
+        state = _unpack(row["state"]) if row["state"] is not None else None
         job = {
-            "request": request,
-            "timings": json.loads(row["timings"]),
-            "cache": json.loads(row["cache"]),
-            "physics": json.loads(row["physics"]) if row["physics"] else None,
+            "request": state.request.model_dump() if state else {},
+            "timings": state.timings if state else {},
+            "cache": state.cache if state else {},
+            "physics": state.video.physics.model_dump() if state and state.video else None,
             "model": self.checkpoint.model_id,
             "id": None,
         }

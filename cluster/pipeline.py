@@ -1,31 +1,35 @@
 """The stages composed in one process: what `t2v generate`, the local batch engine,
 benchmarks and tests use.
 
-It runs the same `JobRunner` as the Serve ingress, on stage calls that go to the plain
-stage classes in this process: text encoder -> high-noise expert -> low-noise expert ->
-decoder (VAE, mp4, physics score). Step by step it equals diffusers' `WanPipeline`.
+The in-process executor of the stage list (stages/stage_list.py): the same `JobRunner` as the
+Serve ingress, its stage calls going to the stages in this process, each answering the job's
+state: text encoder -> high-noise expert -> low-noise expert -> decoder (VAE, mp4, physics
+score). Step by step it equals diffusers' `WanPipeline`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from cache.store import LatentCache
 from contract.experts import ExpertKind
-from contract.messages import PhysicsResult, Video
+from contract.messages import PhysicsResult
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from stages.checkpoint import Checkpoint
 from stages.decoder import Decoder
-from stages.denoising import DenoisingPlan, DenoisingState, Scheduler
+from stages.denoising import DenoisingPlan, DenoisingState, Scheduler, as_kept
 from stages.expert import Expert
-from stages.runner import JobRunner, Stages
+from stages.job_state import JobState
+from stages.runner import JobRunner
+from stages.stage import Stage, StageEvents
+from stages.stage_list import DecodeVideo, EncodePrompt, HighNoisePhase, LowNoisePhase, ResultCache
 from stages.text_encoder import PromptEmbeddings, TextEncoder
 from stages.validation import RequestValidator
 
@@ -40,7 +44,7 @@ class GenerationResult:
     steps: dict[str, int] = field(default_factory=dict)  # denoising steps run per expert stage
     cache: dict[str, bool | None] = field(default_factory=dict)  # level -> hit (None: not used)
     physics: PhysicsResult | None = None
-    latents: Any = None  # the kept video's final latent (a final of its shot starts from it); None when cached
+    latents: Any = None  # the kept video's final latent as kept (a final of its shot starts from it); None when cached
 
 
 def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
@@ -62,19 +66,15 @@ def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True)
     )
 
 
-@dataclass
-class _Job:
-    """What the in-process stages note about one job: timings, cache levels, frames."""
+class StepEvents(StageEvents):
+    """In process: progress goes to the caller's `on_step`; stage latency to the metrics."""
 
-    on_step: Callable[[int], None] | None
-    source: Any = None  # the preview's final latent, for the final of its shot (`from_video`)
-    timings: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, bool | None] = field(default_factory=dict)
-    frames: dict[int, np.ndarray] = field(default_factory=dict)  # per attempt
-    latents: dict[int, Any] = field(default_factory=dict)  # per attempt
+    def __init__(self, on_step: Callable[[int], None] | None):
+        self.on_step = on_step
 
-    def timed(self, stage: str, start: float) -> None:
-        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+    def step(self, index: int) -> None:
+        if self.on_step is not None:
+            self.on_step(index)
 
 
 class Pipeline:
@@ -91,6 +91,14 @@ class Pipeline:
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         self.decoder = Decoder(checkpoint)
         self.validator = RequestValidator(checkpoint.settings, checkpoint)
+        # The stage list on this process's stage classes (the decoder keeps the frames in hand).
+        self.stages: dict[str, Stage] = {
+            EncodePrompt.name: EncodePrompt(self.text_encoder),
+            HighNoisePhase.name: HighNoisePhase(self.high_noise_expert, cache),
+            DecodeVideo.name: DecodeVideo(self.decoder, keep_frames=True),
+        }
+        if self.low_noise_expert is not None:
+            self.stages[LowNoisePhase.name] = LowNoisePhase(self.low_noise_expert)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -115,68 +123,28 @@ class Pipeline:
     def plan(self, request: GenerationRequest) -> DenoisingPlan:
         return self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
 
-    def runner(self, job: _Job) -> JobRunner:
-        """The shared stage sequence on this process's stage classes."""
+    def runner(self, on_step: Callable[[int], None] | None = None) -> JobRunner:
+        """The shared stage sequence on this process's stages: each call answers its state."""
+        events = StepEvents(on_step)
+        calls = {name: partial(self._call, stage, events) for name, stage in self.stages.items()}
         return JobRunner(
-            self._stages(job),
+            lambda _job: calls,
+            self.low_noise_expert is not None,
             self.plan,
-            self.checkpoint.identity,
-            self.cache,
+            ResultCache(self.cache, self.checkpoint.identity),
             min_dynamics=self.checkpoint.settings.repair_min_dynamics,
             finalize_strength=self.checkpoint.settings.finalize_strength,
         )
 
-    def _stages(self, job: _Job) -> Stages:
-        def encode(_job_id: str, request: GenerationRequest, base_prompt: bool) -> PromptEmbeddings:
-            start = time.perf_counter()
-            text = request.base_prompt if base_prompt else request.prompt
-            embeddings = self.text_encoder(
-                text, request.negative_prompt, request.classifier_free_guidance, request.cache
-            )
-            if not base_prompt:
-                job.cache["embeddings"] = embeddings.cache_hit if self.cache is not None and request.cache else None
-            job.timed("encode", start)
-            return embeddings
-
-        def high_noise(
-            _job_id: str, request: GenerationRequest, embeddings: PromptEmbeddings, base: PromptEmbeddings | None
-        ) -> DenoisingState:
-            start = time.perf_counter()
-            state, job.cache["boundary"] = self.high_noise_expert.shared_phase(
-                request, embeddings, base, self.cache, job.on_step
-            )
-            job.timed("high_noise", start)
-            return state
-
-        def low_noise(
-            _job_id: str,
-            request: GenerationRequest,
-            embeddings: PromptEmbeddings,
-            boundary: DenoisingState,
-            resample_seed: int | None,
-        ) -> DenoisingState:
-            start = time.perf_counter()
-            state = self.low_noise_expert.phase(request, embeddings, boundary, job.on_step, resample_seed, job.source)
-            job.timed("low_noise", start)
-            return state
-
-        def decode(_job_id: str, request: GenerationRequest, state: DenoisingState, attempt: int) -> Video:
-            seed = request.resample_seed(attempt) if attempt else request.seed
-            video = self.decoder.video(request, state.latents, seed)
-            for part, seconds in video.timings.items():
-                job.timings[part] = job.timings.get(part, 0.0) + seconds
-            job.frames[attempt] = video.frames
-            job.latents[attempt] = state.latents
-            return Video(attempt=attempt, seed=seed, physics=video.physics, mp4=video.mp4)
-
-        return Stages(encode, high_noise, low_noise if self.low_noise_expert is not None else None, decode)
+    @staticmethod
+    def _call(stage: Stage, events: StageEvents, state: JobState, attempt: int | None) -> JobState:
+        return stage(state, events, attempt)
 
     def denoise(self, request: GenerationRequest, on_step: Callable[[int], None] | None = None) -> Denoised:
         """Encode the prompt and run both expert phases (steps 1-3 of the runner), keeping the
         boundary: what tests and benchmarks look into."""
-        job = _Job(on_step)
-        denoised = self.runner(job).denoise("local", request)
-        return Denoised(denoised.state, denoised.boundary, denoised.embeddings, job.timings, job.cache)
+        _, state = self.runner(on_step).denoise(JobState("local", request))
+        return Denoised(state.final, state.boundary, state.embeddings, state.timings, state.cache)
 
     def final_of(self, preview: GenerationResult, **fields) -> GenerationResult:
         """The final of `preview`'s shot, as `POST /v1/videos` with `from` makes it: `fields` may
@@ -195,30 +163,32 @@ class Pipeline:
         `GenerationResult.latents`."""
         if (request.from_video is None) != (source is None):
             raise ValueError("the final of a shot needs its preview's latents, and only it takes them")
-        job = _Job(on_step, source)
-        runner = self.runner(job)
-        if (cached := runner.cached(request)) is not None:
+        runner = self.runner(on_step)
+        if (cached := runner.results.cached(request)) is not None:
             return GenerationResult(
                 request, self.model_id, None, cached.mp4, cache={"result": True}, physics=cached.physics
             )
-        outcome = asyncio.run(runner.run_stages("local", request))
+        outcome = asyncio.run(runner.run_stages(JobState("local", request, source=source)))
+        if outcome.status != "completed":
+            raise RuntimeError(f"the job ended {outcome.status}")
         plan = self.plan(request)
         steps = {ExpertKind.HIGH_NOISE.stage: len(plan.high_noise_steps)}
         if self.low_noise_expert is not None:
-            steps[ExpertKind.LOW_NOISE.stage] = len(plan.low_noise_steps) * outcome.attempts
+            steps[ExpertKind.LOW_NOISE.stage] = len(plan.low_noise_steps) * len(outcome.attempts)
         if request.from_video is not None:
             refined = len(plan.refinement_steps(self.checkpoint.settings.finalize_strength))
             steps = {ExpertKind.HIGH_NOISE.stage: 0, ExpertKind.LOW_NOISE.stage: refined}
+        kept = outcome.kept
         return GenerationResult(
             request,
             self.model_id,
-            job.frames[outcome.video.attempt],
+            kept.frames,
             outcome.video.mp4,
-            job.timings,
+            outcome.timings,
             steps,
-            {**job.cache, "result": outcome.result_cache},
+            outcome.cache,
             outcome.physics,
-            job.latents[outcome.video.attempt],
+            as_kept(kept.final.latents),
         )
 
 

@@ -22,7 +22,8 @@ _ID = re.compile(r"video_[0-9a-f]{32}")
 
 class JobCancelled(Exception):
     """Raised inside a stage's process when its job was cancelled (or ended otherwise): the
-    stage stops between steps. It never crosses a deployment: the stage answers `Cancelled`."""
+    stage stops between steps. It never crosses a deployment: the stage answers the job's state
+    marked cancelled."""
 
 
 class JobError(BaseModel):

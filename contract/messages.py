@@ -68,17 +68,6 @@ class TemplateMatch(BaseModel):
     similarity: float
 
 
-class Cancelled(BaseModel):
-    """A stage's answer when its job was cancelled, or ended otherwise, before or while it ran.
-    Stages pass it on unchanged, so the caller learns it from the last stage's answer."""
-
-    job_id: str
-
-    @staticmethod
-    def among(*values: Any) -> Cancelled | None:
-        return next((v for v in values if isinstance(v, Cancelled)), None)
-
-
 class Video(BaseModel):
     """A decoded, encoded and scored video: its mp4 in the output store (`key`, on Serve) or
     in hand (`mp4`, in process). `attempt` > 0 is a repair candidate."""

@@ -7,16 +7,15 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
-from contract.messages import Cancelled
 from contract.settings import Settings
 from deployments.expert_phase import ExpertPhase
 from sim.gpu import SimulatedGpu
-from stages.denoising import DenoisingState
+from stages.job_state import JobState
 
 
 @serve.deployment(name=CO_LOCATED_DEPLOYMENT)
 class CoLocatedExperts:
-    """The ingress calls `high_noise` and `low_noise` on it as it calls `denoise` on the two
+    """The ingress calls `high_noise` and `low_noise` on it as it calls `run` on the two
     disaggregated deployments. On the simulated accelerator the two share one GPU, which swaps
     them where its memory cannot hold both."""
 
@@ -28,8 +27,8 @@ class CoLocatedExperts:
         for phase in self.phases.values():
             phase.check_health()
 
-    async def high_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return await self.phases[ExpertKind.HIGH_NOISE].denoise(*args, **kwargs)
+    async def high_noise(self, state: JobState, attempt: int | None = None) -> JobState:
+        return await self.phases[ExpertKind.HIGH_NOISE].run(state, attempt)
 
-    async def low_noise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        return await self.phases[ExpertKind.LOW_NOISE].denoise(*args, **kwargs)
+    async def low_noise(self, state: JobState, attempt: int | None = None) -> JobState:
+        return await self.phases[ExpertKind.LOW_NOISE].run(state, attempt)

@@ -21,29 +21,31 @@ from cache.store import LatentCache
 from contract.adapters import parse_adapter_set_id
 from contract.experts import ExpertKind
 from contract.jobs import latent_key
-from contract.messages import Cancelled
-from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.reporting import JobReporter
 from monitoring.metrics import metrics
 from sim.gpu import SimulatedGpu
 from stages.checkpoint import Checkpoint
-from stages.denoising import DenoisingState, latent_from_bytes
+from stages.denoising import latent_from_bytes
 from stages.expert import Expert
-from stages.text_encoder import PromptEmbeddings
+from stages.job_state import JobState
+from stages.stage_list import HighNoisePhase, LowNoisePhase
 
 
 class ExpertPhase:
-    """One expert's phase as a replica serves it: the expert, the template cache, job reports."""
+    """One expert's phase as a replica serves it: the expert's stage (stages/stage_list.py), the
+    template cache, the request's adapters, job reports."""
 
     def __init__(self, settings: Settings, jobs: DeploymentHandle, kind: ExpertKind, gpu: SimulatedGpu | None = None):
         self.kind = kind
         self.expert = Expert(Checkpoint.from_settings(settings), kind, gpu=gpu)
-        # The high-noise phase of a template is shared through the node's cache.
-        self.cache = LatentCache.from_settings(settings) if self.kind is ExpertKind.HIGH_NOISE else None
-        self.jobs = jobs
         self.outputs = OutputStore(settings.output_uri)  # where a preview's latent waits for its final
+        if kind is ExpertKind.HIGH_NOISE:  # a template's high-noise phase is shared through the node's cache
+            self.stage = HighNoisePhase(self.expert, LatentCache.from_settings(settings))
+        else:
+            self.stage = LowNoisePhase(self.expert, previews=self._preview_latent)
+        self.jobs = jobs
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
         for result in ("hit", "load"):  # the dashboard shows adapter phases from the start, at zero
             metrics.zero("adapter_requests", expert=self.kind.metric_label, result=result)
@@ -68,37 +70,17 @@ class ExpertPhase:
         if self.expert.batcher is not None and not self.expert.batcher.alive:
             raise RuntimeError(f"{self.kind.deployment}: the step batcher's worker thread died")
 
-    async def denoise(self, *args, **kwargs) -> DenoisingState | Cancelled:
-        """`phase` on a worker thread, the request's adapters loaded first when Serve routed it
-        here with a multiplexed model id (a replica that had them is a hit)."""
+    async def run(self, state: JobState, attempt: int | None = None) -> JobState:
+        """The phase on a worker thread, the request's adapters loaded first when Serve routed it
+        here with a multiplexed model id (a replica that had them is a hit). `attempt`: a repair
+        attempt starting from this state (the boundary)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.adapter_sets(model_id)
-        return await asyncio.to_thread(self.phase, *args, **kwargs)
+        return await asyncio.to_thread(self.phase, state, attempt)
 
-    def phase(
-        self,
-        job_id: str,
-        request: GenerationRequest,
-        embeddings: PromptEmbeddings | Cancelled,
-        state: DenoisingState | Cancelled | None = None,
-        resample_seed: int | None = None,
-        base: PromptEmbeddings | Cancelled | None = None,
-    ) -> DenoisingState | Cancelled:
-        """This expert's phase; `state` is the boundary for the low-noise expert, and
-        `resample_seed` re-draws its noise (a physics repair); `base` is a template's
-        base-prompt embeddings, whose high-noise steps its requests share."""
-        reporter = JobReporter(self.jobs, job_id, self.kind.metric_label)
-
-        def work() -> DenoisingState:
-            if self.kind is ExpertKind.LOW_NOISE:
-                source = self._preview_latent(request.from_video) if state is None and request.from_video else None
-                return self.expert.phase(request, embeddings, state, reporter.step, resample_seed, source)
-            boundary, hit = self.expert.shared_phase(request, embeddings, base, self.cache, on_step=reporter.step)
-            reporter.cache("boundary", hit)
-            return boundary
-
-        return reporter.run(self.kind.stage, work, embeddings, state, base)
+    def phase(self, state: JobState, attempt: int | None = None) -> JobState:
+        return self.stage(state, JobReporter(self.jobs, state.job_id, self.kind.metric_label), attempt)
 
 
 class LoadedAdapters:

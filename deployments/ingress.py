@@ -1,10 +1,8 @@
 """The `Ingress` Serve deployment: the OpenAI-shaped videos API in front of the stages.
 
 A request reads top to bottom: authenticate, validate, record the job (or answer it from
-the result cache), then run it through the stages with the shared `JobRunner`, whose
-stage calls are the stage deployments' handles. Each stage's `DeploymentResponse` goes
-straight to the next stage, so embeddings, latents and scheduler state travel replica to
-replica as Ray objects and never through here. HTTP plumbing lives in http.py.
+the result cache), then run it through the stage list with the Serve executor (job_service.py:
+the shared `JobRunner` on the stage deployments' handles). HTTP plumbing lives in http.py.
 """
 
 # No `from __future__ import annotations`: Serve's class-based routes need real annotations.
@@ -22,86 +20,19 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cache.store import LatentCache
-from contract.adapters import adapter_set_id, adapters_for
 from contract.errors import RequestInvalid, error_summary
-from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
 from contract.jobs import Job, JobCreate, JobError, latent_key, valid_job_id, video_key
-from contract.messages import Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
 from deployments.http import CREATE_BODY, FINALIZE_BODY, PLAYGROUND, ApiError, api, read_body
+from deployments.job_service import serve_runner
 from stages.checkpoint import Checkpoint
-from stages.denoising import Scheduler
-from stages.runner import JobEvents, JobRunner, Outcome, Stages, VideoOutputs
+from stages.job_state import JobState
+from stages.runner import Outcome
 from stages.validation import RequestValidator
 
 logger = logging.getLogger("ray.serve")
-
-
-class StoreOutputs(VideoOutputs):
-    """The decoders write every attempt's mp4 to the shared output store; the kept one
-    ends up under the job's own key."""
-
-    def __init__(self, store: OutputStore):
-        self.store = store
-
-    def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
-        """The best attempt's mp4 and latent under the job's keys; the other attempts' deleted."""
-        key = video_key(job_id)
-        if best.key != key:
-            self.store.write(key, self.store.read(best.key))
-            self.store.write(latent_key(job_id), self.store.read(latent_key(job_id, best.attempt)))
-        for video in attempts:
-            if video.key != key:
-                self.store.delete(video.key)
-                self.store.delete(latent_key(job_id, video.attempt))
-        return best.model_copy(update={"key": key})
-
-    def mp4(self, video: Video) -> bytes:
-        return self.store.read(video.key)
-
-
-class JobStoreEvents(JobEvents):
-    def __init__(self, jobs: DeploymentHandle):
-        self.jobs = jobs
-
-    async def retrying(self, job_id: str) -> bool:
-        return await self.jobs.retrying.remote(job_id)
-
-    async def add_steps(self, job_id: str, steps: int) -> None:
-        await self.jobs.add_steps.remote(job_id, steps)
-
-    async def current_stage(self, job_id: str) -> str | None:
-        job = await self.jobs.get.remote(job_id)
-        return job.stage if job else None
-
-
-def replica_died(error: BaseException) -> bool:
-    """A replica (of a stage, or the job store a stage reports to) died under the call,
-    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
-    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
-
-    while error is not None:
-        if isinstance(error, (RayActorError, ActorUnavailableError)):
-            return True
-        error = getattr(error, "cause", None) or error.__cause__
-    return False
-
-
-def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind):
-    """A stage call to an expert deployment's `method`, routed by Serve model multiplexing to a
-    replica that holds the request's adapters for that expert (any replica when it has none)."""
-    plain = getattr(handle, method)
-
-    def call(job_id: str, request: GenerationRequest, *args, **kwargs):
-        model_id = adapter_set_id(adapters_for(request.lora, kind))
-        target = getattr(handle.options(multiplexed_model_id=model_id), method) if model_id else plain
-        return target.remote(job_id, request, *args, **kwargs)
-
-    return call
 
 
 def proxy_host(default: str) -> str:
@@ -135,30 +66,8 @@ class Ingress:
         self.model_id = checkpoint.model_id
         self.validator = RequestValidator(settings, checkpoint)
         self.store = OutputStore(settings.output_uri)
-        scheduler = Scheduler.from_checkpoint(checkpoint)
-        if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
-            high_noise = expert_call(high_noise_expert, "high_noise", ExpertKind.HIGH_NOISE)
-            low_noise = expert_call(high_noise_expert, "low_noise", ExpertKind.LOW_NOISE)
-        else:
-            high_noise = expert_call(high_noise_expert, "denoise", ExpertKind.HIGH_NOISE)
-            low_noise = expert_call(low_noise_expert, "denoise", ExpertKind.LOW_NOISE) if low_noise_expert else None
-        # Each stage call answers a DeploymentResponse, which the runner hands to the next stage as it is.
-        self.runner = JobRunner(
-            Stages(
-                encode=text_encoder.encode.remote,
-                high_noise=lambda job_id, request, embeddings, base: high_noise(job_id, request, embeddings, base=base),
-                low_noise=low_noise,
-                decode=decoder.decode.remote,
-            ),
-            plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
-            model=checkpoint.identity,
-            cache=LatentCache.from_settings(settings),
-            outputs=StoreOutputs(self.store),
-            events=JobStoreEvents(jobs),
-            retries=settings.serving.job_retries,
-            min_dynamics=settings.repair_min_dynamics,
-            replica_died=replica_died,
-            finalize_strength=settings.finalize_strength,
+        self.runner = serve_runner(
+            settings, checkpoint, jobs, text_encoder, high_noise_expert, low_noise_expert, decoder
         )
         self.two_experts = checkpoint.has_low_noise_expert
         self.api_keys = [hashlib.sha256(k.encode()).hexdigest() for k in settings.serving.api_keys]
@@ -282,7 +191,7 @@ class Ingress:
                 generation = generation.matched_to(self.settings.templates().get(matched.template))
             else:
                 matched = None
-        cached = self.runner.cached(generation, owner)
+        cached = self.runner.results.cached(generation, owner)
         admission = await self.jobs.create.remote(
             JobCreate(
                 request=generation,
@@ -292,7 +201,7 @@ class Ingress:
                 matched_template=matched,
                 owner=owner,
                 runner=self.replica,
-                cache={"result": cached is not None} if self.runner.cache and generation.cache else {},
+                cache={"result": cached is not None} if self.runner.results.used(generation) else {},
             )
         )
         if not admission.accepted:
@@ -328,7 +237,7 @@ class Ingress:
         """Run one job through the stages and record how it ended; a job left active with
         nothing running it would hang forever, so it ends even if the bookkeeping fails."""
         try:
-            return await self._record(job_id, await self.runner.run(job_id, request, owner))
+            return await self._record(job_id, await self.runner.run(JobState(job_id, request), owner))
         except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
             logger.exception("job %s: orchestration failed", job_id)
             return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=error_summary(error)))

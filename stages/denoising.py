@@ -159,6 +159,12 @@ def latent_bytes(latents: torch.Tensor) -> bytes:
     return save({"latents": latents.detach().to(torch.float16).contiguous()})
 
 
+def as_kept(latents: torch.Tensor) -> torch.Tensor:
+    """A finished latent as `latent_bytes` keeps it (half precision), read back: what a final of its
+    shot starts from, in process as on the cluster."""
+    return latents.detach().to(torch.float16).float()
+
+
 def latent_from_bytes(data: bytes) -> torch.Tensor:
     from safetensors.torch import load
 

@@ -1,12 +1,11 @@
-"""The stage sequence of one job, written once: encode -> high-noise -> low-noise -> decode
--> score, with template mode, the result cache and the physics repair loop.
+"""One job through the stage list (stages/stage_list.py), one stage call after another: what the
+in-process executor (`Pipeline`: `t2v generate`, the local batch engine) and the Serve executor
+(the ingress's job service) share. The Ray Data executor runs the same list as actor pools.
 
-The in-process `Pipeline` (`t2v generate`, the local batch engine) and the Serve ingress
-(HTTP, the serve batch engine) run every job through `JobRunner`; only the `Stages` they
-hand it differ. In process a stage call returns its value. On Serve it returns a
-`DeploymentResponse`, which the runner passes to the next stage unawaited, so embeddings,
-latents and scheduler state travel replica to replica and never through the ingress;
-only the decoder's small answer (where the mp4 is, its score) comes back here.
+Each stage call takes the previous call's answer: in process the `JobState` itself; on Serve a
+`DeploymentResponse` of it, passed on unawaited, so embeddings, latents and scheduler state go
+replica to replica and never through the caller, which awaits only the decoder's answer (the
+state without tensors: where the video is, its score, timings).
 """
 
 from __future__ import annotations
@@ -17,38 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cache.keys import ModelIdentity, result_key
-from cache.store import LatentCache
 from contract.errors import error_summary
 from contract.jobs import JobError
-from contract.messages import Cancelled, PhysicsAttempt, PhysicsResult, Video
+from contract.messages import PhysicsResult, Video
 from contract.request import GenerationRequest
 from stages.denoising import DenoisingPlan
+from stages.job_state import JobState
+from stages.stage_list import REPAIR_FROM, ResultCache, kept_video, repair_stages, stages_for, wants_repair
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class Stages:
-    """The stage calls of one job. Each returns its value, an awaitable of it, or (Serve) a
-    `DeploymentResponse` that the next call takes as it is."""
-
-    # (job_id, request, base_prompt) -> PromptEmbeddings of the prompt, or the template's base prompt
-    encode: Callable[[str, GenerationRequest, bool], Any]
-    # (job_id, request, embeddings, base) -> DenoisingState at the boundary; `base`: the
-    # template's base-prompt embeddings, whose steps a template's requests share (else None)
-    high_noise: Callable[[str, GenerationRequest, Any, Any], Any]
-    # (job_id, request, embeddings, boundary, resample_seed) -> final DenoisingState; None on
-    # Wan2.1-style checkpoints, where the high-noise expert runs every step. boundary None: the
-    # final of a previewed shot, which starts from the preview's latent (`request.from_video`)
-    low_noise: Callable[[str, GenerationRequest, Any, Any, int | None], Any] | None
-    # (job_id, request, state, attempt) -> Video (decoded, mp4 written or in hand, scored)
-    decode: Callable[[str, GenerationRequest, Any, int], Any]
+# A stage as an executor calls it: (the previous answer, repair attempt or None) -> the stage's answer
+StageCall = Callable[[Any, int | None], Any]
 
 
 class VideoOutputs:
     """Where the videos of a job's attempts are; the runner keeps the best one. In process
-    they are in hand; the Serve app's live in the output store (deployments/ingress.py)."""
+    they are in hand; the Serve app's live in the output store (deployments/job_service.py)."""
 
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
         return best
@@ -81,24 +65,31 @@ class Outcome:
     video: Video | None = None  # the kept video; its physics lists every attempt
     error: JobError | None = None
     result_cache: bool | None = None  # hit, miss, or None when the result cache was not used
-    attempts: int = 0  # low-noise phases run (1 + repairs)
+    attempts: list[JobState] = field(default_factory=list)  # each attempt's decoded state, in order
 
     @property
     def physics(self) -> PhysicsResult | None:
         return self.video.physics if self.video else None
 
+    @property
+    def kept(self) -> JobState:
+        """The decoded state of the kept attempt."""
+        return next(s for s in self.attempts if s.attempt == self.video.attempt)
 
-@dataclass
-class Denoising:
-    embeddings: Any  # of the full prompt (the low-noise phase and repairs use them)
-    boundary: Any  # the state after the high-noise phase (repairs start again here); None for a final of a shot
-    state: Any  # the state after the low-noise phase
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage over every attempt."""
+        total: dict[str, float] = {}
+        for state in self.attempts:
+            for stage, seconds in state.timings.items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        return total
 
-
-@dataclass
-class CachedResult:
-    mp4: bytes
-    physics: PhysicsResult
+    @property
+    def cache(self) -> dict[str, bool | None]:
+        """Cache level -> hit, as the first attempt found them, and the result cache."""
+        notes = dict(self.attempts[0].cache) if self.attempts else {}
+        return {**notes, "result": self.result_cache}
 
 
 async def resolve(value: Any) -> Any:
@@ -106,25 +97,12 @@ async def resolve(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def best_attempt(attempts: list[PhysicsResult], min_dynamics: float) -> int:
-    """Which attempt a job keeps: the best score among those that move at least `min_dynamics` as
-    much as the first (the first of equals: attempt 0 wins ties). A still video has nothing to
-    break, so it cannot win on that."""
-    first = attempts[0].dynamics
-
-    def moves_enough(physics: PhysicsResult) -> bool:
-        return first is None or physics.dynamics is None or physics.dynamics >= min_dynamics * first
-
-    eligible = [i for i, p in enumerate(attempts) if i == 0 or moves_enough(p)]
-    return max(eligible, key=lambda i: attempts[i].score)
-
-
 @dataclass
 class JobRunner:
-    stages: Stages
+    calls: Callable[[JobState], dict[str, StageCall]]  # a job's stage calls, by stage name
+    two_experts: bool
     plan: Callable[[GenerationRequest], DenoisingPlan]
-    model: ModelIdentity
-    cache: LatentCache | None = None
+    results: ResultCache
     outputs: VideoOutputs = field(default_factory=VideoOutputs)
     events: JobEvents = field(default_factory=JobEvents)
     retries: int = 0  # runs again after a replica died under the job (Serve replaces it)
@@ -139,23 +117,13 @@ class JobRunner:
             return len(plan.refinement_steps(self.finalize_strength))
         return plan.num_steps
 
-    # -- 0. the result cache --------------------------------------------------------------
-
-    def cached(self, request: GenerationRequest, owner: str | None = None) -> CachedResult | None:
-        """An identical request already made by the same owner (API key): its mp4 and physics."""
-        if self.cache is None or not request.cache:
-            return None
-        hit = self.cache.get("result", result_key(self.model, request, owner))
-        return None if hit is None else CachedResult(hit["mp4"], PhysicsResult.model_validate(hit["physics"]))
-
-    # -- the job ----------------------------------------------------------------------------
-
-    async def run(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> Outcome:
+    async def run(self, state: JobState, owner: str | None = None) -> Outcome:
         """The stages, run again (up to `retries` times) when a stage's replica died under the
         job. Ends completed, failed or cancelled; never raises for a stage's failure."""
+        job_id = state.job_id
         for attempt in range(self.retries + 1):
             try:
-                return await self.run_stages(job_id, request, owner)
+                return await self.run_stages(state, owner)
             except Exception as error:
                 if self.replica_died(error):
                     stage = await self.events.current_stage(job_id) or "a stage"
@@ -175,73 +143,44 @@ class JobRunner:
                 return Outcome("failed", error=JobError(code="generation_failed", message=error_summary(error)))
         raise AssertionError("unreachable")
 
-    def denoise(self, job_id: str, request: GenerationRequest) -> Denoising:
-        """Steps 1-3: the prompt encoded and both expert phases called (on Serve: not awaited)."""
-        stages = self.stages
-        # 1. Encode the prompt (and the negative prompt, for classifier-free guidance); a
-        #    template request's high-noise phase sees its base prompt instead
-        embeddings = stages.encode(job_id, request, False)
-        if request.from_video is not None:
-            # 2-3. The final of a previewed shot: the preview's high-noise phase stands (the shot's
-            #      layout and motion); the low-noise expert starts from the preview's latent,
-            #      upsampled to this size and re-noised part way (SDEdit), and adds the detail
-            if stages.low_noise is None:
-                raise ValueError("the final of a shot needs a two-expert (Wan2.2) checkpoint")
-            return Denoising(embeddings, None, stages.low_noise(job_id, request, embeddings, None, None))
-        base = stages.encode(job_id, request, True) if request.template_mode else None
-        # 2. High-noise phase: initial noise, then layout and motion (every step on a
-        #    Wan2.1-style checkpoint); its first steps shared by a template's requests through the cache
-        boundary = stages.high_noise(job_id, request, embeddings, base)
-        # 3. Low-noise phase: detail, from the handed-over latent and scheduler state
-        state = boundary
-        if stages.low_noise is not None:
-            state = stages.low_noise(job_id, request, embeddings, boundary, None)
-        return Denoising(embeddings, boundary, state)
+    def denoise(self, state: JobState) -> tuple[Any, Any]:
+        """Every stage up to the decoder called (on Serve: not awaited): (the answer a repair
+        starts again from, the last answer)."""
+        calls, answer, restart = self.calls(state), state, None
+        for spec in stages_for(state, self.two_experts)[:-1]:
+            if spec.name == REPAIR_FROM:
+                restart = answer
+            answer = calls[spec.name](answer, None)
+        return restart, answer
 
-    async def run_stages(self, job_id: str, request: GenerationRequest, owner: str | None = None) -> Outcome:
-        """One pass through the stages; a stage's failure raises."""
-        denoised = self.denoise(job_id, request)
+    async def run_stages(self, state: JobState, owner: str | None = None) -> Outcome:
+        """One pass through the stage list; a stage's failure raises."""
+        # 1-3. Encode the prompt, the high-noise phase (layout and motion), the low-noise phase (detail)
+        restart, denoised = self.denoise(state)
         # 4. Decode, write the mp4 marked as AI-generated, score its physics
-        video = await resolve(self.stages.decode(job_id, request, denoised.state, 0))
-        if Cancelled.among(video):
+        calls = self.calls(state)
+        *_, decode = stages_for(state, self.two_experts)
+        first = await resolve(calls[decode.name](denoised, None))
+        if first.cancelled:
             return Outcome("cancelled")
         # 5. Generate, verify, repair: below min_physics_score, re-sample the detail phase
-        attempts = await self._repair(job_id, request, denoised.embeddings, denoised.boundary, video)
-        if attempts is None:
-            return Outcome("cancelled")
-        # 6. Keep the best video, and remember it for the next identical request
-        best = self._best(attempts)
-        record = [
-            PhysicsAttempt(attempt=v.attempt, seed=v.seed, score=v.physics.score, dynamics=v.physics.dynamics)
-            for v in attempts
-        ]
-        best = self.outputs.keep(job_id, best, attempts)
-        best = best.model_copy(update={"physics": best.physics.model_copy(update={"attempts": record})})
-        cache_used = self.cache is not None and request.cache
-        if cache_used:  # the next identical request of this owner gets it as is
-            value = {"mp4": self.outputs.mp4(best), "physics": best.physics.model_dump()}
-            self.cache.put("result", result_key(self.model, request, owner), value)
-        return Outcome("completed", best, result_cache=False if cache_used else None, attempts=len(attempts))
-
-    def _best(self, attempts: list[Video]) -> Video:
-        return attempts[best_attempt([v.physics for v in attempts], self.min_dynamics)]
-
-    async def _repair(
-        self, job_id: str, request: GenerationRequest, embeddings: Any, boundary: Any, first: Video
-    ) -> list[Video] | None:
-        """Re-sample the low-noise phase with new seeds while the best score is below the
-        request's minimum. Returns every attempt's video, or None when the job was cancelled."""
         attempts = [first]
-        low_steps = len(self.plan(request).low_noise_steps)
-        for attempt in range(1, request.max_retries + 1):
-            best = self._best(attempts).physics.score
-            if self.stages.low_noise is None or best >= (request.min_physics_score or 0):
-                break
-            seed = request.resample_seed(attempt)
-            await self.events.add_steps(job_id, low_steps)
-            state = self.stages.low_noise(job_id, request, embeddings, boundary, seed)
-            candidate = await resolve(self.stages.decode(job_id, request, state, attempt))
-            if Cancelled.among(candidate):
-                return None
-            attempts.append(candidate.model_copy(update={"attempt": attempt, "seed": seed}))
-        return attempts
+        repair = repair_stages(self.two_experts) if restart is not None else []
+        while repair and wants_repair(state.request, [a.video.physics for a in attempts], self.min_dynamics):
+            number = len(attempts)
+            await self.events.add_steps(state.job_id, len(self.plan(state.request).low_noise_steps))
+            answer = calls[repair[0].name](restart, number)
+            for spec in repair[1:]:
+                answer = calls[spec.name](answer, None)
+            attempt = await resolve(answer)
+            if attempt.cancelled:
+                return Outcome("cancelled")
+            attempts.append(attempt)
+        # 6. Keep the best video, and remember it for the next identical request
+        videos = [a.video for a in attempts]
+        best = self.outputs.keep(state.job_id, kept_video(videos, self.min_dynamics), videos)
+        result_cache = None
+        if self.results.used(state.request):  # the next identical request of this owner gets it as is
+            self.results.remember(state.request, self.outputs.mp4(best), best.physics, owner)
+            result_cache = False
+        return Outcome("completed", best, result_cache=result_cache, attempts=attempts)

@@ -1,4 +1,4 @@
-"""The stage sequence, written once (stages/runner.py), driven with fake stages: the
+"""The stage list run by the shared runner (stages/runner.py), driven with fake stages: the
 template mode, the physics repair loop, cancellation, re-runs after a replica died and
 the result cache, without a model and without Ray."""
 
@@ -10,11 +10,13 @@ import pytest
 
 from cache.keys import ModelIdentity
 from cache.store import LatentCache
-from contract.messages import Cancelled, PhysicsResult, Video
+from contract.messages import PhysicsResult, Video
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from stages.denoising import DenoisingPlan
-from stages.runner import JobEvents, JobRunner, Stages
+from stages.job_state import JobState
+from stages.runner import JobEvents, JobRunner
+from stages.stage_list import ResultCache
 
 PLAN = DenoisingPlan(timesteps=tuple(range(10, 0, -1)), boundary_step=6)  # 6 high-noise steps, 4 low-noise
 
@@ -38,7 +40,8 @@ class Response:
 
 class FakeStages:
     """Stages that note every call and answer from scripts: physics scores per attempt,
-    errors to raise, and where the job is cancelled. `awaitable` answers as Serve handles do."""
+    errors to raise, and where the job is cancelled. `awaitable` answers as Serve handles do:
+    the next stage gets the response as it is (noted as such) and looks inside."""
 
     def __init__(
         self,
@@ -56,39 +59,56 @@ class FakeStages:
         self.awaitable = awaitable
         self.has_low_noise = low_noise
         self.calls: list[tuple] = []
+        self.handed: list[tuple[str, type]] = []  # (stage, type of what it was handed)
 
-    def _answer(self, stage: str, value, attempt: int = 0):
+    def _take(self, stage: str, answer) -> JobState:
+        self.handed.append((stage, type(answer)))
+        return answer.value if isinstance(answer, Response) else answer
+
+    def _answer(self, stage: str, state: JobState):
         errors = self.raise_in.get(stage) or []
         if errors:
             raise errors.pop(0)
-        if self.cancelled_at == (stage, attempt):
-            value = Cancelled(job_id="job")
-        return Response(value) if self.awaitable else value
+        if self.cancelled_at == (stage, state.attempt):
+            state = state.copy(cancelled=True)
+        return Response(state) if self.awaitable else state
 
-    def encode(self, job_id, request, base_prompt):
-        self.calls.append(("encode", base_prompt))
-        return self._answer("encode", f"emb({request.base_prompt if base_prompt else request.prompt})")
+    def encode(self, answer, attempt):
+        state = self._take("encode", answer)
+        request = state.request
+        self.calls.append(("encode", request.template_mode))
+        base = f"emb({request.base_prompt})" if request.template_mode else None
+        return self._answer("encode", state.copy(embeddings=f"emb({request.prompt})", base_embeddings=base))
 
-    def high_noise(self, job_id, request, embeddings, base):
-        self.calls.append(("high_noise", embeddings, base))
-        return self._answer("high_noise", f"boundary<{base or embeddings}>")
+    def high_noise(self, answer, attempt):
+        state = self._take("high_noise", answer)
+        self.calls.append(("high_noise", state.embeddings, state.base_embeddings))
+        boundary = f"boundary<{state.base_embeddings or state.embeddings}>"
+        return self._answer("high_noise", state.copy(boundary=boundary, final=None if self.has_low_noise else boundary))
 
-    def low_noise(self, job_id, request, embeddings, boundary, seed):
-        self.calls.append(("low_noise", embeddings, boundary, seed))
-        return self._answer("low_noise", f"state<{boundary}, {seed}>")
+    def low_noise(self, answer, attempt):
+        state = self._take("low_noise", answer)
+        state = state.for_attempt(attempt) if attempt is not None else state
+        seed = state.seed if state.attempt else None
+        self.calls.append(("low_noise", state.embeddings, state.boundary, seed))
+        return self._answer("low_noise", state.copy(final=f"state<{state.boundary}, {seed}>"))
 
-    def decode(self, job_id, request, state, attempt):
-        self.calls.append(("decode", state, attempt))
+    def decode(self, answer, attempt):
+        state = self._take("decode", answer)
+        self.calls.append(("decode", state.final, state.attempt))
         video = Video(
-            attempt=attempt,
-            seed=request.seed,
-            physics=PhysicsResult(score=self.scores[attempt], dynamics=self.dynamics[attempt]),
-            mp4=f"mp4 of attempt {attempt}".encode(),
+            attempt=state.attempt,
+            seed=state.seed,
+            physics=PhysicsResult(score=self.scores[state.attempt], dynamics=self.dynamics[state.attempt]),
+            mp4=f"mp4 of attempt {state.attempt}".encode(),
         )
-        return self._answer("decode", video, attempt)
+        return self._answer("decode", state.copy(video=video))
 
-    def stages(self) -> Stages:
-        return Stages(self.encode, self.high_noise, self.low_noise if self.has_low_noise else None, self.decode)
+    def stage_calls(self, job: JobState) -> dict:
+        calls = {"encode": self.encode, "high_noise": self.high_noise, "decode": self.decode}
+        if self.has_low_noise:
+            calls["low_noise"] = self.low_noise
+        return calls
 
     def named(self, stage: str) -> list[tuple]:
         return [c for c in self.calls if c[0] == stage]
@@ -115,10 +135,10 @@ def runner(
     stages: FakeStages, cache: LatentCache | None = None, events: JobEvents | None = None, retries: int = 0
 ) -> JobRunner:
     return JobRunner(
-        stages.stages(),
+        stages.stage_calls,
+        stages.has_low_noise,
         lambda request: PLAN,
-        ModelIdentity("fake", "r1", "float32"),
-        cache,
+        ResultCache(cache, ModelIdentity("fake", "r1", "float32")),
         events=events or JobEvents(),
         retries=retries,
         replica_died=lambda error: isinstance(error, ReplicaDied),
@@ -130,7 +150,7 @@ def request(**fields) -> GenerationRequest:
 
 
 def run(job_runner: JobRunner, generation: GenerationRequest):
-    return asyncio.run(job_runner.run("job", generation))
+    return asyncio.run(job_runner.run(JobState("job", generation)))
 
 
 @pytest.mark.parametrize("awaitable", [False, True], ids=["in-process", "handles"])
@@ -138,11 +158,13 @@ def test_the_sequence_hands_each_stage_the_previous_ones_answer(awaitable):
     stages = FakeStages(awaitable=awaitable)
     outcome = run(runner(stages), request())
     if awaitable:  # a Serve response goes to the next stage as it is: only the decoder's answer is awaited
-        assert isinstance(stages.named("high_noise")[0][1], Response)
-        assert isinstance(stages.named("low_noise")[0][2], Response)
-        assert outcome.status == "completed" and outcome.video.mp4 == b"mp4 of attempt 0"
-        return
-    assert outcome.status == "completed" and outcome.attempts == 1
+        assert stages.handed == [
+            ("encode", JobState),
+            ("high_noise", Response),
+            ("low_noise", Response),
+            ("decode", Response),
+        ]
+    assert outcome.status == "completed" and len(outcome.attempts) == 1
     assert stages.calls == [
         ("encode", False),
         ("high_noise", "emb(a red ball bouncing)", None),
@@ -156,7 +178,7 @@ def test_a_template_request_runs_its_high_noise_phase_on_the_base_prompt():
     stages = FakeStages()
     generation = request(prompt=None, template="product_showcase", slots={"product": "a red sneaker"})
     assert run(runner(stages), generation).status == "completed"
-    assert stages.named("encode") == [("encode", False), ("encode", True)]
+    assert stages.named("encode") == [("encode", True)]  # one call embeds the prompt and the base prompt
     (high,) = stages.named("high_noise")
     # layout and motion shared from the base prompt, the full prompt at hand for the unshared steps
     assert high[1:] == (f"emb({generation.prompt})", f"emb({generation.base_prompt})")
@@ -172,7 +194,7 @@ def test_repair_resamples_the_detail_phase_and_keeps_the_best():
     stages, events = FakeStages(scores=[0.2, 0.7, 0.4]), Events()
     generation = request(min_physics_score=0.9, max_retries=2)
     outcome = run(runner(stages, events=events), generation)
-    assert outcome.status == "completed" and outcome.attempts == 3
+    assert outcome.status == "completed" and len(outcome.attempts) == 3
     seeds = [c[3] for c in stages.named("low_noise")]
     assert seeds == [None, generation.resample_seed(1), generation.resample_seed(2)]
     assert all(c[2] == stages.named("low_noise")[0][2] for c in stages.named("low_noise"))  # from one boundary
@@ -187,7 +209,7 @@ def test_repair_cannot_win_by_standing_still():
     one that moves as much does. Every attempt shows its score and its dynamics."""
     stages = FakeStages(scores=[0.5, 0.9, 0.7], dynamics=[0.4, 0.05, 0.35])
     outcome = run(runner(stages), request(min_physics_score=0.95, max_retries=2))
-    assert outcome.attempts == 3 and outcome.video.attempt == 2 and outcome.physics.score == 0.7
+    assert len(outcome.attempts) == 3 and outcome.video.attempt == 2 and outcome.physics.score == 0.7
     assert [(a.score, a.dynamics) for a in outcome.physics.attempts] == [(0.5, 0.4), (0.9, 0.05), (0.7, 0.35)]
     # nothing moves enough: the first stays, and the still one never ends the repair as "good enough"
     stages = FakeStages(scores=[0.5, 0.99], dynamics=[0.4, 0.0])
@@ -198,10 +220,10 @@ def test_repair_cannot_win_by_standing_still():
 def test_repair_stops_once_good_enough_and_never_without_a_low_noise_expert():
     stages = FakeStages(scores=[0.2, 0.95, 0.1])
     outcome = run(runner(stages), request(min_physics_score=0.9, max_retries=2))
-    assert outcome.attempts == 2 and outcome.physics.score == 0.95
+    assert len(outcome.attempts) == 2 and outcome.physics.score == 0.95
     single = FakeStages(scores=[0.2], low_noise=False)
     outcome = run(runner(single), request(min_physics_score=0.9, max_retries=2))
-    assert outcome.status == "completed" and outcome.attempts == 1 and not single.named("low_noise")
+    assert outcome.status == "completed" and len(outcome.attempts) == 1 and not single.named("low_noise")
 
 
 @pytest.mark.parametrize("where", [("decode", 0), ("decode", 1)], ids=["first video", "repair"])
@@ -241,13 +263,14 @@ def test_the_result_cache_answers_an_identical_request_of_the_same_owner(tmp_pat
     stages = FakeStages(scores=[0.2, 0.6], awaitable=True)
     job_runner = runner(stages, cache)
     generation = request(min_physics_score=0.9, max_retries=1)
-    assert job_runner.cached(generation, "key-a") is None
-    outcome = asyncio.run(job_runner.run("job", generation, "key-a"))
+    results = job_runner.results
+    assert results.cached(generation, "key-a") is None
+    outcome = asyncio.run(job_runner.run(JobState("job", generation), "key-a"))
     assert outcome.result_cache is False  # looked up by the caller, filled by the run
-    hit = job_runner.cached(generation, "key-a")
+    hit = results.cached(generation, "key-a")
     assert hit.mp4 == b"mp4 of attempt 1" and hit.physics.score == 0.6 and len(hit.physics.attempts) == 2
-    assert job_runner.cached(generation, "key-b") is None  # another API key's request
-    assert job_runner.cached(generation) is None
-    assert job_runner.cached(generation.model_copy(update={"seed": 8}), "key-a") is None
-    assert job_runner.cached(generation.model_copy(update={"cache": False}), "key-a") is None
+    assert results.cached(generation, "key-b") is None  # another API key's request
+    assert results.cached(generation) is None
+    assert results.cached(generation.model_copy(update={"seed": 8}), "key-a") is None
+    assert results.cached(generation.model_copy(update={"cache": False}), "key-a") is None
     assert cache.stats()["result"]["hits"] == 1
