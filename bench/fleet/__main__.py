@@ -16,7 +16,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from bench.fleet import autoscaling, batching, control_plane, placements, saturation, template_cache
-from bench.fleet.harness import Shape, add_common_arguments, finish, nodes_for, shape_of
+from bench.fleet.harness import Shape, add_common_arguments, finish, nodes_for, shape_of, timed
 from bench.toolkit import model_settings
 from contract.settings import Settings
 
@@ -34,17 +34,21 @@ def on_nodes(args: argparse.Namespace, base: Settings, shape: Shape) -> tuple:
     measure = {"rate": args.rate, "window": args.window}
     with nodes_for(gpus, args.gpus_per_node) as nodes:
         if args.control_plane_jobs:
-            capacity = control_plane.bench_control_plane(nodes, base, args.control_plane_jobs)
-        fleets = [
-            saturation.bench_fleet(nodes, base, n, shape, args.gpu, args.output_uri, **measure) for n in args.gpus
-        ]
+            with timed("control-plane capacity"):
+                capacity = control_plane.bench_control_plane(nodes, base, args.control_plane_jobs)
+        with timed("fleets"):
+            fleets = [
+                saturation.bench_fleet(nodes, base, n, shape, args.gpu, args.output_uri, **measure) for n in args.gpus
+            ]
         if args.ramp_gpus:
-            phases = autoscaling.phases_of(args)
-            ramp = autoscaling.bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
+            with timed("autoscaling ramp"):
+                phases = autoscaling.phases_of(args)
+                ramp = autoscaling.bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
         if args.placement_gpus:
-            placed = placements.bench_placements(
-                nodes, base, args.placement_gpus, shape, args.placement_types, args.output_uri, fleets, **measure
-            )
+            with timed("placements"):
+                placed = placements.bench_placements(
+                    nodes, base, args.placement_gpus, shape, args.placement_types, args.output_uri, fleets, **measure
+                )
     return capacity, fleets, placed, ramp
 
 
@@ -60,17 +64,19 @@ def main(argv: list[str] | None = None) -> dict:
     saturation.check_arguments(parser, args)
     shape = shape_of(args)
     base = model_settings()
+    spawn = multiprocessing.get_context("spawn")
 
     # In-process measurements first, before the nodes' processes share the cores: two processes, each
     # batching run's off and on side by side (each process is mostly waiting on simulated GPUs).
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with timed("template cache and batching, in process"), ProcessPoolExecutor(2, mp_context=spawn) as pool:
         template_run = pool.submit(template_cache.bench_template, base, shape, args.gpu)
         batching_runs = [
             pool.submit(batching.bench_batching, base, s, c, b, args.gpu)
             for s, c, b in batching.runs(shape, args.batching_concurrency)
         ]
         template, batched = template_run.result(), [run.result() for run in batching_runs]
-    capacity, fleets, placed, ramp = on_nodes(args, base, shape)
+    with timed("on the nodes"):
+        capacity, fleets, placed, ramp = on_nodes(args, base, shape)
 
     if fleets:
         saturation.print_table(fleets, shape, args.gpu)

@@ -119,6 +119,14 @@ class Nodes:
 
 
 @contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Logs the wall seconds `what` took: where a run's time goes."""
+    start = time.monotonic()
+    yield
+    log(f"{what} in {time.monotonic() - start:.0f} s")
+
+
+@contextlib.contextmanager
 def nodes_for(gpus: int, gpus_per_node: int = GPUS_PER_NODE) -> Iterator[Nodes]:
     """`Nodes` of `gpus` logical GPUs in a work folder of their own, removed afterwards."""
     work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
@@ -193,7 +201,8 @@ class Fleet:
     def __exit__(self, *exc) -> None:
         from ray import serve
 
-        serve.delete(APP)  # returns once its replicas are gone and their GPUs free
+        with timed("  deleted"):
+            serve.delete(APP)  # returns once its replicas are gone and their GPUs free
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:

@@ -61,7 +61,7 @@ def bench_fleet(
     """Saturation throughput and low-load latency of one fleet, in simulated seconds; job records
     and videos under `output_uri` when given (counted there afterwards). `placement`:
     disaggregated (experts split as `t2v plan` says) or co_located (every GPU runs both).
-    `alone`: low-load requests, the first of which warms the routes; `rate`: wall videos a second
+    `alone`: low-load requests, the first of which (a small one) warms the routes; `rate`: wall videos a second
     of the ideal fleet (sets the time scale); `window`: completions the saturation rate is read
     over, between the first wave and the drain."""
     cost = CostModel(gpu)
@@ -83,7 +83,10 @@ def bench_fleet(
     try:
         with Fleet(nodes, settings, experts, output) as fleet:
             log(f"  up in {fleet.startup_seconds:.0f} s; low load: {alone} videos one at a time")
-            alone = load(fleet.url, bodies(shape, alone, 10_000), 1)
+            # the first warms the routes at a fraction of a video's GPU time: the same frames and steps
+            # cost every stage the same CPU work at any size (a simulated latent and video are stand-ins)
+            warm = Shape(256, 256, shape.frames, shape.steps)
+            alone = load(fleet.url, bodies(warm, 1, 10_000) + bodies(shape, alone - 1, 10_001), 1)
             log(f"  saturation: {n} videos, {concurrency} in flight")
             # the first wave spread over one ideal inter-completion time each: the steady state at once
             busy = load(fleet.url, bodies(shape, n, 20_000), concurrency, stagger=time_scale / ideal)
