@@ -184,7 +184,7 @@ def plan(
     gpus: int = typer.Option(..., help="GPUs (replicas) for the two experts together."),
     steps: int = typer.Option(40, help="Denoising steps per video."),
     model: Path | None = typer.Option(None, help="Checkpoint whose scheduler splits the steps (default: embedded)."),
-    high_cost: float = typer.Option(1.0, help="Seconds per high-noise step, relative (measure: bench/stages)."),
+    high_cost: float = typer.Option(1.0, help="Seconds per high-noise step, relative (measure: bench/stage_split)."),
     low_cost: float = typer.Option(1.0, help="Seconds per low-noise step, relative."),
 ) -> None:
     """Split GPUs between the experts so that neither is the bottleneck (cluster/sizing.py)."""

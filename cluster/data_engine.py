@@ -105,16 +105,18 @@ class ValidateRows(RowActor):
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["error_code"] is not None:
             return row
-        try:
-            request = self.validator.body(json.loads(row["fields"]))
-        except RequestInvalid as invalid:
-            return {**row, "error_code": invalid.code, "error": invalid.message}
+        fields = json.loads(row["fields"])
         # A shot's preview lives in the app's output store: its final is the app's to make (said by
         # name, never dropped).
-        if request.from_video is not None:
+        if fields.get("from", fields.get("from_video")) is not None:
             return {**row, "error_code": "invalid_request", "error": "from: finals of shots run on --engine serve"}
+        try:
+            request = self.validator.body(fields)
+        except RequestInvalid as invalid:
+            return {**row, "error_code": invalid.code, "error": invalid.message}
         state = JobState(row["id"], request)
-        if (hit := self.results.cached(request)) is not None:
+        hit = self.results.in_hand(self.results.cached(request), OutputStore(self.settings.output_uri))
+        if hit is not None:
             state.video = Video(attempt=0, seed=request.seed, physics=hit.physics, mp4=hit.mp4)
         if self.results.used(request):
             state.cache["result"] = hit is not None
@@ -184,7 +186,7 @@ class KeepRows(RowActor):
         if not first.cache.get("result"):
             video = kept_video([a.video for a in attempts], self.settings.repair_min_dynamics)
             metrics.physics(video.physics, request.template, self.checkpoint.model_id, engine="data")
-            self.results.remember(request, video.mp4, video.physics)
+            self.results.remember(request, video.physics, {"mp4": video.mp4})
         key = f"videos/{row['id']}.mp4"
         self.store.write(key, video.mp4)
         timings: dict[str, float] = {}

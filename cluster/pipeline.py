@@ -22,6 +22,7 @@ from contract.experts import ExpertKind
 from contract.messages import PhysicsResult
 from contract.request import GenerationRequest
 from contract.settings import Settings
+from contract.storage import OutputStore
 from stages.checkpoint import Checkpoint
 from stages.decoder import Decoder
 from stages.denoising import DenoisingPlan, DenoisingState, Scheduler, as_kept
@@ -164,7 +165,10 @@ class Pipeline:
         if (request.from_video is None) != (source is None):
             raise ValueError("the final of a shot needs its preview's latents, and only it takes them")
         runner = self.runner(on_step)
-        if (cached := runner.results.cached(request)) is not None:
+        cached = runner.results.in_hand(
+            runner.results.cached(request), OutputStore(self.checkpoint.settings.output_uri)
+        )
+        if cached is not None:
             return GenerationResult(
                 request, self.model_id, None, cached.mp4, cache={"result": True}, physics=cached.physics
             )

@@ -61,7 +61,8 @@ class Job(BaseModel):
     retries: int = 0  # re-runs after a stage's replica died
     owner: str | None = None  # hash of the API key that created it; only that key sees it
     runner: str | None = None  # the ingress replica running it (heartbeats to the store)
-    stage_since: float | None = None  # when the current stage started, or the last one ended
+    stage_since: float | None = None  # when its stages last reported (the watchdog's clock)
+    store_calls: int = 0  # job-store calls made for it: create, its stages' reports, its end
 
     @property
     def active(self) -> bool:

@@ -2,9 +2,9 @@
 
 Everything that crosses a deployment boundary is one of these (or a request, a job record,
 an embedding or a denoising state), never a positional argument list or a loose dict.
-Expected outcomes travel as values: a stage whose job was cancelled answers `Cancelled`,
-the job store answers a full queue with a refused `Admission` (contract/jobs.py), so
-neither shows up in the logs as a traceback.
+Expected outcomes travel as values: a stage whose job was cancelled answers the job's state
+marked cancelled, the job store answers a full queue with a refused `Admission`
+(contract/jobs.py), so neither shows up in the logs as a traceback.
 """
 
 from __future__ import annotations
@@ -23,19 +23,23 @@ class StageSpan(BaseModel):
     end: float
 
 
-class StageReport(BaseModel):
-    """A stage finished its part of a job: its span and sub-spans (the decoder's mp4 and
-    score), the denoising steps not reported yet, and the cache levels it used."""
+class StageProgress(BaseModel):
+    """A stage's word on its job, sent without waiting: the stage it is in (a job's first word marks
+    it in progress) and the denoising steps done since the last word."""
 
     job_id: str
     stage: str
-    start: float
-    end: float
-    replica: str = ""
     steps: int = 0
     expert: str = ""  # the metric label of the expert whose steps these are
+
+
+class JobTrace(BaseModel):
+    """What a job's stages did, gathered in its state as it went and recorded with its end: seconds
+    per stage (each its own, without the parts timed on their own), every span, cache levels used."""
+
+    timings: dict[str, float] = {}
+    trace: list[StageSpan] = []
     cache: dict[str, bool | None] = {}  # level -> hit; None: the level did not apply
-    parts: list[StageSpan] = []
 
 
 class PhysicsAttempt(BaseModel):

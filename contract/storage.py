@@ -45,6 +45,18 @@ class OutputStore:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
 
+    def copy(self, source: str, key: str) -> None:
+        """`source`'s bytes under `key` too, within the store (an object store copies server-side:
+        nothing passes through this process)."""
+        path = self._path(key)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):  # as atomic as `write`
+            tmp = f"{path}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+            self.fs.copy_file(self._path(source), tmp)
+            self.fs.move(tmp, path)
+        else:
+            self.fs.copy_file(self._path(source), path)
+
     def read(self, key: str) -> bytes | None:
         try:
             with self.fs.open_input_stream(self._path(key)) as f:

@@ -192,6 +192,12 @@ class Ingress:
             else:
                 matched = None
         cached = self.runner.results.cached(generation, owner)
+        if (
+            cached is not None
+            and cached.video is not None
+            and not await asyncio.to_thread(self.store.exists, cached.video)
+        ):
+            cached = None  # the video it was has been deleted since
         admission = await self.jobs.create.remote(
             JobCreate(
                 request=generation,
@@ -209,7 +215,10 @@ class Ingress:
         job = admission.job
         if cached is not None:
             try:
-                self.store.write(video_key(job.id), cached.mp4)
+                if cached.video is not None:
+                    await asyncio.to_thread(self.store.copy, cached.video, video_key(job.id))
+                else:
+                    self.store.write(video_key(job.id), cached.mp4)
                 job = await self.jobs.complete.remote(job.id, cached.physics)
             except BaseException as error:  # never leave the job queued with nothing to run it
                 await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
@@ -248,7 +257,7 @@ class Ingress:
 
     async def _record(self, job_id: str, outcome: Outcome) -> Job:
         if outcome.status == "completed":
-            return await self.jobs.complete.remote(job_id, outcome.physics)
+            return await self.jobs.complete.remote(job_id, outcome.physics, outcome.trace)
         if outcome.status == "failed":
             return await self.jobs.fail.remote(job_id, outcome.error)
         return await self.jobs.get.remote(job_id)  # cancelled (or ended otherwise): the record says so

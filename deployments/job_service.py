@@ -5,7 +5,8 @@ Each stage call answers a `DeploymentResponse` of the job's state, which the run
 next stage as it is: embeddings, latents and scheduler state travel replica to replica as Ray
 objects, never through the ingress, which awaits only the decoder's answer (the state without
 tensors). The decoders write every attempt's mp4 to the output store; the kept one ends up under
-the job's own key.
+the job's own key, copied within the store, and the result cache refers to it there: no mp4
+passes through the ingress.
 """
 
 from __future__ import annotations
@@ -35,17 +36,17 @@ class StoreOutputs(VideoOutputs):
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
         """The best attempt's mp4 and latent under the job's keys; the other attempts' deleted."""
         key = video_key(job_id)
-        if best.key != key:
-            self.store.write(key, self.store.read(best.key))
-            self.store.write(latent_key(job_id), self.store.read(latent_key(job_id, best.attempt)))
+        if best.key != key:  # copied within the store: the mp4 never passes through the ingress
+            self.store.copy(best.key, key)
+            self.store.copy(latent_key(job_id, best.attempt), latent_key(job_id))
         for video in attempts:
             if video.key != key:
                 self.store.delete(video.key)
                 self.store.delete(latent_key(job_id, video.attempt))
         return best.model_copy(update={"key": key})
 
-    def mp4(self, video: Video) -> bytes:
-        return self.store.read(video.key)
+    def cached(self, video: Video) -> dict[str, str]:
+        return {"video": video.key}  # the result cache refers to the stored video
 
 
 class JobStoreEvents(JobEvents):

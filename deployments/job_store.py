@@ -8,7 +8,7 @@ import time
 
 from ray import serve
 
-from contract.messages import StageReport
+from contract.messages import StageProgress
 from contract.settings import Settings
 from contract.storage import OutputStore
 from stages.job_store import JobStore
@@ -31,17 +31,11 @@ class JobStoreDeployment(JobStore):
         )
         threading.Thread(target=self._watch, name="job-watchdog", daemon=True).start()
 
-    # A stage's reports, answered on the replica's event loop: they only touch memory, and a sync
+    # A stage's words, answered on the replica's event loop: they only touch memory, and a sync
     # method would cost each call a hop to Serve's thread pool and back. (A new or ended job's call
     # waits for its record to be written: those stay on the thread pool.)
-    async def stage_started(self, job_id: str, stage: str) -> bool:
-        return JobStore.stage_started(self, job_id, stage)
-
-    async def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
-        return JobStore.step_done(self, job_id, expert, steps)
-
-    async def stage_done(self, report: StageReport) -> None:
-        JobStore.stage_done(self, report)
+    async def report(self, progress: StageProgress) -> bool:
+        return JobStore.report(self, progress)
 
     async def heartbeat(self, runner: str) -> None:
         JobStore.heartbeat(self, runner)

@@ -1,10 +1,14 @@
-"""A stage deployment's view of its job: the `StageEvents` a Serve replica's stages report to
-the job store (start, progress, end, cache notes) and learn a cancellation from.
+"""A stage deployment's word to the job store: the `StageEvents` of a Serve replica's stages.
 
-A stage (stages/stage.py) asks `started` before its work (False: the job was cancelled
-meanwhile), sends progress every `REPORT_SECONDS` without waiting, and reports its end in one
-`StageReport`. A cancelled job stops its stage between steps; the stage answers the state
-marked cancelled: an expected outcome, returned, not raised across the cluster.
+A job's stages, each in its own replica, report as one coalesced stream, sent without waiting:
+the first stage's start is the job's first word (it marks the job in progress); after it an
+expert sends a word (its stage, the steps done since) once it has worked `REPORT_SECONDS` since
+the job's last word, the clock travelling in the job's state from stage to stage. A job whose
+phases are short (or compute nothing, as on the simulated accelerator) costs one word. The
+answer to a word, read when the next is sent, says whether the job still runs: a cancelled job
+stops its expert between steps and the stage answers the state marked cancelled (an expected
+outcome, returned, not raised across the cluster). Spans, timings and cache notes travel in the
+state and reach the record with the job's end: no call of their own.
 """
 
 from __future__ import annotations
@@ -15,50 +19,46 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from contract.jobs import JobCancelled
-from contract.messages import StageReport, StageSpan
+from contract.messages import StageProgress
+from stages.job_state import JobState
 from stages.stage import StageEvents
 
 
 class JobReporter(StageEvents):
-    REPORT_SECONDS = 0.25  # progress at most this often: each call costs the compute threads
+    REPORT_SECONDS = 0.25  # a job's words at most this often: each costs the stages and the store
 
     def __init__(self, jobs: DeploymentHandle, job_id: str, expert: str = ""):
         self.jobs, self.job_id, self.expert = jobs, job_id, expert
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self._last_step = None
+        self.stage = ""
+        self._answer = None  # the last word's answer, read when the next word goes out
         self._unreported = 0
-        self._reported_at = time.monotonic()
-        self._parts: list[StageSpan] = []
+        self._reported_at: float | None = None
+        self._stage_start = 0.0
 
-    def started(self, stage: str) -> bool:
-        return self.jobs.stage_started.remote(self.job_id, stage).result()
-
-    def part(self, name: str, start: float, end: float) -> None:
-        self._parts.append(StageSpan(stage=name, start=start, end=end))
-
-    def done(self, stage: str, start: float, end: float, cache: dict[str, bool | None], model: str) -> None:
-        # Waited for, so the record is complete before the next stage reports.
-        self.jobs.stage_done.remote(
-            StageReport(
-                job_id=self.job_id,
-                stage=stage,
-                start=start,
-                end=end,
-                replica=self.replica,
-                steps=self._unreported,
-                expert=self.expert,
-                cache=cache,
-                parts=self._parts,
-            )
-        ).result()
+    def started(self, stage: str, state: JobState) -> bool:
+        self.stage, self._unreported, self._reported_at = stage, state.unreported_steps, state.last_report
+        self._stage_start = time.time()
+        if self._reported_at is None:  # the job's first word
+            self._send()
+        return True
 
     def step(self, _index: int) -> None:
-        # Progress goes out without waiting; the previous report's answer (long back by now)
-        # says whether the job still runs, so a cancellation stops the phase within two reports.
         self._unreported += 1
-        if time.monotonic() - self._reported_at < self.REPORT_SECONDS:
-            return
-        steps, self._unreported, self._reported_at = self._unreported, 0, time.monotonic()
-        previous, self._last_step = self._last_step, self.jobs.step_done.remote(self.job_id, self.expert, steps)
+        if self._due():
+            self._send()
+
+    def done(self, stage: str, state: JobState, seconds: float, model: str) -> None:
+        super().done(stage, state, seconds, model)
+        state.unreported_steps, state.last_report = self._unreported, self._reported_at
+
+    def _due(self) -> bool:
+        """Worked `REPORT_SECONDS` since the job's last word (a wait for this stage does not count)."""
+        return time.time() - max(self._reported_at or 0.0, self._stage_start) >= self.REPORT_SECONDS
+
+    def _send(self) -> None:
+        progress = StageProgress(job_id=self.job_id, stage=self.stage, steps=self._unreported, expert=self.expert)
+        previous, self._answer = self._answer, self.jobs.report.remote(progress)
+        self._unreported, self._reported_at = 0, time.time()
         if previous is not None and not previous.result():
             raise JobCancelled(self.job_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 from contract.adapters import adapter_set_id, adapters_for
 from contract.experts import ExpertKind
-from contract.messages import Video
+from contract.messages import StageSpan, Video
 from contract.request import GenerationRequest
 from stages.denoising import DenoisingState
 from stages.text_encoder import PromptEmbeddings
@@ -31,6 +31,11 @@ class JobState:
     frames: Any = None  # the decoded uint8 frames (T, H, W, 3), kept where the caller wants them
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (and the decoder's parts)
     cache: dict[str, bool | None] = field(default_factory=dict)  # cache level -> hit (None: not used)
+    trace: list[StageSpan] = field(default_factory=list)  # when each stage (and part) ran, and where
+    # The job's progress reports (Serve): steps a stage did not report yet, and when any stage last did,
+    # so that the stages of one job, each in its own process, report as one coalesced stream.
+    unreported_steps: int = 0
+    last_report: float | None = None
     cancelled: bool = False  # the job was cancelled (or ended otherwise): the stages pass it on
 
     @property
@@ -49,12 +54,15 @@ class JobState:
 
     def copy(self, **changes: Any) -> JobState:
         """A new state (its dicts copied too): a stage never changes the state it was given."""
-        return dataclasses.replace(self, **{"timings": dict(self.timings), "cache": dict(self.cache), **changes})
+        copied = {"timings": dict(self.timings), "cache": dict(self.cache), "trace": list(self.trace)}
+        return dataclasses.replace(self, **{**copied, **changes})
 
     def for_attempt(self, attempt: int) -> JobState:
         """This state (after the high-noise phase) as the start of repair attempt `attempt`: its
         timings and cache notes are the attempt's own from here on."""
-        return dataclasses.replace(self, attempt=attempt, final=None, video=None, frames=None, timings={}, cache={})
+        return dataclasses.replace(
+            self, attempt=attempt, final=None, video=None, frames=None, timings={}, cache={}, trace=[]
+        )
 
     def slim(self) -> JobState:
         """Without tensors: what goes back to whoever runs the job (the ingress, a batch driver)."""

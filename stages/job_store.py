@@ -3,9 +3,11 @@
 A thread of its own writes each changed record to the `OutputStore`, so a restarted store (or
 ingress) reloads them: a stage's progress never waits for the object store (changes to one
 record coalesce into one write), and only the call that accepts or ends a job waits, bounded,
-for that job's record. Stages report their start, progress and end here, and learn here that a
-job was cancelled: the answers say so (`False`), nothing is raised across the cluster.
-Its watchdog (`check`) fails active jobs that nothing runs any more. Served by
+for that job's record. A job costs it four calls at most on the hot path: `create`; the stages'
+coalesced `report`s (the first marks the job in progress), whose answers tell a stage that its
+job was cancelled (`False`: nothing is raised across the cluster); `complete` (or `fail`), which
+brings the job's trace, timings and cache notes. Its watchdog (`check`) fails active jobs that
+nothing runs any more. Served by
 `JobStoreDeployment` in deployments/job_store.py.
 """
 
@@ -19,7 +21,7 @@ from collections import Counter
 
 from contract.errors import error_summary
 from contract.jobs import ACTIVE, Admission, Job, JobCreate, JobError, Status, latent_key, new_job_id, video_key
-from contract.messages import PhysicsResult, StageReport, StageSpan
+from contract.messages import JobTrace, PhysicsResult, StageProgress
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
 from monitoring.physics import VIOLATION_KINDS
@@ -82,17 +84,13 @@ class JobStore:
         now = time.time() if now is None else now
         failed = []
         for job in [j for i in list(self._active) if (j := self._jobs.get(i)) is not None and j.active]:
-            since = now - (job.stage_since or now)
-            if self.stage_timeout and job.stage and since > self.stage_timeout:
+            silent = now - (job.stage_since or now)
+            if self.stage_timeout and job.status == "in_progress" and silent > self.stage_timeout:
+                # A stage reports at least at its start and every few steps: this one hung, or the
+                # job's next call got lost in the cluster.
                 failed.append(job.id)
-                message = f"stage {job.stage} did not finish within {self.stage_timeout:g} s"
+                message = f"no word from its stages for {self.stage_timeout:g} s (last: {job.stage}); submit it again"
                 self.fail(job.id, JobError(code="stage_timeout", message=message))
-            elif self.stage_timeout and job.status == "in_progress" and not job.stage and since > self.stage_timeout:
-                # Between stages a job waits milliseconds: this one's next call got lost in the cluster.
-                failed.append(job.id)
-                last = job.trace[-1].stage if job.trace else "none"
-                message = f"no stage started within {self.stage_timeout:g} s after the last one finished ({last}); "
-                self.fail(job.id, JobError(code="stalled", message=message + "submit it again"))
             elif self.stage_timeout and job.status == "queued" and now - job.created > self.stage_timeout:
                 # Accepted, and no stage ever started: whatever was to run it is gone.
                 message = f"not started within {self.stage_timeout:g} s of being accepted; submit it again"
@@ -151,6 +149,7 @@ class JobStore:
             owner=new.owner,
             runner=new.runner,
             cache=new.cache,
+            store_calls=1,
         )
         with self._lock:
             if new.max_active is not None and self.count_active() >= new.max_active:
@@ -162,53 +161,25 @@ class JobStore:
         self._durable(job.id)
         return Admission(job=job)
 
-    def stage_started(self, job_id: str, stage: str) -> bool:
-        """False if the job was cancelled (or ended) while it waited for this stage: don't run it."""
+    def report(self, progress: StageProgress) -> bool:
+        """A stage's word on its job: the stage it is in (the first word marks the job in progress)
+        and the steps done since. False: the job was cancelled (or ended), stop the stage."""
         with self._lock:
-            job = self._live(job_id)
+            job = self._live(progress.job_id)
             if job is None:
                 return False
-            job.stage, job.stage_since = stage, time.time()
+            now = time.time()
+            job.store_calls += 1
+            job.stage, job.stage_since = progress.stage, now
             if job.status == "queued":
-                job.status = "in_progress"
-                job.started_at = time.time()
-                job.timings["queue"] = job.started_at - job.created
-                self._save(job)
+                job.status, job.started_at = "in_progress", now
+                job.timings["queue"] = now - job.created
                 metrics.observe("queue", job.timings["queue"], model=job.model)
                 self._publish()
-            return True
-
-    def step_done(self, job_id: str, expert: str = "", steps: int = 1) -> bool:
-        """Denoising steps finished. False: the job was cancelled (or ended), stop the stage."""
-        with self._lock:
-            job = self._live(job_id)
-            if job is not None:
-                self._add_steps(job, steps, expert)
-            return job is not None
-
-    def stage_done(self, report: StageReport) -> None:
-        """A stage finished: its span and parts (the decoder's mp4 and score), the denoising
-        steps it had not reported yet and the cache levels it used, in one call."""
-        with self._lock:
-            job = self._jobs.get(report.job_id)
-            if job is None:
-                return
-            if job.stage == report.stage:
-                job.stage, job.stage_since = None, time.time()  # between stages: watched too
-            if report.steps and job.active:
-                self._add_steps(job, report.steps, report.expert)
-            job.cache.update(report.cache)
-            # A stage's timing is its own time, without the parts timed on their own, so the
-            # timings add up to the wall time as the in-process Pipeline's do; the trace keeps
-            # the whole span (the replica was busy for all of it).
-            whole = StageSpan(stage=report.stage, replica=report.replica, start=report.start, end=report.end)
-            own = (whole.end - whole.start) - sum(part.end - part.start for part in report.parts)
-            for span in (whole, *report.parts):
-                job.trace.append(span.model_copy(update={"replica": report.replica}))
-                seconds = own if span is whole else span.end - span.start
-                job.timings[span.stage] = job.timings.get(span.stage, 0.0) + seconds
-                metrics.observe("stage", seconds, stage=span.stage, model=job.model)
+            if progress.steps:
+                self._add_steps(job, progress.steps, progress.expert)
             self._save(job)
+            return True
 
     def retrying(self, job_id: str) -> bool:
         """A stage's replica died under the job: it runs again from the start. False if the job
@@ -229,9 +200,10 @@ class JobStore:
             if (job := self._live(job_id)) is not None:
                 job.steps_total += steps
 
-    def complete(self, job_id: str, physics: PhysicsResult | None = None) -> Job | None:
-        """The job's video is written; `physics`, its score, in the same call."""
-        return self._finish(job_id, "completed", physics=physics)
+    def complete(self, job_id: str, physics: PhysicsResult | None = None, trace: JobTrace | None = None) -> Job | None:
+        """The job's video is written; `physics`, its score, and `trace`, what its stages did, in the
+        same call."""
+        return self._finish(job_id, "completed", physics=physics, trace=trace)
 
     def fail(self, job_id: str, error: JobError) -> Job | None:
         return self._finish(job_id, "failed", error=error)
@@ -275,15 +247,24 @@ class JobStore:
         metrics.inc("steps", steps, expert=expert, model=job.model)
 
     def _finish(
-        self, job_id: str, status: Status, error: JobError | None = None, physics: PhysicsResult | None = None
+        self,
+        job_id: str,
+        status: Status,
+        error: JobError | None = None,
+        physics: PhysicsResult | None = None,
+        trace: JobTrace | None = None,
     ) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or not job.active:
                 return job  # cancelled meanwhile: cancellation wins
+            job.store_calls += 1
             job.status, job.error, job.stage = status, error, None
             if physics is not None:
                 job.physics = physics
+            if trace is not None:
+                job.timings.update(trace.timings)
+                job.trace, job.cache = trace.trace, {**job.cache, **trace.cache}
             job.completed_at = int(time.time())
             if status == "completed":
                 job.progress, job.steps_done = 100, job.steps_total

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from contract.errors import error_summary
 from contract.jobs import JobError
-from contract.messages import PhysicsResult, Video
+from contract.messages import JobTrace, PhysicsResult, Video
 from contract.request import GenerationRequest
 from stages.denoising import DenoisingPlan
 from stages.job_state import JobState
@@ -37,8 +37,9 @@ class VideoOutputs:
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
         return best
 
-    def mp4(self, video: Video) -> bytes:
-        return video.mp4
+    def cached(self, video: Video) -> dict[str, Any]:
+        """The kept video as the result cache keeps it: in hand, its mp4."""
+        return {"mp4": video.mp4}
 
 
 class JobEvents:
@@ -84,6 +85,12 @@ class Outcome:
             for stage, seconds in state.timings.items():
                 total[stage] = total.get(stage, 0.0) + seconds
         return total
+
+    @property
+    def trace(self) -> JobTrace:
+        """What the stages did over every attempt, for the job's record."""
+        spans = [span for state in self.attempts for span in state.trace]
+        return JobTrace(timings=self.timings, trace=spans, cache=self.cache)
 
     @property
     def cache(self) -> dict[str, bool | None]:
@@ -181,6 +188,6 @@ class JobRunner:
         best = self.outputs.keep(state.job_id, kept_video(videos, self.min_dynamics), videos)
         result_cache = None
         if self.results.used(state.request):  # the next identical request of this owner gets it as is
-            self.results.remember(state.request, self.outputs.mp4(best), best.physics, owner)
+            self.results.remember(state.request, best.physics, self.outputs.cached(best), owner)
             result_cache = False
         return Outcome("completed", best, result_cache=result_cache, attempts=attempts)

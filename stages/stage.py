@@ -1,9 +1,9 @@
 """The one stage contract: a `JobState` in, the same state out, with the stage's part filled in.
 
 The base class does what every stage does around its work, once: it passes a cancelled job on
-untouched, asks whether the job still wants the stage, times it, and reports the time and the
-stage's cache notes. Whoever runs the stage says who listens, through `StageEvents`: in process
-and on Ray Data the metrics only; on Serve the job store (deployments/reporting.py).
+untouched, asks whether the job still wants the stage, times it (the state keeps its time and
+span), and tells who listens, through `StageEvents`: the stage-latency metric everywhere; on
+Serve the job store's progress too (deployments/reporting.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from typing import ClassVar
 
 from contract.jobs import JobCancelled
+from contract.messages import StageSpan
 from monitoring.metrics import metrics
 from stages.job_state import JobState
 
@@ -19,18 +20,18 @@ from stages.job_state import JobState
 class StageEvents:
     """What a stage tells about its job while it runs; by default only the stage-latency metric."""
 
-    def started(self, stage: str) -> bool:
+    replica: str = ""  # where the stage runs (the trace's spans name it)
+
+    def started(self, stage: str, state: JobState) -> bool:
         """The stage starts; False when the job was cancelled (or ended) meanwhile."""
         return True
 
     def step(self, index: int) -> None:
         """A denoising step is done (progress); may raise `JobCancelled`."""
 
-    def part(self, name: str, start: float, end: float) -> None:
-        """A part of the stage timed on its own (the decoder's mp4 and score)."""
-
-    def done(self, stage: str, start: float, end: float, cache: dict[str, bool | None], model: str) -> None:
-        metrics.observe("stage", end - start, stage=stage, model=model)
+    def done(self, stage: str, state: JobState, seconds: float, model: str) -> None:
+        """The stage is done with `state` (which it may still note things in)."""
+        metrics.observe("stage", seconds, stage=stage, model=model)
 
 
 NO_EVENTS = StageEvents()
@@ -48,18 +49,24 @@ class Stage:
             return state
         if attempt is not None:
             state = state.for_attempt(attempt)
-        if not events.started(self.name):
+        state = state.copy()
+        if not events.started(self.name, state):
             return state.copy(cancelled=True)
-        cache_before = dict(state.cache)
+        parts = len(state.trace)
         start = time.time()
         try:
-            state = self.run(state.copy(), events)
+            state = self.run(state, events)
         except JobCancelled:
             return state.copy(cancelled=True)
         end = time.time()
-        state.timings.setdefault(self.name, end - start)  # a stage that times its parts notes them itself
-        notes = {level: hit for level, hit in state.cache.items() if cache_before.get(level, ...) != hit}
-        events.done(self.name, start, end, notes, self.model_id)
+        # Its own time: without the parts it timed on their own (the decoder's mp4 and score), so
+        # that a job's timings add up to its wall time.
+        own = (end - start) - sum(span.end - span.start for span in state.trace[parts:])
+        state.timings[self.name] = own
+        state.trace.insert(parts, StageSpan(stage=self.name, replica=events.replica, start=start, end=end))
+        for span in state.trace[parts + 1 :]:
+            span.replica = events.replica
+        events.done(self.name, state, end - start, self.model_id)
         return state
 
     def run(self, state: JobState, events: StageEvents) -> JobState:

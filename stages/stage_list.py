@@ -25,7 +25,7 @@ import torch
 from cache.keys import ModelIdentity, result_key
 from cache.store import LatentCache
 from contract.experts import ExpertKind
-from contract.messages import PhysicsAttempt, PhysicsResult, Video
+from contract.messages import PhysicsAttempt, PhysicsResult, StageSpan, Video
 from contract.request import GenerationRequest
 from stages.decoder import Decoder
 from stages.expert import Expert
@@ -115,9 +115,11 @@ class DecodeVideo(Stage):
         decoded = self.decoder.video(state.request, state.final.latents, state.seed)
         vae_done = start + decoded.timings["decode"]
         mp4_done = vae_done + decoded.timings["mp4"]
-        events.part("mp4", vae_done, mp4_done)
-        events.part("score", mp4_done, mp4_done + decoded.timings["score"])
-        state.timings.update(decoded.timings)
+        state.trace += [
+            StageSpan(stage="mp4", start=vae_done, end=mp4_done),
+            StageSpan(stage="score", start=mp4_done, end=mp4_done + decoded.timings["score"]),
+        ]
+        state.timings.update(mp4=decoded.timings["mp4"], score=decoded.timings["score"])  # decode: the base's
         if self.write is not None:
             video = Video(
                 attempt=state.attempt, seed=state.seed, physics=decoded.physics, key=self.write(state, decoded.mp4)
@@ -203,12 +205,13 @@ def kept_video(videos: list[Video], min_dynamics: float) -> Video:
 
 @dataclass
 class CachedResult:
-    mp4: bytes
     physics: PhysicsResult
+    mp4: bytes | None = None  # in hand (in process, Ray Data) ...
+    video: str | None = None  # ... or the output store's key of the video it was (the Serve app)
 
 
 class ResultCache:
-    """Finished videos by request and owner (API key): an identical request gets the mp4 as is."""
+    """Finished videos by request and owner (API key): an identical request gets the video as is."""
 
     def __init__(self, cache: LatentCache | None, model: ModelIdentity):
         self.cache, self.model = cache, model
@@ -220,11 +223,22 @@ class ResultCache:
         if not self.used(request):
             return None
         hit = self.cache.get("result", result_key(self.model, request, owner))
-        return None if hit is None else CachedResult(hit["mp4"], PhysicsResult.model_validate(hit["physics"]))
+        if hit is None:
+            return None
+        return CachedResult(PhysicsResult.model_validate(hit["physics"]), hit.get("mp4"), hit.get("video"))
+
+    @staticmethod
+    def in_hand(hit: CachedResult | None, store) -> CachedResult | None:
+        """`hit` with its mp4 in hand, read from `store` (an `OutputStore`) when the entry refers to a
+        stored video (the Serve app's, on the same node's cache); None when that video is gone."""
+        if hit is None or hit.mp4 is not None:
+            return hit
+        mp4 = store.read(hit.video)
+        return None if mp4 is None else CachedResult(hit.physics, mp4, hit.video)
 
     def remember(
-        self, request: GenerationRequest, mp4: bytes, physics: PhysicsResult, owner: str | None = None
+        self, request: GenerationRequest, physics: PhysicsResult, video: dict[str, Any], owner: str | None = None
     ) -> None:
+        """`video`: {"mp4": bytes} or {"video": the output store's key}."""
         if self.used(request):
-            value: dict[str, Any] = {"mp4": mp4, "physics": physics.model_dump()}
-            self.cache.put("result", result_key(self.model, request, owner), value)
+            self.cache.put("result", result_key(self.model, request, owner), {**video, "physics": physics.model_dump()})

@@ -398,7 +398,7 @@ def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
 
 
 def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
-    rows = [{"id": f"clip-{i}", "prompt": f"a paper boat number {i} drifting on a pond", "steps": 6} for i in range(6)]
+    rows = [{"id": f"clip-{i}", "prompt": f"a paper boat number {i} drifting on a pond", "steps": 6} for i in range(8)]
     source = write_table(rows, tmp_path / "prompts.jsonl")
     out = tmp_path / "out"
     args = ("--input", str(source), "--output", str(out), "--engine", "data")
@@ -406,9 +406,9 @@ def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_pat
     assert submitted.returncode == 0, submitted.stderr
     job_id = re.search(r"raysubmit_\w+", submitted.stdout + submitted.stderr).group(0)
     deadline = time.monotonic() + 400
-    while len(list((out / PARTS).glob("*.parquet"))) < 2:
+    while not list((out / PARTS).glob("*.parquet")):  # the first row is in: stop the job
         assert time.monotonic() < deadline, "no rows finished"
-        time.sleep(0.5)
+        time.sleep(0.2)
     stop = subprocess.run(
         [RAY, "job", "stop", "--address", serve_app.dashboard, job_id], capture_output=True, text=True, timeout=120
     )
@@ -417,7 +417,7 @@ def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_pat
 
     resumed = data_job(serve_app, tmp_path, *args)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert 2 <= int(re.search(r"6 rows: (\d+) already done", resumed.stdout).group(1)) < 6
+    assert 1 <= int(re.search(r"8 rows: (\d+) already done", resumed.stdout).group(1)) < 8
     table = pq.read_table(out / MANIFEST)
     assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)  # each once, none missing
     assert set(table.column("status").to_pylist()) == {"completed"}

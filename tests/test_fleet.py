@@ -46,6 +46,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     assert all(b["videos_per_hour"] > 0 and b["p95_s"] > 0 for b in result["batching"])
     capacity = result["control_plane"]
     assert capacity["failed"] == 0 and capacity["jobs_per_second"] > 0
+    assert capacity["job_store_calls_per_job"]["max"] <= 4  # create, the stages' coalesced words, the end
     assert {"Ingress", "JobStore", "Decoder"} <= set(capacity["cpu_seconds_per_job"])  # CPU by process
     assert capacity["control_plane_only_jobs_per_second"] > capacity["ceiling_jobs_per_second"]
 

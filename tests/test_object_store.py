@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cluster.cli import app as cli
 from cluster.manifest import Manifest
 from contract.jobs import JobCreate, JobError, video_key
+from contract.messages import StageProgress
 from contract.request import GenerationRequest
 from contract.storage import OutputStore, child_uri
 from stages.job_store import JobStore
@@ -67,7 +68,8 @@ def test_the_job_store_answers_while_the_object_store_is_stalled(tmp_path, setti
     jobs = [store.create(JobCreate(request=request, model_id="m", steps_total=4)).job for _ in range(3)]
     # Every call returns while no write gets through: the records' copies wait, the answers do not.
     for job in jobs:
-        assert store.stage_started(job.id, "encode") and store.step_done(job.id, "high_noise", 2)
+        assert store.report(StageProgress(job_id=job.id, stage="encode"))
+        assert store.report(StageProgress(job_id=job.id, stage="high_noise", steps=2, expert="high_noise"))
     store.complete(jobs[0].id)
     store.fail(jobs[1].id, JobError(code="generation_failed", message="boom"))
     assert store.get(jobs[0].id).status == "completed" and output.writes == []

@@ -56,6 +56,7 @@ def bench_control_plane(nodes: Nodes, base: Settings, jobs: int, concurrency: in
             results = load(fleet.url, bodies(shape, jobs, 40_000), concurrency)
             wall = time.monotonic() - start
             cpu = meter.stop()
+            calls = store_calls(fleet.url, [r["id"] for r in results if r["id"]])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     per_job = {role: seconds / jobs for role, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]) if seconds > 0}
@@ -65,12 +66,22 @@ def bench_control_plane(nodes: Nodes, base: Settings, jobs: int, concurrency: in
         "failed": sum(r["status"] != 200 for r in results),
         "statuses": dict(Counter(r["status"] for r in results)),
         "jobs_per_second": jobs / wall,
+        # the job store's calls a job cost (its record counts them): create, the stages' words, the end
+        "job_store_calls_per_job": {"mean": sum(calls) / max(len(calls), 1), "max": max(calls, default=0)},
         "cpu_seconds_per_job": per_job,
         "control_plane_cpu_per_job": control_plane(per_job),
         "ceiling_jobs_per_second": ceiling(os.cpu_count() or 1, sum(per_job.values())) / 60,
         # derived: a head node whose cores do only the control plane (the stages' CPU on GPU nodes)
         "control_plane_only_jobs_per_second": ceiling(os.cpu_count() or 1, control_plane(per_job)) / 60,
     }
+
+
+def store_calls(url: str, job_ids: list[str]) -> list[int]:
+    """Each job's job-store calls, read from its record after the run."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        return [http.get(f"/v1/videos/{job_id}").json()["store_calls"] for job_id in job_ids]
 
 
 def print_report(capacity: dict) -> None:
@@ -81,6 +92,8 @@ def print_report(capacity: dict) -> None:
         f"the CPU work per job caps it at {capacity['ceiling_jobs_per_second']:.1f} jobs/s on "
         f"{os.cpu_count()} cores"
     )
+    calls = capacity["job_store_calls_per_job"]
+    print(f"job-store calls a job: {calls['mean']:.2f} on average, {calls['max']} at most (goal: 4 at most)")
     for role, seconds in capacity["cpu_seconds_per_job"].items():
         print(f"  {role:<55} {seconds * 1000:7.1f} ms CPU per job")
     print(

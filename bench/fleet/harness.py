@@ -222,7 +222,15 @@ async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float =
                     await asyncio.sleep(i * stagger)
                 start = time.monotonic()
                 response = await http.post("/v1/videos/sync", json=body)
-                results.append({"start": start, "end": time.monotonic(), "status": response.status_code})
+                end = time.monotonic()
+                results.append(
+                    {
+                        "start": start,
+                        "end": end,
+                        "status": response.status_code,
+                        "id": response.headers.get("X-Video-Id"),
+                    }
+                )
 
         await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
     return results
