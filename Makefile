@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python -m bench.stages
+	$(BIN)/python -m bench.stage_split
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,7 @@ resolved preset settings in one process. The staged `Pipeline` is timed end to e
 split into encode / high_noise / low_noise / decode / mp4; `WanPipeline.__call__` makes
 frames only, so it is compared with the staged time without mp4. Medians over repeats.
 
-    python -m bench.stages [--repeats 3] [--threads N]
+    python -m bench.stage_split [--repeats 3] [--threads N]
 
 Prints a table, then one JSON object as the last line of stdout.
 """
