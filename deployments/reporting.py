@@ -1,10 +1,11 @@
 """A stage deployment's word to the job store: the `StageEvents` of a Serve replica's stages.
 
 A job's stages, each in its own replica, report as one coalesced stream, sent without waiting:
-the first stage's start is the job's first word (it marks the job in progress); after it an
-expert sends a word (its stage, the steps done since) once it has worked `REPORT_SECONDS` since
-the job's last word, the clock travelling in the job's state from stage to stage. A job whose
-phases are short (or compute nothing, as on the simulated accelerator) costs one word. The
+the text encoder's start is the job's first word (it marks the job in progress), the decoder's
+start another; an expert sends a word (its stage, the steps done since) once it has worked
+`REPORT_SECONDS` since the job's last word, the clock travelling in the job's state from stage
+to stage. A job whose phases are short (or compute nothing, as on the simulated accelerator)
+costs two words: with `create` and `complete`, four calls. The
 answer to a word, read when the next is sent, says whether the job still runs: a cancelled job
 stops its expert between steps and the stage answers the state marked cancelled (an expected
 outcome, returned, not raised across the cluster). Spans, timings and cache notes travel in the
@@ -39,7 +40,9 @@ class JobReporter(StageEvents):
     def started(self, stage: str, state: JobState) -> bool:
         self.stage, self._unreported, self._reported_at = stage, state.unreported_steps, state.last_report
         self._stage_start = time.time()
-        if self._reported_at is None:  # the job's first word
+        # A stage without steps (the text encoder: the job's first word; the decoder) says that it
+        # has begun; an expert says so with its steps.
+        if self._reported_at is None or not self.expert:
             self._send()
         return True
 

@@ -11,7 +11,7 @@ from typing import get_args
 import pytest
 from pydantic import ValidationError
 
-from bench import cost_model as calibration
+from bench import calibration
 from contract.experts import ExpertKind
 from contract.settings import Settings, SimGpu, SimSettings
 from sim.cost_model import (
