@@ -51,7 +51,7 @@ class JobReporter(StageEvents):
         if self._due():
             self._send()
 
-    def done(self, stage: str, state: JobState, seconds: float, model: str) -> None:
+    def done(self, stage: str, state: JobState, seconds: dict[str, float], model: str) -> None:
         super().done(stage, state, seconds, model)
         state.unreported_steps, state.last_report = self._unreported, self._reported_at
 

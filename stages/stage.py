@@ -29,9 +29,11 @@ class StageEvents:
     def step(self, index: int) -> None:
         """A denoising step is done (progress); may raise `JobCancelled`."""
 
-    def done(self, stage: str, state: JobState, seconds: float, model: str) -> None:
-        """The stage is done with `state` (which it may still note things in)."""
-        metrics.observe("stage", seconds, stage=stage, model=model)
+    def done(self, stage: str, state: JobState, seconds: dict[str, float], model: str) -> None:
+        """The stage is done with `state` (which it may still note things in); `seconds`: its own
+        time and that of each part it timed on its own."""
+        for name, value in seconds.items():
+            metrics.observe("stage", value, stage=name, model=model)
 
 
 NO_EVENTS = StageEvents()
@@ -66,7 +68,8 @@ class Stage:
         state.trace.insert(parts, StageSpan(stage=self.name, replica=events.replica, start=start, end=end))
         for span in state.trace[parts + 1 :]:
             span.replica = events.replica
-        events.done(self.name, state, end - start, self.model_id)
+        seconds = {self.name: own, **{span.stage: span.end - span.start for span in state.trace[parts + 1 :]}}
+        events.done(self.name, state, seconds, self.model_id)
         return state
 
     def run(self, state: JobState, events: StageEvents) -> JobState:
