@@ -307,6 +307,8 @@ class DataEngine:
 
     async def results(self, rows: list[Row], output: OutputStore, concurrency: int | None) -> AsyncIterator[RowResult]:
         """The rows as one dataset through the pools (`stream`), each back as it finishes."""
+        if not rows:  # every row done before: no pool to start
+            return
         by_id = {row.id: row for row in rows}
         for row_id, finished in self.stream(rows, output.uri):
             outcome = self.outcome(finished)
