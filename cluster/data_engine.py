@@ -37,7 +37,7 @@ from contract.settings import Settings
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
 from stages.checkpoint import Checkpoint
-from stages.job_state import JobState
+from stages.job_state import JobState, total_timings
 from stages.stage import Stage
 from stages.stage_list import (
     STAGE_LIST,
@@ -189,11 +189,9 @@ class KeepRows(RowActor):
             self.results.remember(request, video.physics, {"mp4": video.mp4})
         key = f"videos/{row['id']}.mp4"
         self.store.write(key, video.mp4)
-        timings: dict[str, float] = {}
-        for attempt in attempts:
-            for stage, seconds in attempt.timings.items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
-        summary = first.slim().copy(video=video.model_copy(update={"mp4": None}), timings=timings, frames=None)
+        summary = first.slim().copy(
+            video=video.model_copy(update={"mp4": None}), timings=total_timings(attempts), frames=None
+        )
         return {**row, "state": _pack(summary), "output": self.store.location(key)}
 
 

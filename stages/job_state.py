@@ -67,3 +67,12 @@ class JobState:
     def slim(self) -> JobState:
         """Without tensors: what goes back to whoever runs the job (the ingress, a batch driver)."""
         return self.copy(embeddings=None, base_embeddings=None, boundary=None, final=None, source=None)
+
+
+def total_timings(attempts: list[JobState]) -> dict[str, float]:
+    """Seconds per stage over a job's attempts (each repair's from the boundary on)."""
+    total: dict[str, float] = {}
+    for state in attempts:
+        for stage, seconds in state.timings.items():
+            total[stage] = total.get(stage, 0.0) + seconds
+    return total

@@ -21,7 +21,7 @@ from contract.jobs import JobError
 from contract.messages import JobTrace, PhysicsResult, Video
 from contract.request import GenerationRequest
 from stages.denoising import DenoisingPlan
-from stages.job_state import JobState
+from stages.job_state import JobState, total_timings
 from stages.stage_list import REPAIR_FROM, ResultCache, kept_video, repair_stages, stages_for, wants_repair
 
 logger = logging.getLogger(__name__)
@@ -80,11 +80,7 @@ class Outcome:
     @property
     def timings(self) -> dict[str, float]:
         """Seconds per stage over every attempt."""
-        total: dict[str, float] = {}
-        for state in self.attempts:
-            for stage, seconds in state.timings.items():
-                total[stage] = total.get(stage, 0.0) + seconds
-        return total
+        return total_timings(self.attempts)
 
     @property
     def trace(self) -> JobTrace:
