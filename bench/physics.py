@@ -35,7 +35,7 @@ from bench.footage import VIOLATIONS as FOOTAGE_VIOLATIONS
 from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
 from contract.messages import PhysicsResult
 from monitoring.physics import NO_EVIDENCE, SUBSCORES, score_video
-from stages.runner import best_attempt
+from stages.stage_list import best_attempt
 
 GOALS = {"auc": 0.97, "pan_difference": 0.05, "ms_128x128x33": 500, "ms_480x270x81": 2000}
 SHORT = {

@@ -13,41 +13,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contract.errors import RequestInvalid
+from contract.errors import ApiError, RequestInvalid
 from contract.request import VideoCreateBody
 from monitoring.metrics import metrics
 
 PLAYGROUND = Path(__file__).resolve().parent / "playground"
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str = "invalid_request",
-        headers: dict[str, str] | None = None,
-        errors: list[dict] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers, self.errors = headers, errors
-
-    @classmethod
-    def invalid(cls, error: RequestInvalid) -> ApiError:
-        return cls(400, error.message, error.field, error.code, errors=error.errors)
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body: dict[str, Any] = {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        }
-        if self.errors:
-            body["error"]["errors"] = self.errors
-        return body
 
 
 api = FastAPI(

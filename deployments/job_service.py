@@ -1,133 +1,210 @@
-"""The Serve executor of the stage list: the shared `JobRunner` (stages/runner.py) whose stage
-calls are the stage deployments' handles, and what it tells the job store.
+"""A job's life on the Serve app, with no HTTP in it: admission (validation, capacity, the result
+cache), its run through the stage list on the Serve executor (serve_executor.py), and how it
+ended, recorded in the job store. The ingress routes requests here; batch jobs reach it through
+the ingress's `submit`.
 
-Each stage call answers a `DeploymentResponse` of the job's state, which the runner hands to the
-next stage as it is: embeddings, latents and scheduler state travel replica to replica as Ray
-objects, never through the ingress, which awaits only the decoder's answer (the state without
-tensors). The decoders write every attempt's mp4 to the output store; the kept one ends up under
-the job's own key, copied within the store, and the result cache refers to it there: no mp4
-passes through the ingress.
+Each ingress replica hosts one service: it heartbeats to the job store (which fails the jobs of a
+replica that stops) and, when Serve stops the replica, drains the jobs it runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from typing import Any
+
 from ray.serve.handle import DeploymentHandle
 
-from cache.store import LatentCache
-from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
-from contract.jobs import latent_key, video_key
-from contract.messages import Video
+from contract.errors import ApiError, error_summary
+from contract.jobs import Job, JobCreate, JobError, latent_key, valid_job_id, video_key
+from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
+from deployments.serve_executor import serve_runner
 from stages.checkpoint import Checkpoint
-from stages.denoising import Scheduler
 from stages.job_state import JobState
-from stages.runner import JobEvents, JobRunner, StageCall, VideoOutputs
-from stages.stage_list import DecodeVideo, EncodePrompt, HighNoisePhase, LowNoisePhase, ResultCache
+from stages.runner import Outcome
+from stages.validation import RequestValidator
+
+logger = logging.getLogger("ray.serve")
 
 
-class StoreOutputs(VideoOutputs):
-    """The decoders write every attempt's mp4 to the shared output store; the kept one
-    ends up under the job's own key."""
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        replica: str,
+        jobs: DeploymentHandle,
+        text_encoder: DeploymentHandle,
+        high_noise_expert: DeploymentHandle,
+        low_noise_expert: DeploymentHandle | None,
+        decoder: DeploymentHandle,
+    ):
+        self.settings, self.replica = settings, replica
+        self.jobs, self.text_encoder = jobs, text_encoder
+        checkpoint = Checkpoint.from_settings(settings)  # configs only: the service holds no weights
+        self.model_id = checkpoint.model_id
+        self.two_experts = checkpoint.has_low_noise_expert
+        self.validator = RequestValidator(settings, checkpoint)
+        self.store = OutputStore(settings.output_uri)
+        self.runner = serve_runner(
+            settings, checkpoint, jobs, text_encoder, high_noise_expert, low_noise_expert, decoder
+        )
+        self._tasks: set[asyncio.Task] = set()
+        threading.Thread(target=self._heartbeat, name="job-service-heartbeat", daemon=True).start()
 
-    def __init__(self, store: OutputStore):
-        self.store = store
+    # -- starting jobs -------------------------------------------------------------------
 
-    def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
-        """The best attempt's mp4 and latent under the job's keys; the other attempts' deleted."""
-        key = video_key(job_id)
-        if best.key != key:  # copied within the store: the mp4 never passes through the ingress
-            self.store.copy(best.key, key)
-            self.store.copy(latent_key(job_id, best.attempt), latent_key(job_id))
-        for video in attempts:
-            if video.key != key:
-                self.store.delete(video.key)
-                self.store.delete(latent_key(job_id, video.attempt))
-        return best.model_copy(update={"key": key})
+    async def start(self, fields: Any, owner: str | None = None) -> tuple[Job, asyncio.Task | None]:
+        """Admit the request and start its job. Callers shield this: a client that disconnects
+        (Serve then cancels its handler) cannot leave a job recorded with nothing to run it."""
+        job, generation = await self._accept(fields, owner)
+        if not job.active:  # answered from the result cache
+            return job, None
+        # A context of its own: Serve would cancel the stage calls of a handler that was
+        # cancelled (its client went away) as the handler's children; this job is nobody's child.
+        task = asyncio.create_task(self._generate(job.id, generation, owner), context=contextvars.Context())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job, task
 
-    def cached(self, video: Video) -> dict[str, str]:
-        return {"video": video.key}  # the result cache refers to the stored video
+    async def finished(self, fields: Any, owner: str | None = None) -> Job:
+        """The job run to its end; a caller that goes away stops waiting, not the job."""
+        job, task = await asyncio.shield(self.start(fields, owner))
+        return job if task is None else await asyncio.shield(task)
 
+    async def _accept(self, fields: Any, owner: str | None) -> tuple[Job, GenerationRequest]:
+        """Validate the body and record the job; 400 names the bad field, 503 when full.
+        An identical earlier request's video completes the job at once (result cache)."""
+        source = fields.get("from", fields.get("from_video")) if isinstance(fields, dict) else None
+        if source is not None:
+            generation = self.validator.final_of(await self._preview(source, owner), fields, source)
+        else:
+            generation = self.validator.body(fields)
+        matched = None
+        # A final of a shot keeps its preview's seed and so its match, if it had one.
+        approximate = self.settings.cache.approximate_match and generation.cache and source is None
+        if approximate and generation.template is None and fields.get("seed") is None:
+            # Admission before a text-encoder forward: a full cluster answers 503 at once.
+            if await self.jobs.count_active.remote() >= self.settings.serving.max_active_jobs:
+                raise self._queue_full(
+                    f"{self.settings.serving.max_active_jobs} jobs are already queued or in progress"
+                )
+            matched = await self.text_encoder.closest_template.remote(generation.prompt)
+            if matched is not None and matched.similarity >= self.settings.cache.approximate_threshold:
+                generation = generation.matched_to(self.settings.templates().get(matched.template))
+            else:
+                matched = None
+        cached = self.runner.results.cached(generation, owner)
+        if (
+            cached is not None
+            and cached.video is not None
+            and not await asyncio.to_thread(self.store.exists, cached.video)
+        ):
+            cached = None  # the video it was has been deleted since
+        admission = await self.jobs.create.remote(
+            JobCreate(
+                request=generation,
+                model_id=self.model_id,
+                steps_total=self.runner.steps_total(generation),
+                max_active=self.settings.serving.max_active_jobs,
+                matched_template=matched,
+                owner=owner,
+                runner=self.replica,
+                cache={"result": cached is not None} if self.runner.results.used(generation) else {},
+            )
+        )
+        if not admission.accepted:
+            raise self._queue_full(admission.refused)
+        job = admission.job
+        if cached is not None:
+            try:
+                if cached.video is not None:
+                    await asyncio.to_thread(self.store.copy, cached.video, video_key(job.id))
+                else:
+                    self.store.write(video_key(job.id), cached.mp4)
+                job = await self.jobs.complete.remote(job.id, cached.physics)
+            except BaseException as error:  # never leave the job queued with nothing to run it
+                await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
+                raise
+        return job, generation
 
-class JobStoreEvents(JobEvents):
-    def __init__(self, jobs: DeploymentHandle):
-        self.jobs = jobs
+    async def _preview(self, video_id: Any, owner: str | None) -> GenerationRequest:
+        """The request of the finished video whose shot a `from` request finishes; 400/404/409 when
+        there is none to finish."""
+        if not isinstance(video_id, str) or not valid_job_id(video_id):
+            raise ApiError(400, f"from: not a video id: {video_id!r}", "from")
+        if not self.two_experts:
+            raise ApiError(400, "from: the final of a shot needs a two-expert (Wan2.2) checkpoint", "from")
+        try:
+            preview = await self.job(video_id, owner)
+        except ApiError as missing:
+            raise ApiError(404, f"from: {missing.message}", "from", "video_not_found") from None
+        if preview.status != "completed":
+            raise ApiError(409, f"from: video {video_id} is {preview.status}, not completed", "from", "video_not_ready")
+        if not await asyncio.to_thread(self.store.exists, latent_key(video_id)):
+            raise ApiError(409, f"from: video {video_id} kept no latent to start a final from", "from", "no_latent")
+        return GenerationRequest.load(preview.request, self.settings)
 
-    async def retrying(self, job_id: str) -> bool:
-        return await self.jobs.retrying.remote(job_id)
+    def _queue_full(self, reason: str) -> ApiError:
+        retry = str(self.settings.serving.retry_after_seconds)
+        return ApiError(503, f"server busy: {reason}", code="queue_full", headers={"Retry-After": retry})
 
-    async def add_steps(self, job_id: str, steps: int) -> None:
-        await self.jobs.add_steps.remote(job_id, steps)
+    # -- running them --------------------------------------------------------------------
 
-    async def current_stage(self, job_id: str) -> str | None:
-        job = await self.jobs.get.remote(job_id)
-        return job.stage if job else None
+    async def _generate(self, job_id: str, request: GenerationRequest, owner: str | None) -> Job:
+        """Run one job through the stages and record how it ended; a job left active with
+        nothing running it would hang forever, so it ends even if the bookkeeping fails."""
+        try:
+            return await self._record(job_id, await self.runner.run(JobState(job_id, request), owner))
+        except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
+            logger.exception("job %s: orchestration failed", job_id)
+            return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=error_summary(error)))
+        except asyncio.CancelledError:  # this replica is going away under the job
+            error = JobError(code="interrupted", message="the ingress running this job stopped; submit it again")
+            await asyncio.shield(self.jobs.fail.remote(job_id, error))
+            raise
 
+    async def _record(self, job_id: str, outcome: Outcome) -> Job:
+        if outcome.status == "completed":
+            return await self.jobs.complete.remote(job_id, outcome.physics, outcome.trace)
+        if outcome.status == "failed":
+            return await self.jobs.fail.remote(job_id, outcome.error)
+        return await self.jobs.get.remote(job_id)  # cancelled (or ended otherwise): the record says so
 
-def replica_died(error: BaseException) -> bool:
-    """A replica (of a stage, or the job store a stage reports to) died under the call,
-    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
-    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
+    async def drain(self) -> None:
+        """Serve is stopping this replica (scale-down, redeploy): its jobs finish first, for at
+        most `serving.drain_seconds`; any still running then fail as interrupted, recorded
+        before the replica goes (else the store would only notice the lost heartbeat)."""
+        if not self._tasks:
+            return
+        logger.info("ingress stopping: draining %d jobs", len(self._tasks))
+        _, running = await asyncio.wait(self._tasks, timeout=self.settings.serving.drain_seconds)
+        if running:
+            logger.warning(
+                "ingress stopping: %d jobs did not finish in time, failing them as interrupted", len(running)
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running, timeout=5)
 
-    while error is not None:
-        if isinstance(error, (RayActorError, ActorUnavailableError)):
-            return True
-        error = getattr(error, "cause", None) or error.__cause__
-    return False
+    def _heartbeat(self) -> None:
+        while True:
+            try:
+                self.jobs.heartbeat.remote(self.replica).result(timeout_s=30)
+            except Exception as error:  # the store restarting: keep beating
+                logger.warning("heartbeat to the job store failed: %s", error_summary(error))
+            time.sleep(self.settings.serving.heartbeat_seconds)
 
+    # -- reading jobs --------------------------------------------------------------------
 
-def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind, job: JobState) -> StageCall:
-    """A stage call to an expert deployment's `method`, routed by Serve model multiplexing to a
-    replica that holds the job's adapters for that expert (any replica when it has none)."""
-    model_id = job.adapter_set(kind)
-    target = getattr(handle.options(multiplexed_model_id=model_id) if model_id else handle, method)
-    return target.remote
-
-
-def serve_runner(
-    settings: Settings,
-    checkpoint: Checkpoint,
-    jobs: DeploymentHandle,
-    text_encoder: DeploymentHandle,
-    high_noise_expert: DeploymentHandle,
-    low_noise_expert: DeploymentHandle | None,
-    decoder: DeploymentHandle,
-) -> JobRunner:
-    """The stage list on the deployments' handles."""
-    if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
-        experts = {
-            ExpertKind.HIGH_NOISE: (high_noise_expert, "high_noise"),
-            ExpertKind.LOW_NOISE: (high_noise_expert, "low_noise"),
-        }
-    else:
-        experts = {ExpertKind.HIGH_NOISE: (high_noise_expert, "run")}
-        if low_noise_expert is not None:
-            experts[ExpertKind.LOW_NOISE] = (low_noise_expert, "run")
-
-    def calls(job: JobState) -> dict[str, StageCall]:
-        """Stage name -> the call of the deployment that serves it; the job's adapters pick an
-        expert's replica."""
-        calls = {
-            EncodePrompt.name: text_encoder.run.remote,
-            HighNoisePhase.name: expert_call(*experts[ExpertKind.HIGH_NOISE], ExpertKind.HIGH_NOISE, job),
-            DecodeVideo.name: decoder.run.remote,
-        }
-        if ExpertKind.LOW_NOISE in experts:
-            calls[LowNoisePhase.name] = expert_call(*experts[ExpertKind.LOW_NOISE], ExpertKind.LOW_NOISE, job)
-        return calls
-
-    scheduler = Scheduler.from_checkpoint(checkpoint)
-    store = OutputStore(settings.output_uri)
-    return JobRunner(
-        calls,
-        checkpoint.has_low_noise_expert,
-        plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
-        results=ResultCache(LatentCache.from_settings(settings), checkpoint.identity),
-        outputs=StoreOutputs(store),
-        events=JobStoreEvents(jobs),
-        retries=settings.serving.job_retries,
-        min_dynamics=settings.repair_min_dynamics,
-        replica_died=replica_died,
-        finalize_strength=settings.finalize_strength,
-    )
+    async def job(self, video_id: str, owner: str | None = None) -> Job:
+        """The caller's job; 404 for an unknown id and for another key's job (it does not exist
+        for this one)."""
+        job = await self.jobs.get.remote(video_id) if valid_job_id(video_id) else None
+        if job is None or job.owner != owner:
+            raise ApiError(404, f"no video with id {video_id!r}", "video_id", "video_not_found")
+        return job

@@ -32,7 +32,7 @@ StageCall = Callable[[Any, int | None], Any]
 
 class VideoOutputs:
     """Where the videos of a job's attempts are; the runner keeps the best one. In process
-    they are in hand; the Serve app's live in the output store (deployments/job_service.py)."""
+    they are in hand; the Serve app's live in the output store (deployments/serve_executor.py)."""
 
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
         return best

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from contract.errors import RequestInvalid
+from contract.errors import ApiError, RequestInvalid
 from contract.settings import SafetySettings, Settings
-from deployments.http import ApiError
 from stages.checkpoint import Checkpoint
 from stages.safety import ContentFilter
 from stages.validation import RequestValidator

@@ -1,0 +1,133 @@
+"""The Serve executor of the stage list: the shared `JobRunner` (stages/runner.py) whose stage
+calls are the stage deployments' handles, and what it tells the job store.
+
+Each stage call answers a `DeploymentResponse` of the job's state, which the runner hands to the
+next stage as it is: embeddings, latents and scheduler state travel replica to replica as Ray
+objects, never through the ingress, which awaits only the decoder's answer (the state without
+tensors). The decoders write every attempt's mp4 to the output store; the kept one ends up under
+the job's own key, copied within the store, and the result cache refers to it there: no mp4
+passes through the ingress.
+"""
+
+from __future__ import annotations
+
+from ray.serve.handle import DeploymentHandle
+
+from cache.store import LatentCache
+from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
+from contract.jobs import latent_key, video_key
+from contract.messages import Video
+from contract.settings import Settings
+from contract.storage import OutputStore
+from stages.checkpoint import Checkpoint
+from stages.denoising import Scheduler
+from stages.job_state import JobState
+from stages.runner import JobEvents, JobRunner, StageCall, VideoOutputs
+from stages.stage_list import DecodeVideo, EncodePrompt, HighNoisePhase, LowNoisePhase, ResultCache
+
+
+class StoreOutputs(VideoOutputs):
+    """The decoders write every attempt's mp4 to the shared output store; the kept one
+    ends up under the job's own key."""
+
+    def __init__(self, store: OutputStore):
+        self.store = store
+
+    def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
+        """The best attempt's mp4 and latent under the job's keys; the other attempts' deleted."""
+        key = video_key(job_id)
+        if best.key != key:  # copied within the store: the mp4 never passes through the ingress
+            self.store.copy(best.key, key)
+            self.store.copy(latent_key(job_id, best.attempt), latent_key(job_id))
+        for video in attempts:
+            if video.key != key:
+                self.store.delete(video.key)
+                self.store.delete(latent_key(job_id, video.attempt))
+        return best.model_copy(update={"key": key})
+
+    def cached(self, video: Video) -> dict[str, str]:
+        return {"video": video.key}  # the result cache refers to the stored video
+
+
+class JobStoreEvents(JobEvents):
+    def __init__(self, jobs: DeploymentHandle):
+        self.jobs = jobs
+
+    async def retrying(self, job_id: str) -> bool:
+        return await self.jobs.retrying.remote(job_id)
+
+    async def add_steps(self, job_id: str, steps: int) -> None:
+        await self.jobs.add_steps.remote(job_id, steps)
+
+    async def current_stage(self, job_id: str) -> str | None:
+        job = await self.jobs.get.remote(job_id)
+        return job.stage if job else None
+
+
+def replica_died(error: BaseException) -> bool:
+    """A replica (of a stage, or the job store a stage reports to) died under the call,
+    here or in a stage this one waited on: Ray wraps the cause once per hop (`cause` of a
+    RayTaskError; `__cause__` of Serve's "an upstream actor died" error)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    while error is not None:
+        if isinstance(error, (RayActorError, ActorUnavailableError)):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
+
+
+def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind, job: JobState) -> StageCall:
+    """A stage call to an expert deployment's `method`, routed by Serve model multiplexing to a
+    replica that holds the job's adapters for that expert (any replica when it has none)."""
+    model_id = job.adapter_set(kind)
+    target = getattr(handle.options(multiplexed_model_id=model_id) if model_id else handle, method)
+    return target.remote
+
+
+def serve_runner(
+    settings: Settings,
+    checkpoint: Checkpoint,
+    jobs: DeploymentHandle,
+    text_encoder: DeploymentHandle,
+    high_noise_expert: DeploymentHandle,
+    low_noise_expert: DeploymentHandle | None,
+    decoder: DeploymentHandle,
+) -> JobRunner:
+    """The stage list on the deployments' handles."""
+    if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
+        experts = {
+            ExpertKind.HIGH_NOISE: (high_noise_expert, "high_noise"),
+            ExpertKind.LOW_NOISE: (high_noise_expert, "low_noise"),
+        }
+    else:
+        experts = {ExpertKind.HIGH_NOISE: (high_noise_expert, "run")}
+        if low_noise_expert is not None:
+            experts[ExpertKind.LOW_NOISE] = (low_noise_expert, "run")
+
+    def calls(job: JobState) -> dict[str, StageCall]:
+        """Stage name -> the call of the deployment that serves it; the job's adapters pick an
+        expert's replica."""
+        calls = {
+            EncodePrompt.name: text_encoder.run.remote,
+            HighNoisePhase.name: expert_call(*experts[ExpertKind.HIGH_NOISE], ExpertKind.HIGH_NOISE, job),
+            DecodeVideo.name: decoder.run.remote,
+        }
+        if ExpertKind.LOW_NOISE in experts:
+            calls[LowNoisePhase.name] = expert_call(*experts[ExpertKind.LOW_NOISE], ExpertKind.LOW_NOISE, job)
+        return calls
+
+    scheduler = Scheduler.from_checkpoint(checkpoint)
+    store = OutputStore(settings.output_uri)
+    return JobRunner(
+        calls,
+        checkpoint.has_low_noise_expert,
+        plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
+        results=ResultCache(LatentCache.from_settings(settings), checkpoint.identity),
+        outputs=StoreOutputs(store),
+        events=JobStoreEvents(jobs),
+        retries=settings.serving.job_retries,
+        min_dynamics=settings.repair_min_dynamics,
+        replica_died=replica_died,
+        finalize_strength=settings.finalize_strength,
+    )
