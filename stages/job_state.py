@@ -17,7 +17,9 @@ from stages.denoising import DenoisingState
 from stages.text_encoder import PromptEmbeddings
 
 
-@dataclass
+# Its repr names what it holds, never tensor values: asyncio, Ray and logs print states (a
+# finished task's result, an error's arguments), and a tensor's repr reads every element.
+@dataclass(repr=False)
 class JobState:
     job_id: str
     request: GenerationRequest
@@ -37,6 +39,18 @@ class JobState:
     unreported_steps: int = 0
     last_report: float | None = None
     cancelled: bool = False  # the job was cancelled (or ended otherwise): the stages pass it on
+
+    def __repr__(self) -> str:
+        held = [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name in ("embeddings", "base_embeddings", "boundary", "final", "source", "video", "frames")
+            and getattr(self, f.name) is not None
+        ]
+        return (
+            f"JobState({self.job_id!r}, attempt={self.attempt}, holds=[{', '.join(held)}], "
+            f"timings={self.timings}, cache={self.cache}, cancelled={self.cancelled})"
+        )
 
     @property
     def seed(self) -> int:
