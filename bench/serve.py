@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -75,6 +76,22 @@ def median_dict(rows: list[dict]) -> dict:
 
 
 # -- (c) startup -----------------------------------------------------------------------------
+
+
+# Serve's controller log: "Replica(id='..', deployment='Decoder', app='t2v') started successfully on
+# node '..' after 5.3s (PID: ..). Replica constructor, reconfigure method, and initial health check took 4.1s."
+REPLICA_UP = re.compile(r"deployment='(\w+)'.*?started successfully.*? after ([\d.]+)s.*?took ([\d.]+)s")
+
+
+def replica_seconds(ray_dir: str) -> dict[str, dict[str, float]]:
+    """Per deployment, its slowest replica: seconds from being scheduled to up, and of those its
+    constructor (imports, weights) and first health check, from Serve's controller log."""
+    up: dict[str, dict[str, float]] = {}
+    for path in Path(ray_dir).glob("**/session_latest/logs/serve/controller_*.log"):
+        for deployment, total, own in REPLICA_UP.findall(path.read_text(errors="replace")):
+            if float(total) >= up.get(deployment, {}).get("up_s", -1):
+                up[deployment] = {"up_s": float(total), "constructor_s": float(own)}
+    return up
 
 
 def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -> dict:
@@ -156,6 +173,7 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
             out["leftovers_killed"] = True
         except ProcessLookupError:
             out["leftovers_killed"] = False
+        out["replicas"] = replica_seconds(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
     out["clean_exit"] = out["exit_code"] == 0 and not out["leftovers_killed"]
     log(f"startup: SIGINT -> exit {out['exit_code']} after {out['stop_s']:.1f}s, leftovers {out['leftovers_killed']}")
