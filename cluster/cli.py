@@ -142,10 +142,16 @@ def serve(
     serving = settings.serving.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     settings = settings.model_copy(update={"serving": serving, **({"model": model} if model else {})})
 
+    import importlib
+
     import ray
     from ray import serve as ray_serve
 
+    # The app's modules (torch, diffusers: the driver's longest wait) load while Ray starts.
+    preload = threading.Thread(target=importlib.import_module, args=("cluster.app",), daemon=True)
+    preload.start()
     started_ray = connect(settings, address)
+    preload.join()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Ctrl-C stops it even where SIGINT came in ignored (a shell's background job inherits that)

@@ -46,7 +46,10 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     assert all(b["videos_per_hour"] > 0 and b["p95_s"] > 0 for b in result["batching"])
     capacity = result["control_plane"]
     assert capacity["failed"] == 0 and capacity["jobs_per_second"] > 0
-    assert capacity["job_store_calls_per_job"]["max"] <= 4  # create, the stages' coalesced words, the end
+    # create, the stages' words (the first marks it in progress), the end: 4 on the hot path; a phase
+    # that ran past the progress interval under this load adds one word of progress
+    calls = capacity["job_store_calls_per_job"]
+    assert calls["mean"] <= 4.1 and calls["max"] <= 5, calls
     assert {"Ingress", "JobStore", "Decoder"} <= set(capacity["cpu_seconds_per_job"])  # CPU by process
     assert capacity["control_plane_only_jobs_per_second"] > capacity["ceiling_jobs_per_second"]
 
