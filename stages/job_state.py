@@ -41,12 +41,8 @@ class JobState:
     cancelled: bool = False  # the job was cancelled (or ended otherwise): the stages pass it on
 
     def __repr__(self) -> str:
-        held = [
-            f.name
-            for f in dataclasses.fields(self)
-            if f.name in ("embeddings", "base_embeddings", "boundary", "final", "source", "video", "frames")
-            and getattr(self, f.name) is not None
-        ]
+        parts = ("embeddings", "base_embeddings", "boundary", "final", "source", "video", "frames")
+        held = [name for name in parts if getattr(self, name) is not None]
         return (
             f"JobState({self.job_id!r}, attempt={self.attempt}, holds=[{', '.join(held)}], "
             f"timings={self.timings}, cache={self.cache}, cancelled={self.cancelled})"

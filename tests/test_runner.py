@@ -274,3 +274,15 @@ def test_the_result_cache_answers_an_identical_request_of_the_same_owner(tmp_pat
     assert results.cached(generation.model_copy(update={"seed": 8}), "key-a") is None
     assert results.cached(generation.model_copy(update={"cache": False}), "key-a") is None
     assert cache.stats()["result"]["hits"] == 1
+
+
+def test_a_job_states_repr_names_what_it_holds_never_tensor_values():
+    """asyncio and Ray print states (a finished task's result, an error's arguments): a tensor's
+    repr would read every element of a video's latents."""
+    import torch
+
+    from stages.job_state import JobState
+
+    state = JobState("job-1", None, source=torch.full((4, 9, 64, 64), 0.123))
+    text = repr(state)
+    assert "holds=[source]" in text and "0.123" not in text and len(text) < 200
