@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
-import torch
 
 from monitoring.metrics import metrics
 
@@ -55,6 +54,8 @@ def _digest(payload: bytes, secret: bytes | None) -> bytes:
 
 def pack(value: Any, secret: bytes | None = None) -> bytes:
     """Plain data (tensors, numbers, strings, bytes, lists, dicts) -> a checksummed (or signed) entry."""
+    import torch  # here, not with the module: the ingress starts without torch
+
     buffer = io.BytesIO()
     torch.save(value, buffer)
     payload = buffer.getvalue()
@@ -68,6 +69,8 @@ def unpack(raw: bytes, secret: bytes | None = None) -> Any:
     payload = raw[header:]
     if not hmac.compare_digest(_digest(payload, secret), raw[len(_MAGIC) : header]):
         raise CorruptEntry("signature mismatch" if secret else "checksum mismatch")
+    import torch
+
     try:
         return torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as error:  # anything but plain data: refused before it is built

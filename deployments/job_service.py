@@ -10,6 +10,7 @@ replica that stops) and, when Serve stops the replica, drains the jobs it runs.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import logging
 import threading
@@ -26,7 +27,7 @@ from contract.storage import OutputStore
 from deployments.serve_executor import serve_runner
 from stages.checkpoint import Checkpoint
 from stages.job_state import JobState
-from stages.runner import Outcome
+from stages.runner import JobRunner, Outcome
 from stages.validation import RequestValidator
 
 logger = logging.getLogger("ray.serve")
@@ -50,11 +51,27 @@ class JobService:
         self.two_experts = checkpoint.has_low_noise_expert
         self.validator = RequestValidator(settings, checkpoint)
         self.store = OutputStore(settings.output_uri)
-        self.runner = serve_runner(
-            settings, checkpoint, jobs, text_encoder, high_noise_expert, low_noise_expert, decoder
-        )
+        self._runner: concurrent.futures.Future[JobRunner] = concurrent.futures.Future()
+        handles = (jobs, text_encoder, high_noise_expert, low_noise_expert, decoder)
+        threading.Thread(target=self._load, args=(checkpoint, handles), name="job-service-load", daemon=True).start()
         self._tasks: set[asyncio.Task] = set()
         threading.Thread(target=self._heartbeat, name="job-service-heartbeat", daemon=True).start()
+
+    def _load(self, checkpoint: Checkpoint, handles: tuple) -> None:
+        """What admitting and running a job needs of the model (the tokenizer, the scheduler's plan,
+        the result cache's model identity) imports torch, diffusers and transformers: seconds of CPU
+        that would hold the replica's start (and /healthz) while the stage replicas start beside it.
+        Loaded here instead, after the replica is up; a request that comes first waits for it."""
+        try:
+            runner = serve_runner(self.settings, checkpoint, *handles)
+            self.validator.check_prompt("a red ball")  # the tokenizer and the prompt cleaner
+            self._runner.set_result(runner)
+        except BaseException as error:  # the requests that wait on it answer with the cause
+            logger.exception("job service: loading the model's configs failed")
+            self._runner.set_exception(error)
+
+    async def runner(self) -> JobRunner:
+        return await asyncio.wrap_future(self._runner)
 
     # -- starting jobs -------------------------------------------------------------------
 
@@ -79,6 +96,7 @@ class JobService:
     async def _accept(self, fields: Any, owner: str | None) -> tuple[Job, GenerationRequest]:
         """Validate the body and record the job; 400 names the bad field, 503 when full.
         An identical earlier request's video completes the job at once (result cache)."""
+        runner = await self.runner()
         source = fields.get("from", fields.get("from_video")) if isinstance(fields, dict) else None
         if source is not None:
             generation = self.validator.final_of(await self._preview(source, owner), fields, source)
@@ -98,7 +116,7 @@ class JobService:
                 generation = generation.matched_to(self.settings.templates().get(matched.template))
             else:
                 matched = None
-        cached = self.runner.results.cached(generation, owner)
+        cached = runner.results.cached(generation, owner)
         if (
             cached is not None
             and cached.video is not None
@@ -109,12 +127,12 @@ class JobService:
             JobCreate(
                 request=generation,
                 model_id=self.model_id,
-                steps_total=self.runner.steps_total(generation),
+                steps_total=runner.steps_total(generation),
                 max_active=self.settings.serving.max_active_jobs,
                 matched_template=matched,
                 owner=owner,
                 runner=self.replica,
-                cache={"result": cached is not None} if self.runner.results.used(generation) else {},
+                cache={"result": cached is not None} if runner.results.used(generation) else {},
             )
         )
         if not admission.accepted:
@@ -159,7 +177,8 @@ class JobService:
         """Run one job through the stages and record how it ended; a job left active with
         nothing running it would hang forever, so it ends even if the bookkeeping fails."""
         try:
-            return await self._record(job_id, await self.runner.run(JobState(job_id, request), owner))
+            runner = await self.runner()
+            return await self._record(job_id, await runner.run(JobState(job_id, request), owner))
         except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
             logger.exception("job %s: orchestration failed", job_id)
             return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=error_summary(error)))

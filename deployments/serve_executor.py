@@ -20,7 +20,6 @@ from contract.messages import Video
 from contract.settings import Settings
 from contract.storage import OutputStore
 from stages.checkpoint import Checkpoint
-from stages.denoising import Scheduler
 from stages.job_state import JobState
 from stages.runner import JobEvents, JobRunner, StageCall, VideoOutputs
 from stages.stage_list import DecodeVideo, EncodePrompt, HighNoisePhase, LowNoisePhase, ResultCache
@@ -94,7 +93,10 @@ def serve_runner(
     low_noise_expert: DeploymentHandle | None,
     decoder: DeploymentHandle,
 ) -> JobRunner:
-    """The stage list on the deployments' handles."""
+    """The stage list on the deployments' handles. Imports torch and diffusers (the scheduler's
+    plan, the result cache's model identity)."""
+    from stages.denoising import Scheduler
+
     if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
         experts = {
             ExpertKind.HIGH_NOISE: (high_noise_expert, "high_noise"),

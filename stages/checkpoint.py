@@ -9,23 +9,30 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-
-import diffusers
-import torch
-import transformers
+from typing import TYPE_CHECKING
 
 from cache.keys import ModelIdentity
 from contract.experts import ExpertKind
 from contract.settings import Settings
 from stages.default_model import default_model_dir
 
-# Per-file loading bars would drown the CLI's own progress bar and the replica logs.
-diffusers.utils.logging.disable_progress_bar()
-transformers.utils.logging.disable_progress_bar()
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch, diffusers and transformers are imported when a component, the device or the dtype is first
+# asked for, not with this module: the ingress reads the configs and starts in seconds without them.
+
+
+@cache
+def _quiet_loading() -> None:
+    """Per-file loading bars would drown the CLI's own progress bar and the replica logs."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 class CheckpointError(ValueError):
@@ -44,13 +51,28 @@ class Checkpoint:
             if self._component_class(name) is None:
                 raise CheckpointError(f"{self.path}: model_index.json names no '{name}' component")
 
-        # The simulated accelerator's stand-in tensors live on the CPU
         self.simulated = self.settings.device == "sim"
+
+    @cached_property
+    def device(self) -> torch.device:
+        import torch
+
+        # The simulated accelerator's stand-in tensors live on the CPU
         cuda = torch.cuda.is_available() and self.settings.device not in ("cpu", "sim")
-        self.device = torch.device("cuda" if cuda else "cpu")
-        auto_dtype = "bfloat16" if cuda else "float32"
-        self.dtype = _DTYPES[auto_dtype if self.settings.dtype == "auto" else self.settings.dtype]
-        self.vae_dtype = _DTYPES[self.settings.vae_dtype]
+        return torch.device("cuda" if cuda else "cpu")
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        import torch
+
+        auto = "bfloat16" if self.device.type == "cuda" else "float32"
+        return getattr(torch, auto if self.settings.dtype == "auto" else self.settings.dtype)
+
+    @cached_property
+    def vae_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.settings.vae_dtype)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Checkpoint:
@@ -149,6 +171,7 @@ class Checkpoint:
         return json.loads((self.path / name / "config.json").read_text())
 
     def _class_of(self, name: str) -> type:
+        _quiet_loading()
         library, class_name = self._component_class(name)
         return getattr(importlib.import_module(library), class_name)
 

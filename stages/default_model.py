@@ -18,8 +18,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from world.captions import words as world_words
 
 DEFAULT_MODEL_NAME = "t2v-tiny-wan2.2-a14b"
@@ -71,6 +69,7 @@ def _build_tokenizer():
 
 def build_default_pipeline(two_experts: bool = True):
     """The tiny WanPipeline, in memory. `two_experts=False` gives a Wan2.1-style checkpoint."""
+    import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -177,6 +176,8 @@ def default_model_dir(cache_dir: str | Path) -> Path:
     random model, built in the cache on first use."""
     if (TRAINED_MODEL_DIR / "model_index.json").exists():
         return TRAINED_MODEL_DIR
+    import torch  # only for the random model: finding the trained one loads no model code
+
     path = Path(cache_dir) / "models" / f"{DEFAULT_MODEL_NAME}-r{DEFAULT_MODEL_REVISION}-torch{torch.__version__}"
     if not (path / "model_index.json").exists():
         logger.info("no trained weights at %s: building the seeded random model", TRAINED_MODEL_DIR)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.adapters import adapter_set_id, adapters_for
 from contract.experts import ExpertKind
 from contract.messages import StageSpan, Video
 from contract.request import GenerationRequest
-from stages.denoising import DenoisingState
-from stages.text_encoder import PromptEmbeddings
+
+if TYPE_CHECKING:  # tensors: a state that holds none (the ingress's) unpickles without torch
+    from stages.denoising import DenoisingState
+    from stages.text_encoder import PromptEmbeddings
 
 
 # Its repr names what it holds, never tensor values: asyncio, Ray and logs print states (a

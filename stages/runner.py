@@ -14,15 +14,17 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from contract.errors import error_summary
 from contract.jobs import JobError
 from contract.messages import JobTrace, PhysicsResult, Video
 from contract.request import GenerationRequest
-from stages.denoising import DenoisingPlan
 from stages.job_state import JobState, total_timings
 from stages.stage_list import REPAIR_FROM, ResultCache, kept_video, repair_stages, stages_for, wants_repair
+
+if TYPE_CHECKING:
+    from stages.denoising import DenoisingPlan
 
 logger = logging.getLogger(__name__)
 

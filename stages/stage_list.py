@@ -18,20 +18,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cache.keys import ModelIdentity, result_key
-from cache.store import LatentCache
 from contract.experts import ExpertKind
 from contract.messages import PhysicsAttempt, PhysicsResult, StageSpan, Video
 from contract.request import GenerationRequest
-from stages.decoder import Decoder
-from stages.expert import Expert
 from stages.job_state import JobState
 from stages.stage import Stage, StageEvents
-from stages.text_encoder import TextEncoder
+
+if TYPE_CHECKING:  # the stages' models: the ingress runs this list with neither torch nor diffusers
+    import torch
+
+    from cache.store import LatentCache
+    from stages.decoder import Decoder
+    from stages.expert import Expert
+    from stages.text_encoder import TextEncoder
 
 
 class EncodePrompt(Stage):

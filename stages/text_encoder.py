@@ -11,13 +11,7 @@ from cache.store import LatentCache, MemoryLRU
 from contract.templates import TemplateRegistry
 from sim.gpu import SimulatedGpu
 from stages.checkpoint import Checkpoint
-
-
-def count_tokens(tokenizer, text: str) -> int:
-    """Tokens of `text` as the text encoder sees it (cleaned, with the end token)."""
-    from diffusers.pipelines.wan.pipeline_wan import prompt_clean  # see TextEncoder.embed
-
-    return len(tokenizer(prompt_clean(text), add_special_tokens=True).input_ids)
+from stages.prompt_text import count_tokens
 
 
 @dataclass

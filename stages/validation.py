@@ -18,8 +18,8 @@ from contract.request import GenerationRequest, VideoCreateBody
 from contract.settings import Settings
 from stages.adapter_store import AdapterStore
 from stages.checkpoint import Checkpoint
+from stages.prompt_text import count_tokens
 from stages.safety import ContentFilter
-from stages.text_encoder import count_tokens
 
 # What a final of a shot takes from its preview, and what its body may set.
 SHOT_FIELDS = {

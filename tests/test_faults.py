@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import httpx
@@ -268,7 +269,9 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
     """Serve's autoscaler stops one of two ingress replicas while both run jobs (a job is
     background work, not a request, so to Serve the replica looks idle): the stopped one
     finishes its jobs before it goes. A second app on the session's cluster, so the first keeps
-    its replicas."""
+    its replicas. The ingress is up long before the stage replicas (it loads no model code to
+    start), so the jobs go in as soon as its two replicas run, while the app is still deploying:
+    waiting for the whole app would give the autoscaler its idle `downscale_delay_s` first."""
     from ray import serve
     from ray.util.state import list_actors
 
@@ -278,7 +281,7 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
     name = "t2v-scale"
     deployments = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in serve_app.settings.deployments.items()}
     deployments["Ingress"] = deployments["Ingress"].model_copy(
-        update={"min_replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": 10}
+        update={"min_replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": 20}
     )
     serving = serve_app.settings.serving.model_copy(
         update={"output_uri": str(tmp_path / "outputs"), "max_active_jobs": 16}
@@ -292,10 +295,21 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
         actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{name}:Ingress"), ("state", "=", "ALIVE")])
         return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors}
 
-    serve.run(bind_app(settings), name=name, route_prefix="/scale")
+    def running_ingress_replicas() -> int:
+        app = serve.status().applications.get(name)
+        ingress = app.deployments.get("Ingress") if app else None
+        return ingress.replica_states.get("RUNNING", 0) if ingress else 0
+
+    deploying = threading.Thread(
+        target=serve.run, args=(bind_app(settings),), kwargs={"name": name, "route_prefix": "/scale"}
+    )
+    deploying.start()
     try:
-        assert len(ingress_replicas()) == 2
-        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=60) as http:
+        deadline = time.monotonic() + 120
+        while running_ingress_replicas() < 2:
+            assert time.monotonic() < deadline, "the ingress never ran its two replicas"
+            time.sleep(0.2)
+        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=120) as http:
             body = {"preset": "final", "steps": 12, "cache": False}
             ids = [
                 http.post("/v1/videos", json={**body, "prompt": f"a kite at dusk {i}", "seed": i})
@@ -303,6 +317,8 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
                 .json()["id"]
                 for i in range(8)
             ]
+            deploying.join(300)
+            assert serve.status().applications[name].status == "RUNNING"
             deadline = time.monotonic() + 90
             while len(survivors := ingress_replicas()) > 1:
                 assert time.monotonic() < deadline, "the autoscaler never scaled the ingress down"

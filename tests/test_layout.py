@@ -87,3 +87,12 @@ def test_ruff_lint_and_format_are_clean():
     assert lint.returncode == 0, lint.stdout
     fmt = subprocess.run([str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_the_ingress_starts_without_the_model_libraries():
+    """The ingress replica answers /healthz before it has imported torch, diffusers or transformers
+    (seconds of CPU each, on cores the stage replicas start on too): it loads them after it is up."""
+    code = "import sys, deployments.ingress; print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"deployments.ingress imports {run.stdout.strip()}"
