@@ -167,17 +167,30 @@ def bench_startup(settings: Settings, work: Path, prompt: str, timeout: float) -
                 proc.wait(timeout=5)
             log(f"t2v serve ignored SIGINT for 60s; its log ends:\n{log_path.read_text()[-6000:]}")
         out["stop_s"] = time.perf_counter() - stop
-        try:
-            os.killpg(proc.pid, 0)  # anything left of what it started (raylet, workers)?
-            os.killpg(proc.pid, signal.SIGKILL)
-            out["leftovers_killed"] = True
-        except ProcessLookupError:
-            out["leftovers_killed"] = False
+        out["leftovers"] = leftovers(proc.pid)
+        out["leftovers_killed"] = bool(out["leftovers"])
+        if out["leftovers"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         out["replicas"] = replica_seconds(ray_dir)
         shutil.rmtree(ray_dir, ignore_errors=True)
     out["clean_exit"] = out["exit_code"] == 0 and not out["leftovers_killed"]
-    log(f"startup: SIGINT -> exit {out['exit_code']} after {out['stop_s']:.1f}s, leftovers {out['leftovers_killed']}")
+    log(
+        f"startup: SIGINT -> exit {out['exit_code']} after {out['stop_s']:.1f}s, left running: {out['leftovers'] or 'nothing'}"
+    )
     return out
+
+
+def leftovers(group: int, grace: float = 10.0) -> list[str]:
+    """What is still running in the session `t2v serve` leads, after `grace` seconds for its
+    Ray processes to finish exiting (they may outlive it by a moment): one line per process."""
+    deadline = time.monotonic() + grace
+    while True:
+        ps = subprocess.run(["ps", "-o", "pid=,args=", "-s", str(group)], capture_output=True, text=True)
+        left = [line.strip()[:160] for line in ps.stdout.splitlines() if line.strip()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
 
 
 # -- (a) latency -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from cluster.prompt_table import InputError, Row, csv_options, json_records, lin
 from contract.errors import RequestInvalid, error_summary
 from contract.experts import ExpertKind
 from contract.messages import Video
+from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
 from monitoring.metrics import metrics
@@ -50,6 +51,7 @@ from stages.stage_list import (
     kept_video,
     wants_repair,
 )
+from stages.validation import RequestValidator
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +94,22 @@ class RowActor:
         return {**row, "state": None, "error_code": "generation_failed", "error": error_summary(error)}
 
 
+def validated(validator: RequestValidator, fields: dict[str, Any]) -> GenerationRequest | RequestInvalid:
+    """The request a row's fields make, or why they make none."""
+    # A shot's preview lives in the app's output store: its final is the app's to make (said by
+    # name, never dropped).
+    if fields.get("from", fields.get("from_video")) is not None:
+        return RequestInvalid.of("from", "finals of shots run on --engine serve")
+    try:
+        return validator.body(fields)
+    except RequestInvalid as invalid:
+        return invalid
+
+
 class ValidateRows(RowActor):
     """The request a row makes, as `POST /v1/videos` would validate it, and the result cache."""
 
     def __init__(self, settings: Settings):
-        from stages.validation import RequestValidator
-
         super().__init__(settings)
         self.validator = RequestValidator(settings, self.checkpoint)
         self.results = ResultCache(LatentCache.from_settings(settings), self.checkpoint.identity)
@@ -105,15 +117,9 @@ class ValidateRows(RowActor):
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["error_code"] is not None:
             return row
-        fields = json.loads(row["fields"])
-        # A shot's preview lives in the app's output store: its final is the app's to make (said by
-        # name, never dropped).
-        if fields.get("from", fields.get("from_video")) is not None:
-            return {**row, "error_code": "invalid_request", "error": "from: finals of shots run on --engine serve"}
-        try:
-            request = self.validator.body(fields)
-        except RequestInvalid as invalid:
-            return {**row, "error_code": invalid.code, "error": invalid.message}
+        request = validated(self.validator, json.loads(row["fields"]))
+        if isinstance(request, RequestInvalid):
+            return {**row, "error_code": request.code, "error": request.message}
         state = JobState(row["id"], request)
         hit = self.results.in_hand(self.results.cached(request), OutputStore(self.settings.output_uri))
         if hit is not None:
@@ -305,10 +311,18 @@ class DataEngine:
 
     async def results(self, rows: list[Row], output: OutputStore, concurrency: int | None) -> AsyncIterator[RowResult]:
         """The rows as one dataset through the pools (`stream`), each back as it finishes."""
-        if not rows:  # every row done before: no pool to start
+        # Rows no request comes of fail here, in the driver: a rerun of only those starts no pool.
+        validator, valid = RequestValidator(self.settings, self.checkpoint), []
+        for row in rows:
+            request = validated(validator, row.request_fields())
+            if isinstance(request, RequestInvalid):
+                yield RowResult(row, Outcome.failed(request.code, request.message), None, 0.0)
+            else:
+                valid.append(row)
+        if not valid:  # every row done before, or refused: no pool to start
             return
-        by_id = {row.id: row for row in rows}
-        for row_id, finished in self.stream(rows, output.uri):
+        by_id = {row.id: row for row in valid}
+        for row_id, finished in self.stream(valid, output.uri):
             outcome = self.outcome(finished)
             yield RowResult(by_id[row_id], outcome, finished["output"], sum(outcome.job["timings"].values()))
 

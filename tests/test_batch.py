@@ -396,9 +396,16 @@ def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
         assert entry["seconds_high_noise"] > 0 and entry["seconds_decode"] > 0
     assert "boundary" in entries["shoe"]["cache_hits"] + entries["mug"]["cache_hits"]  # one computed, one read
 
+    # The rows left are the ones no request comes of: refused again in the driver, with no pool started.
+    from ray.util.state import list_actors
+
+    pool_actors = len(list_actors(filters=[("class_name", "=", "_MapWorker")], limit=10_000))
+    assert pool_actors >= 6  # the first run's: one pool per stage
     rerun = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--engine", "data")
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert "7 rows: 4 already done, 3 to run" in rerun.stdout
+    assert len(list_actors(filters=[("class_name", "=", "_MapWorker")], limit=10_000)) == pool_actors
+    assert [e["status"] for e in manifest_rows(out).values()] == ["completed"] * 4 + ["failed"] * 3
 
 
 def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
