@@ -71,7 +71,9 @@ class JobService:
             self._runner.set_exception(error)
 
     async def runner(self) -> JobRunner:
-        return await asyncio.wrap_future(self._runner)
+        if not self._runner.done():  # shielded: a waiter cancelled must not cancel everyone's load
+            await asyncio.shield(asyncio.wrap_future(self._runner))
+        return self._runner.result()
 
     # -- starting jobs -------------------------------------------------------------------
 

@@ -265,6 +265,29 @@ def test_a_stopping_ingress_finishes_its_jobs_within_the_drain_limit():
         Settings(serving=ServingSettings(drain_seconds=200))
 
 
+def test_a_request_cancelled_while_the_ingress_loads_leaves_the_load_to_the_others():
+    """Requests that come before the job service has loaded the model's configs wait for it; one
+    whose client went away (its handler cancelled) must not cancel what every request waits on."""
+    import concurrent.futures
+
+    from deployments.job_service import JobService
+
+    service = object.__new__(JobService)
+    service._runner = concurrent.futures.Future()
+
+    async def scenario():
+        gone, waiting = asyncio.create_task(service.runner()), asyncio.create_task(service.runner())
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert not service._runner.cancelled()
+        service._runner.set_result("the runner")
+        assert await waiting == "the runner" and await service.runner() == "the runner"
+        assert gone.cancelled()
+
+    asyncio.run(scenario())
+
+
 def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path):
     """Serve's autoscaler stops one of two ingress replicas while both run jobs (a job is
     background work, not a request, so to Serve the replica looks idle): the stopped one
