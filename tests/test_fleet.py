@@ -24,7 +24,8 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     command = [sys.executable, "-m", "bench.fleet", "--gpus", "4", "--gpus-per-node", "2", "--window", "16"]
     command += ["--size", "256x256"]
     command += ["--batching-concurrency", "4", "--control-plane-jobs", "40", "--output-uri", s3_uri("fleet")]
-    command += ["--placement-gpus", "2", "--placement-types", "l40s"]
+    # the fleet on L40S stands for its own disaggregated placement run: one deployment fewer
+    command += ["--gpu", "l40s", "--placement-gpus", "4", "--placement-types", "l40s"]
     plot = tmp_path / "ramp.png"
     command += ["--ramp-gpus", "4", "--ramp-peak", "4", "--ramp-seconds", "10", "30", "30", "--plot", str(plot)]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
