@@ -224,6 +224,11 @@ class ServingSettings(BaseModel):
     # stage's progress after this long, so that a job's stages make few writes (a store restarted
     # meanwhile misses at most that progress: the stages report again, or the watchdog acts).
     record_write_delay_seconds: float = Field(0.25, ge=0)
+    # An expert's word on its job's steps at most this often (a progress bar polled about once a
+    # second needs no more): each word costs the expert's replica, Ray and the job store, and a
+    # fleet of many GPUs sends them for every job in flight. A cancelled job's expert stops
+    # within about two of these.
+    progress_seconds: float = Field(1.0, gt=0)
     ray_temp_dir: str = "/tmp/t2v-ray"  # short: Ray's socket paths must stay under 107 bytes
     # Ray's dashboard process writes the Prometheus service-discovery file of the metrics
     # agents (<ray_temp_dir>/prom_metrics_service_discovery.json): no dashboard, no metrics.

@@ -46,6 +46,7 @@ class ExpertPhase:
         else:
             self.stage = LowNoisePhase(self.expert, previews=self._preview_latent)
         self.jobs = jobs
+        self.progress_seconds = settings.serving.progress_seconds
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
         for result in ("hit", "load"):  # the dashboard shows adapter phases from the start, at zero
             metrics.zero("adapter_requests", expert=self.kind.metric_label, result=result)
@@ -80,7 +81,8 @@ class ExpertPhase:
         return await asyncio.to_thread(self.phase, state, attempt)
 
     def phase(self, state: JobState, attempt: int | None = None) -> JobState:
-        return self.stage(state, JobReporter(self.jobs, state.job_id, self.kind.metric_label), attempt)
+        reporter = JobReporter(self.jobs, state.job_id, self.kind.metric_label, self.progress_seconds)
+        return self.stage(state, reporter, attempt)
 
 
 class LoadedAdapters:

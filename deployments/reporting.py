@@ -3,9 +3,9 @@
 A job's stages, each in its own replica, report as one coalesced stream, sent without waiting:
 the text encoder's start is the job's first word (it marks the job in progress), the decoder's
 start another; an expert sends a word (its stage, the steps done since) once it has worked
-`REPORT_SECONDS` since the job's last word, the clock travelling in the job's state from stage
-to stage. A job whose phases are short (or compute nothing, as on the simulated accelerator)
-costs two words: with `create` and `complete`, four calls. The
+`serving.progress_seconds` since the job's last word, the clock travelling in the job's state
+from stage to stage. A job whose phases are short (or compute nothing, as on the simulated
+accelerator) costs two words: with `create` and `complete`, four calls. The
 answer to a word, read when the next is sent, says whether the job still runs: a cancelled job
 stops its expert between steps and the stage answers the state marked cancelled (an expected
 outcome, returned, not raised across the cluster). Spans, timings and cache notes travel in the
@@ -56,8 +56,8 @@ class JobReporter(StageEvents):
         state.unreported_steps, state.last_report = self._unreported, self._reported_at
 
     def _due(self) -> bool:
-        """Worked `REPORT_SECONDS` since the job's last word (a wait for this stage does not count)."""
-        return time.time() - max(self._reported_at or 0.0, self._stage_start) >= self.REPORT_SECONDS
+        """Worked `every` seconds since the job's last word (a wait for this stage does not count)."""
+        return time.time() - max(self._reported_at or 0.0, self._stage_start) >= self.every
 
     def _send(self) -> None:
         progress = StageProgress(job_id=self.job_id, stage=self.stage, steps=self._unreported, expert=self.expert)

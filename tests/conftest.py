@@ -75,6 +75,8 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
             max_active_jobs=6,
             ray_temp_dir="/tmp/t2v-test",
             api_keys=["test-key-a", "test-key-b"],
+            # the test model's phases last under a second: words often enough to show progress in them
+            progress_seconds=0.25,
         ),
         cache=CacheSettings(approximate_match=True),
     )

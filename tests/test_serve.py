@@ -39,7 +39,7 @@ def _wait_active(http: httpx.Client, video_id: str, timeout: float = 120) -> dic
     raise TimeoutError(video_id)
 
 
-def test_job_lifecycle_with_real_progress(http):
+def test_job_lifecycle_with_real_progress(http, serve_app):
     created = http.post("/v1/videos", json={"prompt": "a red ball bouncing", "seed": 11, "steps": 24})
     assert created.status_code == 202, created.text
     job = created.json()
@@ -55,6 +55,10 @@ def test_job_lifecycle_with_real_progress(http):
     assert job["progress"] == 100 and job["steps_done"] == job["steps_total"] == 24
     assert seen == sorted(seen), "progress never goes back"
     assert any(0 < p < 100 for p in seen), f"no intermediate progress seen: {seen}"
+    # create, the encoder's and decoder's words, the end; an expert's words at most once per
+    # serving.progress_seconds of its work (a word per step would be 24 more)
+    expert_seconds = job["timings"]["high_noise"] + job["timings"]["low_noise"]
+    assert job["store_calls"] <= 4 + 2 + expert_seconds / serve_app.settings.serving.progress_seconds, job
     assert {"queue", "encode", "high_noise", "low_noise", "decode", "mp4", "score", "total"} <= set(job["timings"])
     assert [s["stage"] for s in job["trace"]] == ["encode", "high_noise", "low_noise", "decode", "mp4", "score"]
     # decode's timing is the VAE alone: with its parts (mp4, score) it makes up the decoder's span.
