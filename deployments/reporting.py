@@ -26,10 +26,9 @@ from stages.stage import StageEvents
 
 
 class JobReporter(StageEvents):
-    REPORT_SECONDS = 0.25  # a job's words at most this often: each costs the stages and the store
-
-    def __init__(self, jobs: DeploymentHandle, job_id: str, expert: str = ""):
+    def __init__(self, jobs: DeploymentHandle, job_id: str, expert: str = "", every: float = 1.0):
         self.jobs, self.job_id, self.expert = jobs, job_id, expert
+        self.every = every  # an expert's words at most this often (seconds of its work)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.stage = ""
         self._answer = None  # the last word's answer, read when the next word goes out
