@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from contract import nesting
 from contract.request import VideoCreateBody
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the whole id: fullmatch
@@ -127,7 +128,10 @@ def json_records(lines: Iterable[str], where: str = "line") -> list[dict | str]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = nesting.loads(line)
+        except nesting.TooDeep as e:
+            records.append(f"{where} {number}: {e}")
+            continue
         except json.JSONDecodeError as e:
             records.append(f"{where} {number}: not valid JSON ({e.msg} at column {e.colno})")
             continue
@@ -150,7 +154,9 @@ def _fields(record: dict, known: set[str]) -> tuple[dict, str | None]:
             continue
         if name == "slots" and isinstance(value, str):  # CSV: a JSON object in the cell
             try:
-                value = json.loads(value)
+                value = nesting.loads(value)
+            except nesting.TooDeep as e:
+                value, error = None, f"slots: {e}"
             except json.JSONDecodeError:
                 error = f"slots: must be a JSON object, got {value!r}"
         fields[name] = value
@@ -212,6 +218,8 @@ def rows_from_records(records: list[dict | str]) -> tuple[list[Row], list[str]]:
     given_ids: dict[str, int] = {}  # id -> row index
     derived_ids: dict[str, int] = {}  # id -> occurrences
     for index, record in enumerate(records):
+        if isinstance(record, dict) and nesting.too_deep(record):  # a Parquet or Arrow record
+            record = f"row {index + 1}: {nesting.TooDeep()}"
         if isinstance(record, str):  # unreadable line: an id of its position, its error
             rows.append(Row(index, f"row-{index:06d}", {}, _content_hash({"line": record}), error=record))
             continue

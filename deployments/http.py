@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract import nesting
 from contract.errors import ApiError, RequestInvalid
 from contract.request import VideoCreateBody
 from monitoring.metrics import metrics
@@ -104,7 +105,9 @@ async def read_body(request: Request, limit: int) -> Any:
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return form_fields((await request.form()).multi_items())
     try:
-        return await request.json()
+        return nesting.loads(request._body)
+    except nesting.TooDeep as error:
+        raise ApiError(400, f"request body is {error}", "body") from None
     except ValueError:
         raise ApiError(400, "request body is not valid JSON", "body") from None
 

@@ -233,8 +233,13 @@ def test_local_engine_run_rerun_and_changed_row(settings, tmp_path):
 
 
 def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
-    """A non-finite number is a failed row naming its field; an engine that raises on a row
-    fails that row; the run goes on either way."""
+    """A non-finite number is a failed row naming its field; a line or slots nested thousands
+    deep fail their rows (Python's JSON parser and any recursive walk raise RecursionError on
+    them); an engine that raises on a row fails that row; the run goes on either way."""
+    deep_slots: dict = {}
+    inner = deep_slots
+    for _ in range(900):
+        inner["a"] = inner = {}
     rows, _ = read_table(
         str(
             write_table(
@@ -243,10 +248,17 @@ def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
                     {"id": "nan", "prompt": "a red ball", "guidance": "NaN"},
                     {"id": "boom", "prompt": "the engine breaks on this one"},
                     {"id": "fine", "prompt": "a red ball", "steps": 2, "seed": 1},
+                    {"id": "deep", "template": "product showcase", "slots": deep_slots},
                 ],
                 tmp_path / "p.jsonl",
+                extra_lines=["[" * 200_000 + "]" * 200_000],
             )
         )
+    )
+    assert (
+        rows[4].error
+        == rows[5].error.replace("line 6", "line 5")
+        == ("line 5: nested deeper than 32 levels of arrays and objects")
     )
 
     class Breaks(LocalEngine):
@@ -257,8 +269,9 @@ def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
 
     out = tmp_path / "out"
     summary = asyncio.run(BatchRun(rows, Breaks(settings), OutputStore(str(out)), log=lambda _: None).run())
-    assert (summary["completed"], summary["failed"]) == (1, 3)
+    assert (summary["completed"], summary["failed"]) == (1, 5)
     entries = manifest_rows(out)
+    assert [entries[f"row-{i:06d}"]["error"] for i in (4, 5)] == [rows[4].error, rows[5].error]
     assert entries["huge"]["error"].startswith("seconds:") and entries["nan"]["error"].startswith("guidance:")
     assert entries["boom"]["error_code"] == "generation_failed" and "OverflowError" in entries["boom"]["error"]
     assert entries["fine"]["status"] == "completed"

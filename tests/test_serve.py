@@ -194,6 +194,13 @@ def test_bad_bodies_and_unknown_ids(http):
     assert response.status_code == 400 and response.json()["error"]["param"] == "body"
     response = http.post("/v1/videos", json=["a list"])
     assert response.status_code == 400
+    # nested thousands deep (Python's JSON parser raises RecursionError on it), or deeper than
+    # any field needs: a 400 naming the body, and the replica serves on
+    for deep in (b"[" * 30_000 + b"]" * 30_000, b'{"prompt": "x", "slots": ' + b'{"a": ' * 900 + b"1" + b"}" * 901):
+        response = http.post("/v1/videos", content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "body" and "nested deeper than 32 levels" in error["message"], error
     for bad in ("video_" + "0" * 32, "nope", "video_%2E%2E", "%2E%2E"):
         for path in (f"/v1/videos/{bad}", f"/v1/videos/{bad}/content"):
             response = http.get(path)
