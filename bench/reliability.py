@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--burst", type=int, default=5, help="burst size, in multiples of max_active_jobs")
     args = parser.parse_args(argv)
 
-    key = "bench-key"
+    key = "bench-key-0123456789"
     settings, work, ray_dir = keyed_app("br", key)
     headers = {"Authorization": f"Bearer {key}"}
     result: dict = {"benchmark": "reliability", "max_active_jobs": 8}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.experts import ExpertKind
@@ -211,7 +211,12 @@ class SafetySettings(BaseModel):
     blocklist_file: Path | None = None  # None: the block list shipped in stages/safety.yaml
 
 
+MIN_API_KEY_CHARS = 16
+
+
 class ServingSettings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # an error about a key never prints it
+
     host: str = "127.0.0.1"
     port: int = 8000
     # Jobs queued or in progress across the cluster; beyond it POST gets 503 + Retry-After.
@@ -251,6 +256,19 @@ class ServingSettings(BaseModel):
     # for at most this long (its deployment's graceful_shutdown_timeout_s is set to allow it).
     drain_seconds: float = 120
 
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_hard_to_guess(cls, keys: list[str]) -> list[str]:
+        # An empty key would let `Authorization: Bearer ` in; a short one can be guessed. The
+        # error names the key's position, never the key.
+        for index, key in enumerate(keys):
+            if len(key) < MIN_API_KEY_CHARS or any(c.isspace() for c in key):
+                raise ValueError(
+                    f"api_keys[{index}]: an API key must be at least {MIN_API_KEY_CHARS} characters, with no "
+                    "spaces (make one: python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+                )
+        return keys
+
     @property
     def bind_host(self) -> str:
         """`host`, but loopback only while no API key protects the server."""
@@ -268,7 +286,10 @@ class ServingSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="T2V_", env_nested_delimiter="__", extra="ignore")
+    # Errors name the setting and the reason, never the value given: keys and credentials live here.
+    model_config = SettingsConfigDict(
+        env_prefix="T2V_", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     # Model: a diffusers-format Wan2.x T2V directory; None means the embedded default,
     # built on first use into `cache_dir`.

@@ -74,7 +74,7 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
             output_uri=str(root / "outputs"),
             max_active_jobs=6,
             ray_temp_dir="/tmp/t2v-test",
-            api_keys=["test-key-a", "test-key-b"],
+            api_keys=["test-key-a-0123456", "test-key-b-0123456"],
             # the test model's phases last under a second: words often enough to show progress in them
             progress_seconds=0.25,
         ),
@@ -86,7 +86,12 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     context = start_private_ray(settings.serving.ray_temp_dir, 4, dashboard=True)
     try:
         yield RunningApp(
-            deploy(settings), settings, wan22_dir, f"http://{context.dashboard_url}", "test-key-a", "test-key-b"
+            deploy(settings),
+            settings,
+            wan22_dir,
+            f"http://{context.dashboard_url}",
+            "test-key-a-0123456",
+            "test-key-b-0123456",
         )
     finally:
         serve.shutdown()

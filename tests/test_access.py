@@ -21,7 +21,7 @@ def keyed(serve_app, key: str) -> httpx.Client:
 
 def test_without_keys_the_server_stays_on_loopback():
     assert ServingSettings(host="0.0.0.0").bind_host == "127.0.0.1"
-    assert ServingSettings(host="0.0.0.0", api_keys=["k"]).bind_host == "0.0.0.0"
+    assert ServingSettings(host="0.0.0.0", api_keys=["a-key-of-16-chars"]).bind_host == "0.0.0.0"
     # Whoever puts the proxies on the network (a Serve config, KubeRay), the ingress refuses it
     # without keys, unless asked by name.
     for host in ("127.0.0.1", "localhost", "::1"):
@@ -29,8 +29,19 @@ def test_without_keys_the_server_stays_on_loopback():
     for host in ("0.0.0.0", "10.1.2.3", "::"):
         with pytest.raises(PermissionError, match=f"refusing to serve on {host} without API keys"):
             ServingSettings().check_open_access(host)
-        ServingSettings(api_keys=["k"]).check_open_access(host)
+        ServingSettings(api_keys=["a-key-of-16-chars"]).check_open_access(host)
         ServingSettings(allow_unauthenticated=True).check_open_access(host)
+
+
+def test_an_empty_short_or_spaced_api_key_is_refused_without_printing_it():
+    from pydantic import ValidationError
+
+    for keys in ([""], ["a-key-of-16-chars", "short-secret"], ["sixteen chars with spaces"]):
+        with pytest.raises(
+            ValidationError, match=r"api_keys\[\d\]: an API key must be at least 16 characters"
+        ) as error:
+            ServingSettings(api_keys=keys)
+        assert all(key not in str(error.value) for key in keys if key)
 
 
 def test_the_running_ingress_knows_where_the_proxies_listen(serve_app):
@@ -52,7 +63,8 @@ def test_the_running_ingress_knows_where_the_proxies_listen(serve_app):
     ],
 )
 def test_every_api_route_needs_a_valid_key(serve_app, anonymous, method, path):
-    for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": f"Basic {serve_app.api_key}"}):
+    bad = ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": "Bearer"})
+    for headers in (*bad, {"Authorization": f"Basic {serve_app.api_key}"}):
         response = anonymous.request(method, path, headers=headers, json={"prompt": "a cat"})
         assert response.status_code == 401, (headers, response.text)
         assert response.json()["error"]["code"] == "invalid_api_key"

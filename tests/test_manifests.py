@@ -189,7 +189,7 @@ def test_rayservice_is_closed_by_default(rayservice, gpu_serve_config):
     host = gpu_serve_config["http_options"]["host"]
     with pytest.raises(PermissionError, match="without API keys"):
         ServingSettings().check_open_access(host)
-    ServingSettings(api_keys=["from the secret"]).check_open_access(host)
+    ServingSettings(api_keys=["from-the-secret-0123"]).check_open_access(host)
 
 
 def test_rayservice_places_one_expert_per_gpu(gpu_serve_config):
