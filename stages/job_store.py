@@ -61,7 +61,7 @@ class JobStore:
         for key in store.keys("jobs"):
             try:
                 job = Job.model_validate_json(store.read(key) or b"")
-            except ValueError as error:
+            except (ValueError, OSError) as error:  # cut short, or the store could not read it
                 logger.warning("job store: skipped unreadable record %s: %s", key, error_summary(error))
                 self.unreadable.append(key)
                 metrics.inc("unreadable", store="jobs")
