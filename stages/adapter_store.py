@@ -132,50 +132,85 @@ class AdapterStore:
         found = {}
         for folder in sorted(folders, key=lambda f: f.base_name):
             if folder.type == pafs.FileType.Directory and not folder.base_name.startswith("."):
-                info = self._describe(folder.base_name)
+                try:
+                    info = self._describe(folder.base_name)
+                except Exception as error:  # one bad folder must not take the listing (and every request) down
+                    logger.warning("adapter store: folder %s cannot be read: %r", folder.base_name, error)
+                    info = AdapterInfo(folder.base_name, "", (), 0, "", "its files cannot be read")
                 if info is not None:
                     found[info.name] = info
         return found
 
     def _describe(self, name: str) -> AdapterInfo | None:
+        """The adapter in folder `name`, or None when the folder holds no weights file. A problem
+        names what is wrong in the folder's own terms: never a path, a bucket or a raw error."""
         weights = self.fs.get_file_info(f"{self.root}/{name}/{WEIGHTS_FILE}")
         if weights.type != pafs.FileType.File:
             return None  # not an adapter folder
         revision = hashlib.sha256(f"{name}:{weights.size}:{weights.mtime_ns}".encode()).hexdigest()[:16]
-        about: dict = {}
-        try:
-            with self.fs.open_input_stream(f"{self.root}/{name}/{DESCRIPTION_FILE}") as f:
-                about = json.loads(f.read())
-        except (FileNotFoundError, ValueError):
-            pass
-        about = about if isinstance(about, dict) else {}
+
+        def refused(problem: str, description: str = "") -> AdapterInfo:
+            return AdapterInfo(name, revision, (), 0, description, problem)
+
+        if not re.match(ADAPTER_NAME, name):
+            return refused(f"folder name {name!r} is not an adapter name")
+        about = self._about(name)
+        if about is None:
+            return refused(f"its {DESCRIPTION_FILE} is not a readable JSON object")
         description = str(about.get("description", ""))
         # diffusers' `load_into_transformer_2`: one set of `transformer.` weights for both experts
         shared = about.get("load_into_transformer_2") is True
-        if not re.match(ADAPTER_NAME, name):
-            return AdapterInfo(name, revision, (), 0, description, f"folder name {name!r} is not an adapter name")
         try:
             header = self._header(name)
         except (OSError, ValueError) as error:
-            return AdapterInfo(name, revision, (), 0, description, f"unreadable {WEIGHTS_FILE}: {error}")
+            logger.warning("adapter store: %s/%s unreadable: %r", name, WEIGHTS_FILE, error)
+            return refused(f"unreadable {WEIGHTS_FILE} (empty, cut short or not safetensors)", description)
         experts, rank, problem = self._check(header, shared)
         return AdapterInfo(name, revision, experts, rank, description, problem, shared)
 
+    def _about(self, name: str) -> dict | None:
+        """The folder's adapter.json ({} when there is none); None when it cannot be read as an object."""
+        path = f"{self.root}/{name}/{DESCRIPTION_FILE}"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return {}
+        try:
+            with self.fs.open_input_stream(path) as f:  # a folder of that name raises here
+                about = json.loads(f.read(2**20))
+        except (OSError, ValueError, RecursionError):
+            return None
+        return about if isinstance(about, dict) else None
+
     def _header(self, name: str) -> dict[str, dict]:
-        """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read."""
+        """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read.
+        ValueError when it is not one: too short, not a JSON object of objects, shapes not sizes."""
         with self.fs.open_input_file(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
+            size = f.read(8)
+            if len(size) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", size)
             if length > 100 * 2**20:
                 raise ValueError(f"a {length}-byte header is not a safetensors file's")
-            header = json.loads(f.read(length))
+            data = f.read(length)
+        if len(data) < length:
+            raise ValueError("the header is cut short")
+        try:
+            header = json.loads(data)
+        except RecursionError:
+            raise ValueError("the header nests too deep") from None
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         header.pop("__metadata__", None)
+        for tensor in header.values():
+            shape = tensor.get("shape") if isinstance(tensor, dict) else None
+            if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+                raise ValueError("a tensor entry has no shape of sizes")
         return header
 
     def _check(self, header: dict[str, dict], shared: bool = False) -> tuple[tuple[str, ...], int, str | None]:
         """(experts it changes, rank, the first reason it does not fit this model or None).
         `shared`: its `transformer.` weights go into the low-noise expert too."""
         low = ExpertKind.LOW_NOISE
-        experts, ranks = set(), set()
+        experts, ranks = set(), {}  # ranks: the layer's key without its part -> {part: rank}
         for key, tensor in header.items():
             prefix = next((p for p in self._experts if key.startswith(p)), None)
             if prefix is None:
@@ -190,15 +225,18 @@ class AdapterStore:
                 continue  # alphas, DoRA magnitudes: peft checks them when loading
             targets = [kind] + ([low] if shared and f"{low.subfolder}." in self._experts else [])
             for target in targets:
-                if (problem := self._fits(key, prefix, part, tensor.get("shape", []), target)) is not None:
+                if (problem := self._fits(key, prefix, part, tensor["shape"], target)) is not None:
                     return (), 0, problem
                 experts.add(target.stage)
             shape = tensor["shape"]
-            ranks.add(shape[0] if part == ".lora_A.weight" else shape[1])
+            ranks.setdefault(key[: -len(part)], {})[part] = shape[0] if part == ".lora_A.weight" else shape[1]
+        for layer, parts in ranks.items():
+            if len(set(parts.values())) > 1:
+                return (), 0, f"{layer!r}: lora_A has rank {parts[_LORA_PARTS[0]]}, lora_B rank {parts[_LORA_PARTS[1]]}"
         if not experts:
             return (), 0, "it holds no LoRA weights"
         order = [k.stage for k in ExpertKind if k.stage in experts]
-        return tuple(order), max(ranks), None
+        return tuple(order), max(r for parts in ranks.values() for r in parts.values()), None
 
     def _fits(self, key: str, prefix: str, part: str, shape: list[int], kind: ExpertKind) -> str | None:
         """Why the LoRA matrix `key` cannot go into `kind`'s expert; None when it fits."""
@@ -207,8 +245,10 @@ class AdapterStore:
         if module not in linears:
             return f"{key!r}: this model's {kind.subfolder} has no layer {module!r} (another architecture?)"
         inputs, outputs = linears[module]
-        expected = (shape[0], inputs) if part == ".lora_A.weight" else (outputs, shape[1] if len(shape) > 1 else 0)
-        if len(shape) != 2 or tuple(shape) != expected:
+        a = part == ".lora_A.weight"
+        rank = (shape[0] if a else shape[-1]) if shape else 0
+        expected = (rank, inputs) if a else (outputs, rank)
+        if len(shape) != 2 or rank < 1 or tuple(shape) != expected:
             return (
                 f"{key!r} has shape {shape}; {kind.subfolder}.{module} takes {inputs} inputs and gives "
                 f"{outputs} outputs (an adapter for another architecture)"

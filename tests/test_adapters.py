@@ -98,6 +98,64 @@ def test_the_store_lists_each_adapter_with_its_experts_and_the_reason_one_does_n
     assert "unreadable" in listing["broken"].problem
 
 
+def _safetensors(header) -> bytes:
+    data = json.dumps(header).encode()
+    return len(data).to_bytes(8, "little") + data
+
+
+def test_one_bad_folder_is_listed_with_its_reason_and_the_others_serve(wan22_dir, store, tmp_path):
+    """A weights file cut short or empty (mid-copy), headers that are not safetensors', shapes
+    that are not sizes, ranks that disagree, an adapter.json that is a folder: each is listed
+    with a reason that names no path, and a request naming it is refused by field."""
+    import shutil
+
+    from stages.validation import RequestValidator
+
+    root = tmp_path / "store"
+    shutil.copytree(store / "both", root / "good")
+    weights = (store / "both" / "pytorch_lora_weights.safetensors").read_bytes()
+    key = "transformer.blocks.0.attn1.to_q"
+    bad = {
+        "empty": b"",
+        "cut": weights[: len(weights) // 2],
+        "short": weights[:5],
+        "listhdr": _safetensors(["a", 8]),
+        "notobj": _safetensors({f"{key}.lora_A.weight": 8}),
+        "words": _safetensors({f"{key}.lora_A.weight": {"dtype": "F32", "shape": ["a", 192], "data_offsets": [0, 0]}}),
+        "ranks": _safetensors(
+            {
+                f"{key}.lora_A.weight": {"dtype": "F32", "shape": [4, 192], "data_offsets": [0, 0]},
+                f"{key}.lora_B.weight": {"dtype": "F32", "shape": [192, 8], "data_offsets": [0, 0]},
+            }
+        ),
+    }
+    for name, data in bad.items():
+        (root / name).mkdir()
+        (root / name / "pytorch_lora_weights.safetensors").write_bytes(data)
+    shutil.copytree(store / "both", root / "dirnote")
+    (root / "dirnote" / "adapter.json").unlink()
+    (root / "dirnote" / "adapter.json").mkdir()
+
+    settings = Settings(model=wan22_dir, adapters={"uri": str(root)}, cache={"enabled": False})
+    checkpoint = Checkpoint(wan22_dir, settings)
+    listing = AdapterStore(root, checkpoint).listing()
+    assert sorted(listing) == sorted([*bad, "dirnote", "good"])
+    assert listing["good"].problem is None and listing["good"].experts == ("high_noise", "low_noise")
+    for name in (*bad, "dirnote"):
+        problem = listing[name].problem
+        assert problem and str(tmp_path) not in problem and "/" not in problem, (name, problem)
+    assert "rank 4" in listing["ranks"].problem and "rank 8" in listing["ranks"].problem
+    assert "adapter.json" in listing["dirnote"].problem
+
+    validator = RequestValidator(settings, checkpoint)
+    body = {"prompt": "a red ball bounces on grass", "seed": 1, "steps": 6}
+    assert validator.body({**body, "lora": [{"name": "good"}]}).lora[0].name == "good"
+    for name in (*bad, "dirnote"):
+        with pytest.raises(RequestInvalid) as refused:
+            validator.body({**body, "lora": [{"name": name}]})
+        assert refused.value.field == "lora.0.name" and "does not fit" in refused.value.message, name
+
+
 def test_the_low_noise_expert_only_adapter_does_not_fit_a_one_transformer_model(wan21_dir, store):
     checkpoint = Checkpoint(wan21_dir, Settings(model=wan21_dir))
     listing = AdapterStore(store, checkpoint).listing()
