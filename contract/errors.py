@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -107,3 +108,14 @@ def error_summary(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]
+
+
+# What a client must not read in an error: where the service keeps its files and objects.
+_URI = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+_PATH = re.compile(r"(?<![\w.~-])(?:~|\.{1,2})?/(?:[^\s'\"/]+/)*[^\s'\"/]+")
+
+
+def public_error(error: BaseException) -> str:
+    """`error_summary` as a client may read it: URIs (buckets, keys) and filesystem paths
+    replaced by <uri> and <path>. The log keeps the whole message."""
+    return _PATH.sub("<path>", _URI.sub("<uri>", error_summary(error)))

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from contract.errors import ApiError, error_summary
+from contract.errors import ApiError, error_summary, public_error
 from contract.jobs import Job, JobCreate, JobError, latent_key, valid_job_id, video_key
 from contract.request import GenerationRequest
 from contract.settings import Settings
@@ -148,7 +148,7 @@ class JobService:
                     self.store.write(video_key(job.id), cached.mp4)
                 job = await self.jobs.complete.remote(job.id, cached.physics)
             except BaseException as error:  # never leave the job queued with nothing to run it
-                await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=error_summary(error)))
+                await self.jobs.fail.remote(job.id, JobError(code="internal_error", message=public_error(error)))
                 raise
         return job, generation
 
@@ -183,7 +183,7 @@ class JobService:
             return await self._record(job_id, await runner.run(JobState(job_id, request), owner))
         except Exception as error:  # the bookkeeping itself failed (e.g. the job store restarting)
             logger.exception("job %s: orchestration failed", job_id)
-            return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=error_summary(error)))
+            return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=public_error(error)))
         except asyncio.CancelledError:  # this replica is going away under the job
             error = JobError(code="interrupted", message="the ingress running this job stopped; submit it again")
             await asyncio.shield(self.jobs.fail.remote(job_id, error))

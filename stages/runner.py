@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from contract.errors import error_summary
+from contract.errors import error_summary, public_error
 from contract.jobs import JobError
 from contract.messages import JobTrace, PhysicsResult, Video
 from contract.request import GenerationRequest
@@ -140,12 +140,12 @@ class JobRunner:
                             return Outcome("cancelled")  # cancelled (or timed out) meanwhile: that stands
                         continue
                     message = (
-                        f"{stage}'s replica died while running this job ({error_summary(error)}); "
+                        f"{stage}'s replica died while running this job ({public_error(error)}); "
                         f"retried {attempt} times"
                     )
                     return Outcome("failed", error=JobError(code="replica_died", message=message))
                 logger.exception("job %s failed", job_id)
-                return Outcome("failed", error=JobError(code="generation_failed", message=error_summary(error)))
+                return Outcome("failed", error=JobError(code="generation_failed", message=public_error(error)))
         raise AssertionError("unreachable")
 
     def denoise(self, state: JobState) -> tuple[Any, Any]:

@@ -257,6 +257,18 @@ def test_any_other_stage_error_fails_the_job_at_once():
     assert outcome.error.message == "ValueError: latents have the wrong shape"
     assert events.retried == 0
 
+    # what a client reads names no file or object of the service (the log has them)
+    missing = FileNotFoundError(2, "No such file or directory", "/srv/models/wan/vae/config.json")
+    for error, message in [
+        (missing, "FileNotFoundError: [Errno 2] No such file or directory: '<path>'"),
+        (
+            OSError("When reading s3://t2v-outputs/jobs/x.json: AccessDenied"),
+            "OSError: When reading <uri> AccessDenied",
+        ),
+    ]:
+        outcome = run(runner(FakeStages(raise_in={"decode": [error]}), events=Events()), request())
+        assert outcome.error.message == message
+
 
 def test_the_result_cache_answers_an_identical_request_of_the_same_owner(tmp_path):
     cache = LatentCache(tmp_path, {"embeddings": 2**20, "boundary": 2**20, "result": 2**20})
