@@ -101,6 +101,7 @@ class AdapterStore:
         self.checkpoint = checkpoint
         self.listing_seconds = listing_seconds
         self._listing: tuple[float, dict[str, AdapterInfo]] | None = None
+        self._refreshing = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -117,11 +118,26 @@ class AdapterStore:
     # -- listing -----------------------------------------------------------------------------
 
     def listing(self) -> dict[str, AdapterInfo]:
-        """Every adapter in the store by name, re-read at most every `listing_seconds`."""
+        """Every adapter in the store by name. Only the first call reads the store; after that the
+        listing answers at once and, when older than `listing_seconds`, is read again on a
+        thread of its own: a request never waits on an object store's round trips."""
         with self._lock:
-            if self._listing is None or time.monotonic() - self._listing[0] > self.listing_seconds:
+            if self._listing is None:
                 self._listing = (time.monotonic(), self._read_listing())
+            elif time.monotonic() - self._listing[0] > self.listing_seconds and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="adapter-listing", daemon=True).start()
             return self._listing[1]
+
+    def _refresh(self) -> None:
+        listing = None
+        try:
+            listing = self._read_listing()
+        finally:
+            with self._lock:
+                self._refreshing = False
+                if listing is not None:
+                    self._listing = (time.monotonic(), listing)
 
     def _read_listing(self) -> dict[str, AdapterInfo]:
         try:
@@ -184,7 +200,7 @@ class AdapterStore:
         """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read.
         ValueError when it is not one: too short, not a JSON object of objects, shapes not sizes."""
         with self.fs.open_input_file(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
-            size = f.read(8)
+            file_size, size = f.size(), f.read(8)
             if len(size) < 8:
                 raise ValueError("shorter than a safetensors header")
             (length,) = struct.unpack("<Q", size)
@@ -200,10 +216,17 @@ class AdapterStore:
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         header.pop("__metadata__", None)
+        end = 0
         for tensor in header.values():
             shape = tensor.get("shape") if isinstance(tensor, dict) else None
             if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
                 raise ValueError("a tensor entry has no shape of sizes")
+            offsets = tensor.get("data_offsets")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)):
+                raise ValueError("a tensor entry has no data offsets")
+            end = max(end, offsets[1])
+        if 8 + length + end != file_size:  # a copy still in progress, or cut short
+            raise ValueError("the tensors' data is cut short or followed by more")
         return header
 
     def _check(self, header: dict[str, dict], shared: bool = False) -> tuple[tuple[str, ...], int, str | None]:

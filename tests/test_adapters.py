@@ -156,6 +156,25 @@ def test_one_bad_folder_is_listed_with_its_reason_and_the_others_serve(wan22_dir
         assert refused.value.field == "lora.0.name" and "does not fit" in refused.value.message, name
 
 
+def test_the_listing_answers_at_once_and_is_read_again_in_the_background(wan22_dir, store, tmp_path):
+    """Only the first call reads the store: a stale listing answers (a request never waits on
+    an object store's round trips) and starts a re-read whose result the next calls see."""
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(store / "both", root / "good")
+    adapters = AdapterStore(root, Checkpoint(wan22_dir, Settings(model=wan22_dir)), listing_seconds=0)
+    first = adapters.listing()
+    assert list(first) == ["good"]
+    shutil.copytree(store / "high", root / "new")
+    assert adapters.listing() is first  # stale: answered as it was, re-read meanwhile
+    deadline = time.monotonic() + 30
+    while "new" not in adapters.listing():
+        assert time.monotonic() < deadline, "the re-read never landed"
+        time.sleep(0.05)
+    assert adapters.listing()["new"].experts == ("high_noise",)
+
+
 def test_the_low_noise_expert_only_adapter_does_not_fit_a_one_transformer_model(wan21_dir, store):
     checkpoint = Checkpoint(wan21_dir, Settings(model=wan21_dir))
     listing = AdapterStore(store, checkpoint).listing()
