@@ -144,6 +144,8 @@ class JobService:
             try:
                 if cached.video is not None:
                     await asyncio.to_thread(self.store.copy, cached.video, video_key(job.id))
+                    if cached.latent is not None and await asyncio.to_thread(self.store.exists, cached.latent):
+                        await asyncio.to_thread(self.store.copy, cached.latent, latent_key(job.id))
                 else:
                     self.store.write(video_key(job.id), cached.mp4)
                 job = await self.jobs.complete.remote(job.id, cached.physics)

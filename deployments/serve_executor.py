@@ -44,8 +44,9 @@ class StoreOutputs(VideoOutputs):
                 self.store.delete(latent_key(job_id, video.attempt))
         return best.model_copy(update={"key": key})
 
-    def cached(self, video: Video) -> dict[str, str]:
-        return {"video": video.key}  # the result cache refers to the stored video
+    def cached(self, job_id: str, video: Video) -> dict[str, str]:
+        # the result cache refers to the stored video, and to its latent: a hit can be finalized too
+        return {"video": video.key, "latent": latent_key(job_id)}
 
 
 class JobStoreEvents(JobEvents):

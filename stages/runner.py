@@ -39,7 +39,7 @@ class VideoOutputs:
     def keep(self, job_id: str, best: Video, attempts: list[Video]) -> Video:
         return best
 
-    def cached(self, video: Video) -> dict[str, Any]:
+    def cached(self, job_id: str, video: Video) -> dict[str, Any]:
         """The kept video as the result cache keeps it: in hand, its mp4."""
         return {"mp4": video.mp4}
 
@@ -186,6 +186,6 @@ class JobRunner:
         best = self.outputs.keep(state.job_id, kept_video(videos, self.min_dynamics), videos)
         result_cache = None
         if self.results.used(state.request):  # the next identical request of this owner gets it as is
-            self.results.remember(state.request, best.physics, self.outputs.cached(best), owner)
+            self.results.remember(state.request, best.physics, self.outputs.cached(state.job_id, best), owner)
             result_cache = False
         return Outcome("completed", best, result_cache=result_cache, attempts=attempts)

@@ -210,6 +210,7 @@ class CachedResult:
     physics: PhysicsResult
     mp4: bytes | None = None  # in hand (in process, Ray Data) ...
     video: str | None = None  # ... or the output store's key of the video it was (the Serve app)
+    latent: str | None = None  # and of its final latent, which a final of the shot starts from (Serve)
 
 
 class ResultCache:
@@ -227,7 +228,8 @@ class ResultCache:
         hit = self.cache.get("result", result_key(self.model, request, owner))
         if hit is None:
             return None
-        return CachedResult(PhysicsResult.model_validate(hit["physics"]), hit.get("mp4"), hit.get("video"))
+        physics = PhysicsResult.model_validate(hit["physics"])
+        return CachedResult(physics, hit.get("mp4"), hit.get("video"), hit.get("latent"))
 
     @staticmethod
     def in_hand(hit: CachedResult | None, store) -> CachedResult | None:
@@ -236,7 +238,7 @@ class ResultCache:
         if hit is None or hit.mp4 is not None:
             return hit
         mp4 = store.read(hit.video)
-        return None if mp4 is None else CachedResult(hit.physics, mp4, hit.video)
+        return None if mp4 is None else CachedResult(hit.physics, mp4, hit.video, hit.latent)
 
     def remember(
         self, request: GenerationRequest, physics: PhysicsResult, video: dict[str, Any], owner: str | None = None

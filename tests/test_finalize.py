@@ -101,6 +101,14 @@ def test_from_and_finalize_make_the_final_of_a_finished_preview(serve_app):
         bare = http.post(f"/v1/videos/{preview_id}/finalize")  # no body: the final preset
         assert _wait(http, bare.raise_for_status().json()["id"])["status"] == "completed"
 
+        # the same preview again is a result-cache hit: it can be finalized all the same
+        body = {"prompt": "a red ball bounces on grass", "seed": 7, "steps": 4}
+        hit = _wait(http, http.post("/v1/videos", json=body).raise_for_status().json()["id"])
+        assert hit["cache"]["result"] is True, hit["cache"]
+        final_of_hit = http.post(f"/v1/videos/{hit['id']}/finalize")
+        assert final_of_hit.status_code == 202, final_of_hit.text
+        assert _wait(http, final_of_hit.json()["id"])["status"] == "completed"
+
         template = {"template": "product_showcase", "slots": {"product": "a mug"}, "steps": 4}
         shot = _wait(http, http.post("/v1/videos", json=template).raise_for_status().json()["id"])
         final_of_template = http.post(f"/v1/videos/{shot['id']}/finalize").raise_for_status().json()
