@@ -46,8 +46,11 @@ class JobStore:
         self._lock = threading.Lock()
         self._written = threading.Condition(self._lock)  # the writer's wake-up, and flush()'s
         self._dirty: set[str] = set()  # ids whose record changed since it was last written
-        self._deleted: set[str] = set()  # ids whose record and video are to be deleted
-        self._writing: set[str] = set()  # ids of the records being written now
+        self._deleted: dict[str, int] = {}  # ids whose record and files are to be deleted -> attempts
+        self._writing: set[str] = set()  # ids of the records being written (or deleted) now
+        # Deleted jobs' files deleted once more after a stage's time: a cancelled job's decode that
+        # was still running when it was deleted writes its mp4 after the delete (id -> (attempts, when)).
+        self._swept_again: dict[str, tuple[int, float]] = {}
         self._urgent = False
         self._jobs: dict[str, Job] = {}
         # queued or in progress, in order of creation: what the watchdog and the gauges look at
@@ -82,6 +85,13 @@ class JobStore:
         queued as long (their next call was lost, or no one started them), or whose ingress
         replica stopped heartbeating (it died with the job's orchestration). Returns their ids."""
         now = time.time() if now is None else now
+        with self._lock:
+            due = {i: attempts for i, (attempts, when) in self._swept_again.items() if when <= now}
+            for job_id in due:
+                del self._swept_again[job_id]
+            if due:
+                self._deleted.update(due)
+                self._written.notify_all()
         failed = []
         for job in [j for i in list(self._active) if (j := self._jobs.get(i)) is not None and j.active]:
             silent = now - (job.stage_since or now)
@@ -222,15 +232,21 @@ class JobStore:
         return job
 
     def delete(self, job_id: str) -> bool:
-        """Delete a finished job and its video. Active jobs must be cancelled first."""
+        """Delete a finished job, its record and every file of its attempts (videos, latents),
+        answering once that is done (bounded like `create`): a restart cannot bring it back.
+        Active jobs must be cancelled first."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.active:
                 return False
             del self._jobs[job_id]
-            self._deleted.add(job_id)
+            attempts = 1 + int(job.request.get("max_retries") or 0)
+            self._deleted[job_id] = attempts
+            self._swept_again[job_id] = (attempts, time.time() + (self.stage_timeout or 0))
+            self._urgent = True
             self._written.notify_all()
-            return True
+        self._durable(job_id)
+        return True
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -307,7 +323,8 @@ class JobStore:
         this call only; its record is written when the store is back."""
         with self._lock:
             written = self._written.wait_for(
-                lambda: job_id not in self._dirty and job_id not in self._writing, self.durable_timeout
+                lambda: job_id not in self._dirty and job_id not in self._deleted and job_id not in self._writing,
+                self.durable_timeout,
             )
         if not written:
             logger.warning("job store: record %s not yet written after %g s", job_id, self.durable_timeout)
@@ -321,17 +338,18 @@ class JobStore:
                 time.sleep(self.write_delay)
             with self._lock:
                 records = {i: self._record(self._jobs[i]) for i in self._dirty if i in self._jobs}
-                deleted, self._dirty, self._deleted, self._writing = self._deleted, set(), set(), set(records)
+                deleted, self._dirty, self._deleted = self._deleted, set(), {}
+                self._writing = set(records) | set(deleted)
             failed = self._write(records, deleted)
             with self._lock:
                 self._writing = set()
                 self._dirty |= failed.intersection(self._jobs)
-                self._deleted |= failed - set(records)
+                self._deleted |= {i: deleted[i] for i in failed if i in deleted}
                 self._written.notify_all()
             if failed:
                 time.sleep(1.0)  # the store is down or refusing: retry, without spinning
 
-    def _write(self, records: dict[str, bytes], deleted: set[str]) -> set[str]:
+    def _write(self, records: dict[str, bytes], deleted: dict[str, int]) -> set[str]:
         """Write and delete; returns the ids that failed (kept for the next round)."""
         failed = set()
         for job_id, data in records.items():
@@ -340,11 +358,12 @@ class JobStore:
             except Exception as error:  # any store error: keep the record, retry
                 logger.warning("job store: writing record %s failed, will retry: %s", job_id, error_summary(error))
                 failed.add(job_id)
-        for job_id in deleted:
+        for job_id, attempts in deleted.items():
             try:
                 self.store.delete(f"jobs/{job_id}.json")
-                self.store.delete(video_key(job_id))
-                self.store.delete(latent_key(job_id))
+                for attempt in range(attempts):
+                    self.store.delete(video_key(job_id, attempt))
+                    self.store.delete(latent_key(job_id, attempt))
             except Exception as error:
                 logger.warning("job store: deleting %s failed, will retry: %s", job_id, error_summary(error))
                 failed.add(job_id)

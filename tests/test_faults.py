@@ -200,6 +200,34 @@ def test_clients_that_disconnect_leave_no_job_behind(serve_app, client):
     assert [j["status"] for j in new] == ["completed"] * len(new), [(j["prompt"], j["status"], j["error"]) for j in new]
 
 
+def test_a_deleted_job_takes_every_file_of_its_attempts_and_a_late_one_with_it(tmp_path, settings):
+    """Delete answers once the record and every attempt's mp4 and latent are gone (a restart
+    cannot bring the job back); a decode that lands after the delete (a cancelled job's stage was
+    still running) is deleted once a stage's time has passed."""
+    from contract.jobs import JobCreate, latent_key, video_key
+    from contract.storage import OutputStore
+    from stages.job_store import JobStore
+
+    output = OutputStore(str(tmp_path))
+    store = JobStore(output, stage_timeout=60)
+    request = GenerationRequest.build(settings, prompt="a cat", seed=1, min_physics_score=0.5, max_retries=2)
+    job = store.create(JobCreate(request=request, model_id="m", steps_total=10)).job
+    for attempt in range(3):  # the first video and two repairs, none kept: the job failed
+        output.write(video_key(job.id, attempt), b"mp4")
+        output.write(latent_key(job.id, attempt), b"latent")
+    store.fail(job.id, JobError(code="generation_failed", message="boom"))
+
+    assert store.delete(job.id)
+    assert [k for k in output.keys("videos") if job.id in k] == [] and not output.exists(f"jobs/{job.id}.json")
+    assert JobStore(output).get(job.id) is None
+
+    output.write(video_key(job.id, 1), b"a late decode")
+    store.check(now=time.time() + 30)
+    assert store.flush(timeout=10) and output.exists(video_key(job.id, 1))  # a stage may still be running
+    store.check(now=time.time() + 61)
+    assert store.flush(timeout=10) and not output.exists(video_key(job.id, 1))
+
+
 def test_half_written_files_never_break_a_restart(tmp_path, settings):
     """A SIGKILL during a write leaves a temp file or a cut record: never listed, or skipped and
     counted, and everything else loads."""
