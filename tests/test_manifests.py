@@ -96,8 +96,16 @@ def serve_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def rayservice() -> dict:
-    return yaml.safe_load(RAYSERVICE_YAML.read_text())
+def manifests() -> dict[str, dict]:
+    """The KubeRay file's documents by kind."""
+    documents = list(yaml.safe_load_all(RAYSERVICE_YAML.read_text()))
+    assert len({d["kind"] for d in documents}) == len(documents)
+    return {d["kind"]: d for d in documents}
+
+
+@pytest.fixture(scope="module")
+def rayservice(manifests) -> dict:
+    return manifests["RayService"]
 
 
 @pytest.fixture(scope="module")
@@ -173,18 +181,67 @@ def test_rayservice_manifest(rayservice, gpu_serve_config, serve_config):
     assert set(by_name(gpu_serve_config["applications"][0])) == set(by_name(serve_config["applications"][0]))
 
 
-def test_rayservice_is_closed_by_default(rayservice, gpu_serve_config):
-    """The API takes its keys from a Kubernetes Secret in every pod; Ray's dashboard (job
-    submission: code execution) is not on the pod network."""
+def strict(schema: dict) -> dict:
+    """A CRD schema that refuses unknown fields (as `kubectl apply --validate=strict` does;
+    the API server would drop a misspelt one silently), except where it preserves them."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema.setdefault("additionalProperties", False)
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+def test_rayservice_is_valid_for_the_kuberay_crd(rayservice, gpu_serve_config, built):
+    """Against the RayService CRD (tests/data/kuberay, with its source), then the facts the
+    operator relies on: the dashboard's port on the head (it submits serveConfigV2 there), a
+    serveConfigV2 that Serve parses, and only deployments the app has."""
+    import gzip
+
+    import jsonschema
+
+    crd = yaml.safe_load(
+        gzip.decompress((REPO / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml.gz").read_bytes())
+    )
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == rayservice["apiVersion"].split("/")[1]]
+    jsonschema.validate(rayservice, strict(version["schema"]["openAPIV3Schema"]))
+
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+    ports = {p["name"]: p["containerPort"] for c in head["template"]["spec"]["containers"] for p in c["ports"]}
+    assert ports.get("dashboard") == 8265 and head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    validate(gpu_serve_config)
+    assert set(by_name(gpu_serve_config["applications"][0])) <= set(by_name(built))
+
+
+def test_rayservice_is_closed_by_default(manifests, rayservice, gpu_serve_config):
+    """The API takes its keys from a Kubernetes Secret in every pod; Ray itself takes a token
+    from another (the operator's authOptions) and opens no Ray Client port; a NetworkPolicy lets
+    only Ray's pods, the operator (on the dashboard) and API clients (on 8000) in."""
     cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token" and cluster["authOptions"]["secretName"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for group in groups:
         for container in group["template"]["spec"]["containers"]:
             env = {e["name"]: e for e in container.get("env", [])}
             assert env["T2V_SERVING__API_KEYS"]["valueFrom"]["secretKeyRef"]["name"], container["name"]
-            assert 8265 not in [p["containerPort"] for p in container.get("ports", [])], container["name"]
-    head = cluster["headGroupSpec"]["rayStartParams"]
-    assert head["dashboard-host"] in ("127.0.0.1", "localhost")
+            assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"], container["name"]
+            assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+            assert 10001 not in [p["containerPort"] for p in container.get("ports", [])], container["name"]
+    policy = manifests["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"ray.io/is-ray-node": "yes"} and policy["policyTypes"] == [
+        "Ingress"
+    ]
+    opened = {}  # port -> who may reach it (None: anyone)
+    for rule in policy["ingress"]:
+        sources = rule.get("from")
+        for port in rule.get("ports") or [{"port": "any"}]:
+            opened.setdefault(port["port"], []).append(sources)
+    assert opened[8000] == [None]  # the API: keys required
+    [[operator]] = opened[8265]
+    assert operator["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    [[ray]] = opened["any"]
+    assert ray == {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}}
     # The proxies listen on every interface: without the Secret's keys the ingress would refuse.
     host = gpu_serve_config["http_options"]["host"]
     with pytest.raises(PermissionError, match="without API keys"):
