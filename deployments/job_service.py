@@ -24,6 +24,7 @@ from contract.jobs import Job, JobCreate, JobError, latent_key, valid_job_id, vi
 from contract.request import GenerationRequest
 from contract.settings import Settings
 from contract.storage import OutputStore
+from deployments.app_state import app_deleting
 from deployments.serve_executor import serve_runner
 from stages.checkpoint import Checkpoint
 from stages.job_state import JobState
@@ -199,13 +200,17 @@ class JobService:
         return await self.jobs.get.remote(job_id)  # cancelled (or ended otherwise): the record says so
 
     async def drain(self) -> None:
-        """Serve is stopping this replica (scale-down, redeploy): its jobs finish first, for at
-        most `serving.drain_seconds`; any still running then fail as interrupted, recorded
-        before the replica goes (else the store would only notice the lost heartbeat)."""
+        """Serve is stopping this replica. Alone (scale-down, redeploy), its jobs finish first, for
+        at most `serving.drain_seconds`; with the whole app (deployments/app_state.py), at once.
+        Any still running then fail as interrupted, recorded before the replica goes (else the
+        store would only notice the lost heartbeat)."""
         if not self._tasks:
             return
-        logger.info("ingress stopping: draining %d jobs", len(self._tasks))
-        _, running = await asyncio.wait(self._tasks, timeout=self.settings.serving.drain_seconds)
+        # The whole app going (its job store and stages too): nothing to finish the jobs with.
+        deleting = await asyncio.to_thread(app_deleting)
+        logger.info("ingress stopping: %s %d jobs", "ending" if deleting else "draining", len(self._tasks))
+        limit = 0 if deleting else self.settings.serving.drain_seconds
+        _, running = await asyncio.wait(self._tasks, timeout=limit)
         if running:
             logger.warning(
                 "ingress stopping: %d jobs did not finish in time, failing them as interrupted", len(running)

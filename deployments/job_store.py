@@ -11,6 +11,7 @@ from ray import serve
 from contract.messages import StageProgress
 from contract.settings import Settings
 from contract.storage import OutputStore
+from deployments.app_state import app_deleting
 from stages.job_store import JobStore
 
 logger = logging.getLogger("ray.serve")
@@ -41,7 +42,11 @@ class JobStoreDeployment(JobStore):
         JobStore.heartbeat(self, runner)
 
     def __del__(self):
-        """Serve stops the replica (redeploy, shutdown): what is still to be written goes first."""
+        """Serve stops the replica (redeploy, shutdown): what is still to be written goes first.
+        When the whole app goes, its jobs cannot finish: each is recorded as interrupted."""
+        if app_deleting():
+            for job_id in self.interrupt_active("the app was stopped while this job ran; submit it again"):
+                logger.warning("job %s interrupted: the app is being deleted", job_id)
         if not self.flush(timeout=10):
             logger.warning("job store: stopped with job records not yet written to %s", self.store.uri)
 

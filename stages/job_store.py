@@ -218,6 +218,14 @@ class JobStore:
     def fail(self, job_id: str, error: JobError) -> Job | None:
         return self._finish(job_id, "failed", error=error)
 
+    def interrupt_active(self, message: str) -> list[str]:
+        """Fail every queued or running job as `interrupted` (the whole app is stopping); their ids."""
+        with self._lock:
+            active = [i for i in self._active if (job := self._jobs.get(i)) is not None and job.active]
+        for job_id in active:
+            self.fail(job_id, JobError(code="interrupted", message=message))
+        return active
+
     def cancel(self, job_id: str) -> Job | None:
         """Cancel an active job (its stages stop at their next step); None if unknown."""
         with self._lock:

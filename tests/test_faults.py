@@ -358,6 +358,7 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
         target=serve.run, args=(bind_app(settings),), kwargs={"name": name, "route_prefix": "/scale"}
     )
     deploying.start()
+    deleted = False
     try:
         deadline = time.monotonic() + 120
         while running_ingress_replicas() < 2:
@@ -387,9 +388,31 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
         assert [j["status"] for j in jobs] == ["completed"] * len(jobs), [j["error"] for j in jobs if j["error"]]
         runners = {json.loads((tmp_path / "outputs" / "jobs" / f"{i}.json").read_text())["runner"] for i in ids}
         assert runners - set(survivors), "no job ran on the replica that was stopped"
-    finally:
-        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=60) as http:
-            for job in http.get("/v1/videos", params={"limit": 100}).json().get("data", []):
-                if job["status"] in ("queued", "in_progress"):  # a failed test leaves nothing to drain
-                    http.delete(f"/v1/videos/{job['id']}")
+
+        # The whole app deleted under running jobs: its job store and stages go too, so the jobs
+        # end at once, each recorded as interrupted (no drain waited out for nothing).
+        with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=120) as http:
+            body = {"preset": "final", "steps": 60, "cache": False}
+            running = [
+                http.post("/v1/videos", json={**body, "prompt": f"a long kite flight {i}", "seed": 100 + i})
+                .raise_for_status()
+                .json()["id"]
+                for i in range(2)
+            ]
+            deadline = time.monotonic() + 120
+            while any(http.get(f"/v1/videos/{i}").json()["status"] != "in_progress" for i in running):
+                assert time.monotonic() < deadline, "the jobs never started"
+                time.sleep(0.2)
+        start = time.monotonic()
         serve.delete(name)
+        deleted, took = True, time.monotonic() - start
+        records = [json.loads((tmp_path / "outputs" / "jobs" / f"{i}.json").read_text()) for i in running]
+        assert [(r["status"], r["error"]["code"]) for r in records] == [("failed", "interrupted")] * 2, records
+        assert "the app was stopped" in records[0]["error"]["message"] and took < 60, (took, records[0]["error"])
+    finally:
+        if not deleted:
+            with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=60) as http:
+                for job in http.get("/v1/videos", params={"limit": 100}).json().get("data", []):
+                    if job["status"] in ("queued", "in_progress"):  # a failed test leaves nothing to drain
+                        http.delete(f"/v1/videos/{job['id']}")
+            serve.delete(name)
