@@ -123,7 +123,11 @@ class AdapterStore:
         thread of its own: a request never waits on an object store's round trips."""
         with self._lock:
             if self._listing is None:
-                self._listing = (time.monotonic(), self._read_listing())
+                try:
+                    self._listing = (time.monotonic(), self._read_listing())
+                except OSError as error:
+                    logger.warning("adapter store %s cannot be listed: %s", self.uri, error)
+                    return {}
             elif time.monotonic() - self._listing[0] > self.listing_seconds and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self._refresh, name="adapter-listing", daemon=True).start()
@@ -133,6 +137,8 @@ class AdapterStore:
         listing = None
         try:
             listing = self._read_listing()
+        except OSError as error:  # the store is down: the last listing stands until it is back
+            logger.warning("adapter store %s cannot be listed, keeping the last listing: %s", self.uri, error)
         finally:
             with self._lock:
                 self._refreshing = False
@@ -140,11 +146,8 @@ class AdapterStore:
                     self._listing = (time.monotonic(), listing)
 
     def _read_listing(self) -> dict[str, AdapterInfo]:
-        try:
-            folders = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-        except OSError as error:
-            logger.warning("adapter store %s cannot be listed: %s", self.uri, error)
-            return {}
+        """OSError when the store cannot be listed."""
+        folders = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         found = {}
         for folder in sorted(folders, key=lambda f: f.base_name):
             if folder.type == pafs.FileType.Directory and not folder.base_name.startswith("."):

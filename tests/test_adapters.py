@@ -174,6 +174,20 @@ def test_the_listing_answers_at_once_and_is_read_again_in_the_background(wan22_d
         time.sleep(0.05)
     assert adapters.listing()["new"].experts == ("high_noise",)
 
+    def reread() -> None:
+        deadline = time.monotonic() + 30
+        while adapters._refreshing:
+            assert time.monotonic() < deadline, "the re-read never ended"
+            time.sleep(0.05)
+
+    # the store cannot be listed (down, or its path is no folder now): the last listing stands
+    reread()
+    shutil.move(root, tmp_path / "away")
+    root.write_text("not a folder")
+    adapters.listing()  # stale: starts a re-read, which fails
+    reread()
+    assert sorted(adapters.listing()) == ["good", "new"]
+
 
 def test_the_low_noise_expert_only_adapter_does_not_fit_a_one_transformer_model(wan21_dir, store):
     checkpoint = Checkpoint(wan21_dir, Settings(model=wan21_dir))
