@@ -50,6 +50,9 @@ class ExpertPhase:
         metrics.zero("steps", expert=self.kind.metric_label, model=self.expert.checkpoint.model_id)
         for result in ("hit", "load"):  # the dashboard shows adapter phases from the start, at zero
             metrics.zero("adapter_requests", expert=self.kind.metric_label, result=result)
+        for name, info in self.expert.adapters.store.listing().items():  # and each adapter's loads
+            if info.problem is None:
+                metrics.zero("adapter_loads", expert=self.kind.metric_label, adapter=name)
 
         async def load_adapters(model_id: str) -> LoadedAdapters:
             pairs = parse_adapter_set_id(model_id)
