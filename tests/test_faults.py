@@ -320,12 +320,13 @@ def test_a_request_cancelled_while_the_ingress_loads_leaves_the_load_to_the_othe
 
 
 def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path):
-    """Serve's autoscaler stops one of two ingress replicas while both run jobs (a job is
-    background work, not a request, so to Serve the replica looks idle): the stopped one
-    finishes its jobs before it goes. A second app on the session's cluster, so the first keeps
-    its replicas. The ingress is up long before the stage replicas (it loads no model code to
-    start), so the jobs go in as soon as its two replicas run, while the app is still deploying:
-    waiting for the whole app would give the autoscaler its idle `downscale_delay_s` first."""
+    """Serve stops one of two ingress replicas while both run jobs (a job is background work,
+    not a request, so to Serve the replica looks idle): the stopped one finishes its jobs before
+    it goes. The scale-down is a redeploy with one replica fewer, the path Serve's autoscaler
+    takes too, but at a moment the test chooses: after both replicas took jobs. (A replica
+    still loading the model's configs answers Serve's queue-length probes late, so the proxy
+    sends everything to the other one until it is done.) A second app on the session's
+    cluster, so the first keeps its replicas."""
     from ray import serve
     from ray.util.state import list_actors
 
@@ -334,50 +335,47 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
 
     name = "t2v-scale"
     deployments = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in serve_app.settings.deployments.items()}
-    deployments["Ingress"] = deployments["Ingress"].model_copy(
-        update={"min_replicas": 1, "initial_replicas": 2, "max_replicas": 2, "downscale_delay_s": 20}
-    )
+
+    def with_ingresses(count: int):
+        ingress = deployments["Ingress"].model_copy(
+            update={"min_replicas": count, "initial_replicas": count, "max_replicas": count, "downscale_delay_s": 1}
+        )
+        assert isinstance(ingress, DeploymentSettings)
+        return bind_app(settings.model_copy(update={"deployments": {**deployments, "Ingress": ingress}}))
+
     serving = serve_app.settings.serving.model_copy(
         update={"output_uri": str(tmp_path / "outputs"), "max_active_jobs": 16}
     )
-    settings = serve_app.settings.model_copy(
-        update={"cache_dir": tmp_path / "cache", "serving": serving, "deployments": deployments}
-    )
-    assert isinstance(deployments["Ingress"], DeploymentSettings)
+    settings = serve_app.settings.model_copy(update={"cache_dir": tmp_path / "cache", "serving": serving})
 
     def ingress_replicas() -> dict[str, int]:
         actors = list_actors(filters=[("class_name", "=", f"ServeReplica:{name}:Ingress"), ("state", "=", "ALIVE")])
         return {a.name.rsplit("#", 1)[-1]: a.pid for a in actors}
 
-    def running_ingress_replicas() -> int:
-        app = serve.status().applications.get(name)
-        ingress = app.deployments.get("Ingress") if app else None
-        return ingress.replica_states.get("RUNNING", 0) if ingress else 0
-
-    deploying = threading.Thread(
-        target=serve.run, args=(bind_app(settings),), kwargs={"name": name, "route_prefix": "/scale"}
-    )
-    deploying.start()
+    serve.run(with_ingresses(2), name=name, route_prefix="/scale")
     deleted = False
     try:
-        deadline = time.monotonic() + 120
-        while running_ingress_replicas() < 2:
-            assert time.monotonic() < deadline, "the ingress never ran its two replicas"
-            time.sleep(0.2)
         with httpx.Client(base_url=f"{serve_app.url}/scale", headers=serve_app.headers, timeout=120) as http:
             body = {"preset": "final", "steps": 12, "cache": False}
-            ids = [
-                http.post("/v1/videos", json={**body, "prompt": f"a kite at dusk {i}", "seed": i})
-                .raise_for_status()
-                .json()["id"]
-                for i in range(8)
-            ]
-            deploying.join(300)
-            assert serve.status().applications[name].status == "RUNNING"
-            deadline = time.monotonic() + 90
+            # jobs go in until both replicas run some (the record, written before the answer, names its runner)
+            ids: list[str] = []
+            runners: set[str] = set()
+            while len(ids) < 8 or len(runners) < 2:
+                assert len(ids) < 16, f"the proxy sent every job to one ingress replica: {runners}"
+                job = {**body, "prompt": f"a kite at dusk {len(ids)}", "seed": len(ids)}
+                ids.append(http.post("/v1/videos", json=job).raise_for_status().json()["id"])
+                runners.add(json.loads((tmp_path / "outputs" / "jobs" / f"{ids[-1]}.json").read_text())["runner"])
+                if len(ids) >= 8:
+                    time.sleep(0.5)
+            scaling = threading.Thread(
+                target=serve.run, args=(with_ingresses(1),), kwargs={"name": name, "route_prefix": "/scale"}
+            )
+            scaling.start()
+            deadline = time.monotonic() + 300  # the stopped replica goes once its jobs are done
             while len(survivors := ingress_replicas()) > 1:
-                assert time.monotonic() < deadline, "the autoscaler never scaled the ingress down"
+                assert time.monotonic() < deadline, "Serve never stopped the second ingress replica"
                 time.sleep(0.5)
+            scaling.join(300)
             jobs = []
             for video_id in ids:
                 until = time.monotonic() + 300
