@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from contract import nesting
 from contract.adapters import ADAPTER_NAME, AdapterRef
 from contract.errors import FieldError
 from contract.experts import ExpertKind
@@ -194,8 +195,8 @@ class AdapterStore:
             return {}
         try:
             with self.fs.open_input_stream(path) as f:  # a folder of that name raises here
-                about = json.loads(f.read(2**20))
-        except (OSError, ValueError, RecursionError):
+                about = nesting.loads(f.read(2**20))
+        except (OSError, ValueError):
             return None
         return about if isinstance(about, dict) else None
 
@@ -212,10 +213,7 @@ class AdapterStore:
             data = f.read(length)
         if len(data) < length:
             raise ValueError("the header is cut short")
-        try:
-            header = json.loads(data)
-        except RecursionError:
-            raise ValueError("the header nests too deep") from None
+        header = nesting.loads(data)  # ValueError (TooDeep too) when it is not JSON
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         header.pop("__metadata__", None)
