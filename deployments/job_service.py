@@ -56,6 +56,7 @@ class JobService:
         handles = (jobs, text_encoder, high_noise_expert, low_noise_expert, decoder)
         threading.Thread(target=self._load, args=(checkpoint, handles), name="job-service-load", daemon=True).start()
         self._tasks: set[asyncio.Task] = set()
+        self._stopping = "the ingress running this job stopped"  # why a job cancelled here ended
         threading.Thread(target=self._heartbeat, name="job-service-heartbeat", daemon=True).start()
 
     def _load(self, checkpoint: Checkpoint, handles: tuple) -> None:
@@ -188,7 +189,7 @@ class JobService:
             logger.exception("job %s: orchestration failed", job_id)
             return await self.jobs.fail.remote(job_id, JobError(code="internal_error", message=public_error(error)))
         except asyncio.CancelledError:  # this replica is going away under the job
-            error = JobError(code="interrupted", message="the ingress running this job stopped; submit it again")
+            error = JobError(code="interrupted", message=f"{self._stopping}; submit it again")
             await asyncio.shield(self.jobs.fail.remote(job_id, error))
             raise
 
@@ -212,6 +213,12 @@ class JobService:
         limit = 0 if deleting else self.settings.serving.drain_seconds
         _, running = await asyncio.wait(self._tasks, timeout=limit)
         if running:
+            self._stopping = (
+                "the app was stopped while this job ran"
+                if deleting
+                else f"the ingress running this job stopped and the job did not finish within "
+                f"serving.drain_seconds ({limit:g} s)"
+            )
             logger.warning(
                 "ingress stopping: %d jobs did not finish in time, failing them as interrupted", len(running)
             )

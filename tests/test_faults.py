@@ -337,14 +337,21 @@ def test_an_ingress_scaled_down_under_load_finishes_its_jobs(serve_app, tmp_path
     deployments = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in serve_app.settings.deployments.items()}
 
     def with_ingresses(count: int):
+        # a drain with room: on a slow machine the eight jobs can take longer than the default's 120 s
         ingress = deployments["Ingress"].model_copy(
-            update={"min_replicas": count, "initial_replicas": count, "max_replicas": count, "downscale_delay_s": 1}
+            update={
+                "min_replicas": count,
+                "initial_replicas": count,
+                "max_replicas": count,
+                "downscale_delay_s": 1,
+                "graceful_shutdown_timeout_s": 290,
+            }
         )
         assert isinstance(ingress, DeploymentSettings)
         return bind_app(settings.model_copy(update={"deployments": {**deployments, "Ingress": ingress}}))
 
     serving = serve_app.settings.serving.model_copy(
-        update={"output_uri": str(tmp_path / "outputs"), "max_active_jobs": 16}
+        update={"output_uri": str(tmp_path / "outputs"), "max_active_jobs": 16, "drain_seconds": 280}
     )
     settings = serve_app.settings.model_copy(update={"cache_dir": tmp_path / "cache", "serving": serving})
 
