@@ -136,11 +136,14 @@ def serve(
     import signal
     import threading
 
-    from cluster.launch import APP_NAME, connect, deploy
+    from cluster.launch import APP_NAME, connect, deploy, ray_environment, token_auth
+    from contract.settings import is_loopback
 
     settings = Settings.from_yaml(config) if config else Settings()
     serving = settings.serving.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v})
     settings = settings.model_copy(update={"serving": serving, **({"model": model} if model else {})})
+    # Before Ray is imported: it reads RAY_AUTH_MODE once, then.
+    ray_environment(token_auth=not is_loopback(settings.serving.bind_host))
 
     import importlib
 
@@ -150,7 +153,7 @@ def serve(
     # The app's modules (torch, diffusers: the driver's longest wait) load while Ray starts.
     preload = threading.Thread(target=importlib.import_module, args=("cluster.app",), daemon=True)
     preload.start()
-    started_ray = connect(settings, address)
+    ray_cluster = connect(settings, address)
     preload.join()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -171,6 +174,13 @@ def serve(
             f"try:  curl -s {base}/v1/videos/sync -H 'Content-Type: application/json'{auth} "
             f'-d \'{{"prompt": "红色的球在草地上弹跳", "seed": 1}}\' -o ball.mp4'
         )
+        if ray_cluster.dashboard:
+            typer.echo(f"Ray dashboard (ray job submit --address): {ray_cluster.dashboard}")
+        if ray_cluster.started and token_auth():
+            typer.echo(
+                "Ray token auth is on: Ray's CLIs need RAY_AUTH_MODE=token and the token "
+                "(~/.ray/auth_token here; `ray get-auth-token` prints it)"
+            )
         typer.echo("Ctrl-C stops it.")
         while not stop.wait(1.0):
             pass
@@ -178,7 +188,7 @@ def serve(
         pass
     finally:
         typer.echo("stopping...")
-        if started_ray:
+        if ray_cluster.started:
             ray_serve.shutdown()
             ray.shutdown()
         else:  # a cluster we joined keeps running; only our app goes

@@ -5,20 +5,29 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import NamedTuple
 
-from contract.settings import Settings
+from contract.settings import Settings, is_loopback
 
 APP_NAME = "t2v"
 
 
-def ray_environment() -> None:
+def ray_environment(token_auth: bool = False) -> None:
     """What Ray needs on these machines: no usage stats, an explicit auth mode (the CLI
-    tools fail without one), and the venv's python first on PATH for `ray job submit`."""
+    tools fail without one), and the venv's python first on PATH for `ray job submit`.
+    `token_auth`: a Ray that other machines can reach (its GCS and raylets listen on the
+    node's address) runs only code sent with its token; an explicit RAY_AUTH_MODE wins.
+    Call it before `import ray`: Ray reads the auth mode once, on import."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AUTH_MODE", "token" if token_auth else "disabled")
     bin_dir = os.path.dirname(os.sys.executable)  # not realpath: that leaves the venv for pyenv's bin
     if not os.environ.get("PATH", "").startswith(bin_dir):
         os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def token_auth() -> bool:
+    """Whether this process's Ray calls carry a token (RAY_AUTH_MODE=token)."""
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
 
 
 def free_port() -> int:
@@ -47,23 +56,31 @@ def running_cluster() -> str | None:
         return None
 
 
-def connect(settings: Settings, address: str | None = None, num_cpus: float | None = None) -> bool:
-    """Join `address`, or a running local cluster, or start one. True when started here."""
+class Connection(NamedTuple):
+    started: bool  # Ray was started here (and stops with this process)
+    dashboard: str | None  # where `ray job submit --address` reaches it
+
+
+def connect(settings: Settings, address: str | None = None, num_cpus: float | None = None) -> Connection:
+    """Join `address`, or a running local cluster, or start one. One started to serve beyond
+    loopback gets token auth (ray_environment); Ray writes a new token to ~/.ray/auth_token
+    unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH gives one."""
     import ray
 
-    ray_environment()
+    ray_environment(token_auth=not is_loopback(settings.serving.bind_host))
     address = address or running_cluster()
     if address:
-        ray.init(address=address, logging_level="WARNING")
-        return False
-    ray.init(
-        address="local",
-        _temp_dir=settings.serving.ray_temp_dir,
-        include_dashboard=settings.serving.metrics,
-        num_cpus=num_cpus,
-        logging_level="WARNING",
-    )
-    return True
+        context = ray.init(address=address, logging_level="WARNING")
+    else:
+        context = ray.init(
+            address="local",
+            _temp_dir=settings.serving.ray_temp_dir,
+            include_dashboard=settings.serving.metrics,
+            num_cpus=num_cpus,
+            logging_level="WARNING",
+        )
+    dashboard = context.dashboard_url
+    return Connection(not address, f"http://{dashboard}" if dashboard and "://" not in dashboard else dashboard)
 
 
 def start_private_ray(temp_dir: str, num_cpus: float, dashboard: bool = False, log_to_driver: bool = True):

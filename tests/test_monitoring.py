@@ -3,104 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from cluster.client import T2VClient
-from cluster.launch import free_port
 from contract.experts import ExpertKind
 from monitoring.physics import VIOLATION_KINDS
-
-DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring" / "grafana" / "t2v-cluster.json"
-
-
-def dashboard_queries() -> list[str]:
-    return [t["expr"] for panel in json.loads(DASHBOARD.read_text())["panels"] for t in panel["targets"]]
+from tests.prometheus_server import dashboard_queries, present, query, run_prometheus, scrapes, total, wait_for
 
 
 @pytest.fixture(scope="module")
 def prometheus(serve_app, tmp_path_factory):
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed (.ci/run installs Debian's package)"
-    root = tmp_path_factory.mktemp("prometheus")
-    discovery = Path(serve_app.settings.serving.ray_temp_dir) / "prom_metrics_service_discovery.json"
-    # monitoring/prometheus.yml, pointed at this session's Ray and scraping every second.
-    config = (Path(__file__).resolve().parents[1] / "monitoring" / "prometheus.yml").read_text()
-    # Every 2 s: a scrape times out at its interval, and on 2 busy cores the agent's page can take
-    # over 1 s; a failed scrape marks every series stale at once.
-    config = config.replace("scrape_interval: 5s", "scrape_interval: 2s")
-    config = config.replace("/tmp/t2v-ray/prom_metrics_service_discovery.json", str(discovery))
-    (root / "prometheus.yml").write_text(config)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not start"
-            time.sleep(0.5)
+    with run_prometheus(serve_app.settings.serving.ray_temp_dir, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def query(url: str, expr: str) -> list[dict]:
-    response = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert response["status"] == "success", (expr, response)
-    return response["data"]["result"]
-
-
-def wait_for(url: str, expr: str, check, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = query(url, expr)
-        if check(result):
-            return result
-        assert time.monotonic() < deadline, f"{expr} never satisfied: {result}"
-        time.sleep(1)
-
-
-def scrapes(url: str) -> str:
-    """Whether Prometheus reached Ray's agents, and how long that took, for a failure's message."""
-    up = query(url, "min_over_time(up[5m])")
-    took = query(url, "max_over_time(scrape_duration_seconds[5m])")
-    return f"lowest up={[r['value'][1] for r in up]}, slowest scrape s={[r['value'][1] for r in took]} (5 min)"
-
-
-def present(url: str, expr: str, timeout: float = 20) -> bool:
-    """Whether an instant query returns data within `timeout`: a scrape that failed under load
-    leaves every series stale until the next one succeeds."""
-    deadline = time.monotonic() + timeout
-    while not query(url, expr):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-    return True
-
-
-def total(result: list[dict]) -> float:
-    return sum(float(r["value"][1]) for r in result)
 
 
 PHYSICS_COUNT = (

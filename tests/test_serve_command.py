@@ -17,6 +17,7 @@ import pytest
 
 from cluster.launch import free_port
 from stages.video import probe_mp4
+from tests.prometheus_server import dashboard_queries, query, run_prometheus, scrapes
 
 
 def outward_address() -> str | None:
@@ -27,6 +28,25 @@ def outward_address() -> str | None:
             return s.getsockname()[0]
         except OSError:
             return None
+
+
+class ServerOutput:
+    """What a `t2v serve` process prints, read as it comes."""
+
+    def __init__(self, server: subprocess.Popen):
+        self.server, self.lines, self.seen = server, queue.Queue(), []
+        threading.Thread(target=lambda: [self.lines.put(line) for line in server.stdout], daemon=True).start()
+
+    def read_until(self, text: str, timeout: float) -> str:
+        """The first line with `text` in it, waiting up to `timeout` for it."""
+        deadline = time.monotonic() + timeout
+        while not (found := [line for line in self.seen if text in line]):
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{''.join(self.seen)}"
+            try:
+                self.seen.append(self.lines.get(timeout=1))
+            except queue.Empty:
+                assert self.server.poll() is None, "".join(self.seen)
+        return found[0]
 
 
 def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
@@ -61,35 +81,23 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
         text=True,
         start_new_session=True,
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout], daemon=True).start()
-    output: list[str] = []
-
-    def read_until(text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in output):
-            assert time.monotonic() < deadline, f"no {text!r} in:\n{''.join(output)}"
-            try:
-                output.append(lines.get(timeout=1))
-            except queue.Empty:
-                assert server.poll() is None, "".join(output)
-
+    output = ServerOutput(server)
     try:
         url = f"http://127.0.0.1:{port}"
-        read_until("serving on 127.0.0.1 only (asked for 0.0.0.0)", timeout=60)
-        read_until(f"serving at {url}", timeout=240)
+        output.read_until("serving on 127.0.0.1 only (asked for 0.0.0.0)", timeout=60)
+        output.read_until(f"serving at {url}", timeout=240)
         address = outward_address()
         if address and not address.startswith("127."):  # the machine's own address: nothing listens there
             with pytest.raises(OSError):
                 socket.create_connection((address, port), timeout=2)
-        read_until("curl", timeout=10)
+        output.read_until("curl", timeout=10)
         response = httpx.post(f"{url}/v1/videos/sync", json={"prompt": "a cat", "steps": 3}, timeout=120)
         assert response.status_code == 200
         assert probe_mp4(response.content)["frames"] == 17
 
         server.send_signal(signal.SIGINT)  # Ctrl-C
         assert server.wait(timeout=120) == 0
-        read_until("stopping", timeout=10)
+        output.read_until("stopping", timeout=10)
         try:
             httpx.get(f"{url}/healthz", timeout=2)
             raise AssertionError("still serving after Ctrl-C")
@@ -98,4 +106,88 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
+
+
+def test_t2v_serve_beyond_loopback_starts_ray_with_token_auth(tmp_path, wan22_dir):
+    """With API keys, `t2v serve --host 0.0.0.0` binds every interface, so the Ray it starts
+    takes only calls that carry its token: README's `ray job submit` with the token runs a
+    batch through the app, a call without it is refused. Fresh as a user starts it, every
+    dashboard query has data once a video is made (series of events that have not happened yet
+    start at zero)."""
+    port, key = free_port(), "test-key-a-0123456"
+    ray_tmp = Path(f"/tmp/t2v-tok-{os.getpid()}")
+    home = tmp_path / "home"  # where Ray writes the token it makes (~/.ray/auth_token)
+    home.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))},
+        "HOME": str(home),
+        "RAY_TMPDIR": str(ray_tmp),
+        "T2V_SERVING__RAY_TEMP_DIR": str(ray_tmp),
+        "T2V_SERVING__OUTPUT_URI": str(tmp_path / "outputs"),
+        "T2V_SERVING__API_KEYS": f'["{key}"]',
+        "T2V_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(wan22_dir)]
+    server = subprocess.Popen(
+        [*command, "--host", "0.0.0.0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output = ServerOutput(server)
+    try:
+        output.read_until(f"serving at http://0.0.0.0:{port}", timeout=240)
+        dashboard = output.read_until("Ray dashboard (ray job submit --address): ", timeout=10).split(": ")[-1].strip()
+        output.read_until("Ray token auth is on", timeout=10)
+        assert (home / ".ray" / "auth_token").is_file()
+
+        url = f"http://127.0.0.1:{port}"
+        video = httpx.post(
+            f"{url}/v1/videos/sync",
+            json={"prompt": "a red ball bouncing", "steps": 3},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+        assert video.status_code == 200, video.text
+
+        ray_cli = [str(Path(sys.executable).with_name("ray")), "job"]
+        client_env = {**env, "RAY_AUTH_MODE": "token"}
+        refused = subprocess.run(
+            [*ray_cli, "list", "--address", dashboard],
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0, refused.stdout
+
+        rows = tmp_path / "prompts.jsonl"
+        rows.write_text('{"id": "ball", "prompt": "a red ball on the grass", "steps": 3}\n')
+        submitted = subprocess.run(  # README's batch command, with the token from ~/.ray
+            [*ray_cli, "submit", "--address", dashboard, "--", "python", "-m", "cluster.batch"]
+            + ["--input", str(rows), "--output", str(tmp_path / "out")],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert (tmp_path / "out" / "videos" / "ball.mp4").is_file(), submitted.stdout
+
+        with run_prometheus(ray_tmp, tmp_path) as prometheus:
+            deadline = time.monotonic() + 120
+            while empty := [expr for expr in dashboard_queries() if not query(prometheus, expr)]:
+                assert time.monotonic() < deadline, f"dashboard queries without data: {empty} ({scrapes(prometheus)})"
+                time.sleep(2)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", str(ray_tmp)], check=False)
