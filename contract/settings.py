@@ -211,7 +211,33 @@ class SafetySettings(BaseModel):
     blocklist_file: Path | None = None  # None: the block list shipped in stages/safety.yaml
 
 
+class LabelSettings(BaseModel):
+    """How every video says it is AI-generated (stages/content_credentials.py): container
+    metadata always; a signed C2PA manifest (content credentials: `c2pa.created`, source type
+    trainedAlgorithmicMedia, the model and its revision); optionally a visible mark."""
+
+    c2pa: bool = True
+    # The signing identity, PEM files: the certificate then its chain up to (not including) the
+    # root, and its private key. Unset: a development identity generated into
+    # <cache_dir>/c2pa (signatures verify, but no trust list knows it).
+    signing_cert: Path | None = None
+    signing_key: Path | None = None
+    signing_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    timestamp_url: str | None = None  # an RFC 3161 time-stamp authority; None: no timestamp
+    visible: bool = False  # an "AI" mark in the frames' bottom-right corner
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> LabelSettings:
+        if (self.signing_cert is None) != (self.signing_key is None):
+            raise ValueError("labels.signing_cert and labels.signing_key go together: set both or neither")
+        return self
+
+
 MIN_API_KEY_CHARS = 16
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 class ServingSettings(BaseModel):
@@ -277,8 +303,7 @@ class ServingSettings(BaseModel):
     def check_open_access(self, host: str) -> None:
         """Raises when `host` (where Serve's proxies listen) is reachable from other machines and
         nothing guards it: no API key, and no explicit `allow_unauthenticated`."""
-        loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-        if not (loopback or self.api_keys or self.allow_unauthenticated):
+        if not (is_loopback(host) or self.api_keys or self.allow_unauthenticated):
             raise PermissionError(
                 f"refusing to serve on {host} without API keys: set serving.api_keys (T2V_SERVING__API_KEYS), "
                 "or serving.allow_unauthenticated=true to serve it open on purpose"
@@ -329,6 +354,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     safety: SafetySettings = SafetySettings()
     adapters: AdapterSettings = AdapterSettings()
+    labels: LabelSettings = LabelSettings()
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
     sim: SimSettings = SimSettings()

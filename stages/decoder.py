@@ -15,6 +15,7 @@ from contract.request import GenerationRequest
 from monitoring.physics import score_video
 from sim.gpu import SimulatedGpu, stand_in_frames
 from stages.checkpoint import Checkpoint
+from stages.content_credentials import ContentCredentials, visible_mark
 from stages.video import encode_mp4, provenance
 
 
@@ -28,7 +29,9 @@ class DecodedVideo:
 
 class Decoder:
     def __init__(self, checkpoint: Checkpoint):
-        self.model_id = checkpoint.model_id
+        self.model_id, self.revision = checkpoint.model_id, checkpoint.revision
+        self.credentials = ContentCredentials.from_settings(checkpoint.settings)
+        self.visible_mark = checkpoint.settings.labels.visible
         # Simulated: no VAE; the decode takes the cost model's time and makes a stand-in video.
         self.gpu = SimulatedGpu(checkpoint.settings.sim, "decode") if checkpoint.simulated else None
         if self.gpu is not None:
@@ -58,8 +61,9 @@ class Decoder:
         return self.video_processor.postprocess_video(video, output_type="np")[0]
 
     def video(self, request: GenerationRequest, latents: torch.Tensor, seed: int | None = None) -> DecodedVideo:
-        """Decoded uint8 frames, the mp4 made of them marked as AI-generated (with `seed`, a
-        repair attempt's, or the request's), and their physics score."""
+        """Decoded uint8 frames, the mp4 made of them labelled as AI-generated (container tags
+        with `seed`, a repair attempt's or the request's; a signed C2PA manifest; the visible
+        mark when asked for), and their physics score (of the frames, not the mark)."""
         start = time.perf_counter()
         if self.gpu is not None:
             self.gpu.charge(self.gpu.cost.decode_seconds(request.height, request.width, request.num_frames))
@@ -67,9 +71,10 @@ class Decoder:
         else:
             frames = to_uint8(self(latents))
         decoded = time.perf_counter()
-        mp4 = encode_mp4(
-            frames, request.fps, provenance(self.model_id, request.seed if seed is None else seed, request.prompt)
-        )
+        tags = provenance(self.model_id, request.seed if seed is None else seed, request.prompt)
+        mp4 = encode_mp4(visible_mark(frames) if self.visible_mark else frames, request.fps, tags)
+        if self.credentials is not None:
+            mp4 = self.credentials.sign(mp4, self.model_id, self.revision, int(tags["seed"]), tags["prompt_sha256"])
         encoded = time.perf_counter()
         # Scored here, not in a deployment of its own: it takes a fraction of the decode
         # (bench/physics.py) and the frames are already in this process.

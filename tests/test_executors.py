@@ -1,5 +1,5 @@
 """One stage list, three executors: in process (`Pipeline`), Ray Serve (the app over HTTP) and
-Ray Data (`--engine data`) make the same video for the same request, byte for byte, with the
+Ray Data (`--engine data`) make the same video for the same request, frame for frame and signed, with the
 same repair decisions, attempts and cache levels, for a plain prompt, a template, a repaired
 request and an adapter request; a preview's final is the same in process and on Serve (Ray Data
 refuses it by name: a shot's preview lives in the app's store)."""
@@ -7,13 +7,16 @@ refuses it by name: a shot's preview lives in the app's store)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import secrets
 
+import av
 import httpx
 import pytest
 
 from cluster.pipeline import Pipeline
 from cluster.prompt_table import rows_from_records
+from stages.content_credentials import read_credentials
 
 # A word of this session's own: the serve app's caches (shared by every test) know none of these prompts.
 FRESH = secrets.token_hex(3)
@@ -34,13 +37,20 @@ CASES = {
 
 
 def digest(mp4: bytes) -> str:
-    return hashlib.sha256(mp4).hexdigest()
+    """The video's decoded frames (its bytes differ run to run: each signed manifest is new)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        return hashlib.sha256(
+            b"".join(f.to_ndarray(format="rgb24").tobytes() for f in container.decode(video=0))
+        ).hexdigest()
 
 
 def summary(mp4: bytes, physics: dict, cache: dict) -> dict:
-    """What must agree: the video's bytes, its score, every attempt, and the cache levels hit."""
+    """What must agree: the video's frames, its score, every attempt, the cache levels hit, and
+    that it carries content credentials."""
     attempts = [(a["attempt"], a["seed"], a["score"]) for a in physics["attempts"]]
+    credentials = read_credentials(mp4)
     return {
+        "signed": credentials is not None and credentials.generated,
         "mp4": digest(mp4),
         "score": physics["score"],
         "attempts": attempts,

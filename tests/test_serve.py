@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cluster.client import T2VClient
+from stages.content_credentials import GENERATION, read_credentials
 from stages.video import probe_mp4
 
 
@@ -73,6 +74,9 @@ def test_job_lifecycle_with_real_progress(http, serve_app):
     info = probe_mp4(content.content)
     assert (info["frames"], info["width"], info["height"]) == (17, 64, 64)
     assert info["metadata"]["seed"] == "11" and info["metadata"]["ai_generated"] == "true"
+    credentials = read_credentials(content.content)  # signed by the node's development identity
+    assert credentials.state == "Valid" and credentials.generated, credentials
+    assert credentials.assertion(GENERATION)["model"]["name"] == "t2v-tiny-wan2.2-a14b"
 
 
 def _frames(mp4: bytes) -> np.ndarray:
