@@ -40,6 +40,9 @@ def generate(
     model: Path | None = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
     url: str | None = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
     api_key: str | None = typer.Option(None, envvar="T2V_API_KEY", help="The server's API key (with --url)."),
+    parallel: str | None = typer.Option(
+        None, help="Run each expert on a group of ranks (processes, one GPU each), e.g. ulysses=2."
+    ),
 ) -> None:
     """Generate one video (in this process, or on a server with --url), with a progress bar."""
     fields = dict(
@@ -57,7 +60,23 @@ def generate(
     if url:
         _generate_remote(url, fields, size, output, api_key)
     else:
-        _generate_local(_settings(model), fields, size, output)
+        settings = _settings(model)
+        if parallel:
+            settings = settings.with_parallel_experts(_parallel_settings(parallel))
+        _generate_local(settings, fields, size, output)
+
+
+def _parallel_settings(text: str):
+    """`ulysses=2` (key=value, comma separated) as ParallelSettings."""
+    import pydantic
+
+    from contract.settings import ParallelSettings
+
+    try:
+        return ParallelSettings(**dict(item.split("=", 1) for item in text.split(",")))
+    except (ValueError, pydantic.ValidationError) as error:
+        reason = error.errors()[0]["msg"] if isinstance(error, pydantic.ValidationError) else "expected key=value"
+        raise typer.BadParameter(f"{text!r}: {reason} (e.g. ulysses=2)", param_hint="--parallel") from None
 
 
 def _generate_local(settings: Settings, fields: dict, size: str | None, output: Path) -> None:
@@ -197,32 +216,82 @@ def serve(
 
 @app.command()
 def plan(
-    gpus: int = typer.Option(..., help="GPUs (replicas) for the two experts together."),
+    gpus: int = typer.Option(..., help="GPUs for the two experts together."),
     steps: int = typer.Option(40, help="Denoising steps per video."),
     model: Path | None = typer.Option(None, help="Checkpoint whose scheduler splits the steps (default: embedded)."),
     high_cost: float = typer.Option(1.0, help="Seconds per high-noise step, relative (measure: bench/stage_split)."),
     low_cost: float = typer.Option(1.0, help="Seconds per low-noise step, relative."),
+    target: str | None = typer.Option(
+        None, help="Choose a layout (GPUs per replica x split) for throughput or latency, from the cost model."
+    ),
+    latency_seconds: float | None = typer.Option(
+        None, help="Choose the layout with the most videos per hour whose one video takes at most this."
+    ),
+    gpu: str = typer.Option("h100", help="The GPU the cost model times (with --target / --latency-seconds)."),
+    size: str = typer.Option("1280x720", help="The video's WxH (with --target / --latency-seconds)."),
+    frames: int = typer.Option(81, help="The video's frames (with --target / --latency-seconds)."),
+    json_line: bool = typer.Option(False, "--json", help="Print the chosen layout as one JSON line."),
 ) -> None:
-    """Split GPUs between the experts so that neither is the bottleneck (cluster/sizing.py)."""
+    """Split GPUs between the experts so that neither is the bottleneck (cluster/sizing.py); with
+    --target or --latency-seconds, also choose how many GPUs each replica spans."""
+    import json
+
     import yaml
 
-    from cluster.sizing import expert_split
+    from cluster.sizing import choose, expert_split, layouts
+    from contract.request import parse_size
     from stages.checkpoint import Checkpoint
     from stages.denoising import Scheduler
 
-    checkpoint = Checkpoint.from_settings(_settings(model))
+    costed = target is not None or latency_seconds is not None
+    # Costed, the schedule is the simulated model's (Wan2.2 A14B's shift), not the embedded one's.
+    settings = _settings(model).model_copy(update={"device": "sim"} if costed else {})
+    checkpoint = Checkpoint.from_settings(settings)
     split = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
     high, low = len(split.high_noise_steps), len(split.low_noise_steps)
+    if not costed:
+        try:
+            result = expert_split(gpus, high, low, high_cost, low_cost)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--gpus") from None
+        typer.echo(f"{steps} steps: {high} high-noise, {low} low-noise (boundary {checkpoint.boundary_ratio})")
+        typer.echo(
+            f"{gpus} GPUs: HighNoiseExpert x{result.high_noise}, LowNoiseExpert x{result.low_noise}; "
+            f"busy {result.busy[0]:.0%} / {result.busy[1]:.0%}"
+        )
+        typer.echo(yaml.safe_dump({"deployments": result.as_settings()}, sort_keys=False).rstrip())
+        return
+
+    from sim.cost_model import GPUS, CostModel
+
+    if gpu not in GPUS:
+        raise typer.BadParameter(f"unknown GPU {gpu!r}; the cost model knows {', '.join(GPUS)}", param_hint="--gpu")
+    width, height = parse_size(size)
+    found = layouts(gpus, high, low, CostModel(gpu), height, width, frames)
+    if not found:
+        raise typer.BadParameter("each expert needs at least one replica: --gpus must be >= 2", param_hint="--gpus")
     try:
-        result = expert_split(gpus, high, low, high_cost, low_cost)
+        chosen = choose(found, target or "throughput", latency_seconds)
     except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--gpus") from None
-    typer.echo(f"{steps} steps: {high} high-noise, {low} low-noise (boundary {checkpoint.boundary_ratio})")
+        raise typer.BadParameter(str(e), param_hint="--latency-seconds" if latency_seconds else "--target") from None
+    if json_line:
+        typer.echo(json.dumps({**chosen.summary(), "settings": chosen.as_settings()}))
+        return
     typer.echo(
-        f"{gpus} GPUs: HighNoiseExpert x{result.high_noise}, LowNoiseExpert x{result.low_noise}; "
-        f"busy {result.busy[0]:.0%} / {result.busy[1]:.0%}"
+        f"SIMULATED (cost model of Wan2.2-T2V-A14B on {gpu}, docs/scaling.md): {size} x {frames} frames, "
+        f"{steps} steps ({high} high-noise, {low} low-noise), {gpus} expert GPUs"
     )
-    typer.echo(yaml.safe_dump({"deployments": result.as_settings()}, sort_keys=False).rstrip())
+    typer.echo(f"{'placement':<14} {'GPUs/replica':>12} {'replicas':>10} {'one video s':>12} {'videos/hour':>12}")
+    for layout in found:
+        mark = "  <- chosen" if layout is chosen else ""
+        replicas = (
+            f"{layout.high_noise}" if layout.placement == "co_located" else f"{layout.high_noise} + {layout.low_noise}"
+        )
+        typer.echo(
+            f"{layout.placement:<14} {layout.degree:>12} {replicas:>10} {layout.latency_s:>12.1f} "
+            f"{layout.videos_per_hour:>12.2f}{mark}"
+        )
+    typer.echo(yaml.safe_dump(chosen.as_settings(), sort_keys=False).rstrip())
 
 
 @app.command()

@@ -46,6 +46,27 @@ class Limits(BaseModel):
     max_physics_retries: int = 4
 
 
+class ParallelSettings(BaseModel):
+    """An expert replica as a group of ranks (stages/parallel.py): one video's steps split over
+    them for latency, at the cost of videos per hour per GPU."""
+
+    # Sequence-parallel (Ulysses) degree: each rank attends over 1/ulysses of the video's
+    # tokens. Must divide the model's attention heads (40 for Wan2.2 A14B: 2, 4, 5, 8, ...).
+    ulysses: int = Field(1, ge=1)
+    # A rank that waits longer than this on the others (a peer dead or hung) fails, and the
+    # replica with it: Serve replaces the whole group.
+    collective_timeout_seconds: float = Field(300, gt=0)
+
+    @property
+    def degree(self) -> int:
+        """Ranks (GPUs) per replica."""
+        return self.ulysses
+
+
+# What the replica of a parallel expert holds for itself: it only passes tensors to its ranks.
+PARALLEL_COORDINATOR_CPUS = 0.05
+
+
 class DeploymentSettings(BaseModel):
     """Placement and scaling of one Serve deployment (written out as-is by `serve build`)."""
 
@@ -67,6 +88,7 @@ class DeploymentSettings(BaseModel):
     downscale_delay_s: float | None = None  # None: Serve's (600 s): idle this long before a replica goes
     upscale_delay_s: float | None = None  # None: Serve's (30 s): loaded this long before a replica is added
     look_back_period_s: float | None = None  # None: Serve's (30 s): the window its load is averaged over
+    parallel: ParallelSettings = ParallelSettings()  # experts only: a replica as a group of ranks
 
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -76,12 +98,20 @@ class DeploymentSettings(BaseModel):
 
             # The whole block, as `serve build` writes it, so serve.yaml and the bound app agree.
             logging = {"logging_config": LoggingConfig(enable_access_log=False).model_dump()}
+        replica = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        group = {}
+        if self.parallel.degree > 1:
+            # The replica coordinates; its ranks (stages/parallel.py) hold the GPUs, a bundle
+            # each, on one node (NCCL between them).
+            rank = {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {})}
+            replica = {"num_cpus": PARALLEL_COORDINATOR_CPUS, "num_gpus": 0}
+            group = {
+                "placement_group_bundles": [{"CPU": PARALLEL_COORDINATOR_CPUS}] + [rank] * self.parallel.degree,
+                "placement_group_strategy": "STRICT_PACK",
+            }
         return {
-            "ray_actor_options": {
-                "num_cpus": self.num_cpus,
-                "num_gpus": self.num_gpus,
-                "runtime_env": {"env_vars": env},
-            },
+            "ray_actor_options": {**replica, "runtime_env": {"env_vars": env}},
+            **group,
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
                 "initial_replicas": self.min_replicas if self.initial_replicas is None else self.initial_replicas,
@@ -366,6 +396,15 @@ class Settings(BaseSettings):
     experts_placement: Literal["disaggregated", "co_located"] = "disaggregated"
 
     @model_validator(mode="after")
+    def _step_cache_on_one_rank(self) -> Settings:
+        # A step cache decides per rank whether to skip a forward; ranks that disagree would wait on
+        # each other's collectives forever.
+        parallel = [n for n, d in self.deployments.items() if d.parallel.degree > 1]
+        if parallel and self.step_cache.kind != "none":
+            raise ValueError(f"step_cache ({self.step_cache.kind}) does not run on parallel experts ({parallel})")
+        return self
+
+    @model_validator(mode="after")
     def _ingress_can_drain(self) -> Settings:
         grace = self.deployments["Ingress"].graceful_shutdown_timeout_s
         if grace is not None and grace < self.serving.drain_seconds + 5:
@@ -386,6 +425,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown deployment {name!r}; known: {sorted(merged)}")
             merged[canonical[name.lower()]].update(options.model_dump() if isinstance(options, BaseModel) else options)
         return merged
+
+    def with_parallel_experts(self, parallel: ParallelSettings) -> Settings:
+        """These settings with every expert replica a group of `parallel.degree` ranks."""
+        experts = {kind.deployment for kind in ExpertKind}
+        deployments = {
+            name: d.model_copy(update={"parallel": parallel}) if name in experts else d
+            for name, d in self.deployments.items()
+        }
+        settings = self.model_copy(update={"deployments": deployments})
+        return settings._step_cache_on_one_rank()
 
     def templates(self) -> TemplateRegistry:
         """The template registry (loaded once per file)."""

@@ -70,9 +70,12 @@ class ExpertPhase:
         return latent_from_bytes(data)
 
     def check_health(self) -> None:
-        """Serve replaces a replica whose step batcher lost its worker: its requests would hang."""
+        """Serve replaces a replica whose requests would hang or fail: its step batcher lost its
+        worker, or a rank of its group died, hung or failed (Serve then replaces the whole group)."""
         if self.expert.batcher is not None and not self.expert.batcher.alive:
             raise RuntimeError(f"{self.kind.deployment}: the step batcher's worker thread died")
+        if broken := self.expert.ranks_broken:
+            raise RuntimeError(f"{self.kind.deployment}: its group of ranks is broken ({broken})")
 
     async def run(self, state: JobState, attempt: int | None = None) -> JobState:
         """The phase on a worker thread, the request's adapters loaded first when Serve routed it

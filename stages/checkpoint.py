@@ -125,9 +125,9 @@ class Checkpoint:
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """(1, C, (F-1)//4+1, H//8, W//8) for Wan's VAE, read from the component configs."""
-        vae = self._config("vae")
+        vae = self.component_config("vae")
         t, s = vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8)
-        channels = self._config(ExpertKind.HIGH_NOISE.subfolder)["in_channels"]
+        channels = self.component_config(ExpertKind.HIGH_NOISE.subfolder)["in_channels"]
         return (1, channels, (num_frames - 1) // t + 1, height // s, width // s)
 
     # -- components ------------------------------------------------------------------------
@@ -167,7 +167,8 @@ class Checkpoint:
             return None
         return entry[0], entry[1]
 
-    def _config(self, name: str) -> dict:
+    def component_config(self, name: str) -> dict:
+        """A component's config.json (e.g. "transformer"), without loading its weights."""
         return json.loads((self.path / name / "config.json").read_text())
 
     def _class_of(self, name: str) -> type:

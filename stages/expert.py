@@ -24,6 +24,7 @@ from stages.batching import StepBatcher
 from stages.checkpoint import Checkpoint
 from stages.denoising import DenoisingState, Scheduler, prepare_latents
 from stages.guidance import pair_for
+from stages.parallel import ActorRanks, ParallelTransformer, ProcessRanks, check_degree, ray_actor_id
 from stages.text_encoder import PromptEmbeddings
 
 StepCallback = Callable[[int], None]  # called with the index of each finished step
@@ -55,13 +56,15 @@ class Expert:
         self.checkpoint = checkpoint
         self.simulated = checkpoint.simulated
         if self.simulated:
-            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage)
+            degree = checkpoint.settings.deployments[kind.deployment].parallel.degree
+            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage, gpus=degree)
             gpu.load("expert")
             self.transformer = SimulatedTransformer(gpu, kind.stage)
         else:
-            self.transformer = checkpoint.expert(kind)
+            self.transformer = self._transformer(checkpoint, kind)
         self.scheduler = Scheduler.from_checkpoint(checkpoint)
         settings = checkpoint.settings
+        parallel = isinstance(self.transformer, ParallelTransformer)
         self.adapters = ExpertAdapters(
             self.transformer,
             kind,
@@ -77,7 +80,8 @@ class Expert:
         self._phase_lock = threading.Lock()
         # The step cache's contexts are one state per transformer: its two forwards take turns.
         # A simulated GPU runs them one after the other, as a real one does.
-        side_by_side = checkpoint.settings.parallel_guidance and not self.simulated
+        # A group of ranks runs one forward at a time: nothing to run side by side.
+        side_by_side = checkpoint.settings.parallel_guidance and not self.simulated and not parallel
         self.pair = None if self.step_cache else pair_for(self.device, side_by_side)
         config = checkpoint.settings.batching
         self.batcher = None
@@ -92,6 +96,30 @@ class Expert:
                 self.pair,
                 self.adapters,
             )
+
+    @staticmethod
+    def _transformer(checkpoint: Checkpoint, kind: ExpertKind):
+        """This expert's transformer: loaded here, or run by a group of ranks (stages/parallel.py)."""
+        deployment = checkpoint.settings.deployments[kind.deployment]
+        if deployment.parallel.degree == 1:
+            return checkpoint.expert(kind)
+        config = checkpoint.component_config(kind.subfolder)
+        check_degree(config, deployment.parallel.ulysses)
+        # In a Serve replica (a Ray actor): rank actors in its placement group; else processes.
+        in_actor = ray_actor_id() is not None
+        group = ActorRanks if in_actor else ProcessRanks
+        ranks = group(checkpoint.settings, kind, deployment.parallel.ulysses, threads=deployment.threads)
+        return ParallelTransformer(ranks, config, checkpoint.dtype)
+
+    @property
+    def ranks_broken(self) -> str | None:
+        """Why this expert's group of ranks cannot run any more, or None (also with no ranks)."""
+        return self.transformer.broken if isinstance(self.transformer, ParallelTransformer) else None
+
+    def close(self) -> None:
+        """Stop this expert's ranks, if it has any."""
+        if isinstance(self.transformer, ParallelTransformer):
+            self.transformer.close()
 
     def phase(
         self,

@@ -1,0 +1,323 @@
+"""Expert replicas as device groups: one expert's transformer run by g ranks at once with
+diffusers' context parallelism (Ulysses: each rank attends over 1/g of the video's tokens,
+all-to-all between them), so one video runs up to g times faster on g GPUs.
+
+The expert (stages/expert.py) keeps its loop, scheduler, batching and adapter bookkeeping;
+only its transformer is a `ParallelTransformer`: a stand-in with the transformer's call and
+peft methods, each of which every rank runs on its own copy (`RankWorker`). The ranks form a
+torch.distributed group, NCCL on CUDA and gloo on a CPU, and rank 0's output is the expert's.
+`ProcessRanks` starts the ranks as processes of this machine (`t2v generate --parallel`,
+tests); `ActorRanks`, in a Serve replica, as Ray actors in the replica's placement group."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import multiprocessing.connection
+import os
+import socket
+import threading
+import traceback
+from typing import Any
+
+import torch
+
+from contract.experts import ExpertKind
+from contract.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def ray_actor_id() -> str | None:
+    """The Ray actor this code runs in (a Serve replica), or None."""
+    import ray
+
+    return ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+
+
+def check_degree(config: dict, ulysses: int) -> None:
+    """Ulysses hands each rank whole attention heads: the degree must divide their number."""
+    heads = config["num_attention_heads"]
+    if heads % ulysses:
+        raise ValueError(f"parallel.ulysses ({ulysses}) must divide the model's {heads} attention heads")
+
+
+def enable_context_parallel(transformer: torch.nn.Module, ulysses: int) -> None:
+    """diffusers' Ulysses context parallelism on `transformer`, over the default process group.
+
+    On a machine without an accelerator diffusers' `_resolve_parallel_config` picks the device
+    as `rank % torch.accelerator.device_count()`, a division by zero: there the config is
+    resolved here instead, on the CPU, with the same mesh diffusers would build."""
+    from diffusers import ContextParallelConfig
+    from diffusers.models._modeling_parallel import ParallelConfig
+
+    check_degree(transformer.config, ulysses)
+    config = ContextParallelConfig(ulysses_degree=ulysses)
+    if torch.accelerator.device_count() == 0:
+
+        def resolve_on_cpu(config: ContextParallelConfig) -> ParallelConfig:
+            parallel = ParallelConfig(context_parallel_config=config)
+            mesh = torch.distributed.device_mesh.init_device_mesh(
+                "cpu", mesh_shape=config.mesh_shape, mesh_dim_names=config.mesh_dim_names
+            )
+            parallel.setup(
+                torch.distributed.get_rank(), torch.distributed.get_world_size(), torch.device("cpu"), mesh=mesh
+            )
+            transformer._parallel_config = parallel
+            return parallel
+
+        transformer._resolve_parallel_config = resolve_on_cpu
+    transformer.enable_parallelism(config=config)
+
+
+class RankWorker:
+    """One rank: its copy of the expert's transformer, context-parallel over the group.
+    Plain code, so a process (ProcessRanks) or a Ray actor runs it alike."""
+
+    def __init__(self, settings: Settings, kind: ExpertKind, rank: int, world: int, init_method: str):
+        from stages.checkpoint import Checkpoint
+
+        checkpoint = Checkpoint.from_settings(settings)
+        backend = "nccl" if checkpoint.device.type == "cuda" else "gloo"
+        if checkpoint.device.type == "cuda":
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+        # A collective waiting longer than this fails its rank (a dead or hung peer), and the group with it.
+        timeout = datetime.timedelta(seconds=settings.deployments[kind.deployment].parallel.collective_timeout_seconds)
+        torch.distributed.init_process_group(
+            backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout
+        )
+        self.rank = rank
+        self.transformer = checkpoint.expert(kind)
+        enable_context_parallel(self.transformer, world)
+
+    def ready(self) -> int:
+        return self.rank
+
+    @torch.no_grad()
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        device = next(self.transformer.parameters()).device
+        output = self.transformer(
+            hidden_states=hidden_states.to(device),
+            timestep=timestep.to(device),
+            encoder_hidden_states=encoder_hidden_states.to(device),
+            return_dict=False,
+        )[0]
+        return output.cpu() if self.rank == 0 else None  # every rank holds the gathered output
+
+    def peft(self, method: str, *args, **kwargs) -> None:
+        """One of the transformer's adapter methods (load_lora_adapter, set_adapters, ...)."""
+        if method not in ("load_lora_adapter", "delete_adapters"):
+            getattr(self.transformer, method)(*args, **kwargs)
+            return
+        # peft wraps each layer it adapts, proj_out among them: the hook that gathers the ranks'
+        # output must move from the plain layer to the wrapper, or the adapter's branch would add
+        # a rank's share of the tokens to all of them.
+        from diffusers.hooks.context_parallel import apply_context_parallel, remove_context_parallel
+
+        plan, config = self.transformer._cp_plan, self.transformer._parallel_config.context_parallel_config
+        remove_context_parallel(self.transformer, plan)
+        try:
+            getattr(self.transformer, method)(*args, **kwargs)
+        finally:
+            apply_context_parallel(self.transformer, config, plan)
+
+    def close(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _serve_rank(connection: multiprocessing.connection.Connection, threads: int, *args) -> None:
+    """A rank process: builds its RankWorker, then runs what the coordinator sends until it
+    says stop or goes away (its end of the pipe closes)."""
+    torch.set_num_threads(threads)
+    try:
+        worker = RankWorker(*args)
+        connection.send(("ready", None))
+    except Exception:
+        connection.send(("error", traceback.format_exc()))
+        return
+    while True:
+        try:
+            method, call_args, kwargs = connection.recv()
+        except (EOFError, OSError):
+            break
+        if method == "close":
+            break
+        try:
+            connection.send(("ok", getattr(worker, method)(*call_args, **kwargs)))
+        except Exception:
+            connection.send(("error", traceback.format_exc()))
+    worker.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RankError(RuntimeError):
+    """A rank failed (its traceback is the message): the group is broken; make a new one."""
+
+
+class ProcessRanks:
+    """g ranks as processes of this machine, started with torch's `spawn`."""
+
+    def __init__(self, settings: Settings, kind: ExpertKind, world: int, threads: int = 1):
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self.world, self.broken = world, None
+        init_method = f"tcp://127.0.0.1:{_free_port()}"
+        self.connections, self.processes = [], []
+        for rank in range(world):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_serve_rank,
+                args=(theirs, threads, settings, kind, rank, world, init_method),
+                name=f"{kind.stage}-rank-{rank}",
+                daemon=True,
+            )
+            process.start()
+            theirs.close()
+            self.connections.append(ours)
+            self.processes.append(process)
+        self._lock = threading.Lock()
+        self._gather("starting")
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        """`method` on every rank (one call at a time: the ranks' collectives must line up);
+        rank 0's result."""
+        with self._lock:
+            if self.broken:
+                raise RankError(self.broken)
+            for connection in self.connections:
+                connection.send((method, args, kwargs))
+            return self._gather(method)[0]
+
+    def _gather(self, what: str) -> list:
+        results, errors = [], []
+        for rank, connection in enumerate(self.connections):
+            try:
+                status, value = connection.recv()
+            except (EOFError, OSError):
+                status, value = "error", f"rank {rank} exited (code {self.processes[rank].exitcode})"
+            (errors if status == "error" else results).append(value)
+        if errors:
+            self.broken = f"{what}: {errors[0]}"
+            raise RankError(self.broken)
+        return results
+
+    def close(self) -> None:
+        for connection in self.connections:
+            try:
+                connection.send(("close", (), {}))
+                connection.close()
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+class ActorRanks:
+    """g ranks as Ray actors, each in a bundle of the calling Serve replica's placement group
+    (`placement_group_bundles`: bundle 0 the replica, 1..g its ranks, packed on one node).
+    They are the replica's actors: they go when it goes."""
+
+    def __init__(self, settings: Settings, kind: ExpertKind, world: int, threads: int):
+        import ray
+        from ray.util import get_current_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        deployment = settings.deployments[kind.deployment]
+        group = get_current_placement_group()
+        init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+        worker = ray.remote(RankWorker)
+        self.world, self.actors = world, []
+        for rank in range(world):
+            placement = (
+                {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank + 1)}
+                if group is not None
+                else {}
+            )
+            self.actors.append(
+                worker.options(
+                    num_cpus=deployment.num_cpus,
+                    num_gpus=deployment.num_gpus,
+                    name=None,
+                    runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}},
+                    **placement,
+                ).remote(settings, kind, rank, world, init_method)
+            )
+        self._lock = threading.Lock()
+        self.broken: str | None = None
+        self._gather("starting", [actor.ready.remote() for actor in self.actors])
+
+    def call(self, method: str, *args, **kwargs) -> Any:
+        import ray
+
+        with self._lock:
+            if self.broken:
+                raise RankError(self.broken)
+            args = [ray.put(a) if isinstance(a, torch.Tensor) else a for a in args]  # once, for every rank
+            return self._gather(method, [getattr(a, method).remote(*args, **kwargs) for a in self.actors])[0]
+
+    def _gather(self, what: str, calls: list) -> list:
+        import ray
+
+        try:
+            return ray.get(calls)
+        except Exception as error:  # a rank died or raised: the group cannot go on
+            self.broken = f"{what}: a rank failed ({type(error).__name__}: {str(error).splitlines()[0]})"
+            raise RankError(self.broken) from error
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class ParallelTransformer:
+    """What the expert calls as its transformer, run by every rank of a group: the forward
+    (rank 0's output) and the adapter methods ExpertAdapters uses (each rank loads the same)."""
+
+    def __init__(self, ranks: ProcessRanks | ActorRanks, config: dict, dtype: torch.dtype):
+        self.ranks, self.config, self.dtype = ranks, config, dtype
+        self.ulysses = ranks.world
+        self.pid = os.getpid()
+
+    def __call__(self, hidden_states, timestep, encoder_hidden_states, return_dict: bool = False):
+        _, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.config["patch_size"]
+        tokens = (frames // p_t) * (height // p_h) * (width // p_w)
+        if tokens % self.ulysses:
+            raise ValueError(
+                f"a video of {tokens} latent tokens does not split over parallel.ulysses={self.ulysses} ranks"
+            )
+        return (self.ranks.call("forward", hidden_states, timestep, encoder_hidden_states),)
+
+    def _peft(method: str):  # noqa: N805 (builds the methods below)
+        def call(self, *args, **kwargs):
+            self.ranks.call("peft", method, *args, **kwargs)
+
+        call.__name__ = method
+        return call
+
+    load_lora_adapter = _peft("load_lora_adapter")
+    delete_adapters = _peft("delete_adapters")
+    enable_lora = _peft("enable_lora")
+    disable_lora = _peft("disable_lora")
+    set_adapters = _peft("set_adapters")
+
+    @property
+    def broken(self) -> str | None:
+        """Why the group cannot run any more (a rank died, hung past the collective timeout or
+        raised), or None."""
+        return self.ranks.broken
+
+    def close(self) -> None:
+        if os.getpid() == self.pid:
+            self.ranks.close()

@@ -1,0 +1,140 @@
+"""Experts as groups of ranks (stages/parallel.py): Ulysses sequence parallelism over gloo on
+this CPU, the same code that runs over NCCL on GPUs, makes the video one rank makes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from cluster.pipeline import Pipeline
+from contract.experts import ExpertKind
+from contract.settings import ParallelSettings, Settings, StepCacheSettings
+
+# Ulysses moves whole heads between ranks and gathers the output: each rank computes exactly the
+# numbers one rank would, in the same order. Zero is the expectation; the bound leaves room for
+# a BLAS that picks another kernel for a smaller matrix.
+TOLERANCE = 1e-5
+
+CASES = {
+    "plain": {"prompt": "a red ball bouncing on grass", "seed": 5, "steps": 4},
+    "template": {"template": "product_showcase", "slots": {"product": "a mug"}, "seed": 6, "steps": 4},
+    "adapter": {"prompt": "a green ball rolling", "seed": 7, "steps": 4, "lora": [{"name": "studio"}]},
+}
+
+
+def with_ulysses(settings: Settings, degree: int, cache_dir) -> Settings:
+    experts = {k.deployment for k in ExpertKind}
+    deployments = {
+        n: d.model_copy(update={"threads": 1}) if n in experts else d for n, d in settings.deployments.items()
+    }
+    one_thread = settings.model_copy(update={"deployments": deployments, "cache_dir": cache_dir})
+    return one_thread.with_parallel_experts(ParallelSettings(ulysses=degree))
+
+
+def latents(pipeline: Pipeline) -> dict[str, torch.Tensor]:
+    return {name: pipeline(pipeline.validator.body(fields)).latents for name, fields in CASES.items()}
+
+
+@pytest.fixture(scope="module")
+def one_rank(settings, tmp_path_factory) -> dict[str, torch.Tensor]:
+    return latents(Pipeline.from_settings(with_ulysses(settings, 1, tmp_path_factory.mktemp("one"))))
+
+
+def test_two_ulysses_ranks_make_the_video_one_rank_makes(settings, one_rank, tmp_path):
+    pipeline = Pipeline.from_settings(with_ulysses(settings, 2, tmp_path))
+    try:
+        assert pipeline.high_noise_expert.transformer.ulysses == 2
+        two_ranks = latents(pipeline)
+    finally:
+        pipeline.high_noise_expert.close()
+        pipeline.low_noise_expert.close()
+    for name, expected in one_rank.items():
+        difference = (two_ranks[name].float() - expected.float()).abs().max().item()
+        assert difference <= TOLERANCE, (name, difference)
+
+
+def test_parallel_settings_are_checked(settings, tmp_path):
+    cached = settings.model_copy(update={"step_cache": StepCacheSettings(kind="first_block")})
+    with pytest.raises(ValueError, match="step_cache .first_block. does not run on parallel experts"):
+        cached.with_parallel_experts(ParallelSettings(ulysses=2))
+    with pytest.raises(ValueError, match=r"parallel.ulysses \(4\) must divide the model's 6 attention heads"):
+        Pipeline.from_settings(with_ulysses(settings, 4, tmp_path))
+
+
+def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
+    """`t2v generate --parallel ulysses=2` spawns each expert's ranks and writes the video one
+    rank makes, frame for frame; a bad --parallel is a usage error naming the option."""
+    import subprocess
+    import sys
+
+    from tests.test_executors import digest
+
+    def generate(*extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "cluster.cli", "generate", "a blue box falling", "--seed", "3"]
+        command += ["--steps", "3", "--model", str(wan22_dir), "-o", str(tmp_path / "two.mp4"), *extra]
+        env = {**os.environ, "T2V_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "300"}
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    two = generate("--parallel", "ulysses=2")
+    assert two.returncode == 0, two.stderr
+    pipeline = Pipeline.from_settings(settings.model_copy(update={"cache_dir": tmp_path / "one"}))
+    one = pipeline(pipeline.validator.request(prompt="a blue box falling", seed=3, num_inference_steps=3))
+    assert digest((tmp_path / "two.mp4").read_bytes()) == digest(one.mp4)
+    bad = generate("--parallel", "ulysses=0")
+    assert bad.returncode == 2 and "Invalid value for --parallel: 'ulysses=0': Input should be greater" in bad.stderr
+
+
+def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
+    """Each expert replica a group of two rank actors in its placement group: the app makes the
+    video one rank makes; a rank killed fails its job with a clear error, Serve replaces the
+    whole group (health check) and the next job completes; deleting the app leaves no rank."""
+    import signal
+
+    import httpx
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from cluster.app import bind_app
+    from tests.test_executors import digest
+
+    name = "t2v-parallel"
+    small = {
+        n: d.model_copy(update={"num_cpus": 0.01, "threads": 1}) for n, d in serve_app.settings.deployments.items()
+    }
+    serving = serve_app.settings.serving.model_copy(update={"output_uri": str(tmp_path / "outputs")})
+    settings = serve_app.settings.model_copy(
+        update={"deployments": small, "cache_dir": tmp_path / "cache", "serving": serving}
+    ).with_parallel_experts(ParallelSettings(ulysses=2, collective_timeout_seconds=30))
+
+    def ranks() -> list:
+        return list_actors(filters=[("class_name", "=", "RankWorker"), ("state", "=", "ALIVE")])
+
+    body = {"prompt": "a blue box falling", "seed": 3, "steps": 3, "cache": False}
+    serve.run(bind_app(settings), name=name, route_prefix="/parallel")
+    try:
+        with httpx.Client(base_url=f"{serve_app.url}/parallel", headers=serve_app.headers, timeout=300) as http:
+            video = http.post("/v1/videos/sync", json=body)
+            assert video.status_code == 200, video.text
+            assert len(ranks()) == 4  # two experts, two ranks each
+            pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update={"cache_dir": tmp_path / "one"}))
+            one = pipeline(pipeline.validator.body(body))
+            assert digest(video.content) == digest(one.mp4)
+
+            before = {a.actor_id for a in ranks()}
+            os.kill(ranks()[0].pid, signal.SIGKILL)
+            failed = http.post("/v1/videos/sync", json={**body, "seed": 4})
+            assert failed.status_code >= 500 and "a rank failed" in failed.text, failed.text
+            deadline = time.monotonic() + 120  # Serve's health check replaces the replica and its ranks
+            while len((now := {a.actor_id for a in ranks()}) - before) < 2 or len(now) != 4:
+                assert time.monotonic() < deadline, f"the broken group was not replaced: {len(now)} ranks"
+                time.sleep(1)
+            assert http.post("/v1/videos/sync", json={**body, "seed": 5}).status_code == 200
+    finally:
+        serve.delete(name)
+    deadline = time.monotonic() + 30
+    while ranks():
+        assert time.monotonic() < deadline, f"rank actors left after the app was deleted: {ranks()}"
+        time.sleep(1)
