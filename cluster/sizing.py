@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim.cost_model import SWAPS_PER_VIDEO
+
 
 @dataclass(frozen=True)
 class ExpertSplit:
@@ -44,3 +46,88 @@ def expert_split(
         if best is None or key > best[0]:
             best = (key, ExpertSplit(high, low, rate, busy))
     return best[1]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A way to spend the experts' GPUs: replicas of `degree` GPUs each (sequence parallel,
+    stages/parallel.py), either split between the experts (disaggregated) or each holding both
+    and running whole videos (co-located). Figures from the cost model: SIMULATED."""
+
+    placement: str  # "disaggregated" or "co_located"
+    degree: int
+    high_noise: int  # replicas (co-located: the replicas, each running both experts)
+    low_noise: int  # replicas (co-located: 0)
+    latency_s: float  # one video alone: encode, both phases, decode
+    videos_per_hour: float  # the expert replicas saturated (the encoder and decoder are not the bottleneck)
+
+    @property
+    def gpus(self) -> int:
+        return self.degree * (self.high_noise + self.low_noise)
+
+    def as_settings(self) -> dict:
+        """Settings overrides that deploy it."""
+        parallel = {"parallel": {"ulysses": self.degree}} if self.degree > 1 else {}
+
+        def pool(replicas: int) -> dict:
+            return {"min_replicas": replicas, "max_replicas": replicas, **parallel}
+
+        if self.placement == "co_located":
+            return {"experts_placement": "co_located", "deployments": {"HighNoiseExpert": pool(self.high_noise)}}
+        deployments = {"HighNoiseExpert": pool(self.high_noise), "LowNoiseExpert": pool(self.low_noise)}
+        return {"deployments": deployments}
+
+    def summary(self) -> dict:
+        return {
+            "placement": self.placement,
+            "degree": self.degree,
+            "high_noise": self.high_noise,
+            "low_noise": self.low_noise,
+            "gpus": self.gpus,
+            "latency_s": round(self.latency_s, 1),
+            "videos_per_hour": round(self.videos_per_hour, 2),
+        }
+
+
+def layouts(gpus: int, high_steps: int, low_steps: int, cost, height: int, width: int, frames: int) -> list[Layout]:
+    """Every layout of `gpus` expert GPUs the cost model allows (a degree divides the model's
+    heads): disaggregated, each expert its own replicas of g GPUs, split for throughput; and
+    co-located, replicas of g GPUs each running a video's both phases (swapping the experts
+    where g GPUs cannot hold both)."""
+    from contract.experts import ExpertKind
+
+    one_gpu_step = cost.step_seconds(ExpertKind.HIGH_NOISE, height, width, frames)
+    ends = cost.encode_seconds() + cost.decode_seconds(height, width, frames)
+    steps = high_steps + low_steps
+    found = []
+    for degree in range(1, gpus + 1):
+        if cost.model.heads % degree:
+            continue
+        step = one_gpu_step / (degree * cost.parallel_efficiency(degree))
+        if gpus // degree >= 2:
+            split = expert_split(gpus // degree, high_steps, low_steps, step, step)
+            rate = split.jobs_per_second_per_step_second
+            found.append(
+                Layout("disaggregated", degree, split.high_noise, split.low_noise, ends + steps * step, 3600 * rate)
+            )
+        replicas = gpus // degree
+        swaps = SWAPS_PER_VIDEO * cost.swap_seconds() if cost.needs_swap(degree) else 0.0
+        video = steps * step + swaps
+        found.append(Layout("co_located", degree, replicas, 0, ends + video, 3600 * replicas / video))
+    return found
+
+
+def choose(found: list[Layout], target: str = "throughput", latency_seconds: float | None = None) -> Layout:
+    """The layout for `target`: the most videos per hour, or the fastest video, or (with
+    `latency_seconds`) the most videos per hour among those whose video takes at most that."""
+    if latency_seconds is not None:
+        meeting = [layout for layout in found if layout.latency_s <= latency_seconds]
+        if not meeting:
+            fastest = min(layout.latency_s for layout in found)
+            raise ValueError(f"no layout makes a video in {latency_seconds:g} s (the fastest: {fastest:.0f} s)")
+        return max(meeting, key=lambda layout: (layout.videos_per_hour, -layout.latency_s))
+    if target == "latency":
+        return min(found, key=lambda layout: (layout.latency_s, -layout.videos_per_hour))
+    if target == "throughput":
+        return max(found, key=lambda layout: (layout.videos_per_hour, -layout.latency_s))
+    raise ValueError(f"target must be throughput or latency, not {target!r}")

@@ -51,14 +51,19 @@ class SimulatedGpu:
     cannot hold the two at once (`CostModel.needs_swap`): each forward of the expert that is not
     resident first pays `swap_seconds`."""
 
-    def __init__(self, sim: SimSettings, stage: str):
+    def __init__(self, sim: SimSettings, stage: str, gpus: int = 1):
+        """`gpus`: a replica that is a group of ranks (stages/parallel.py) computes on that many at
+        once, sequence parallel: its forwards take the cost model's parallel time, and each
+        simulated second charged is `gpus` GPU-seconds."""
         self.cost = CostModel.from_settings(sim)
         self.time_scale = sim.time_scale
         self.stage = stage
+        self.gpus = gpus
+        self.speedup = gpus * self.cost.parallel_efficiency(gpus)
         self.seconds = 0.0  # simulated seconds this replica has charged
         self.swaps = 0
         self.resident: str | None = None  # the expert whose weights are on the GPU
-        self._holds_both = not self.cost.needs_swap()
+        self._holds_both = not self.cost.needs_swap(gpus)
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # a GPU computes one thing at a time: concurrent calls queue
 
@@ -74,9 +79,9 @@ class SimulatedGpu:
         with self._lock:
             self.seconds += seconds + swap
             self.swaps += swap > 0
-        metrics.inc("simulated_seconds", seconds, stage=stage or self.stage, gpu=self.cost.gpu.name)
+        metrics.inc("simulated_seconds", seconds * self.gpus, stage=stage or self.stage, gpu=self.cost.gpu.name)
         if swap:
-            metrics.inc("simulated_seconds", swap, stage="swap", gpu=self.cost.gpu.name)
+            metrics.inc("simulated_seconds", swap * self.gpus, stage="swap", gpu=self.cost.gpu.name)
 
     def load(self, component: str) -> None:
         """A new replica copies its weights onto its GPU before it serves."""
@@ -95,7 +100,7 @@ class SimulatedTransformer:
             raise RuntimeError("a simulated forward outside standing_for(): the size of its video is unknown")
         frames, height, width = size
         # cond and uncond halves stacked into one forward are samples of one batch, as on a GPU
-        seconds = self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0])
+        seconds = self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0]) / self.gpu.speedup
         self.gpu.charge(seconds, stage=self.expert, expert=self.expert)
         out = torch.zeros_like(hidden_states)
         return (out,) if not return_dict else {"sample": out}

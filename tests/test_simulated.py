@@ -80,6 +80,26 @@ def test_a_720p_video_takes_the_cost_model_s_seconds_per_stage(wan22_dir, tmp_pa
     assert result.physics.score == 0.5
 
 
+def test_a_simulated_expert_of_eight_ranks_takes_the_cost_model_s_parallel_time(wan22_dir, tmp_path):
+    """`parallel.ulysses: 8`: each step takes 1/(8 x efficiency) of one GPU's time, and counts
+    eight GPUs' seconds."""
+    from contract.settings import ParallelSettings
+
+    settings = sim_settings(wan22_dir, tmp_path, cache={"enabled": False})
+    parallel = Pipeline.from_settings(settings.with_parallel_experts(ParallelSettings(ulysses=8)))
+    loaded = parallel.simulated_seconds()
+    request = request_720p(settings)
+    parallel(request)
+    spent = {k: v - loaded[k] for k, v in parallel.simulated_seconds().items()}
+
+    cost = CostModel("h100")
+    plan = parallel.plan(request)
+    step = cost.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81) / (8 * cost.parallel_efficiency(8))
+    assert spent["high_noise"] == pytest.approx(len(plan.high_noise_steps) * step)
+    assert spent["low_noise"] == pytest.approx(len(plan.low_noise_steps) * step)
+    assert parallel.high_noise_expert.transformer.gpu.gpus == 8
+
+
 def test_stand_in_latents_carry_the_video_they_stand_for(wan22_dir, tmp_path):
     settings = sim_settings(wan22_dir, tmp_path)
     checkpoint = Checkpoint.from_settings(settings)

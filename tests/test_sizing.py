@@ -37,3 +37,48 @@ def test_plan_command_prints_settings_that_load(wan22_dir):
     settings = Settings(model=wan22_dir, **overrides)
     assert settings.deployments["HighNoiseExpert"].min_replicas == 5
     assert settings.deployments["LowNoiseExpert"].max_replicas == 3
+
+
+def test_layouts_trade_videos_per_hour_for_one_video_s_latency():
+    """On the cost model (SIMULATED): wider replicas make one video faster and fewer videos per
+    hour per GPU; the choice follows the target."""
+    from cluster.sizing import choose, layouts
+    from sim.cost_model import CostModel
+
+    cost = CostModel("h100")
+    found = layouts(8, 26, 14, cost, 720, 1280, 81)
+    assert all(layout.gpus <= 8 for layout in found)
+    assert all(40 % layout.degree == 0 for layout in found)  # Ulysses: a divisor of the 40 heads
+    by = {(layout.placement, layout.degree): layout for layout in found}
+    one_gpu = cost.video_seconds(720, 1280, 81, 40)
+    assert by["disaggregated", 1].latency_s == pytest.approx(one_gpu)  # 1,040 s, the calibration
+    assert by["co_located", 8].latency_s == pytest.approx(cost.video_seconds(720, 1280, 81, 40, gpus=8))
+    assert by["co_located", 8].latency_s < by["co_located", 4].latency_s < by["co_located", 2].latency_s < one_gpu
+    fastest, busiest = choose(found, "latency"), choose(found, "throughput")
+    assert (fastest.placement, fastest.degree) == ("co_located", 8) and fastest.latency_s <= 160
+    assert busiest.degree == 1 and busiest.videos_per_hour >= max(layout.videos_per_hour for layout in found)
+    within = choose(found, latency_seconds=600)
+    assert within.latency_s <= 600 and within.videos_per_hour == max(
+        layout.videos_per_hour for layout in found if layout.latency_s <= 600
+    )
+    with pytest.raises(ValueError, match="no layout makes a video in 60 s"):
+        choose(found, latency_seconds=60)
+
+
+def test_plan_for_latency_prints_settings_that_load_and_one_json_line(wan22_dir):
+    import json
+
+    result = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--target", "latency", "--model", str(wan22_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("SIMULATED") and "<- chosen" in result.output
+    overrides = yaml.safe_load(result.output[result.output.index("experts_placement:") :])
+    settings = Settings(model=wan22_dir, **overrides)
+    assert settings.experts_placement == "co_located" and settings.deployments["HighNoiseExpert"].parallel.ulysses == 8
+
+    line = CliRunner().invoke(
+        cli, ["plan", "--gpus", "16", "--latency-seconds", "300", "--json", "--model", str(wan22_dir)]
+    )
+    chosen = json.loads(line.output.strip().splitlines()[-1])
+    assert chosen["latency_s"] <= 300 and chosen["videos_per_hour"] > 0 and chosen["gpus"] <= 16
+    refused = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--latency-seconds", "10", "--model", str(wan22_dir)])
+    assert refused.exit_code == 2 and "no layout makes a video in 10 s" in refused.output
