@@ -1,6 +1,6 @@
 """A check on a real GPU: the stages' times on CUDA in bf16, in under 5 minutes.
 
-    python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16]
+    python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16] [--ulysses 2]
 
 Needs only torch, diffusers and transformers: it loads a diffusers-format Wan2.2 checkpoint
 (default: the embedded default model shipped in stages/weights/) with diffusers'
@@ -9,7 +9,9 @@ the low-noise expert (`transformer`, `transformer_2`: every forward, per step), 
 with the device synchronised around each, at a few sizes. Where the project's own dependencies
 are installed too, it then runs the project's in-process pipeline (`cluster.pipeline.Pipeline`,
 the stage classes the Serve deployments wrap) on the same device and prints its per-stage
-timings beside diffusers'. Nothing here is simulated: these are the device's own seconds.
+timings beside diffusers'. `--ulysses 2` then runs each expert on two ranks (two GPUs, NCCL:
+stages/parallel.py) and prints how far its final latent is from one GPU's, and its stages'
+seconds. Nothing here is simulated: these are the device's own seconds.
 
 Prints a table, then one JSON line. `--device cpu --dtype float32` runs it here (a smoke run).
 """
@@ -144,12 +146,56 @@ def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str
     return rows
 
 
+def parallel_run(model: Path, device: str, dtype: str, size, ulysses: int) -> dict | str:
+    """One video with each expert on `ulysses` ranks (one GPU each, NCCL; processes and gloo on a
+    CPU) against the same video on one: how far apart their final latents are, and the stages'
+    seconds on the ranks. A reason instead when it cannot run."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from cluster.pipeline import Pipeline
+        from contract.settings import Limits, ParallelSettings, Settings
+    except ImportError as error:
+        return f"skipped: the project's dependencies are not installed ({error.name})"
+    if device.startswith("cuda") and torch.cuda.device_count() < ulysses:
+        return f"skipped: {ulysses} ranks need {ulysses} GPUs, this machine has {torch.cuda.device_count()}"
+    width, height, frames, steps = size
+    limits = Limits(max_height=max(width, height), max_width=max(width, height), max_frames=frames)
+    settings = Settings(model=model, device=device, dtype=dtype, limits=limits)
+    settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"enabled": False})})
+    fields = dict(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps, seed=0)
+    one = Pipeline.from_settings(settings)
+    expected = one(one.validator.request(**fields)).latents
+    ranks = Pipeline.from_settings(settings.with_parallel_experts(ParallelSettings(ulysses=ulysses)))
+    try:
+        for _warm in (True, False):
+            start = time.perf_counter()
+            result = ranks(ranks.validator.request(**fields))
+            total = time.perf_counter() - start
+    finally:
+        for expert in (ranks.high_noise_expert, ranks.low_noise_expert):
+            if expert is not None:
+                expert.close()
+    return {
+        "engine": f"ulysses{ulysses}",
+        "size": f"{width}x{height}",
+        "frames": frames,
+        "steps": steps,
+        "total_s": total,
+        "stages_s": dict(result.timings),
+        "calls": dict(result.steps),
+        "max_abs_diff": float((result.latents.float() - expected.float()).abs().max()),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=EMBEDDED, help="diffusers-format Wan2.x checkpoint directory")
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--quick", action="store_true", help="the smallest size only")
+    parser.add_argument(
+        "--ulysses", type=int, default=0, help="also run each expert on this many ranks (GPUs), e.g. 2 (default: off)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -160,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     project = project_run(args.model, args.device, args.dtype, sizes)
     if isinstance(project, list):
         rows += project
+    parallel = parallel_run(args.model, args.device, args.dtype, sizes[0], args.ulysses) if args.ulysses > 1 else None
+    if isinstance(parallel, dict):
+        rows.append(parallel)
 
     print(f"== Stage times on {name}, {args.dtype}, {args.model.name} (seconds, second run at each size)")
     print(
@@ -174,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if isinstance(project, str):
         print(f"project pipeline: {project}")
+    if isinstance(parallel, dict):
+        print(f"ulysses {args.ulysses}: max |latent difference| to one rank {parallel['max_abs_diff']:.2e}")
+    elif parallel is not None:
+        print(f"ulysses {args.ulysses}: {parallel}")
     result = {
         "benchmark": "gpu_check",
         "device": name,
@@ -182,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "rows": rows,
         "project": project if isinstance(project, str) else "ran",
+        "parallel": parallel if isinstance(parallel, str) or parallel is None else "ran",
     }
     print(json.dumps(result))
     return result
