@@ -65,9 +65,9 @@ def connect(settings: Settings, address: str | None = None, num_cpus: float | No
     """Join `address`, or a running local cluster, or start one. One started to serve beyond
     loopback gets token auth (ray_environment); Ray writes a new token to ~/.ray/auth_token
     unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH gives one."""
+    ray_environment(token_auth=not is_loopback(settings.serving.bind_host))
     import ray
 
-    ray_environment(token_auth=not is_loopback(settings.serving.bind_host))
     address = address or running_cluster()
     if address:
         context = ray.init(address=address, logging_level="WARNING")

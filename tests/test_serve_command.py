@@ -49,6 +49,20 @@ class ServerOutput:
         return found[0]
 
 
+def start_serve(env: dict, port: int, model: Path) -> ServerOutput:
+    """`t2v serve --host 0.0.0.0` in a session of its own (a kill takes its Ray with it)."""
+    command = [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(model)]
+    server = subprocess.Popen(
+        [*command, "--host", "0.0.0.0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return ServerOutput(server)
+
+
 def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
     port = free_port()
     ray_tmp = Path(f"/tmp/t2v-cmd-{os.getpid()}")  # its own, so it cannot join the session's Ray
@@ -61,27 +75,9 @@ def test_t2v_serve_starts_serves_and_stops(tmp_path, wan22_dir):
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    server = subprocess.Popen(
-        # Asks for every interface without API keys: gets loopback only, and is told so.
-        [
-            sys.executable,
-            "-m",
-            "cluster.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--model",
-            str(wan22_dir),
-            "--host",
-            "0.0.0.0",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output = ServerOutput(server)
+    # Asks for every interface without API keys: gets loopback only, and is told so.
+    output = start_serve(env, port, wan22_dir)
+    server = output.server
     try:
         url = f"http://127.0.0.1:{port}"
         output.read_until("serving on 127.0.0.1 only (asked for 0.0.0.0)", timeout=60)
@@ -128,16 +124,8 @@ def test_t2v_serve_beyond_loopback_starts_ray_with_token_auth(tmp_path, wan22_di
         "T2V_CACHE_DIR": str(tmp_path / "cache"),
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "cluster.cli", "serve", "--port", str(port), "--model", str(wan22_dir)]
-    server = subprocess.Popen(
-        [*command, "--host", "0.0.0.0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output = ServerOutput(server)
+    output = start_serve(env, port, wan22_dir)
+    server = output.server
     try:
         output.read_until(f"serving at http://0.0.0.0:{port}", timeout=240)
         dashboard = output.read_until("Ray dashboard (ray job submit --address): ", timeout=10).split(": ")[-1].strip()
