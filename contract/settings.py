@@ -50,6 +50,8 @@ class ParallelSettings(BaseModel):
     """An expert replica as a group of ranks (stages/parallel.py): one video's steps split over
     them for latency, at the cost of videos per hour per GPU."""
 
+    model_config = ConfigDict(extra="forbid")  # a kind of parallelism not built (cfg) is an error, not ignored
+
     # Sequence-parallel (Ulysses) degree: each rank attends over 1/ulysses of the video's
     # tokens. Must divide the model's attention heads (40 for Wan2.2 A14B: 2, 4, 5, 8, ...).
     ulysses: int = Field(1, ge=1)

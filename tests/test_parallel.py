@@ -57,6 +57,13 @@ def test_two_ulysses_ranks_make_the_video_one_rank_makes(settings, one_rank, tmp
 
 
 def test_parallel_settings_are_checked(settings, tmp_path):
+    import typer
+
+    from cluster.cli import _parallel_settings
+
+    with pytest.raises(typer.BadParameter, match="'cfg=2': Extra inputs are not permitted"):
+        _parallel_settings("cfg=2")  # not built yet: refused, not ignored
+    assert _parallel_settings("ulysses=2").ulysses == 2
     cached = settings.model_copy(update={"step_cache": StepCacheSettings(kind="first_block")})
     with pytest.raises(ValueError, match="step_cache .first_block. does not run on parallel experts"):
         cached.with_parallel_experts(ParallelSettings(ulysses=2))
