@@ -1,6 +1,6 @@
 """A check on a real GPU: the stages' times on CUDA in bf16, in under 5 minutes.
 
-    python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16] [--ulysses 2]
+    python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16] [--ulysses 2] [--cfg 2]
 
 Needs only torch, diffusers and transformers: it loads a diffusers-format Wan2.2 checkpoint
 (default: the embedded default model shipped in stages/weights/) with diffusers'
@@ -9,9 +9,10 @@ the low-noise expert (`transformer`, `transformer_2`: every forward, per step), 
 with the device synchronised around each, at a few sizes. Where the project's own dependencies
 are installed too, it then runs the project's in-process pipeline (`cluster.pipeline.Pipeline`,
 the stage classes the Serve deployments wrap) on the same device and prints its per-stage
-timings beside diffusers'. `--ulysses 2` then runs each expert on two ranks (two GPUs, NCCL:
-stages/parallel.py) and prints how far its final latent is from one GPU's, and its stages'
-seconds. Nothing here is simulated: these are the device's own seconds.
+timings beside diffusers'. `--ulysses 2` then runs each expert on two sequence-parallel ranks
+(two GPUs, NCCL: stages/parallel.py), `--cfg 2` on two CFG ranks, both together on four, and
+prints how far each final latent is from one GPU's, and each expert's seconds a step. Nothing
+here is simulated: these are the device's own seconds.
 
 Prints a table, then one JSON line. `--device cpu --dtype float32` runs it here (a smoke run).
 """
@@ -146,18 +147,17 @@ def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str
     return rows
 
 
-def parallel_run(model: Path, device: str, dtype: str, size, ulysses: int) -> dict | str:
-    """One video with each expert on `ulysses` ranks (one GPU each, NCCL; processes and gloo on a
-    CPU) against the same video on one: how far apart their final latents are, and the stages'
-    seconds on the ranks. A reason instead when it cannot run."""
+def parallel_runs(model: Path, device: str, dtype: str, size, layouts: list[dict]) -> list[dict | str]:
+    """One video with each expert on a group of ranks per layout (`{"ulysses": 2}`, `{"cfg": 2}`,
+    ...: one GPU a rank, NCCL; processes and gloo on a CPU) against the same video on one: how
+    far apart their final latents are, and the stages' seconds a step on the ranks. A reason
+    instead where one cannot run."""
     sys.path.insert(0, str(ROOT))
     try:
         from cluster.pipeline import Pipeline
         from contract.settings import Limits, ParallelSettings, Settings
     except ImportError as error:
-        return f"skipped: the project's dependencies are not installed ({error.name})"
-    if device.startswith("cuda") and torch.cuda.device_count() < ulysses:
-        return f"skipped: {ulysses} ranks need {ulysses} GPUs, this machine has {torch.cuda.device_count()}"
+        return [f"skipped: the project's dependencies are not installed ({error.name})"] * len(layouts)
     width, height, frames, steps = size
     limits = Limits(max_height=max(width, height), max_width=max(width, height), max_frames=frames)
     settings = Settings(model=model, device=device, dtype=dtype, limits=limits)
@@ -165,26 +165,41 @@ def parallel_run(model: Path, device: str, dtype: str, size, ulysses: int) -> di
     fields = dict(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps, seed=0)
     one = Pipeline.from_settings(settings)
     expected = one(one.validator.request(**fields)).latents
-    ranks = Pipeline.from_settings(settings.with_parallel_experts(ParallelSettings(ulysses=ulysses)))
-    try:
-        for _warm in (True, False):
-            start = time.perf_counter()
-            result = ranks(ranks.validator.request(**fields))
-            total = time.perf_counter() - start
-    finally:
-        for expert in (ranks.high_noise_expert, ranks.low_noise_expert):
-            if expert is not None:
-                expert.close()
-    return {
-        "engine": f"ulysses{ulysses}",
-        "size": f"{width}x{height}",
-        "frames": frames,
-        "steps": steps,
-        "total_s": total,
-        "stages_s": dict(result.timings),
-        "calls": dict(result.steps),
-        "max_abs_diff": float((result.latents.float() - expected.float()).abs().max()),
-    }
+    results: list[dict | str] = []
+    for layout in layouts:
+        parallel = ParallelSettings(**layout)
+        name = " x ".join(f"{k} {v}" for k, v in layout.items())
+        if device.startswith("cuda") and torch.cuda.device_count() < parallel.degree:
+            gpus = torch.cuda.device_count()
+            results.append(
+                f"{name}: skipped, {parallel.degree} ranks need {parallel.degree} GPUs, this machine has {gpus}"
+            )
+            continue
+        ranks = Pipeline.from_settings(settings.with_parallel_experts(parallel))
+        try:
+            for _warm in (True, False):
+                start = time.perf_counter()
+                result = ranks(ranks.validator.request(**fields))
+                total = time.perf_counter() - start
+        finally:
+            for expert in (ranks.high_noise_expert, ranks.low_noise_expert):
+                if expert is not None:
+                    expert.close()
+        results.append(
+            {
+                "engine": "".join(f"{k}{v}" for k, v in layout.items()),
+                "layout": name,
+                "size": f"{width}x{height}",
+                "frames": frames,
+                "steps": steps,
+                "total_s": total,
+                "stages_s": dict(result.timings),
+                "calls": dict(result.steps),
+                "step_s": {k: result.timings[k] / n for k, n in result.steps.items() if n},
+                "max_abs_diff": float((result.latents.float() - expected.float()).abs().max()),
+            }
+        )
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,6 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--ulysses", type=int, default=0, help="also run each expert on this many ranks (GPUs), e.g. 2 (default: off)"
     )
+    parser.add_argument(
+        "--cfg",
+        type=int,
+        default=0,
+        choices=[0, 2],
+        help="also run each expert on two CFG ranks (with --ulysses: both)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -206,9 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
     project = project_run(args.model, args.device, args.dtype, sizes)
     if isinstance(project, list):
         rows += project
-    parallel = parallel_run(args.model, args.device, args.dtype, sizes[0], args.ulysses) if args.ulysses > 1 else None
-    if isinstance(parallel, dict):
-        rows.append(parallel)
+    layouts = [{"ulysses": args.ulysses}] if args.ulysses > 1 else []
+    layouts += [{"cfg": 2}] if args.cfg == 2 else []
+    layouts += [{"ulysses": args.ulysses, "cfg": 2}] if len(layouts) == 2 else []
+    parallel = parallel_runs(args.model, args.device, args.dtype, sizes[0], layouts) if layouts else []
+    rows += [run for run in parallel if isinstance(run, dict)]
 
     print(f"== Stage times on {name}, {args.dtype}, {args.model.name} (seconds, second run at each size)")
     print(
@@ -223,10 +247,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if isinstance(project, str):
         print(f"project pipeline: {project}")
-    if isinstance(parallel, dict):
-        print(f"ulysses {args.ulysses}: max |latent difference| to one rank {parallel['max_abs_diff']:.2e}")
-    elif parallel is not None:
-        print(f"ulysses {args.ulysses}: {parallel}")
+    for run in parallel:
+        if isinstance(run, str):
+            print(run)
+            continue
+        per_step = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in run["step_s"].items())
+        print(f"{run['layout']}: max |latent difference| to one rank {run['max_abs_diff']:.2e}; a step: {per_step}")
     result = {
         "benchmark": "gpu_check",
         "device": name,
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "rows": rows,
         "project": project if isinstance(project, str) else "ran",
-        "parallel": parallel if isinstance(parallel, str) or parallel is None else "ran",
+        "parallel": [run if isinstance(run, str) else run["layout"] for run in parallel],
     }
     print(json.dumps(result))
     return result

@@ -281,14 +281,16 @@ def plan(
         f"SIMULATED (cost model of Wan2.2-T2V-A14B on {gpu}, docs/scaling.md): {size} x {frames} frames, "
         f"{steps} steps ({high} high-noise, {low} low-noise), {gpus} expert GPUs"
     )
-    typer.echo(f"{'placement':<14} {'GPUs/replica':>12} {'replicas':>10} {'one video s':>12} {'videos/hour':>12}")
+    typer.echo(
+        f"{'placement':<14} {'GPUs/replica':>12} {'ranks':>18} {'replicas':>10} {'one video s':>12} {'videos/hour':>12}"
+    )
     for layout in found:
         mark = "  <- chosen" if layout is chosen else ""
         replicas = (
             f"{layout.high_noise}" if layout.placement == "co_located" else f"{layout.high_noise} + {layout.low_noise}"
         )
         typer.echo(
-            f"{layout.placement:<14} {layout.degree:>12} {replicas:>10} {layout.latency_s:>12.1f} "
+            f"{layout.placement:<14} {layout.degree:>12} {layout.name:>18} {replicas:>10} {layout.latency_s:>12.1f} "
             f"{layout.videos_per_hour:>12.2f}{mark}"
         )
     typer.echo(yaml.safe_dump(chosen.as_settings(), sort_keys=False).rstrip())

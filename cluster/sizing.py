@@ -50,9 +50,10 @@ def expert_split(
 
 @dataclass(frozen=True)
 class Layout:
-    """A way to spend the experts' GPUs: replicas of `degree` GPUs each (sequence parallel,
-    stages/parallel.py), either split between the experts (disaggregated) or each holding both
-    and running whole videos (co-located). Figures from the cost model: SIMULATED."""
+    """A way to spend the experts' GPUs: replicas of `degree` GPUs each (stages/parallel.py:
+    `degree / cfg` sequence-parallel ranks in each of `cfg` guidance groups), either split
+    between the experts (disaggregated) or each holding both and running whole videos
+    (co-located). Figures from the cost model: SIMULATED."""
 
     placement: str  # "disaggregated" or "co_located"
     degree: int
@@ -60,14 +61,25 @@ class Layout:
     low_noise: int  # replicas (co-located: 0)
     latency_s: float  # one video alone: encode, both phases, decode
     videos_per_hour: float  # the expert replicas saturated (the encoder and decoder are not the bottleneck)
+    cfg: int = 1
 
     @property
     def gpus(self) -> int:
         return self.degree * (self.high_noise + self.low_noise)
 
+    @property
+    def ulysses(self) -> int:
+        return self.degree // self.cfg
+
+    @property
+    def name(self) -> str:
+        """e.g. "ulysses 4 x cfg 2"."""
+        return f"ulysses {self.ulysses}" + (f" x cfg {self.cfg}" if self.cfg > 1 else "")
+
     def as_settings(self) -> dict:
         """Settings overrides that deploy it."""
-        parallel = {"parallel": {"ulysses": self.degree}} if self.degree > 1 else {}
+        ranks = {"ulysses": self.ulysses, **({"cfg": self.cfg} if self.cfg > 1 else {})}
+        parallel = {"parallel": ranks} if self.degree > 1 else {}
 
         def pool(replicas: int) -> dict:
             return {"min_replicas": replicas, "max_replicas": replicas, **parallel}
@@ -81,6 +93,8 @@ class Layout:
         return {
             "placement": self.placement,
             "degree": self.degree,
+            "ulysses": self.ulysses,
+            "cfg": self.cfg,
             "high_noise": self.high_noise,
             "low_noise": self.low_noise,
             "gpus": self.gpus,
@@ -90,8 +104,9 @@ class Layout:
 
 
 def layouts(gpus: int, high_steps: int, low_steps: int, cost, height: int, width: int, frames: int) -> list[Layout]:
-    """Every layout of `gpus` expert GPUs the cost model allows (a degree divides the model's
-    heads): disaggregated, each expert its own replicas of g GPUs, split for throughput; and
+    """Every layout of `gpus` expert GPUs the cost model allows (a sequence-parallel degree
+    divides the model's heads; a replica of g GPUs runs ulysses g, or ulysses g/2 x cfg 2):
+    disaggregated, each expert its own replicas of g GPUs, split for throughput; and
     co-located, replicas of g GPUs each running a video's both phases (swapping the experts
     where g GPUs cannot hold both)."""
     from contract.experts import ExpertKind
@@ -101,19 +116,23 @@ def layouts(gpus: int, high_steps: int, low_steps: int, cost, height: int, width
     steps = high_steps + low_steps
     found = []
     for degree in range(1, gpus + 1):
-        if cost.model.heads % degree:
-            continue
-        step = one_gpu_step / (degree * cost.parallel_efficiency(degree))
-        if gpus // degree >= 2:
-            split = expert_split(gpus // degree, high_steps, low_steps, step, step)
-            rate = split.jobs_per_second_per_step_second
-            found.append(
-                Layout("disaggregated", degree, split.high_noise, split.low_noise, ends + steps * step, 3600 * rate)
-            )
-        replicas = gpus // degree
-        swaps = SWAPS_PER_VIDEO * cost.swap_seconds() if cost.needs_swap(degree) else 0.0
-        video = steps * step + swaps
-        found.append(Layout("co_located", degree, replicas, 0, ends + video, 3600 * replicas / video))
+        for cfg in (1, 2):
+            ulysses, rest = divmod(degree, cfg)
+            if rest or cost.model.heads % ulysses:
+                continue
+            step = one_gpu_step / cost.parallel_speedup(ulysses, cfg)
+            if gpus // degree >= 2:
+                split = expert_split(gpus // degree, high_steps, low_steps, step, step)
+                rate = split.jobs_per_second_per_step_second
+                video = ends + steps * step
+                found.append(
+                    Layout("disaggregated", degree, split.high_noise, split.low_noise, video, 3600 * rate, cfg)
+                )
+            replicas = gpus // degree
+            # Each CFG group holds a whole copy of the weights: memory is that of `ulysses` GPUs.
+            swaps = SWAPS_PER_VIDEO * cost.swap_seconds() if cost.needs_swap(ulysses) else 0.0
+            video = steps * step + swaps
+            found.append(Layout("co_located", degree, replicas, 0, ends + video, 3600 * replicas / video, cfg))
     return found
 
 

@@ -50,11 +50,14 @@ class ParallelSettings(BaseModel):
     """An expert replica as a group of ranks (stages/parallel.py): one video's steps split over
     them for latency, at the cost of videos per hour per GPU."""
 
-    model_config = ConfigDict(extra="forbid")  # a kind of parallelism not built (cfg) is an error, not ignored
+    model_config = ConfigDict(extra="forbid")  # a kind of parallelism not built is an error, not ignored
 
     # Sequence-parallel (Ulysses) degree: each rank attends over 1/ulysses of the video's
     # tokens. Must divide the model's attention heads (40 for Wan2.2 A14B: 2, 4, 5, 8, ...).
     ulysses: int = Field(1, ge=1)
+    # Classifier-free guidance parallel: 2 runs a guided step's conditional and unconditional
+    # forwards at once, on two groups of `ulysses` ranks (no gain for unguided requests).
+    cfg: int = Field(1, ge=1, le=2)
     # A rank that waits longer than this on the others (a peer dead or hung) fails, and the
     # replica with it: Serve replaces the whole group.
     collective_timeout_seconds: float = Field(300, gt=0)
@@ -62,7 +65,7 @@ class ParallelSettings(BaseModel):
     @property
     def degree(self) -> int:
         """Ranks (GPUs) per replica."""
-        return self.ulysses
+        return self.ulysses * self.cfg
 
 
 # What the replica of a parallel expert holds for itself: it only passes tensors to its ranks.

@@ -20,8 +20,8 @@ class CoLocatedExperts:
     them where its memory cannot hold both."""
 
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
-        degree = settings.deployments[ExpertKind.HIGH_NOISE.deployment].parallel.degree
-        gpu = SimulatedGpu(settings.sim, "experts", gpus=degree) if settings.device == "sim" else None
+        parallel = settings.deployments[ExpertKind.HIGH_NOISE.deployment].parallel
+        gpu = SimulatedGpu(settings.sim, "experts", parallel) if settings.device == "sim" else None
         self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
 
     def check_health(self) -> None:

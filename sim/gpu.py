@@ -23,9 +23,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from contract.settings import SimSettings
+from contract.settings import ParallelSettings, SimSettings
 from monitoring.metrics import metrics
-from sim.cost_model import CostModel
+from sim.cost_model import CFG_PARALLEL_EFFICIENCY, CostModel
 
 STAND_IN_LATENT = (1, 1, 1, 2, 2)  # what a simulated request's latent really is
 STAND_IN_SIDE = 16  # px of the stand-in video's frames: the physics scorer's smallest
@@ -51,19 +51,20 @@ class SimulatedGpu:
     cannot hold the two at once (`CostModel.needs_swap`): each forward of the expert that is not
     resident first pays `swap_seconds`."""
 
-    def __init__(self, sim: SimSettings, stage: str, gpus: int = 1):
-        """`gpus`: a replica that is a group of ranks (stages/parallel.py) computes on that many at
-        once, sequence parallel: its forwards take the cost model's parallel time, and each
-        simulated second charged is `gpus` GPU-seconds."""
+    def __init__(self, sim: SimSettings, stage: str, parallel: ParallelSettings | None = None):
+        """`parallel`: a replica that is a group of ranks (stages/parallel.py) computes on
+        `parallel.degree` GPUs at once: its forwards take the cost model's parallel time, and
+        each simulated second charged is that many GPU-seconds."""
+        parallel = parallel or ParallelSettings()
         self.cost = CostModel.from_settings(sim)
         self.time_scale = sim.time_scale
         self.stage = stage
-        self.gpus = gpus
-        self.speedup = gpus * self.cost.parallel_efficiency(gpus)
+        self.gpus, self.cfg = parallel.degree, parallel.cfg
+        self.speedup = parallel.ulysses * self.cost.parallel_efficiency(parallel.ulysses)
         self.seconds = 0.0  # simulated seconds this replica has charged
         self.swaps = 0
         self.resident: str | None = None  # the expert whose weights are on the GPU
-        self._holds_both = not self.cost.needs_swap(gpus)
+        self._holds_both = not self.cost.needs_swap(parallel.ulysses)  # each CFG group holds a whole copy
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # a GPU computes one thing at a time: concurrent calls queue
 
@@ -99,8 +100,13 @@ class SimulatedTransformer:
         if size is None:
             raise RuntimeError("a simulated forward outside standing_for(): the size of its video is unknown")
         frames, height, width = size
-        # cond and uncond halves stacked into one forward are samples of one batch, as on a GPU
-        seconds = self.gpu.cost.forward_seconds(height, width, frames, batch=hidden_states.shape[0]) / self.gpu.speedup
+        # cond and uncond halves stacked into one forward are samples of one batch, as on a GPU;
+        # CFG-parallel ranks split the batch between their two groups, which run at once.
+        batch, cfg = hidden_states.shape[0], self.gpu.cfg
+        split = CFG_PARALLEL_EFFICIENCY if cfg == 2 and batch > 1 else 1.0
+        seconds = (
+            self.gpu.cost.forward_seconds(height, width, frames, batch=-(-batch // cfg)) / self.gpu.speedup / split
+        )
         self.gpu.charge(seconds, stage=self.expert, expert=self.expert)
         out = torch.zeros_like(hidden_states)
         return (out,) if not return_dict else {"sample": out}

@@ -56,8 +56,8 @@ class Expert:
         self.checkpoint = checkpoint
         self.simulated = checkpoint.simulated
         if self.simulated:
-            degree = checkpoint.settings.deployments[kind.deployment].parallel.degree
-            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage, gpus=degree)
+            parallel = checkpoint.settings.deployments[kind.deployment].parallel
+            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage, parallel)
             gpu.load("expert")
             self.transformer = SimulatedTransformer(gpu, kind.stage)
         else:
@@ -83,6 +83,8 @@ class Expert:
         # A group of ranks runs one forward at a time: nothing to run side by side.
         side_by_side = checkpoint.settings.parallel_guidance and not self.simulated and not parallel
         self.pair = None if self.step_cache else pair_for(self.device, side_by_side)
+        # CFG-parallel ranks take a guided step's two halves in one call, one half per group of ranks.
+        self.stack_guidance = settings.deployments[kind.deployment].parallel.cfg == 2
         config = checkpoint.settings.batching
         self.batcher = None
         if (config.enabled if batching is None else batching) and not self.step_cache:
@@ -108,8 +110,8 @@ class Expert:
         # In a Serve replica (a Ray actor): rank actors in its placement group; else processes.
         in_actor = ray_actor_id() is not None
         group = ActorRanks if in_actor else ProcessRanks
-        ranks = group(checkpoint.settings, kind, deployment.parallel.ulysses, threads=deployment.threads)
-        return ParallelTransformer(ranks, config, checkpoint.dtype)
+        ranks = group(checkpoint.settings, kind, threads=deployment.threads)
+        return ParallelTransformer(ranks, deployment.parallel, config, checkpoint.dtype)
 
     @property
     def ranks_broken(self) -> str | None:
@@ -266,6 +268,15 @@ class Expert:
 
             if negative is None:
                 noise_pred = forward(prompt, "cond")
+            elif self.stack_guidance:
+                both = self.transformer(
+                    hidden_states=torch.cat([latent_input, latent_input]),
+                    timestep=torch.cat([timestep, timestep]),
+                    encoder_hidden_states=torch.cat([prompt, negative]),
+                    return_dict=False,
+                )[0]
+                noise_pred, noise_uncond = both.chunk(2)
+                noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
             else:
                 cond, uncond = (lambda: forward(prompt, "cond")), (lambda: forward(negative, "uncond"))
                 noise_pred, noise_uncond = self.pair(cond, uncond) if self.pair is not None else (cond(), uncond())

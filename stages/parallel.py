@@ -1,11 +1,13 @@
-"""Expert replicas as device groups: one expert's transformer run by g ranks at once with
-diffusers' context parallelism (Ulysses: each rank attends over 1/g of the video's tokens,
-all-to-all between them), so one video runs up to g times faster on g GPUs.
+"""Expert replicas as device groups: one expert's transformer run by g = ulysses x cfg ranks
+at once, so one video runs up to g times faster on g GPUs. Ulysses: diffusers' context
+parallelism, each rank attends over 1/ulysses of the video's tokens, all-to-all between them.
+CFG: a guided step's conditional and unconditional forwards on two groups of ranks at once.
 
 The expert (stages/expert.py) keeps its loop, scheduler, batching and adapter bookkeeping;
 only its transformer is a `ParallelTransformer`: a stand-in with the transformer's call and
 peft methods, each of which every rank runs on its own copy (`RankWorker`). The ranks form a
-torch.distributed group, NCCL on CUDA and gloo on a CPU, and rank 0's output is the expert's.
+torch.distributed group, NCCL on CUDA and gloo on a CPU; the output leaves through the
+coordinator (the expert's process), as a single GPU's does.
 `ProcessRanks` starts the ranks as processes of this machine (`t2v generate --parallel`,
 tests); `ActorRanks`, in a Serve replica, as Ray actors in the replica's placement group."""
 
@@ -18,12 +20,11 @@ import os
 import socket
 import threading
 import traceback
-from typing import Any
 
 import torch
 
 from contract.experts import ExpertKind
-from contract.settings import Settings
+from contract.settings import ParallelSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +43,25 @@ def check_degree(config: dict, ulysses: int) -> None:
         raise ValueError(f"parallel.ulysses ({ulysses}) must divide the model's {heads} attention heads")
 
 
-def enable_context_parallel(transformer: torch.nn.Module, ulysses: int) -> None:
-    """diffusers' Ulysses context parallelism on `transformer`, over the default process group.
+def enable_context_parallel(transformer: torch.nn.Module, mesh) -> None:
+    """diffusers' Ulysses context parallelism on `transformer`, over the "ulysses" dimension of
+    `mesh` (the ranks of this rank's CFG group).
 
     On a machine without an accelerator diffusers' `_resolve_parallel_config` picks the device
     as `rank % torch.accelerator.device_count()`, a division by zero: there the config is
-    resolved here instead, on the CPU, with the same mesh diffusers would build."""
+    resolved here instead, on the CPU, with the same mesh."""
     from diffusers import ContextParallelConfig
     from diffusers.models._modeling_parallel import ParallelConfig
 
+    ulysses = mesh["ulysses"].size()
     check_degree(transformer.config, ulysses)
-    config = ContextParallelConfig(ulysses_degree=ulysses)
+    config = ContextParallelConfig(ulysses_degree=ulysses, mesh=mesh)
     if torch.accelerator.device_count() == 0:
 
         def resolve_on_cpu(config: ContextParallelConfig) -> ParallelConfig:
             parallel = ParallelConfig(context_parallel_config=config)
-            mesh = torch.distributed.device_mesh.init_device_mesh(
-                "cpu", mesh_shape=config.mesh_shape, mesh_dim_names=config.mesh_dim_names
-            )
             parallel.setup(
-                torch.distributed.get_rank(), torch.distributed.get_world_size(), torch.device("cpu"), mesh=mesh
+                torch.distributed.get_rank(), torch.distributed.get_world_size(), torch.device("cpu"), mesh=config.mesh
             )
             transformer._parallel_config = parallel
             return parallel
@@ -71,42 +71,62 @@ def enable_context_parallel(transformer: torch.nn.Module, ulysses: int) -> None:
 
 
 class RankWorker:
-    """One rank: its copy of the expert's transformer, context-parallel over the group.
-    Plain code, so a process (ProcessRanks) or a Ray actor runs it alike."""
+    """One rank: its copy of the expert's transformer, context-parallel over its CFG group.
+    Plain code, so a process (ProcessRanks) or a Ray actor runs it alike.
 
-    def __init__(self, settings: Settings, kind: ExpertKind, rank: int, world: int, init_method: str):
+    The ranks are laid out as a (cfg, ulysses) grid: rank r is Ulysses rank r % ulysses of CFG
+    group r // ulysses. A call's batch is split between the CFG groups (a guided step stacks its
+    conditional then its unconditional half); each group's first rank returns that group's output."""
+
+    def __init__(self, settings: Settings, kind: ExpertKind, rank: int, init_method: str):
         from stages.checkpoint import Checkpoint
 
+        parallel = settings.deployments[kind.deployment].parallel
         checkpoint = Checkpoint.from_settings(settings)
-        backend = "nccl" if checkpoint.device.type == "cuda" else "gloo"
-        if checkpoint.device.type == "cuda":
+        device = checkpoint.device.type
+        backend = "nccl" if device == "cuda" else "gloo"
+        if device == "cuda":
             torch.cuda.set_device(rank % torch.cuda.device_count())
         # A collective waiting longer than this fails its rank (a dead or hung peer), and the group with it.
-        timeout = datetime.timedelta(seconds=settings.deployments[kind.deployment].parallel.collective_timeout_seconds)
+        timeout = datetime.timedelta(seconds=parallel.collective_timeout_seconds)
         torch.distributed.init_process_group(
-            backend, init_method=init_method, rank=rank, world_size=world, timeout=timeout
+            backend, init_method=init_method, rank=rank, world_size=parallel.degree, timeout=timeout
         )
-        self.rank = rank
+        self.rank, self.cfg = rank, parallel.cfg
+        self.cfg_group, ulysses_rank = divmod(rank, parallel.ulysses)
+        self.leader = ulysses_rank == 0
         self.transformer = checkpoint.expert(kind)
-        enable_context_parallel(self.transformer, world)
+        if parallel.ulysses > 1:
+            mesh = torch.distributed.device_mesh.init_device_mesh(
+                device, (parallel.cfg, 1, parallel.ulysses), mesh_dim_names=("cfg", "ring", "ulysses")
+            )
+            enable_context_parallel(self.transformer, mesh)
 
     def ready(self) -> int:
         return self.rank
 
     @torch.no_grad()
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        """This rank's CFG group's share of the batch through the transformer; the group's output
+        from its first rank (every rank of a group holds it, gathered), None from the others and
+        from a group whose share is empty (an unguided step of one request)."""
         device = next(self.transformer.parameters()).device
+        hidden_states, timestep, text = (
+            x.tensor_split(self.cfg)[self.cfg_group] for x in (hidden_states, timestep, encoder_hidden_states)
+        )
+        if len(hidden_states) == 0:
+            return None
         output = self.transformer(
             hidden_states=hidden_states.to(device),
             timestep=timestep.to(device),
-            encoder_hidden_states=encoder_hidden_states.to(device),
+            encoder_hidden_states=text.to(device),
             return_dict=False,
         )[0]
-        return output.cpu() if self.rank == 0 else None  # every rank holds the gathered output
+        return output.cpu() if self.leader else None
 
     def peft(self, method: str, *args, **kwargs) -> None:
         """One of the transformer's adapter methods (load_lora_adapter, set_adapters, ...)."""
-        if method not in ("load_lora_adapter", "delete_adapters"):
+        if method not in ("load_lora_adapter", "delete_adapters") or self.transformer._parallel_config is None:
             getattr(self.transformer, method)(*args, **kwargs)
             return
         # peft wraps each layer it adapts, proj_out among them: the hook that gathers the ranks'
@@ -163,18 +183,19 @@ class RankError(RuntimeError):
 class ProcessRanks:
     """g ranks as processes of this machine, started with torch's `spawn`."""
 
-    def __init__(self, settings: Settings, kind: ExpertKind, world: int, threads: int = 1):
+    def __init__(self, settings: Settings, kind: ExpertKind, threads: int = 1):
         import torch.multiprocessing as mp
 
         context = mp.get_context("spawn")
-        self.world, self.broken = world, None
+        world = settings.deployments[kind.deployment].parallel.degree
+        self.broken = None
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         self.connections, self.processes = [], []
         for rank in range(world):
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_serve_rank,
-                args=(theirs, threads, settings, kind, rank, world, init_method),
+                args=(theirs, threads, settings, kind, rank, init_method),
                 name=f"{kind.stage}-rank-{rank}",
                 daemon=True,
             )
@@ -185,15 +206,15 @@ class ProcessRanks:
         self._lock = threading.Lock()
         self._gather("starting")
 
-    def call(self, method: str, *args, **kwargs) -> Any:
+    def call(self, method: str, *args, **kwargs) -> list:
         """`method` on every rank (one call at a time: the ranks' collectives must line up);
-        rank 0's result."""
+        the ranks' results, in rank order."""
         with self._lock:
             if self.broken:
                 raise RankError(self.broken)
             for connection in self.connections:
                 connection.send((method, args, kwargs))
-            return self._gather(method)[0]
+            return self._gather(method)
 
     def _gather(self, what: str) -> list:
         results, errors = [], []
@@ -226,7 +247,7 @@ class ActorRanks:
     (`placement_group_bundles`: bundle 0 the replica, 1..g its ranks, packed on one node).
     They are the replica's actors: they go when it goes."""
 
-    def __init__(self, settings: Settings, kind: ExpertKind, world: int, threads: int):
+    def __init__(self, settings: Settings, kind: ExpertKind, threads: int):
         import ray
         from ray.util import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -235,8 +256,8 @@ class ActorRanks:
         group = get_current_placement_group()
         init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
         worker = ray.remote(RankWorker)
-        self.world, self.actors = world, []
-        for rank in range(world):
+        self.actors = []
+        for rank in range(deployment.parallel.degree):
             placement = (
                 {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank + 1)}
                 if group is not None
@@ -249,20 +270,20 @@ class ActorRanks:
                     name=None,
                     runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}},
                     **placement,
-                ).remote(settings, kind, rank, world, init_method)
+                ).remote(settings, kind, rank, init_method)
             )
         self._lock = threading.Lock()
         self.broken: str | None = None
         self._gather("starting", [actor.ready.remote() for actor in self.actors])
 
-    def call(self, method: str, *args, **kwargs) -> Any:
+    def call(self, method: str, *args, **kwargs) -> list:
         import ray
 
         with self._lock:
             if self.broken:
                 raise RankError(self.broken)
             args = [ray.put(a) if isinstance(a, torch.Tensor) else a for a in args]  # once, for every rank
-            return self._gather(method, [getattr(a, method).remote(*args, **kwargs) for a in self.actors])[0]
+            return self._gather(method, [getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
     def _gather(self, what: str, calls: list) -> list:
         import ray
@@ -281,12 +302,13 @@ class ActorRanks:
 
 
 class ParallelTransformer:
-    """What the expert calls as its transformer, run by every rank of a group: the forward
-    (rank 0's output) and the adapter methods ExpertAdapters uses (each rank loads the same)."""
+    """What the expert calls as its transformer, run by every rank of a group: the forward (the
+    CFG groups' outputs, stacked back in batch order) and the adapter methods ExpertAdapters
+    uses (each rank loads the same)."""
 
-    def __init__(self, ranks: ProcessRanks | ActorRanks, config: dict, dtype: torch.dtype):
+    def __init__(self, ranks: ProcessRanks | ActorRanks, parallel: ParallelSettings, config: dict, dtype: torch.dtype):
         self.ranks, self.config, self.dtype = ranks, config, dtype
-        self.ulysses = ranks.world
+        self.ulysses, self.cfg = parallel.ulysses, parallel.cfg
         self.pid = os.getpid()
 
     def __call__(self, hidden_states, timestep, encoder_hidden_states, return_dict: bool = False):
@@ -297,7 +319,8 @@ class ParallelTransformer:
             raise ValueError(
                 f"a video of {tokens} latent tokens does not split over parallel.ulysses={self.ulysses} ranks"
             )
-        return (self.ranks.call("forward", hidden_states, timestep, encoder_hidden_states),)
+        outputs = self.ranks.call("forward", hidden_states, timestep, encoder_hidden_states)
+        return (torch.cat([output for output in outputs if output is not None]),)
 
     def _peft(method: str):  # noqa: N805 (builds the methods below)
         def call(self, *args, **kwargs):

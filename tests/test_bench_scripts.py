@@ -42,23 +42,15 @@ def test_the_gpu_check_runs_its_stages_here_on_the_cpu() -> None:
     both engines, so it is ready when a GPU is at hand."""
     import json
 
-    command = [
-        sys.executable,
-        "bench/gpu_check.py",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float32",
-        "--quick",
-        "--ulysses",
-        "2",
-    ]
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--dtype", "float32", "--quick", "--cfg", "2"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["project"] == "ran" and [r["engine"] for r in result["rows"]] == ["diffusers", "project", "ulysses2"]
-    diffusers, project, ulysses = result["rows"]
-    assert result["parallel"] == "ran" and ulysses["max_abs_diff"] <= 1e-5 and ulysses["stages_s"]["high_noise"] > 0
+    # (its --ulysses 2 runs the code tests/test_parallel.py runs; here the CFG check alone, for time)
+    assert result["project"] == "ran" and [r["engine"] for r in result["rows"]] == ["diffusers", "project", "cfg2"]
+    diffusers, project, ranks = result["rows"]
+    assert result["parallel"] == ["cfg 2"]
+    assert ranks["max_abs_diff"] <= 1e-5 and ranks["step_s"]["high_noise"] > 0, ranks
     for stage in ("encode", "high_noise", "low_noise", "decode"):
         assert diffusers["stages_s"][stage] > 0 and project["stages_s"][stage] > 0, stage
     assert diffusers["calls"]["high_noise"] + diffusers["calls"]["low_noise"] == 2 * diffusers["steps"]  # CFG

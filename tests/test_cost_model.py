@@ -15,6 +15,7 @@ from bench import calibration
 from contract.experts import ExpertKind
 from contract.settings import Settings, SimGpu, SimSettings
 from sim.cost_model import (
+    CFG_PARALLEL_EFFICIENCY,
     FITTED,
     GPUS,
     SWAPS_PER_VIDEO,
@@ -147,6 +148,20 @@ def test_sequence_parallel_scaling():
     assert l40s.parallel_efficiency(8) < h100.parallel_efficiency(8)  # PCIe, no NVLink
     with pytest.raises(ValueError, match="attention heads"):
         h100.parallel_efficiency(3)
+
+
+def test_cfg_parallel_halves_a_guided_step_at_the_published_efficiency():
+    """TensorRT-LLM's 1- and 2-GPU B200 runs (342.04 s and 179.96 s of denoising) fix the term."""
+    h100 = CostModel("h100")
+    assert 342.04 / 179.96 == pytest.approx(2 * CFG_PARALLEL_EFFICIENCY)
+    assert h100.parallel_speedup(1, 2) == pytest.approx(1.90, abs=0.005)
+    assert h100.parallel_speedup(4, 2) == pytest.approx(h100.parallel_speedup(4) * 1.90, rel=0.003)
+    assert h100.parallel_speedup(1, 2, guidance=False) == 1  # one forward a step: nothing to share
+    one, two = (h100.video_seconds(720, 1280, 81, 40, cfg=c) for c in (1, 2))
+    ends = h100.encode_seconds() + h100.decode_seconds(720, 1280, 81)
+    assert (one - ends) / (two - ends) == pytest.approx(1.90, abs=0.005)
+    with pytest.raises(ValueError, match="cfg must be 1 or 2"):
+        h100.parallel_speedup(1, 4)
 
 
 def test_gpu_table_matches_the_settings_names():

@@ -25,13 +25,13 @@ CASES = {
 }
 
 
-def with_ulysses(settings: Settings, degree: int, cache_dir) -> Settings:
+def with_ranks(settings: Settings, cache_dir, **parallel) -> Settings:
     experts = {k.deployment for k in ExpertKind}
     deployments = {
         n: d.model_copy(update={"threads": 1}) if n in experts else d for n, d in settings.deployments.items()
     }
     one_thread = settings.model_copy(update={"deployments": deployments, "cache_dir": cache_dir})
-    return one_thread.with_parallel_experts(ParallelSettings(ulysses=degree))
+    return one_thread.with_parallel_experts(ParallelSettings(**parallel))
 
 
 def latents(pipeline: Pipeline) -> dict[str, torch.Tensor]:
@@ -40,13 +40,17 @@ def latents(pipeline: Pipeline) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def one_rank(settings, tmp_path_factory) -> dict[str, torch.Tensor]:
-    return latents(Pipeline.from_settings(with_ulysses(settings, 1, tmp_path_factory.mktemp("one"))))
+    return latents(Pipeline.from_settings(with_ranks(settings, tmp_path_factory.mktemp("one"))))
 
 
-def test_two_ulysses_ranks_make_the_video_one_rank_makes(settings, one_rank, tmp_path):
-    pipeline = Pipeline.from_settings(with_ulysses(settings, 2, tmp_path))
+@pytest.mark.parametrize("parallel", [{"ulysses": 2}, {"cfg": 2}, {"ulysses": 2, "cfg": 2}], ids=str)
+def test_groups_of_ranks_make_the_video_one_rank_makes(settings, one_rank, tmp_path, parallel):
+    """Ulysses 2 (each rank half the tokens), CFG 2 (a guided step's halves on two ranks) and
+    both (two groups of two) make the latents of one rank, for a prompt, a template and an adapter."""
+    pipeline = Pipeline.from_settings(with_ranks(settings, tmp_path, **parallel))
     try:
-        assert pipeline.high_noise_expert.transformer.ulysses == 2
+        transformer = pipeline.high_noise_expert.transformer
+        assert (transformer.ulysses, transformer.cfg) == (parallel.get("ulysses", 1), parallel.get("cfg", 1))
         two_ranks = latents(pipeline)
     finally:
         pipeline.high_noise_expert.close()
@@ -61,14 +65,17 @@ def test_parallel_settings_are_checked(settings, tmp_path):
 
     from cluster.cli import _parallel_settings
 
-    with pytest.raises(typer.BadParameter, match="'cfg=2': Extra inputs are not permitted"):
-        _parallel_settings("cfg=2")  # not built yet: refused, not ignored
+    with pytest.raises(typer.BadParameter, match="'ring=2': Extra inputs are not permitted"):
+        _parallel_settings("ring=2")  # not built: refused, not ignored
+    with pytest.raises(typer.BadParameter, match="'cfg=3': Input should be less than or equal to 2"):
+        _parallel_settings("cfg=3")
     assert _parallel_settings("ulysses=2").ulysses == 2
+    assert _parallel_settings("ulysses=2,cfg=2").degree == 4
     cached = settings.model_copy(update={"step_cache": StepCacheSettings(kind="first_block")})
     with pytest.raises(ValueError, match="step_cache .first_block. does not run on parallel experts"):
         cached.with_parallel_experts(ParallelSettings(ulysses=2))
     with pytest.raises(ValueError, match=r"parallel.ulysses \(4\) must divide the model's 6 attention heads"):
-        Pipeline.from_settings(with_ulysses(settings, 4, tmp_path))
+        Pipeline.from_settings(with_ranks(settings, tmp_path, ulysses=4))
 
 
 def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
@@ -95,8 +102,8 @@ def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
 
 
 def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
-    """Each expert replica a group of two rank actors in its placement group: the app makes the
-    video one rank makes; a rank killed fails its job with a clear error, Serve replaces the
+    """Each expert replica a group of four rank actors in its placement group (two CFG groups
+    of two Ulysses ranks): the app makes the video one rank makes; a rank killed fails its job with a clear error, Serve replaces the
     whole group (health check) and the next job completes; deleting the app leaves no rank."""
     import signal
 
@@ -114,7 +121,7 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
     serving = serve_app.settings.serving.model_copy(update={"output_uri": str(tmp_path / "outputs")})
     settings = serve_app.settings.model_copy(
         update={"deployments": small, "cache_dir": tmp_path / "cache", "serving": serving}
-    ).with_parallel_experts(ParallelSettings(ulysses=2, collective_timeout_seconds=30))
+    ).with_parallel_experts(ParallelSettings(ulysses=2, cfg=2, collective_timeout_seconds=30))
 
     def ranks() -> list:
         return list_actors(filters=[("class_name", "=", "RankWorker"), ("state", "=", "ALIVE")])
@@ -125,7 +132,7 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
         with httpx.Client(base_url=f"{serve_app.url}/parallel", headers=serve_app.headers, timeout=300) as http:
             video = http.post("/v1/videos/sync", json=body)
             assert video.status_code == 200, video.text
-            assert len(ranks()) == 4  # two experts, two ranks each
+            assert len(ranks()) == 8  # two experts, four ranks each
             pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update={"cache_dir": tmp_path / "one"}))
             one = pipeline(pipeline.validator.body(body))
             assert digest(video.content) == digest(one.mp4)
@@ -135,7 +142,7 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
             failed = http.post("/v1/videos/sync", json={**body, "seed": 4})
             assert failed.status_code >= 500 and "a rank failed" in failed.text, failed.text
             deadline = time.monotonic() + 120  # Serve's health check replaces the replica and its ranks
-            while len((now := {a.actor_id for a in ranks()}) - before) < 2 or len(now) != 4:
+            while len((now := {a.actor_id for a in ranks()}) - before) < 4 or len(now) != 8:
                 assert time.monotonic() < deadline, f"the broken group was not replaced: {len(now)} ranks"
                 time.sleep(1)
             assert http.post("/v1/videos/sync", json={**body, "seed": 5}).status_code == 200

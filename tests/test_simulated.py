@@ -100,6 +100,34 @@ def test_a_simulated_expert_of_eight_ranks_takes_the_cost_model_s_parallel_time(
     assert parallel.high_noise_expert.transformer.gpu.gpus == 8
 
 
+def test_a_simulated_expert_of_cfg_groups_runs_a_guided_step_s_halves_at_once(wan22_dir, tmp_path):
+    """`parallel: {ulysses: 4, cfg: 2}`: a guided step's two forwards go out as one call, each
+    group of four runs its half, so the step takes one forward's parallel time over the CFG
+    efficiency, and counts eight GPUs' seconds."""
+    from contract.settings import ParallelSettings
+    from sim.cost_model import CFG_PARALLEL_EFFICIENCY
+
+    settings = sim_settings(wan22_dir, tmp_path, cache={"enabled": False})
+    parallel = Pipeline.from_settings(settings.with_parallel_experts(ParallelSettings(ulysses=4, cfg=2)))
+    loaded = parallel.simulated_seconds()
+    request = request_720p(settings)
+    parallel(request)
+    spent = {k: v - loaded[k] for k, v in parallel.simulated_seconds().items()}
+
+    cost = CostModel("h100")
+    plan = parallel.plan(request)
+    step = cost.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81) / cost.parallel_speedup(4, 2)
+    assert cost.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81) == pytest.approx(
+        2 * cost.forward_seconds(720, 1280, 81)
+    )
+    assert step == pytest.approx(
+        cost.forward_seconds(720, 1280, 81) / (4 * cost.parallel_efficiency(4) * CFG_PARALLEL_EFFICIENCY)
+    )
+    assert spent["high_noise"] == pytest.approx(len(plan.high_noise_steps) * step)
+    assert spent["low_noise"] == pytest.approx(len(plan.low_noise_steps) * step)
+    assert parallel.high_noise_expert.transformer.gpu.gpus == 8
+
+
 def test_stand_in_latents_carry_the_video_they_stand_for(wan22_dir, tmp_path):
     settings = sim_settings(wan22_dir, tmp_path)
     checkpoint = Checkpoint.from_settings(settings)

@@ -48,12 +48,20 @@ def test_layouts_trade_videos_per_hour_for_one_video_s_latency():
     cost = CostModel("h100")
     found = layouts(8, 26, 14, cost, 720, 1280, 81)
     assert all(layout.gpus <= 8 for layout in found)
-    assert all(40 % layout.degree == 0 for layout in found)  # Ulysses: a divisor of the 40 heads
-    by = {(layout.placement, layout.degree): layout for layout in found}
+    assert all(40 % layout.ulysses == 0 for layout in found)  # Ulysses: a divisor of the 40 heads
+    by = {(layout.placement, layout.ulysses, layout.cfg): layout for layout in found}
     one_gpu = cost.video_seconds(720, 1280, 81, 40)
-    assert by["disaggregated", 1].latency_s == pytest.approx(one_gpu)  # 1,040 s, the calibration
-    assert by["co_located", 8].latency_s == pytest.approx(cost.video_seconds(720, 1280, 81, 40, gpus=8))
-    assert by["co_located", 8].latency_s < by["co_located", 4].latency_s < by["co_located", 2].latency_s < one_gpu
+    assert by["disaggregated", 1, 1].latency_s == pytest.approx(one_gpu)  # 1,040 s, the calibration
+    assert by["co_located", 8, 1].latency_s == pytest.approx(cost.video_seconds(720, 1280, 81, 40, gpus=8))
+    assert by["co_located", 4, 2].latency_s == pytest.approx(cost.video_seconds(720, 1280, 81, 40, gpus=4, cfg=2))
+    co_located = [by["co_located", u, 1].latency_s for u in (8, 4, 2)]
+    assert co_located == sorted(co_located) and co_located[-1] < one_gpu
+    # CFG halves a step on two GPUs a little less well than Ulysses does over NVLink (0.95 against ~0.97)
+    assert by["co_located", 2, 1].latency_s < by["co_located", 1, 2].latency_s < one_gpu
+    assert by["co_located", 4, 2].as_settings()["deployments"]["HighNoiseExpert"]["parallel"] == {
+        "ulysses": 4,
+        "cfg": 2,
+    }
     fastest, busiest = choose(found, "latency"), choose(found, "throughput")
     assert (fastest.placement, fastest.degree) == ("co_located", 8) and fastest.latency_s <= 160
     assert busiest.degree == 1 and busiest.videos_per_hour >= max(layout.videos_per_hour for layout in found)
@@ -80,5 +88,13 @@ def test_plan_for_latency_prints_settings_that_load_and_one_json_line(wan22_dir)
     )
     chosen = json.loads(line.output.strip().splitlines()[-1])
     assert chosen["latency_s"] <= 300 and chosen["videos_per_hour"] > 0 and chosen["gpus"] <= 16
+    # 16 GPUs: 40 heads stop Ulysses at 8, the guided halves on two groups of 8 go further
+    fastest = json.loads(
+        CliRunner()
+        .invoke(cli, ["plan", "--gpus", "16", "--target", "latency", "--json", "--model", str(wan22_dir)])
+        .output.strip()
+        .splitlines()[-1]
+    )
+    assert (fastest["ulysses"], fastest["cfg"], fastest["gpus"]) == (8, 2, 16) and fastest["latency_s"] < 100
     refused = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--latency-seconds", "10", "--model", str(wan22_dir)])
     assert refused.exit_code == 2 and "no layout makes a video in 10 s" in refused.output
