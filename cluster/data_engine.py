@@ -260,12 +260,12 @@ class DataEngine:
         return ray.data.ActorPoolStrategy(min_size=least, max_size=max(least, most))
 
     def _pool(self, name: str) -> dict[str, Any]:
-        """A pool's `map` options from the deployment of the same stage."""
+        """A pool's `map` options from the deployment of the same stage (an actor of a parallel
+        expert starts its ranks as a replica does: Ray places them, no placement group)."""
         deployment = self.settings.deployments[name]
         return {
             "compute": self._actors(deployment.min_replicas, deployment.max_replicas),
-            "num_cpus": deployment.num_cpus,
-            "num_gpus": deployment.num_gpus,
+            **deployment.replica_resources,
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(deployment.threads), "OMP_WAIT_POLICY": "PASSIVE"}},
         }
 

@@ -95,6 +95,14 @@ class DeploymentSettings(BaseModel):
     look_back_period_s: float | None = None  # None: Serve's (30 s): the window its load is averaged over
     parallel: ParallelSettings = ParallelSettings()  # experts only: a replica as a group of ranks
 
+    @property
+    def replica_resources(self) -> dict[str, float]:
+        """What one replica (or Ray Data actor) of this deployment holds itself: `num_cpus` and
+        `num_gpus`, or, for a group of ranks, a coordinator's share (the ranks hold the rest)."""
+        if self.parallel.degree > 1:
+            return {"num_cpus": PARALLEL_COORDINATOR_CPUS, "num_gpus": 0}
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
     def serve_options(self) -> dict:
         env = {"OMP_NUM_THREADS": str(self.threads), "OMP_WAIT_POLICY": "PASSIVE"}
         logging = {}
@@ -103,13 +111,11 @@ class DeploymentSettings(BaseModel):
 
             # The whole block, as `serve build` writes it, so serve.yaml and the bound app agree.
             logging = {"logging_config": LoggingConfig(enable_access_log=False).model_dump()}
-        replica = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        replica = self.replica_resources
         group = {}
         if self.parallel.degree > 1:
-            # The replica coordinates; its ranks (stages/parallel.py) hold the GPUs, a bundle
-            # each, on one node (NCCL between them).
+            # Its ranks (stages/parallel.py) hold the GPUs, a bundle each, on one node (NCCL between them).
             rank = {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {})}
-            replica = {"num_cpus": PARALLEL_COORDINATOR_CPUS, "num_gpus": 0}
             group = {
                 "placement_group_bundles": [{"CPU": PARALLEL_COORDINATOR_CPUS}] + [rank] * self.parallel.degree,
                 "placement_group_strategy": "STRICT_PACK",
@@ -137,6 +143,22 @@ class DeploymentSettings(BaseModel):
                 else {}
             ),
         }
+
+
+class InteractiveSettings(BaseModel):
+    """A second pool of expert replicas for requests with `priority: interactive` (a director
+    waiting on one shot): wide replicas (`experts.parallel`) that keep one video fast, beside the
+    default pool that keeps videos per hour up. Each expert gets a deployment of its own,
+    `<expert>Interactive` (`ExpertsInteractive` where the experts are co-located), placed and
+    scaled by `experts`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    experts: DeploymentSettings = Field(default_factory=lambda: DeploymentSettings(max_ongoing_requests=1))
+    # None: as the default pool's `experts_placement`. co_located: one replica of g GPUs runs both
+    # phases of a video, so a fast video takes g GPUs, not 2g.
+    placement: Literal["disaggregated", "co_located"] | None = None
 
 
 def _default_deployments() -> dict[str, DeploymentSettings]:
@@ -399,12 +421,15 @@ class Settings(BaseSettings):
     # experts and runs a request's two phases in turn, placed and scaled as
     # `deployments.HighNoiseExpert` says (a GPU too small for both swaps them: bench/fleet/placements.py).
     experts_placement: Literal["disaggregated", "co_located"] = "disaggregated"
+    interactive: InteractiveSettings = InteractiveSettings()
 
     @model_validator(mode="after")
     def _step_cache_on_one_rank(self) -> Settings:
         # A step cache decides per rank whether to skip a forward; ranks that disagree would wait on
         # each other's collectives forever.
         parallel = [n for n, d in self.deployments.items() if d.parallel.degree > 1]
+        if self.interactive.enabled and self.interactive.experts.parallel.degree > 1:
+            parallel.append("interactive.experts")
         if parallel and self.step_cache.kind != "none":
             raise ValueError(f"step_cache ({self.step_cache.kind}) does not run on parallel experts ({parallel})")
         return self
@@ -440,6 +465,14 @@ class Settings(BaseSettings):
         }
         settings = self.model_copy(update={"deployments": deployments})
         return settings._step_cache_on_one_rank()
+
+    def interactive_pool(self) -> Settings:
+        """What a replica of the interactive pool reads: these settings with each expert's
+        deployment settings those of `interactive.experts` (its placement, threads and ranks)."""
+        experts = {kind.deployment for kind in ExpertKind}
+        deployments = {name: self.interactive.experts if name in experts else d for name, d in self.deployments.items()}
+        placement = self.interactive.placement or self.experts_placement
+        return self.model_copy(update={"deployments": deployments, "experts_placement": placement})
 
     def templates(self) -> TemplateRegistry:
         """The template registry (loaded once per file)."""

@@ -78,31 +78,43 @@ class RankWorker:
     group r // ulysses. A call's batch is split between the CFG groups (a guided step stacks its
     conditional then its unconditional half); each group's first rank returns that group's output."""
 
-    def __init__(self, settings: Settings, kind: ExpertKind, rank: int, init_method: str):
+    def __init__(self, settings: Settings, kind: ExpertKind, rank: int, init_method: str | None = None):
+        """`init_method`: the group's rendezvous (rank 0's address); without it, `start` joins later."""
+        self.settings, self.kind, self.rank = settings, kind, rank
+        if init_method is not None:
+            self.start(init_method)
+
+    @staticmethod
+    def endpoint() -> str:
+        """A TCP address on this rank's node for the group's rendezvous (rank 0 hosts it)."""
+        import ray
+
+        return f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+
+    def start(self, init_method: str) -> int:
+        """Join the group and load this rank's copy of the expert."""
         from stages.checkpoint import Checkpoint
 
-        parallel = settings.deployments[kind.deployment].parallel
-        checkpoint = Checkpoint.from_settings(settings)
+        parallel = self.settings.deployments[self.kind.deployment].parallel
+        checkpoint = Checkpoint.from_settings(self.settings)
         device = checkpoint.device.type
         backend = "nccl" if device == "cuda" else "gloo"
         if device == "cuda":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
+            torch.cuda.set_device(self.rank % torch.cuda.device_count())
         # A collective waiting longer than this fails its rank (a dead or hung peer), and the group with it.
         timeout = datetime.timedelta(seconds=parallel.collective_timeout_seconds)
         torch.distributed.init_process_group(
-            backend, init_method=init_method, rank=rank, world_size=parallel.degree, timeout=timeout
+            backend, init_method=init_method, rank=self.rank, world_size=parallel.degree, timeout=timeout
         )
-        self.rank, self.cfg = rank, parallel.cfg
-        self.cfg_group, ulysses_rank = divmod(rank, parallel.ulysses)
+        self.cfg = parallel.cfg
+        self.cfg_group, ulysses_rank = divmod(self.rank, parallel.ulysses)
         self.leader = ulysses_rank == 0
-        self.transformer = checkpoint.expert(kind)
+        self.transformer = checkpoint.expert(self.kind)
         if parallel.ulysses > 1:
             mesh = torch.distributed.device_mesh.init_device_mesh(
                 device, (parallel.cfg, 1, parallel.ulysses), mesh_dim_names=("cfg", "ring", "ulysses")
             )
             enable_context_parallel(self.transformer, mesh)
-
-    def ready(self) -> int:
         return self.rank
 
     @torch.no_grad()
@@ -243,9 +255,11 @@ class ProcessRanks:
 
 
 class ActorRanks:
-    """g ranks as Ray actors, each in a bundle of the calling Serve replica's placement group
-    (`placement_group_bundles`: bundle 0 the replica, 1..g its ranks, packed on one node).
-    They are the replica's actors: they go when it goes."""
+    """g ranks as Ray actors, each in a bundle of a placement group packed on one node: the calling
+    Serve replica's (`placement_group_bundles`: bundle 0 the replica, 1..g its ranks), or, where
+    the caller has none (a Ray Data actor), one of their own, reserved whole before any rank
+    starts (ranks that started one by one as CPUs or GPUs came free could wait on each other
+    forever). They are the caller's actors: they go when it goes."""
 
     def __init__(self, settings: Settings, kind: ExpertKind, threads: int):
         import ray
@@ -253,28 +267,29 @@ class ActorRanks:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         deployment = settings.deployments[kind.deployment]
-        group = get_current_placement_group()
-        init_method = f"tcp://{ray.util.get_node_ip_address()}:{_free_port()}"
+        world = deployment.parallel.degree
+        group, first, self.own_group = get_current_placement_group(), 1, None
+        if group is None:
+            bundle = {"CPU": deployment.num_cpus, **({"GPU": deployment.num_gpus} if deployment.num_gpus else {})}
+            group = self.own_group = ray.util.placement_group([bundle] * world, strategy="STRICT_PACK")
+            first, wait = 0, deployment.parallel.collective_timeout_seconds
+            if not group.wait(timeout_seconds=wait):
+                ray.util.remove_placement_group(group)
+                raise RankError(f"{world} ranks of {bundle} could not be reserved on one node in {wait:g} s")
         worker = ray.remote(RankWorker)
-        self.actors = []
-        for rank in range(deployment.parallel.degree):
-            placement = (
-                {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank + 1)}
-                if group is not None
-                else {}
-            )
-            self.actors.append(
-                worker.options(
-                    num_cpus=deployment.num_cpus,
-                    num_gpus=deployment.num_gpus,
-                    name=None,
-                    runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}},
-                    **placement,
-                ).remote(settings, kind, rank, init_method)
-            )
+        self.actors = [
+            worker.options(
+                num_cpus=deployment.num_cpus,
+                num_gpus=deployment.num_gpus,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=first + rank),
+            ).remote(settings, kind, rank)
+            for rank in range(world)
+        ]
         self._lock = threading.Lock()
         self.broken: str | None = None
-        self._gather("starting", [actor.ready.remote() for actor in self.actors])
+        (rendezvous,) = self._gather("starting", [self.actors[0].endpoint.remote()])
+        self._gather("starting", [actor.start.remote(rendezvous) for actor in self.actors])
 
     def call(self, method: str, *args, **kwargs) -> list:
         import ray
@@ -299,6 +314,8 @@ class ActorRanks:
 
         for actor in self.actors:
             ray.kill(actor)
+        if self.own_group is not None:
+            ray.util.remove_placement_group(self.own_group)
 
 
 class ParallelTransformer:

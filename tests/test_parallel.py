@@ -39,8 +39,13 @@ def latents(pipeline: Pipeline) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def one_rank(settings, tmp_path_factory) -> dict[str, torch.Tensor]:
-    return latents(Pipeline.from_settings(with_ranks(settings, tmp_path_factory.mktemp("one"))))
+def one_rank_pipeline(settings, tmp_path_factory) -> Pipeline:
+    return Pipeline.from_settings(with_ranks(settings, tmp_path_factory.mktemp("one")))
+
+
+@pytest.fixture(scope="module")
+def one_rank(one_rank_pipeline) -> dict[str, torch.Tensor]:
+    return latents(one_rank_pipeline)
 
 
 @pytest.mark.parametrize("parallel", [{"ulysses": 2}, {"cfg": 2}, {"ulysses": 2, "cfg": 2}], ids=str)
@@ -151,4 +156,30 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
     deadline = time.monotonic() + 30
     while ranks():
         assert time.monotonic() < deadline, f"rank actors left after the app was deleted: {ranks()}"
+        time.sleep(1)
+
+
+def test_the_ray_data_engine_runs_its_experts_on_ranks(serve_app, settings, one_rank_pipeline, tmp_path):
+    """`--engine data` with CFG-parallel experts: each expert actor holds a coordinator's share and
+    starts its ranks in a placement group of its own, reserved whole; every row, a prompt, a
+    template and an adapter, makes the video one rank makes, frame for frame."""
+    from ray.util.state import list_actors
+
+    from cluster.data_engine import DataEngine
+    from cluster.prompt_table import rows_from_records
+    from tests.test_executors import digest
+
+    small = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in settings.deployments.items()}
+    parallel = with_ranks(settings.model_copy(update={"deployments": small}), tmp_path / "cache", cfg=2)
+    assert parallel.deployments[ExpertKind.HIGH_NOISE.deployment].replica_resources["num_gpus"] == 0
+    rows, _ = rows_from_records([{"id": name, **fields} for name, fields in CASES.items()])
+    finished = dict(DataEngine(parallel).stream(rows, str(tmp_path / "out")))
+    for name, fields in CASES.items():
+        row = finished[name]
+        assert row["error_code"] is None, row["error"]
+        one = one_rank_pipeline(one_rank_pipeline.validator.body(fields))
+        assert digest((tmp_path / "out" / "videos" / f"{name}.mp4").read_bytes()) == digest(one.mp4), name
+    deadline = time.monotonic() + 30  # the pools' actors are gone, and their ranks with them
+    while list_actors(filters=[("class_name", "=", "RankWorker"), ("state", "=", "ALIVE")]):
+        assert time.monotonic() < deadline, "rank actors left after the Ray Data run"
         time.sleep(1)
