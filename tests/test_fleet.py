@@ -77,3 +77,28 @@ def test_a_window_too_short_to_read_a_rate_is_refused_by_name(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--window", "2"])
     assert exit_.value.code == 2 and "--window must be at least 4" in capsys.readouterr().err
+
+
+def test_the_layouts_benchmark_measures_every_layout_of_the_latency_and_trade_off_tables():
+    """bench/fleet/layouts.py (its run is BENCHMARKS.md's): one replica per expert of g GPUs and
+    one co-located replica of g (Ulysses, or Ulysses x CFG), the 16-GPU replica; the trade-off's
+    layouts are the busiest of 1, 4, 8 and 16 GPUs a replica that fit the fleet."""
+    from bench.fleet.harness import Shape
+    from bench.fleet.layouts import latency_layouts, met, tradeoff_layouts
+    from sim.cost_model import CostModel
+
+    cost, shape = CostModel("h100"), Shape(1280, 720)
+    cases = latency_layouts([1, 2, 4, 8], cost, (26, 14), shape)
+    named = {(c.placement, c.ulysses, c.cfg, c.gpus) for c in cases}
+    disaggregated = {("disaggregated", g, 1, 2 * g) for g in (1, 2, 4, 8)}
+    co_located = {("co_located", g, 1, g) for g in (1, 2, 4, 8)} | {("co_located", g, 2, 2 * g) for g in (1, 2, 4)}
+    assert named == disaggregated | co_located | {("co_located", 8, 2, 16)}
+    assert all(c.high_noise == 1 for c in cases)  # one video alone: one replica of each
+    assert [c.degree for c in tradeoff_layouts(8, cost, (26, 14), shape)] == [1, 4, 8]
+    assert [c.degree for c in tradeoff_layouts(32, cost, (26, 14), shape)] == [1, 4, 8, 16]
+    rows = [{"gpus": 8, "latency_s": 155.5}, {"gpus": 16, "latency_s": 91.0}]
+    assert met({"latency": rows, "tradeoff": {}}) == {
+        "latency_8_gpus": True,
+        "latency_16_gpus": False,
+        "no_failures": True,
+    }

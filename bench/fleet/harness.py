@@ -205,20 +205,26 @@ class Fleet:
             serve.delete(APP)  # returns once its replicas are gone and their GPUs free
 
 
-async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:
+async def load_async(
+    url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0, arrivals: list[float] | None = None
+) -> list[dict]:
     """POST every body to /v1/videos/sync, `concurrency` at a time; each call's start, end and status.
     The first `concurrency` start `stagger` wall seconds apart: started all at once, GPUs that each
-    run two requests finish them in waves, and a rate read between waves is noise."""
+    run two requests finish them in waves, and a rate read between waves is noise. `arrivals`:
+    instead, each request sent at its own wall second from now (an open load, e.g. Poisson)."""
     import httpx
 
     semaphore = asyncio.Semaphore(concurrency)
     results = []
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600, connect=30), limits=limits) as http:
+        began = time.monotonic()
 
         async def one(i: int, body: dict) -> None:
+            if arrivals is not None:
+                await asyncio.sleep(max(0.0, began + arrivals[i] - time.monotonic()))
             async with semaphore:
-                if i < concurrency:
+                if i < concurrency and arrivals is None:
                     await asyncio.sleep(i * stagger)
                 start = time.monotonic()
                 response = await http.post("/v1/videos/sync", json=body)
@@ -236,8 +242,10 @@ async def _load(url: str, bodies: list[dict], concurrency: int, stagger: float =
     return results
 
 
-def load(url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0) -> list[dict]:
-    return asyncio.run(_load(url, bodies, concurrency, stagger))
+def load(
+    url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0, arrivals: list[float] | None = None
+) -> list[dict]:
+    return asyncio.run(load_async(url, bodies, concurrency, stagger, arrivals))
 
 
 def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:
