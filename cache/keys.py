@@ -63,5 +63,5 @@ def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | 
 def result_key(model: ModelIdentity, request: GenerationRequest, owner: str | None = None) -> str:
     """Everything that shapes the mp4 (the preset only through the values it filled in), and
     whose it is: one API key's results never answer another's requests."""
-    fields = request.model_dump(exclude={"preset", "template", "slots"})
+    fields = request.model_dump(exclude={"preset", "template", "slots", "priority"})  # the same video on any pool
     return cache_key(level="result", **asdict(model), **fields, owner=owner)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from ray.serve import Application
 
-from contract.experts import ExpertKind
+from contract.experts import CO_LOCATED_DEPLOYMENT, INTERACTIVE, ExpertKind
 from contract.settings import Settings
 from deployments.co_located_experts import CoLocatedExperts
 from deployments.decoder import DecoderDeployment
@@ -43,26 +43,45 @@ def build_app(args: AppArgs) -> Application:
 
 
 def bind_app(settings: Settings) -> Application:
-    """Bind every stage into one application, placed and scaled from `Settings.deployments`."""
+    """Bind every stage into one application, placed and scaled from `Settings.deployments`
+    (and, with `interactive.enabled`, a second pool of experts for interactive requests)."""
     checkpoint = Checkpoint.from_settings(settings)  # reads configs only; builds the default model if needed
+    options = _options(settings)
+    jobs = JobStoreDeployment.options(**{**options["JobStore"], "autoscaling_config": None, "num_replicas": 1}).bind(
+        settings
+    )
+    text_encoder = TextEncoderDeployment.options(**options["TextEncoder"]).bind(settings, jobs)
+    high_noise, low_noise = _experts(settings, checkpoint, jobs)
+    interactive = (None, None)
+    if settings.interactive.enabled:
+        interactive = _experts(settings.interactive_pool(), checkpoint, jobs, INTERACTIVE)
+    decoder = DecoderDeployment.options(**options["Decoder"]).bind(settings, jobs)
+    return Ingress.options(**options["Ingress"]).bind(
+        settings, jobs, text_encoder, high_noise, low_noise, decoder, *interactive
+    )
+
+
+def _options(settings: Settings) -> dict[str, dict]:
+    """Each deployment's Serve options."""
     options = {name: d.serve_options() for name, d in settings.deployments.items()}
     if settings.batching.enabled:  # a replica batches only the requests it is given at once
         for expert in ExpertKind:
             ongoing = max(options[expert.deployment]["max_ongoing_requests"], settings.batching.max_batch_size)
             options[expert.deployment]["max_ongoing_requests"] = ongoing
+    return options
 
-    jobs = JobStoreDeployment.options(**{**options["JobStore"], "autoscaling_config": None, "num_replicas": 1}).bind(
-        settings
-    )
-    text_encoder = TextEncoderDeployment.options(**options["TextEncoder"]).bind(settings, jobs)
-    high_options = options[ExpertKind.HIGH_NOISE.deployment]
-    low_noise = None
-    co_located = settings.experts_placement == "co_located" and checkpoint.has_low_noise_expert
-    if co_located:
-        high_noise = CoLocatedExperts.options(**high_options).bind(settings, jobs)  # both, one handle
-    else:
-        high_noise = HighNoiseExpert.options(**high_options).bind(settings, jobs)
-    if checkpoint.has_low_noise_expert and not co_located:
-        low_noise = LowNoiseExpert.options(**options[ExpertKind.LOW_NOISE.deployment]).bind(settings, jobs)
-    decoder = DecoderDeployment.options(**options["Decoder"]).bind(settings, jobs)
-    return Ingress.options(**options["Ingress"]).bind(settings, jobs, text_encoder, high_noise, low_noise, decoder)
+
+def _experts(settings: Settings, checkpoint: Checkpoint, jobs, pool: str = "") -> tuple:
+    """One pool's expert deployments, (high-noise, low-noise or None): the default pool, or
+    (`pool` INTERACTIVE) the interactive one, its names suffixed and its settings its own."""
+    options = _options(settings)
+    high = options[ExpertKind.HIGH_NOISE.deployment]
+    if settings.experts_placement == "co_located" and checkpoint.has_low_noise_expert:
+        both = CoLocatedExperts.options(name=CO_LOCATED_DEPLOYMENT + pool, **high).bind(settings, jobs)
+        return both, None  # both experts, one handle
+    high_noise = HighNoiseExpert.options(name=ExpertKind.HIGH_NOISE.deployment + pool, **high).bind(settings, jobs)
+    if not checkpoint.has_low_noise_expert:
+        return high_noise, None
+    low = options[ExpertKind.LOW_NOISE.deployment]
+    low_noise = LowNoiseExpert.options(name=ExpertKind.LOW_NOISE.deployment + pool, **low).bind(settings, jobs)
+    return high_noise, low_noise

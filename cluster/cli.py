@@ -41,7 +41,10 @@ def generate(
     url: str | None = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
     api_key: str | None = typer.Option(None, envvar="T2V_API_KEY", help="The server's API key (with --url)."),
     parallel: str | None = typer.Option(
-        None, help="Run each expert on a group of ranks (processes, one GPU each), e.g. ulysses=2."
+        None, help="Run each expert on a group of ranks (processes, one GPU each), e.g. ulysses=2,cfg=2."
+    ),
+    priority: str | None = typer.Option(
+        None, help="interactive: the server's low-latency expert pool, where it has one (with --url)."
     ),
 ) -> None:
     """Generate one video (in this process, or on a server with --url), with a progress bar."""
@@ -55,6 +58,7 @@ def generate(
         guidance_scale=guidance_scale,
         guidance_scale_2=guidance_scale_2,
         negative_prompt=negative_prompt,
+        priority=priority,
     )
     fields = {k: v for k, v in fields.items() if v is not None}
     if url:

@@ -12,6 +12,8 @@ from enum import Enum
 # Both experts in one deployment (settings `experts_placement: co_located`): its methods are the
 # experts' stage names, `high_noise` and `low_noise`.
 CO_LOCATED_DEPLOYMENT = "Experts"
+# The interactive pool's deployments (settings `interactive`): each name with this suffix.
+INTERACTIVE = "Interactive"
 
 
 class ExpertKind(Enum):
@@ -22,6 +24,11 @@ class ExpertKind(Enum):
         self.subfolder = subfolder  # the checkpoint component (model_index.json key and folder)
         self.deployment = deployment  # the Serve deployment (and its key in Settings.deployments)
         self.stage = stage  # the stage name in job records, timings and traces
+
+    @property
+    def interactive_deployment(self) -> str:
+        """Its deployment in the interactive pool (settings `interactive`)."""
+        return self.deployment + INTERACTIVE
 
     @property
     def metric_label(self) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -111,6 +111,11 @@ class RequestFields(BaseModel):
     )
     lora: list[AdapterRef] | None = Field(
         None, description="LoRA adapters from GET /v1/adapters, each with its scale: [{name, scale}]"
+    )
+    priority: Literal["batch", "interactive"] = Field(
+        "batch",
+        description="interactive: run on the app's wide, low-latency expert pool where it has one "
+        "(settings `interactive`); batch: the default pool, built for videos per hour",
     )
 
 

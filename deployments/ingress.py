@@ -46,7 +46,10 @@ class Ingress:
         high_noise_expert: DeploymentHandle,
         low_noise_expert: DeploymentHandle | None,
         decoder: DeploymentHandle,
+        interactive_high_noise: DeploymentHandle | None = None,
+        interactive_low_noise: DeploymentHandle | None = None,
     ):
+        """`interactive_*`: the interactive pool's experts (settings `interactive`), or None."""
         settings.serving.check_open_access(proxy_host(settings.serving.host))
         self.settings, self.jobs = settings, jobs
         self.service = JobService(
@@ -57,6 +60,8 @@ class Ingress:
             high_noise_expert,
             low_noise_expert,
             decoder,
+            interactive_high_noise,
+            interactive_low_noise,
         )
         self.model_id, self.store = self.service.model_id, self.service.store
         self.api_keys = [hashlib.sha256(k.encode()).hexdigest() for k in settings.serving.api_keys]

@@ -44,6 +44,8 @@ class JobService:
         high_noise_expert: DeploymentHandle,
         low_noise_expert: DeploymentHandle | None,
         decoder: DeploymentHandle,
+        interactive_high_noise: DeploymentHandle | None = None,
+        interactive_low_noise: DeploymentHandle | None = None,
     ):
         self.settings, self.replica = settings, replica
         self.jobs, self.text_encoder = jobs, text_encoder
@@ -54,6 +56,7 @@ class JobService:
         self.store = OutputStore(settings.output_uri)
         self._runner: concurrent.futures.Future[JobRunner] = concurrent.futures.Future()
         handles = (jobs, text_encoder, high_noise_expert, low_noise_expert, decoder)
+        handles += (interactive_high_noise, interactive_low_noise)
         threading.Thread(target=self._load, args=(checkpoint, handles), name="job-service-load", daemon=True).start()
         self._tasks: set[asyncio.Task] = set()
         self._stopping = "the ingress running this job stopped"  # why a job cancelled here ended

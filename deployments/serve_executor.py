@@ -14,7 +14,7 @@ from __future__ import annotations
 from ray.serve.handle import DeploymentHandle
 
 from cache.store import LatentCache
-from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
+from contract.experts import CO_LOCATED_DEPLOYMENT, INTERACTIVE, ExpertKind
 from contract.jobs import latent_key, video_key
 from contract.messages import Video
 from contract.settings import Settings
@@ -85,6 +85,21 @@ def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind, job: Jo
     return target.remote
 
 
+def expert_methods(
+    high_noise_expert: DeploymentHandle, low_noise_expert: DeploymentHandle | None
+) -> dict[ExpertKind, tuple[DeploymentHandle, str]]:
+    """One pool's experts: each kind's deployment handle and the method that runs its phase."""
+    if high_noise_expert.deployment_name in (CO_LOCATED_DEPLOYMENT, CO_LOCATED_DEPLOYMENT + INTERACTIVE):
+        return {  # both experts, a method each
+            ExpertKind.HIGH_NOISE: (high_noise_expert, "high_noise"),
+            ExpertKind.LOW_NOISE: (high_noise_expert, "low_noise"),
+        }
+    experts = {ExpertKind.HIGH_NOISE: (high_noise_expert, "run")}
+    if low_noise_expert is not None:
+        experts[ExpertKind.LOW_NOISE] = (low_noise_expert, "run")
+    return experts
+
+
 def serve_runner(
     settings: Settings,
     checkpoint: Checkpoint,
@@ -93,24 +108,22 @@ def serve_runner(
     high_noise_expert: DeploymentHandle,
     low_noise_expert: DeploymentHandle | None,
     decoder: DeploymentHandle,
+    interactive_high_noise: DeploymentHandle | None = None,
+    interactive_low_noise: DeploymentHandle | None = None,
 ) -> JobRunner:
-    """The stage list on the deployments' handles. Imports torch and diffusers (the scheduler's
-    plan, the result cache's model identity)."""
+    """The stage list on the deployments' handles: a job's experts from the interactive pool
+    when it asks for it and the app has one, else from the default pool. Imports torch and
+    diffusers (the scheduler's plan, the result cache's model identity)."""
     from stages.denoising import Scheduler
 
-    if high_noise_expert.deployment_name == CO_LOCATED_DEPLOYMENT:  # both experts, a method each
-        experts = {
-            ExpertKind.HIGH_NOISE: (high_noise_expert, "high_noise"),
-            ExpertKind.LOW_NOISE: (high_noise_expert, "low_noise"),
-        }
-    else:
-        experts = {ExpertKind.HIGH_NOISE: (high_noise_expert, "run")}
-        if low_noise_expert is not None:
-            experts[ExpertKind.LOW_NOISE] = (low_noise_expert, "run")
+    pools = {"batch": expert_methods(high_noise_expert, low_noise_expert)}
+    if interactive_high_noise is not None:
+        pools["interactive"] = expert_methods(interactive_high_noise, interactive_low_noise)
 
     def calls(job: JobState) -> dict[str, StageCall]:
-        """Stage name -> the call of the deployment that serves it; the job's adapters pick an
-        expert's replica."""
+        """Stage name -> the call of the deployment that serves it; the job's priority picks the
+        experts' pool, its adapters an expert's replica."""
+        experts = pools.get(job.request.priority, pools["batch"])
         calls = {
             EncodePrompt.name: text_encoder.run.remote,
             HighNoisePhase.name: expert_call(*experts[ExpertKind.HIGH_NOISE], ExpertKind.HIGH_NOISE, job),
