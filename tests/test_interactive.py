@@ -8,16 +8,12 @@ import httpx
 import pytest
 
 from contract.experts import ExpertKind
-from contract.settings import ParallelSettings, Settings, StepCacheSettings
+from contract.settings import InteractiveSettings, Settings, StepCacheSettings
 
 
 def test_the_interactive_pool_has_its_own_settings(settings):
-    wide = settings.model_copy(
-        update={
-            "interactive": {"enabled": True, "experts": {"parallel": ParallelSettings(ulysses=2), "max_replicas": 3}}
-        }
-    )
-    wide = Settings.model_validate(wide.model_dump())
+    experts = {"parallel": {"ulysses": 2}, "max_replicas": 3}
+    wide = Settings.model_validate({**settings.model_dump(), "interactive": {"enabled": True, "experts": experts}})
     pool = wide.interactive_pool()
     for kind in ExpertKind:
         assert pool.deployments[kind.deployment].parallel.ulysses == 2  # what its replicas read
@@ -26,7 +22,7 @@ def test_the_interactive_pool_has_its_own_settings(settings):
     with pytest.raises(ValueError, match=r"does not run on parallel experts \(\['interactive.experts'\]\)"):
         Settings.model_validate({**wide.model_dump(), "step_cache": StepCacheSettings(kind="first_block").model_dump()})
     with pytest.raises(ValueError, match="priority"):
-        wide.model_validate({**wide.model_dump(), "interactive": {"enabled": True, "priority": 1}})
+        Settings.model_validate({**wide.model_dump(), "interactive": {"enabled": True, "priority": 1}})
 
 
 def test_interactive_requests_run_on_the_interactive_pool(serve_app, tmp_path):
@@ -39,15 +35,10 @@ def test_interactive_requests_run_on_the_interactive_pool(serve_app, tmp_path):
     name = "t2v-mixed"
     small = {n: d.model_copy(update={"num_cpus": 0.01}) for n, d in serve_app.settings.deployments.items()}
     serving = serve_app.settings.serving.model_copy(update={"output_uri": str(tmp_path / "outputs")})
+    interactive = InteractiveSettings(enabled=True, experts=small[ExpertKind.HIGH_NOISE.deployment])
     settings = serve_app.settings.model_copy(
-        update={
-            "deployments": small,
-            "cache_dir": tmp_path / "cache",
-            "serving": serving,
-            "interactive": {"enabled": True, "experts": small[ExpertKind.HIGH_NOISE.deployment]},
-        }
+        update={"deployments": small, "cache_dir": tmp_path / "cache", "serving": serving, "interactive": interactive}
     )
-    settings = Settings.model_validate(settings.model_dump())
 
     def deployments_of(job: dict) -> dict[str, str]:
         """Stage -> the deployment of the replica that ran it (replica actors are named app#deployment#id)."""

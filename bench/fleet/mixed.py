@@ -44,7 +44,7 @@ from bench.fleet.layouts import lone_overhead
 from bench.toolkit import log, model_settings
 from cluster.sizing import expert_split
 from contract.experts import ExpertKind
-from contract.settings import DeploymentSettings, ParallelSettings, Settings, SimSettings
+from contract.settings import DeploymentSettings, InteractiveSettings, ParallelSettings, Settings, SimSettings
 from sim.cost_model import CostModel
 
 GOALS = {"batch_throughput_ratio": 0.9, "interactive_p95_ratio": 1.3}
@@ -135,9 +135,8 @@ def bench_mixed(
         pool = DeploymentSettings(
             num_cpus=0.5, num_gpus=1, threads=1, max_ongoing_requests=2, parallel=ParallelSettings(ulysses=pool_ulysses)
         )
-        interactive = {"enabled": True, "experts": pool, "placement": "co_located"}
+        interactive = InteractiveSettings(enabled=True, experts=pool, placement="co_located")
         mixed_settings = settings.model_copy(update={"interactive": interactive})
-        mixed_settings = Settings.model_validate(mixed_settings.model_dump())
         log(f"mixed: {narrow} GPUs batch + 1 x {pool_ulysses} interactive, {count} interactive at {share:.0%}")
         mixed = run_fleet(
             nodes, mixed_settings, fixed(expert_split(narrow, *steps)), shape, time_scale, batch, arrivals, alone
@@ -190,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--interactive-videos", type=int, default=20, help="interactive videos (default 20)")
     args = parser.parse_args(argv)
     shape, base = shape_of(args), model_settings()
-    with nodes_for(args.gpus, args.gpus_per_node) as nodes:
+    # one node holds the whole fleet: on nodes of 8, single-GPU batch replicas spread over both can
+    # leave no node with the interactive replica's g GPUs free together (STRICT_PACK waits forever)
+    with nodes_for(args.gpus, max(args.gpus, args.gpus_per_node)) as nodes:
         result = bench_mixed(
             nodes, base, args.gpus, shape, args.gpu, args.pool_ulysses, args.interactive_share, args.interactive_videos
         )
