@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -246,6 +247,15 @@ def load(
     url: str, bodies: list[dict], concurrency: int, stagger: float = 0.0, arrivals: list[float] | None = None
 ) -> list[dict]:
     return asyncio.run(load_async(url, bodies, concurrency, stagger, arrivals))
+
+
+def poisson_arrivals(n: int, rate: float, seed: int, start: float = 0.0) -> list[float]:
+    """`n` arrival times (wall seconds from `start`) of a Poisson stream of `rate` a second."""
+    gaps, t, arrivals = random.Random(seed), start, []
+    for _ in range(n):
+        arrivals.append(t)
+        t += gaps.expovariate(rate)
+    return arrivals
 
 
 def bodies(shape: Shape, n: int, first_seed: int) -> list[dict]:

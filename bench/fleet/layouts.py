@@ -22,10 +22,11 @@ request's time beyond it is scaled back to simulated seconds. Nodes have 16 logi
 from __future__ import annotations
 
 import argparse
-import random
+import contextlib
 import shutil
 import statistics
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.fleet.harness import (
@@ -38,6 +39,7 @@ from bench.fleet.harness import (
     finish,
     load,
     nodes_for,
+    poisson_arrivals,
     schedule,
     shape_of,
     sim_settings,
@@ -78,18 +80,23 @@ def tradeoff_layouts(gpus: int, cost: CostModel, steps: tuple[int, int], shape: 
     ]
 
 
-def deploy(
-    nodes: Nodes, base: Settings, work: Path, layout: Layout, shape: Shape, gpu: str, time_scale: float
-) -> Fleet:
-    settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
-    settings = settings.model_copy(update={"experts_placement": layout.placement})
-    if layout.degree > 1:
-        settings = settings.with_parallel_experts(ParallelSettings(ulysses=layout.ulysses, cfg=layout.cfg))
-    high, low = ExpertKind.HIGH_NOISE.deployment, ExpertKind.LOW_NOISE.deployment
-    experts = {high: (layout.high_noise, layout.high_noise)}
-    if layout.placement == "disaggregated":
-        experts[low] = (layout.low_noise, layout.low_noise)
-    return Fleet(nodes, settings, experts)
+@contextlib.contextmanager
+def deploy(nodes: Nodes, base: Settings, layout: Layout, shape: Shape, gpu: str, time_scale: float) -> Iterator[Fleet]:
+    """`layout` deployed on `nodes` (its work folder removed afterwards)."""
+    work = Path(tempfile.mkdtemp(prefix="layouts", dir="/tmp"))
+    try:
+        settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
+        settings = settings.model_copy(update={"experts_placement": layout.placement})
+        if layout.degree > 1:
+            settings = settings.with_parallel_experts(ParallelSettings(ulysses=layout.ulysses, cfg=layout.cfg))
+        high, low = ExpertKind.HIGH_NOISE.deployment, ExpertKind.LOW_NOISE.deployment
+        experts = {high: (layout.high_noise, layout.high_noise)}
+        if layout.placement == "disaggregated":
+            experts[low] = (layout.low_noise, layout.low_noise)
+        with Fleet(nodes, settings, experts) as fleet:
+            yield fleet
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def lone_overhead(fleet: Fleet, shape: Shape, expected_s: float, time_scale: float, seed: int) -> float:
@@ -106,13 +113,9 @@ def bench_latency(nodes: Nodes, base: Settings, cases: list[Layout], shape: Shap
     time_scale = round(LONE_WALL_S / max(layout.latency_s for layout in cases), 6)
     rows = []
     for i, layout in enumerate(cases):
-        work = Path(tempfile.mkdtemp(prefix="layouts", dir="/tmp"))
         log(f"latency: {layout.placement} {layout.name}, {layout.gpus} GPUs")
-        try:
-            with deploy(nodes, base, work, layout, shape, gpu, time_scale) as fleet:
-                overhead = lone_overhead(fleet, shape, layout.latency_s, time_scale, 30_000 + 10 * i)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with deploy(nodes, base, layout, shape, gpu, time_scale) as fleet:
+            overhead = lone_overhead(fleet, shape, layout.latency_s, time_scale, 30_000 + 10 * i)
         rows.append(
             {
                 **layout.summary(),
@@ -130,21 +133,13 @@ def bench_tradeoff(
     """The same Poisson load on each layout of `gpus` GPUs: throughput, p50 and p95 latency."""
     offered = LOAD * max(layout.videos_per_hour for layout in cases) / 3600  # videos per simulated second
     time_scale = round(offered / WALL_RATE, 6)
-    gaps = random.Random(gpus)
-    arrivals, t = [], 0.0
-    for _ in range(videos):
-        arrivals.append(t)
-        t += gaps.expovariate(WALL_RATE)
+    arrivals = poisson_arrivals(videos, WALL_RATE, seed=gpus)
     rows = []
     for i, layout in enumerate(cases):
-        work = Path(tempfile.mkdtemp(prefix="layouts", dir="/tmp"))
         log(f"trade-off: {gpus} GPUs, {layout.placement} {layout.name}, {videos} videos at {offered * 3600:.1f}/h")
-        try:
-            with deploy(nodes, base, work, layout, shape, gpu, time_scale) as fleet:
-                overhead = lone_overhead(fleet, shape, layout.latency_s, time_scale, 40_000 + 1000 * i)
-                loaded = load(fleet.url, bodies(shape, videos, 50_000 + 1000 * i), videos, arrivals=arrivals)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with deploy(nodes, base, layout, shape, gpu, time_scale) as fleet:
+            overhead = lone_overhead(fleet, shape, layout.latency_s, time_scale, 40_000 + 1000 * i)
+            loaded = load(fleet.url, bodies(shape, videos, 50_000 + 1000 * i), videos, arrivals=arrivals)
         # beyond the control plane's own wall time (counted once, unscaled), a loaded request's time is simulated
         latencies = sorted(max(0.0, r["end"] - r["start"] - overhead) / time_scale + overhead for r in loaded)
         span = (max(r["end"] for r in loaded) - min(r["start"] for r in loaded)) / time_scale

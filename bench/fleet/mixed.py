@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import shutil
 import statistics
 import tempfile
@@ -36,6 +35,7 @@ from bench.fleet.harness import (
     fixed,
     load_async,
     nodes_for,
+    poisson_arrivals,
     schedule,
     shape_of,
     sim_settings,
@@ -119,11 +119,9 @@ def bench_mixed(
         )
         rate = share * ideal / time_scale  # interactive videos a wall second
         one_gpu = cost.video_seconds(shape.height, shape.width, shape.frames, shape.steps) * time_scale
-        t, gaps = 1.5 * one_gpu, random.Random(gpus)  # the batch load at its steady state first
-        arrivals = []
-        for _ in range(count):
-            arrivals.append(t)
-            t += gaps.expovariate(rate)
+        # the batch load at its steady state first
+        arrivals = poisson_arrivals(count, rate, seed=gpus, start=1.5 * one_gpu)
+        t = arrivals[-1]
         # batch videos that outlast the stream (its last video may wait and run: three alone-times)
         batch = int((t + 3 * alone * time_scale) * WALL_RATE * 1.2) + 2 * gpus
 
