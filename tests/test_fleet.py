@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.process_group import run_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +30,7 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     plot = tmp_path / "ramp.png"
     command += ["--ramp-gpus", "4", "--ramp-peak", "4", "--ramp-seconds", "10", "30", "30", "--plot", str(plot)]
     # a hang guard, not a speed check: 337 s at stop 40, 470 s alone on a slower hour here
-    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    run = run_group(command, timeout=1200, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
     assert "SIMULATED GPUs" in run.stdout
     result = json.loads(run.stdout.strip().splitlines()[-1])

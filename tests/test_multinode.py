@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.process_group import run_group
 
 SCRIPT = Path(__file__).with_name("multinode_check.py")
 MARKER = "MULTINODE_RESULT "
@@ -32,22 +33,10 @@ def run_check(work_dir: Path, model: Path) -> tuple[dict, subprocess.CompletedPr
     }
     env.pop("RAY_ADDRESS", None)  # the check starts its own cluster, it must not join another
     command = [sys.executable, str(SCRIPT), "--work-dir", str(work_dir), "--model", str(model)]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGTERM)  # the check shuts its cluster down on SIGTERM
-        try:
-            stdout, stderr = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started, nothing else
-            stdout, stderr = process.communicate()
-        pytest.fail(f"multinode check timed out after {TIMEOUT}s\nstdout:\n{stdout[-5000:]}\nstderr:\n{stderr[-5000:]}")
-    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    done = run_group(command, TIMEOUT, env=env)
+    stdout, stderr = done.stdout, done.stderr
     lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
-    assert lines, f"no result line (exit {process.returncode})\nstdout:\n{stdout[-5000:]}\nstderr:\n{stderr[-5000:]}"
+    assert lines, f"no result line (exit {done.returncode})\nstdout:\n{stdout[-5000:]}\nstderr:\n{stderr[-5000:]}"
     return json.loads(lines[-1][len(MARKER) :]), done
 
 
