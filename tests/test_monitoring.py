@@ -18,6 +18,7 @@ from tests.prometheus_server import dashboard_queries, present, query, run_prome
 def prometheus(serve_app, tmp_path_factory):
     with run_prometheus(serve_app.settings.serving.ray_temp_dir, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
+        print(f"\nPrometheus scraped Ray: {scrapes(url)}")  # how near the scrape timeout (-s shows it)
 
 
 PHYSICS_COUNT = (
@@ -28,7 +29,7 @@ COMPLETED = 'sum(ray_t2v_job_duration_seconds_count{status="completed"})'
 
 def test_every_dashboard_query_returns_data(serve_app, prometheus):
     client = T2VClient(serve_app.url, serve_app.api_key)
-    time.sleep(5)  # a few scrapes of what earlier tests left
+    time.sleep(11)  # a few scrapes of what earlier tests left
     scored_before = total(query(prometheus, PHYSICS_COUNT))
     jobs = [
         client.create(None, template="product_showcase", slots={"product": p}, steps=4)["id"]
@@ -49,7 +50,7 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
     wait_for(prometheus, "sum(ray_t2v_adapter_loads_total)", lambda r: total(r) >= 1)
     # the job store's histograms reach Prometheus on their own schedule (alone, this test may be first)
     wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) >= scored_before + len(jobs))
-    time.sleep(5)  # a few more scrapes, so rate() has two samples of everything
+    time.sleep(11)  # a few more scrapes, so rate() has two samples of everything
     empty = [expr for expr in dashboard_queries() if not present(prometheus, expr)]
     assert not empty, f"dashboard queries without data: {empty} ({scrapes(prometheus)})"
     # Series of events that may never have happened exist from the start, at zero.
