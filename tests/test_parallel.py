@@ -106,10 +106,13 @@ def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
     assert bad.returncode == 2 and "Invalid value for --parallel: 'ulysses=0': Input should be greater" in bad.stderr
 
 
-def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
-    """Each expert replica a group of four rank actors in its placement group (two CFG groups
-    of two Ulysses ranks): the app makes the video one rank makes; a rank killed fails its job with a clear error, Serve replaces the
-    whole group (health check) and the next job completes; deleting the app leaves no rank."""
+def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
+    """One app, two pools: the default one (one rank a replica) and the interactive one, each
+    expert replica a group of four rank actors in its placement group (two CFG groups of two
+    Ulysses ranks). `priority: interactive` runs on the ranks, batch on the default pool, and
+    both make the video one rank makes; a rank killed fails its job with a clear error, Serve
+    replaces the whole group (health check) and the next job completes; deleting the app
+    leaves no rank."""
     import signal
 
     import httpx
@@ -117,6 +120,7 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
     from ray.util.state import list_actors
 
     from cluster.app import bind_app
+    from contract.settings import InteractiveSettings
     from tests.test_executors import digest
 
     name = "t2v-parallel"
@@ -126,31 +130,56 @@ def test_a_serve_app_with_parallel_experts(serve_app, tmp_path):
     serving = serve_app.settings.serving.model_copy(update={"output_uri": str(tmp_path / "outputs")})
     settings = serve_app.settings.model_copy(
         update={"deployments": small, "cache_dir": tmp_path / "cache", "serving": serving}
-    ).with_parallel_experts(ParallelSettings(ulysses=2, cfg=2, collective_timeout_seconds=30))
+    )
+    ranked = settings.with_parallel_experts(ParallelSettings(ulysses=2, cfg=2, collective_timeout_seconds=30))
+    interactive = InteractiveSettings(enabled=True, experts=ranked.deployments[ExpertKind.HIGH_NOISE.deployment])
+    settings = settings.model_copy(update={"interactive": interactive})
 
     def ranks() -> list:
         return list_actors(filters=[("class_name", "=", "RankWorker"), ("state", "=", "ALIVE")])
 
+    def deployments_of(job: dict) -> dict[str, str]:
+        """Stage -> the deployment of the replica that ran it (replica actors are named app#deployment#id)."""
+        replicas = {}
+        for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+            if (actor.name or "").startswith(f"SERVE_REPLICA::{name}#"):
+                _, deployment, replica = actor.name.split("#")
+                replicas[replica] = deployment
+        return {span["stage"]: replicas.get(span["replica"], "?") for span in job["trace"]}
+
     body = {"prompt": "a blue box falling", "seed": 3, "steps": 3, "cache": False}
+    fast = {**body, "priority": "interactive"}
     serve.run(bind_app(settings), name=name, route_prefix="/parallel")
     try:
         with httpx.Client(base_url=f"{serve_app.url}/parallel", headers=serve_app.headers, timeout=300) as http:
-            video = http.post("/v1/videos/sync", json=body)
-            assert video.status_code == 200, video.text
-            assert len(ranks()) == 8  # two experts, four ranks each
+            made = {}
+            for request in (fast, body):
+                video = http.post("/v1/videos/sync", json=request)
+                assert video.status_code == 200, video.text
+                job = http.get(f"/v1/videos/{video.headers['X-Video-Id']}").json()
+                made[request.get("priority", "batch")] = (digest(video.content), deployments_of(job))
+            assert len(ranks()) == 8  # the interactive pool's two experts, four ranks each
+            (on_ranks, ran_on_ranks), (on_one, ran_on_one) = made["interactive"], made["batch"]
+            assert (ran_on_ranks["high_noise"], ran_on_ranks["low_noise"]) == (
+                "HighNoiseExpertInteractive",
+                "LowNoiseExpertInteractive",
+            ), ran_on_ranks
+            assert (ran_on_one["high_noise"], ran_on_one["low_noise"]) == ("HighNoiseExpert", "LowNoiseExpert")
             pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update={"cache_dir": tmp_path / "one"}))
             one = pipeline(pipeline.validator.body(body))
-            assert digest(video.content) == digest(one.mp4)
+            assert on_ranks == on_one == digest(one.mp4)
+            refused = http.post("/v1/videos/sync", json={**body, "priority": "urgent"})
+            assert refused.status_code == 400 and "priority" in refused.json()["error"]["param"]
 
             before = {a.actor_id for a in ranks()}
             os.kill(ranks()[0].pid, signal.SIGKILL)
-            failed = http.post("/v1/videos/sync", json={**body, "seed": 4})
+            failed = http.post("/v1/videos/sync", json={**fast, "seed": 4})
             assert failed.status_code >= 500 and "a rank failed" in failed.text, failed.text
             deadline = time.monotonic() + 120  # Serve's health check replaces the replica and its ranks
             while len((now := {a.actor_id for a in ranks()}) - before) < 4 or len(now) != 8:
                 assert time.monotonic() < deadline, f"the broken group was not replaced: {len(now)} ranks"
                 time.sleep(1)
-            assert http.post("/v1/videos/sync", json={**body, "seed": 5}).status_code == 200
+            assert http.post("/v1/videos/sync", json={**fast, "seed": 5}).status_code == 200
     finally:
         serve.delete(name)
     deadline = time.monotonic() + 30
