@@ -66,17 +66,22 @@ def run_fleet(
     batch: int,
     interactive: list[float] | None,
     expected_s: float,
+    seed: int,
 ) -> dict:
     """Batch videos kept in flight; with `interactive` (wall arrival seconds), interactive videos
-    alongside. The batch rate is read over the interactive stream's span (or the middle of the run)."""
+    alongside. The batch rate is read over the interactive stream's span (or the middle of the run).
+    `seed`: the first of this run's seeds, apart from every other run's (the result cache would
+    answer a video made before at once)."""
     concurrency = 2 * nodes.gpus
     with Fleet(nodes, settings, experts) as fleet:
-        overhead = lone_overhead(fleet, shape, expected_s, time_scale, 60_000) if interactive else 0.0
+        overhead = 0.0
+        if interactive:  # a lone video's overhead on the interactive pool, where the stream runs
+            overhead = lone_overhead(fleet, shape, expected_s, time_scale, seed, priority="interactive")
 
         async def both() -> tuple[list[dict], list[dict]]:
-            loads = [load_async(fleet.url, bodies(shape, batch, 70_000), concurrency)]
+            loads = [load_async(fleet.url, bodies(shape, batch, seed + 10_000), concurrency)]
             if interactive:
-                wanted = [{**b, "priority": "interactive"} for b in bodies(shape, len(interactive), 90_000)]
+                wanted = [{**b, "priority": "interactive"} for b in bodies(shape, len(interactive), seed + 30_000)]
                 loads.append(load_async(fleet.url, wanted, len(wanted), arrivals=interactive))
             return tuple(await asyncio.gather(*loads)) + ((),) * (2 - len(loads))
 
@@ -127,7 +132,7 @@ def bench_mixed(
 
         log(f"throughput-only: {gpus} {gpu} GPUs, {batch} batch videos")
         everyone = fixed(expert_split(gpus, *steps))
-        only = run_fleet(nodes, settings, everyone, shape, time_scale, batch, None, alone)
+        only = run_fleet(nodes, settings, everyone, shape, time_scale, batch, None, alone, seed=60_000)
 
         narrow = gpus - pool_ulysses
         pool = DeploymentSettings(
@@ -137,7 +142,15 @@ def bench_mixed(
         mixed_settings = settings.model_copy(update={"interactive": interactive})
         log(f"mixed: {narrow} GPUs batch + 1 x {pool_ulysses} interactive, {count} interactive at {share:.0%}")
         mixed = run_fleet(
-            nodes, mixed_settings, fixed(expert_split(narrow, *steps)), shape, time_scale, batch, arrivals, alone
+            nodes,
+            mixed_settings,
+            fixed(expert_split(narrow, *steps)),
+            shape,
+            time_scale,
+            batch,
+            arrivals,
+            alone,
+            seed=160_000,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
