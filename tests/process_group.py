@@ -4,6 +4,7 @@ slows the tests after it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,12 +23,10 @@ def run_group(command: list[str], timeout: float, **popen) -> subprocess.Complet
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
         _kill_group(process)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate()
         pytest.fail(
             f"{command[:3]} timed out after {timeout:.0f} s\nstdout:\n{stdout[-5000:]}\nstderr:\n{stderr[-5000:]}"
         )
@@ -36,7 +35,5 @@ def run_group(command: list[str], timeout: float, **popen) -> subprocess.Complet
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # nothing of the group left
         os.killpg(process.pid, signal.SIGKILL)  # the group this test started, nothing else
-    except ProcessLookupError:
-        pass

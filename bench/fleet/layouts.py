@@ -105,8 +105,8 @@ def lone_overhead(
     """Wall seconds a lone video takes beyond its simulated GPU time (the first, small, warms the
     routes), on the pool `priority` picks."""
     warm = Shape(256, 256, shape.frames, shape.steps)
-    alone = [{**b, "priority": priority} for b in bodies(warm, 1, seed) + bodies(shape, 2, seed + 1)]
-    alone = load(fleet.url, alone, 1)
+    requests = [{**b, "priority": priority} for b in bodies(warm, 1, seed) + bodies(shape, 2, seed + 1)]
+    alone = load(fleet.url, requests, 1)
     if any(r["status"] != 200 for r in alone):
         raise RuntimeError(f"a lone video failed: {[r['status'] for r in alone]}")
     return statistics.median((r["end"] - r["start"]) - expected_s * time_scale for r in alone[1:])
