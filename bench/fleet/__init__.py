@@ -1,4 +1,4 @@
-"""A simulated GPU fleet on this machine: the real cluster at 8 and 32 GPUs. SIMULATED GPUs.
+"""A simulated GPU fleet on this machine: the real cluster at 8 and 16 GPUs (32 on request). SIMULATED GPUs.
 
 `python -m bench.fleet` runs every measurement below in one run (`__main__.py`); each also runs
 alone (`python -m bench.fleet.<module>`). The fleets run one after another on one local multi-node

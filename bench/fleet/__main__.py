@@ -1,6 +1,6 @@
-"""Every fleet measurement in one run: the real cluster at 8 and 32 GPUs. SIMULATED GPUs.
+"""Every fleet measurement in one run: the real cluster at 8 and 16 GPUs. SIMULATED GPUs.
 
-    python -m bench.fleet [--gpus 8 32] [--size 1280x720] [--rate 3] [--window 48] [--output-uri s3://...]
+    python -m bench.fleet [--gpus 8 16] [--size 1280x720] [--rate 3] [--window 48] [--output-uri s3://...]
 
 The in-process measurements first (template cache, batching), in two processes of their own before
 the nodes' processes share the cores; then, on one set of nodes sized for the largest fleet,

@@ -1,7 +1,7 @@
 """A fleet's throughput at saturation against ideal, and its latency at low load against pure
 compute: the real app over HTTP on `Nodes`, experts split as `t2v plan --gpus N` says. SIMULATED GPUs.
 
-    python -m bench.fleet.saturation [--gpus 8 32] [--size 1280x720] [--rate 3] [--window 48]
+    python -m bench.fleet.saturation [--gpus 8 16] [--size 1280x720] [--rate 3] [--window 48]
 
 - saturation: `2 x GPUs` requests in flight (`POST /v1/videos/sync`), the completion rate (a
   least-squares slope) over `--window` completions between the first wave and the drain, against
@@ -188,7 +188,13 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpus", type=int, nargs="*", default=[8, 32], help="fleet sizes (default 8 32; none: skip)")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        nargs="*",
+        default=[8, 16],
+        help="fleet sizes (default 8 16; 32 and up are bound by this host's 2 cores; none: skip)",
+    )
     add_measure_arguments(parser)
 
 
