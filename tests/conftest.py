@@ -136,3 +136,14 @@ def s3_uri() -> Callable[[str], str]:
         yield lambda prefix: f"s3://t2v-test/{prefix}?{query}"
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def prometheus(serve_app, tmp_path_factory):
+    """A real Prometheus scraping the session's Ray, for one test module: its scrapes cost the
+    agents CPU, so it runs only while a module needs it."""
+    from tests.prometheus_server import run_prometheus, scrapes
+
+    with run_prometheus(serve_app.settings.serving.ray_temp_dir, tmp_path_factory.mktemp("prometheus")) as url:
+        yield url
+        print(f"\nPrometheus scraped Ray: {scrapes(url)}")  # how near the scrape timeout (-s shows it)

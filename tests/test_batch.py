@@ -535,29 +535,3 @@ def test_readme_batch_job_on_a_bare_ray_head(tmp_path):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-
-
-def test_data_engine_repairs_rows_below_their_physics_minimum(serve_app, settings, tmp_path):
-    """A row below its `min_physics_score` is re-sampled by the repair pool as the app re-samples it
-    (the same attempts as the in-process engine's; the best kept); a row without one skips it."""
-    from cluster.data_engine import DataEngine
-    from cluster.prompt_table import rows_from_records
-
-    strict = {"prompt": "a blue ball rolling off a box", "seed": 3, "steps": 4, "min_physics_score": 1.0}
-    rows, _ = rows_from_records(
-        [
-            {"id": "strict", **strict, "max_retries": 1},
-            {"id": "plain", "prompt": "a red box falling", "seed": 4, "steps": 4},
-        ]
-    )
-    entries = {}
-    for name, engine in [("data", DataEngine), ("local", LocalEngine)]:
-        own = settings.model_copy(update={"cache_dir": tmp_path / name / "cache"})  # no result shared between them
-        out = tmp_path / name / "out"
-        summary = asyncio.run(BatchRun(rows, engine(own), OutputStore(str(out)), log=lambda line: None).run())
-        assert summary["made"] == 2, summary["lines"]
-        entries[name] = manifest_rows(out)
-    for name, entry in entries.items():
-        assert entry["strict"]["physics_attempts"] == 2 and entry["plain"]["physics_attempts"] == 1, name
-    assert entries["data"]["strict"]["physics_score"] == entries["local"]["strict"]["physics_score"]  # one rule
-    assert probe_mp4((tmp_path / "data" / "out" / "videos" / "strict.mp4").read_bytes())["frames"] == 17

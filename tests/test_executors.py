@@ -2,7 +2,8 @@
 Ray Data (`--engine data`) make the same video for the same request, frame for frame and signed, with the
 same repair decisions, attempts and cache levels, for a plain prompt, a template, a repaired
 request and an adapter request; a preview's final is the same in process and on Serve (Ray Data
-refuses it by name: a shot's preview lives in the app's store)."""
+refuses it by name: a shot's preview lives in the app's store). The Ray Data run's pools export
+the metrics the app's deployments do, read back from a real Prometheus."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from cluster.pipeline import Pipeline
 from cluster.prompt_table import rows_from_records
 from stages.content_credentials import read_credentials
+from tests.prometheus_server import query, total, wait_for
 
 # A word of this session's own: the serve app's caches (shared by every test) know none of these prompts.
 FRESH = secrets.token_hex(3)
@@ -90,9 +92,25 @@ def on_serve(serve_app) -> dict[str, dict]:
     return results
 
 
+MADE_ON_RAY_DATA = 'sum(ray_t2v_physics_score_count{engine="data"})'  # one score per video a pool kept
+STAGES = 'sum by (stage) (ray_t2v_stage_duration_seconds_count{stage=~"encode|high_noise|low_noise|decode"})'
+
+
+def counted(prometheus: str) -> dict[str, float]:
+    """Videos the Ray Data pools made and stages they ran, as Prometheus has them now."""
+    stages = {r["metric"]["stage"]: float(r["value"][1]) for r in query(prometheus, STAGES)}
+    return {"made": total(query(prometheus, MADE_ON_RAY_DATA)), **stages}
+
+
 @pytest.fixture(scope="module")
-def on_ray_data(serve_app, settings, tmp_path_factory) -> dict[str, dict]:
-    """The Ray Data executor's pools on the rows, each finished row's state read back."""
+def counted_before(prometheus) -> dict[str, float]:
+    return counted(prometheus)
+
+
+@pytest.fixture(scope="module")
+def on_ray_data(serve_app, settings, tmp_path_factory, counted_before) -> dict[str, dict]:
+    """The Ray Data executor's pools on the rows, each finished row's state read back (after
+    Prometheus counted what came before: the run's metrics are checked below)."""
     from cluster.data_engine import DataEngine, _unpack
 
     root = tmp_path_factory.mktemp("ray-data")
@@ -134,3 +152,17 @@ def test_a_preview_s_final_is_the_same_in_process_and_on_serve_and_ray_data_refu
     assert on_serve["final"] == in_process["final"]
     refused = on_ray_data["final"]
     assert refused["error_code"] == "invalid_request" and "finals of shots run on --engine serve" in refused["error"]
+
+
+def test_the_ray_data_pools_export_what_the_deployments_do(prometheus, counted_before, on_ray_data):
+    """Stage latency per stage and one physics score per video kept (`engine="data"`, apart from
+    the app's jobs), from the pools' actors through Ray's metrics agent, as the app's replicas do."""
+    made = len(CASES)  # none of them from a result cache: the run has a cache of its own
+    wait_for(prometheus, MADE_ON_RAY_DATA, lambda r: total(r) >= counted_before["made"] + made)
+
+    def every_stage_counted(result: list[dict]) -> bool:
+        counts = {r["metric"]["stage"]: float(r["value"][1]) for r in result}
+        stages = ("encode", "high_noise", "low_noise", "decode")
+        return all(counts.get(s, 0) >= counted_before.get(s, 0) + made for s in stages)
+
+    wait_for(prometheus, STAGES, every_stage_counted)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
-import pytest
 
 from cluster.client import T2VClient
 from contract.experts import ExpertKind
 from monitoring.physics import VIOLATION_KINDS
-from tests.prometheus_server import dashboard_queries, present, query, run_prometheus, scrapes, total, wait_for
-
-
-@pytest.fixture(scope="module")
-def prometheus(serve_app, tmp_path_factory):
-    with run_prometheus(serve_app.settings.serving.ray_temp_dir, tmp_path_factory.mktemp("prometheus")) as url:
-        yield url
-        print(f"\nPrometheus scraped Ray: {scrapes(url)}")  # how near the scrape timeout (-s shows it)
-
+from tests.prometheus_server import dashboard_queries, present, query, scrapes, total, wait_for
 
 PHYSICS_COUNT = (
     'sum(ray_t2v_physics_score_count{engine="serve"})'  # the app's jobs (batch rows on Ray Data: engine="data")
@@ -79,36 +69,6 @@ def test_every_dashboard_query_returns_data(serve_app, prometheus):
     # (Polled: a job of an earlier test may complete between two scrapes of the two series.)
     wait_for(prometheus, PHYSICS_COUNT, lambda r: total(r) == total(query(prometheus, COMPLETED)), timeout=60)
     assert all(0 <= j["physics"]["score"] <= 1 and j["physics"]["subscores"] for j in finished)
-
-
-def test_batch_rows_on_the_data_engine_report_from_their_actors(serve_app, prometheus, tmp_path):
-    """Ray Data's pools export what the app's deployments do: stage latency per stage, and one
-    physics score per video made (`engine="data"`, apart from the app's jobs)."""
-    from cluster.batch import BatchRun
-    from cluster.data_engine import DataEngine
-    from cluster.prompt_table import rows_from_records
-    from contract.storage import OutputStore
-
-    made = 'sum(ray_t2v_physics_score_count{engine="data"})'
-    before = total(query(prometheus, made))
-    stages = 'sum by (stage) (ray_t2v_stage_duration_seconds_count{stage=~"encode|high_noise|low_noise|decode"})'
-    stages_before = {r["metric"]["stage"]: float(r["value"][1]) for r in query(prometheus, stages)}
-    settings = serve_app.settings.model_copy(update={"cache_dir": tmp_path / "cache"})
-    rows, _ = rows_from_records(
-        [{"prompt": f"a green box number {i} falling off a table", "steps": 4} for i in range(3)]
-    )
-    run = BatchRun(rows, DataEngine(settings), OutputStore(str(tmp_path / "out")), log=lambda line: None)
-    assert asyncio.run(run.run())["made"] == 3
-
-    wait_for(prometheus, made, lambda r: total(r) >= before + 3)
-
-    def every_stage_counted(result: list[dict]) -> bool:
-        counts = {r["metric"]["stage"]: float(r["value"][1]) for r in result}
-        return all(
-            counts.get(s, 0) >= stages_before.get(s, 0) + 3 for s in ("encode", "high_noise", "low_noise", "decode")
-        )
-
-    wait_for(prometheus, stages, every_stage_counted)
 
 
 def test_a_gauge_set_once_stays_exported(serve_app, prometheus):
