@@ -148,7 +148,9 @@ class Checkpoint:
         return self._load(kind.subfolder, self.dtype)
 
     def vae(self) -> torch.nn.Module:
-        return self._load("vae", self.vae_dtype)
+        from stages.cpu_convolution import use_onednn_conv3d
+
+        return use_onednn_conv3d(self._load("vae", self.vae_dtype))
 
     def scheduler_config(self) -> dict:
         config = dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))
