@@ -199,7 +199,7 @@ def expert_batching(settings: Settings, sizes=(1, 2, 4, 8), repeats: int = 5) ->
     with torch.no_grad():
         for b in sizes:
             x = torch.randn(2 * b, *shape[1:])  # conditional + unconditional per request
-            text = torch.randn(2 * b, settings.max_sequence_length, text_dim)
+            text = torch.randn(2 * b, checkpoint.max_sequence_length, text_dim)
             t = torch.full((2 * b,), 900)
             transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)  # warm-up
             start = time.perf_counter()

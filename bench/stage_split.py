@@ -48,16 +48,16 @@ def run_staged(pipeline: Pipeline, request: GenerationRequest) -> tuple[dict[str
     return times, result.frames
 
 
-def run_diffusers(pipe: WanPipeline, request: GenerationRequest) -> tuple[float, np.ndarray]:
+def run_diffusers(pipe: WanPipeline, request: GenerationRequest, checkpoint: Checkpoint) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    frames = pipe(**wan_pipeline_arguments(request)).frames[0]
+    frames = pipe(**wan_pipeline_arguments(request, checkpoint)).frames[0]
     return time.perf_counter() - start, frames
 
 
 def bench_preset(pipeline: Pipeline, pipe: WanPipeline, request: GenerationRequest, repeats: int) -> dict:
     # The warm-up also checks both sides make the same video: otherwise the timings compare different work.
     _, staged_frames = run_staged(pipeline, request)
-    _, reference = run_diffusers(pipe, request)
+    _, reference = run_diffusers(pipe, request, pipeline.checkpoint)
     max_diff = int(abs(staged_frames.astype(int) - to_uint8(reference).astype(int)).max())
     if max_diff:
         log(f"warning: {request.preset}: staged and diffusers frames differ by up to {max_diff}/255")
@@ -69,7 +69,7 @@ def bench_preset(pipeline: Pipeline, pipe: WanPipeline, request: GenerationReque
             if side == "staged":
                 staged.append(run_staged(pipeline, request)[0])
             else:
-                diffusers.append(run_diffusers(pipe, request)[0])
+                diffusers.append(run_diffusers(pipe, request, pipeline.checkpoint)[0])
         log(
             f"{request.preset}: repeat {i + 1}/{repeats}: staged {staged[-1]['staged_s']:.3f}s, diffusers {diffusers[-1]:.3f}s"
         )

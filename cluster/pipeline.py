@@ -48,11 +48,12 @@ class GenerationResult:
     latents: Any = None  # the kept video's final latent as kept (a final of its shot starts from it); None when cached
 
 
-def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True) -> dict:
+def wan_pipeline_arguments(request: GenerationRequest, checkpoint: Checkpoint) -> dict:
     """`diffusers.WanPipeline.__call__` arguments that make the same video as `Pipeline(request)`
-    (the reference our equivalence test and stage benchmark compare against)."""
+    on `checkpoint` (the reference our equivalence test and stage benchmark compare against)."""
     import torch
 
+    two_experts = checkpoint.has_low_noise_expert
     return dict(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -64,6 +65,7 @@ def wan_pipeline_arguments(request: GenerationRequest, two_experts: bool = True)
         guidance_scale_2=request.guidance_scale_2 if two_experts else None,
         generator=torch.Generator().manual_seed(request.seed),
         output_type="np",
+        max_sequence_length=checkpoint.max_sequence_length,
     )
 
 

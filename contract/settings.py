@@ -383,7 +383,9 @@ class Settings(BaseSettings):
     # bf16 on CUDA, fp32 on CPU unless set.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_sequence_length: int = 512
+    # Text tokens the encoder's output is padded to (the experts' cross-attention sees that many).
+    # None: the checkpoint's own, its tokenizer's `model_max_length` (Wan2.2: 512).
+    max_sequence_length: int | None = Field(None, ge=1)
     # On a CPU with >= 2 torch threads, a guided step's two forwards run side by side, one
     # intra-op thread each: faster than one after another, and bit-identical (stages/guidance.py).
     parallel_guidance: bool = True

@@ -21,6 +21,8 @@ from stages.default_model import default_model_dir
 if TYPE_CHECKING:
     import torch
 
+WAN_MAX_SEQUENCE_LENGTH = 512  # diffusers' WanPipeline pads every prompt to this many tokens
+
 # torch, diffusers and transformers are imported when a component, the device or the dtype is first
 # asked for, not with this module: the ingress reads the configs and starts in seconds without them.
 
@@ -108,9 +110,20 @@ class Checkpoint:
             vae_dtype=str(self.vae_dtype),
             step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
             boundary_ratio=self.boundary_ratio,
-            max_sequence_length=self.settings.max_sequence_length,
+            max_sequence_length=self.max_sequence_length,
             template_shared_steps=self.settings.cache.template_shared_steps,
         )
+
+    @cached_property
+    def max_sequence_length(self) -> int:
+        """Text tokens the prompt embeddings are padded to: the setting, else the tokenizer's
+        `model_max_length` (a model trained on short captions says so there), else diffusers'
+        WanPipeline default of 512. A tokenizer without a limit stores a huge sentinel instead."""
+        if self.settings.max_sequence_length is not None:
+            return self.settings.max_sequence_length
+        config = self.path / "tokenizer" / "tokenizer_config.json"
+        limit = json.loads(config.read_text()).get("model_max_length") if config.is_file() else None
+        return limit if isinstance(limit, int) and 0 < limit <= WAN_MAX_SEQUENCE_LENGTH else WAN_MAX_SEQUENCE_LENGTH
 
     @property
     def boundary_ratio(self) -> float | None:

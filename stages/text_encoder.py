@@ -28,7 +28,7 @@ class TextEncoder:
         self.model = checkpoint.text_encoder()
         self.device = checkpoint.device
         self.dtype = checkpoint.dtype  # the experts' dtype: embeddings are their input
-        self.max_sequence_length = checkpoint.settings.max_sequence_length
+        self.max_sequence_length = checkpoint.max_sequence_length
         self.cache = cache
         self.memory = MemoryLRU(checkpoint.settings.cache.memory_embeddings)
         # Simulated: the small model still encodes (its embeddings are real input for the caches),

@@ -58,7 +58,9 @@ class RequestValidator:
         over-long text is refused instead of silently cut at max_sequence_length)."""
         if self.content_filter is not None:
             self.content_filter.check(text, field)
-        tokens, limit = count_tokens(self.tokenizer, text), self.settings.limits.max_prompt_tokens
+        # (never more than the model's sequence length: past it the encoder would cut the text)
+        limit = min(self.settings.limits.max_prompt_tokens, self._checkpoint.max_sequence_length)
+        tokens = count_tokens(self.tokenizer, text)
         if tokens > limit:
             raise FieldError(field, f"{field} must be at most {limit} tokens, got {tokens}")
 

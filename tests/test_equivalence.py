@@ -16,10 +16,10 @@ from stages.checkpoint import Checkpoint
 from stages.denoising import DenoisingState, Scheduler, prepare_latents
 
 
-def _diffusers_frames(model_dir, request: GenerationRequest, two_experts: bool) -> np.ndarray:
-    pipe = WanPipeline.from_pretrained(model_dir)
+def _diffusers_frames(checkpoint: Checkpoint, request: GenerationRequest) -> np.ndarray:
+    pipe = WanPipeline.from_pretrained(checkpoint.path)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(**wan_pipeline_arguments(request, two_experts)).frames[0]
+    return pipe(**wan_pipeline_arguments(request, checkpoint)).frames[0]
 
 
 @pytest.mark.parametrize("checkpoint_fixture, two_experts", [("wan22_dir", True), ("wan21_dir", False)])
@@ -28,8 +28,10 @@ def test_staged_equals_wan_pipeline(request, checkpoint_fixture, two_experts, pr
     model_dir = request.getfixturevalue(checkpoint_fixture)
     settings = Settings(model=model_dir)
     generation = GenerationRequest.build(settings, prompt=prompt, seed=1234, negative_prompt="blurry, static")
-    frames = Pipeline(Checkpoint(model_dir, settings)).generate_frames(generation)
-    expected = _diffusers_frames(model_dir, generation, two_experts)
+    checkpoint = Checkpoint(model_dir, settings)
+    assert checkpoint.has_low_noise_expert is two_experts
+    frames = Pipeline(checkpoint).generate_frames(generation)
+    expected = _diffusers_frames(checkpoint, generation)
     assert frames.shape == expected.shape == (generation.num_frames, generation.height, generation.width, 3)
     assert np.abs(frames - expected).max() <= 1e-4
     assert frames.std() > 0.01  # not a blank video that would match trivially

@@ -197,7 +197,7 @@ def train(out: Path, work: Path, plan: LoraPlan, experts: Experts = "both", mode
         # The shipped text encoder's states, as its stage gives them to the experts.
         captions, _, per_combo = caption_table(combos)
         states, lengths = embed_captions(checkpoint.text_encoder(), checkpoint.tokenizer(), captions + [""])
-        text = TextTable(states[:-1], per_combo, states[-1, : lengths[-1]], checkpoint.settings.max_sequence_length)
+        text = TextTable(states[:-1], per_combo, states[-1, : lengths[-1]], checkpoint.max_sequence_length)
         torch.save(text, work / "captions.pt")
 
     stage("captions", [work / "captions.pt"], captions_stage)

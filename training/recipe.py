@@ -124,7 +124,7 @@ def train(out: Path, work: Path, plan: TrainingPlan) -> dict:
         captions, _, per_combo = caption_table(combos)
         states, lengths = embed_captions(pipe.text_encoder, pipe.tokenizer, captions + [""])
         empty = states[-1, : lengths[-1]]
-        text = TextTable(states[:-1], per_combo, empty, 512)
+        text = TextTable(states[:-1], per_combo, empty, pipe.tokenizer.model_max_length)  # the stage's padding
         torch.save(text, work / "captions.pt")
 
     stage("captions", work / "captions.pt", captions_stage)
