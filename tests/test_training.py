@@ -52,11 +52,20 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     expected = {"preview en", "preview zh", "final en", "final zh", "template, uncached", "batching x4"}
     expected |= {f"template, shares {k or 'all'} steps" for k in quality.SHARED_STEPS}
     expected |= {f"step cache {name}" for name in quality.STEP_CACHES}
-    assert expected <= set(rows)
+    # the static-camera and the panning prompts apart (cameras in turn: the first is static)
+    expected |= {f"preview {language}, {kind}" for language in ("en", "zh") for kind in quality.CAMERA_ROWS}
+    assert expected <= set(rows) and "final en, panning" not in rows
     assert rows["preview zh"]["videos"] == 2 and rows["final en"]["videos"] == 1 and rows["batching x4"]["videos"] == 1
+    assert rows["preview en, static camera"]["videos"] == rows["preview en, panning"]["videos"] == 1
     for row in rows.values():
         assert all(0.0 <= row[k] <= 1.0 for k in (*quality.KEYS, "physics", "static_when_moving"))
-    assert set(result["targets"]) == {"preview", "final_within_5_points", "physics_mean", "template_within_5_points"}
+    assert set(result["targets"]) == {
+        *quality.TARGETS,
+        "final_within_5_points",
+        "physics_mean",
+        "physics_mean_met",
+        "template_within_5_points",
+    }
     # the ad studio's rows: the shipped adapter at each scale (scale 0 is the base model, frame for frame),
     # and preview -> final against a plain final of the same seed
     assert set(result["adapters"]) == {"no adapter", "studio x0", "studio x0.5", "studio x1"}
