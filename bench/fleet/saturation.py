@@ -188,13 +188,8 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--gpus",
-        type=int,
-        nargs="*",
-        default=[8, 16],
-        help="fleet sizes (default 8 16; 32 and up are bound by this host's 2 cores; none: skip)",
-    )
+    # (32 and up measure this host's 2 cores more than the fleet: on request)
+    parser.add_argument("--gpus", type=int, nargs="*", default=[8, 16], help="fleet sizes (default 8 16; none: skip)")
     add_measure_arguments(parser)
 
 
