@@ -54,7 +54,7 @@ from world.styles import style_strength
 from world.vocabulary import CAMERAS
 
 KEYS = ("color", "object", "motion", "setting", "camera")
-CAMERA_ROWS = {"static camera": lambda camera: camera == "static", "panning": lambda camera: camera != "static"}
+CAMERA_ROWS = ("static camera", "panning")  # each preset and language's prompts by camera, apart
 # What the default model should read back as, at preview, in each language
 TARGETS = {
     "static camera": {"motion": 0.85, "object": 0.90, "color": 0.95, "setting": 0.95},
@@ -77,6 +77,10 @@ def prompts(language: str, count: int) -> list[tuple[dict[str, str], str, int]]:
         attrs = held[i % len(held)] | {"camera": CAMERAS[i % len(CAMERAS)]}
         out.append((attrs, caption(attrs, options[(i * 5) % len(options)]), 1000 + i))
     return out
+
+
+def camera_row(camera: str) -> str:
+    return "static camera" if camera == "static" else "panning"
 
 
 def template_slots(attrs: dict[str, str]) -> dict[str, str]:
@@ -170,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"{name}: {count} held-out prompts")
             rows[name] = run(pipe, plain, prompts(language, count), preset, cache=False)
             results[name] = summary(rows[name])
-            for kind, wanted in CAMERA_ROWS.items():
-                if picked := [r for r in rows[name] if wanted(r["camera"])]:
+            for kind in CAMERA_ROWS:
+                if picked := [r for r in rows[name] if camera_row(r["camera"]) == kind]:
                     results[f"{name}, {kind}"] = summary(picked)
 
     cases = prompts("en", args.prompts if args.features is None else args.features)

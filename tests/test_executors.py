@@ -96,10 +96,13 @@ MADE_ON_RAY_DATA = 'sum(ray_t2v_physics_score_count{engine="data"})'  # one scor
 STAGES = 'sum by (stage) (ray_t2v_stage_duration_seconds_count{stage=~"encode|high_noise|low_noise|decode"})'
 
 
+def by_stage(result: list[dict]) -> dict[str, float]:
+    return {r["metric"]["stage"]: float(r["value"][1]) for r in result}
+
+
 def counted(prometheus: str) -> dict[str, float]:
     """Videos the Ray Data pools made and stages they ran, as Prometheus has them now."""
-    stages = {r["metric"]["stage"]: float(r["value"][1]) for r in query(prometheus, STAGES)}
-    return {"made": total(query(prometheus, MADE_ON_RAY_DATA)), **stages}
+    return {"made": total(query(prometheus, MADE_ON_RAY_DATA)), **by_stage(query(prometheus, STAGES))}
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,7 @@ def test_the_ray_data_pools_export_what_the_deployments_do(prometheus, counted_b
     wait_for(prometheus, MADE_ON_RAY_DATA, lambda r: total(r) >= counted_before["made"] + made)
 
     def every_stage_counted(result: list[dict]) -> bool:
-        counts = {r["metric"]["stage"]: float(r["value"][1]) for r in result}
+        counts = by_stage(result)
         stages = ("encode", "high_noise", "low_noise", "decode")
         return all(counts.get(s, 0) >= counted_before.get(s, 0) + made for s in stages)
 
