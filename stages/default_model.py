@@ -23,9 +23,15 @@ from world.captions import words as world_words
 DEFAULT_MODEL_NAME = "t2v-tiny-wan2.2-a14b"
 TRAINED_MODEL_DIR = Path(__file__).parent / "weights" / "t2v-world-wan2.2-a14b"
 # Bump when anything below changes: it names the cache directory of the built random model.
-DEFAULT_MODEL_REVISION = "3"
+DEFAULT_MODEL_REVISION = "4"
 SEED = 20250728  # Wan2.2's release date
 TEXT_DIM = 64
+# Text tokens the prompt is padded to. Wan's cross-attention takes no mask, so every padding
+# position is a key the words compete with (padded to 512, the trained experts put 9-27 % of their
+# attention on the words). The world's captions are at most 27 tokens, the shipped templates
+# filled with their defaults under 40 (words outside the vocabulary cost a token a letter).
+MAX_SEQUENCE_LENGTH = 64
+DECODER_BASE_DIM = 8
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,11 @@ def _build_tokenizer():
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement="\u2581")])
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=MAX_SEQUENCE_LENGTH,
     )
 
 
@@ -112,11 +122,18 @@ def build_default_pipeline(two_experts: bool = True):
     high_noise = expert(SEED + 1)
     low_noise = expert(SEED + 2) if two_experts else None
 
-    # Wan's 4x8x8 compression to 16 channels. Base width 16: at 8 the full-resolution decoder
-    # stage (8 channels, RMS-normalised per pixel) learns colour too slowly to train here.
+    # Wan's 4x8x8 compression to 16 channels. Encoder base width 16: at 8 the full-resolution stage
+    # (8 channels, RMS-normalised per pixel) learns colour too slowly when both halves train. The
+    # decoder is half as wide (trained against the finished encoder, training/decoder.py), so that
+    # decoding costs a CPU a share of a video near what it costs the real model on a GPU.
     torch.manual_seed(SEED + 3)
     vae = AutoencoderKLWan(
-        base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=16,
+        decoder_base_dim=DECODER_BASE_DIM,
+        z_dim=16,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
     ).eval()
 
     # Wan2.2 A14B's scheduler: UniPC with flow prediction, shift 12 as in the official T2V config.

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from contract.settings import ServingSettings
+from stages.default_model import MAX_SEQUENCE_LENGTH
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +120,10 @@ def test_body_size_is_bounded(serve_app):
 
 def test_prompt_tokens_are_bounded(serve_app):
     with keyed(serve_app, serve_app.api_key) as client:
-        response = client.post("/v1/videos", json={"prompt": "猫" * 600})  # 600 characters, over 512 tokens
+        response = client.post("/v1/videos", json={"prompt": "猫" * 600})  # 600 characters, over any model's limit
         error = response.json()["error"]
         assert response.status_code == 400 and error["param"] == "prompt"
-        assert "at most 512 tokens" in error["message"]
+        assert f"at most {MAX_SEQUENCE_LENGTH} tokens" in error["message"]  # the default model's text length
 
 
 @pytest.mark.parametrize("video_id", ["..%2F..%2Fjobs", "video_..%2F..%2Fetc%2Fpasswd", "video_0", "%2Fetc%2Fpasswd"])

@@ -21,12 +21,20 @@ def test_the_recipe_runs_from_the_cli_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "vae" in first.stderr and "high-noise expert" in first.stderr  # progress bars
     report = json.loads((out / "training.json").read_text())
-    for key in ("text_loss", "vae_l1", "high_loss_set0", "low_loss_set0", "seconds_total"):
+    for key in ("text_loss", "vae_l1", "decoder_loss", "decoder_read_back_object", "high_loss_set0", "low_loss_set0"):
         assert key in report
+    assert report["seconds_total"] >= report["seconds_experts"] > 0
+    # the high-noise expert's videos, read back as it trains: in the log and a file
+    progress = [json.loads(line) for line in (work / "progress.jsonl").read_text().splitlines()]
+    assert progress[-1]["expert"] == "high" and progress[-1]["step"] == 3
+    assert 0 <= progress[-1]["motion"] <= 1 and progress[-1]["videos"] == 12
+    assert "expert=high step=3 videos=12 motion=" in first.stdout + first.stderr
     index = json.loads((out / "model_index.json").read_text())
     assert index["_name_or_path"] == "t2v-world-wan2.2-a14b" and index["boundary_ratio"] == 0.875
     vae = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae["latents_mean"]) == len(vae["latents_std"]) == 16  # measured on the world's latents
+    assert vae["decoder_base_dim"] == vae["base_dim"] // 2  # the light decoder
+    assert json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == 64
     # The same loader as a real checkpoint's.
     checkpoint = Checkpoint(out, Settings(model=out))
     assert checkpoint.has_low_noise_expert and checkpoint.boundary_ratio == 0.875
@@ -35,7 +43,16 @@ def test_the_recipe_runs_from_the_cli_and_resumes(tmp_path):
     # A second run finds every stage done and only writes the layout again.
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "vae:" not in second.stderr and "expert:" not in second.stderr
+    assert not [word for word in ("vae:", "decoder:", "expert:") if word in second.stderr]
+    assert json.loads((out / "training.json").read_text())["seconds_total"] == report["seconds_total"]
+
+    # Another run may start from this model's text encoder and VAE, and train the rest anew.
+    from training.recipe import reuse_encoders
+
+    reuse_encoders(out, tmp_path / "again")
+    kept = torch.load(tmp_path / "again" / "text_encoder.pt")
+    assert torch.equal(kept["shared.weight"], checkpoint.text_encoder().shared.weight.float())
+    assert torch.load(tmp_path / "again" / "vae.pt")["mean"] == vae["latents_mean"]
 
 
 def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch, capsys):
@@ -109,6 +126,58 @@ def test_a_stopped_stage_resumes_from_its_snapshot_on_the_same_path(tmp_path, mo
     vae_stage.train_vae(resumed, **options, snapshots=snapshots)  # steps 3 only
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_experts_loss_weighs_the_object_s_latent_cells(tmp_path):
+    """Wan's VAE turns the first frame and then every 4 frames, 8x8 pixels each, into a latent cell:
+    the object's cells are those its pixels touch; with `object_weight` k each of them counts 1 + k times."""
+    import numpy as np
+
+    from training.flow_matching import FlowMatching, TextTable
+    from training.latents import LatentSet, object_cells
+
+    masks = np.zeros((17, 64, 64), bool)
+    masks[0, 10, 20] = True  # first frame: latent frame 0
+    masks[6, 40, 8] = True  # frames 5-8: latent frame 2
+    cells = object_cells(masks)
+    assert cells.shape == (1, 5, 8, 8) and cells.sum() == 2
+    assert cells[0, 0, 1, 2] and cells[0, 2, 5, 1]
+
+    torch.manual_seed(0)
+    objects = torch.zeros(1, 1, 2, 4, 4, dtype=torch.bool)
+    objects[..., 0, 0, 0] = True  # one of 32 cells
+    data = LatentSet(torch.zeros(1, 16, 2, 4, 4), torch.tensor([0]), objects)
+    text = TextTable(torch.zeros(1, 4, 8), [[0]], torch.zeros(1, 8), 4)
+
+    class Errs:  # a model whose velocity is off by 1 on the object's cell only
+        def __call__(self, xt, t, states, return_dict):
+            noise = xt / sigma_of(t)
+            return ((noise + objects.float()),)
+
+    def sigma_of(t):
+        return (t / 1000).view(-1, 1, 1, 1, 1)
+
+    def loss(weight):
+        objective = FlowMatching("high", 0.875, [(data, 1, 1.0)], text, object_weight=weight)
+        rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        return objective.loss(Errs(), rng, generator)[1].item()
+
+    assert loss(0.0) == pytest.approx(1 / 32)  # the plain mean over every cell
+    assert loss(4.0) == pytest.approx(5 / (32 + 4))  # the object's cell counts 5 times
+
+
+def test_the_progress_prompts_ask_every_motion_held_out_in_both_languages():
+    from training.progress import progress_prompts
+    from world.scene import is_held_out
+    from world.vocabulary import MOTIONS
+
+    cases = progress_prompts(per_motion=2)
+    assert len(cases) == 2 * 2 * len(MOTIONS) and len({seed for *_, seed in cases}) == len(cases)
+    for language in (0, 1):
+        part = cases[language * 12 : (language + 1) * 12]
+        assert sorted(a["motion"] for a, *_ in part) == sorted(MOTIONS * 2)
+    assert all(a["camera"] == "static" and is_held_out(a) for a, *_ in cases)
+    assert any("\u4e00" <= ch <= "\u9fff" for _, prompt, _ in cases[12:] for ch in prompt)
 
 
 def test_the_vae_loss_weighs_a_small_object_as_much_as_the_background():

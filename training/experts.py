@@ -7,6 +7,7 @@ of the weights is what ships.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,8 +30,11 @@ def train_expert(
     ema_decay: float = 0.998,
     position: int = 0,
     snapshots: Snapshots | None = None,
+    object_weight: float = 0.0,
+    after_step: Callable[[int, torch.nn.Module], dict | None] | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Train `transformer` in place; returns the final loss and the EMA weights."""
+    """Train `transformer` in place; returns the final loss and the EMA weights. `after_step(steps done,
+    EMA model)` runs after every step; what it returns, if anything, is written to the log."""
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     transformer.train()
@@ -38,7 +42,7 @@ def train_expert(
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = lr_schedule(opt, warmup=100, steps=steps)
-    objective = FlowMatching(expert, boundary, sets, text)
+    objective = FlowMatching(expert, boundary, sets, text, object_weight)
     recent = {i: [] for i in range(len(sets))}
     snapshots = snapshots or Snapshots(None)
     parts = {"model": transformer, "ema": ema, "opt": opt, "schedule": schedule}
@@ -53,6 +57,8 @@ def train_expert(
         recent[which] = (recent[which] + [loss])[-100:]
         bar.set_postfix({f"loss{i}": f"{np.mean(v):.4f}" for i, v in recent.items() if v})
         snapshots.maybe_save(step + 1, parts, rng, generator)
+        if after_step is not None and (note := after_step(step + 1, ema)):
+            bar.write(" ".join(f"{k}={v}" for k, v in note.items()))
     transformer.eval()
     losses = {f"{expert}_loss_set{i}": float(np.mean(v)) for i, v in recent.items() if v}
     return losses, {k: v.detach().clone() for k, v in ema.state_dict().items()}

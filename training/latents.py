@@ -23,9 +23,19 @@ ENCODE_PIXELS = 16 * 17 * 64 * 64  # per batch: 16 preview clips, 4 final ones
 class LatentSet:
     latents: torch.Tensor  # (n, z, t, h, w), normalised to unit variance per channel
     combos: torch.Tensor  # (n,) index into training_combinations()
+    objects: torch.Tensor | None = None  # (n, 1, t, h, w) bool: latent cells the object touches
 
 
-def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
+def object_cells(masks: np.ndarray) -> torch.Tensor:
+    """(T, H, W) pixel masks -> (1, t, h, w): the latent cells (the first frame alone, then 4 frames,
+    8x8 pixels each, as Wan's VAE compresses) that any of the object's pixels fall in."""
+    m = torch.from_numpy(masks).float()[None, None]
+    first = torch.nn.functional.max_pool3d(m[:, :, :1], (1, 8, 8))
+    rest = torch.nn.functional.max_pool3d(m[:, :, 1:], (4, 8, 8))
+    return torch.cat([first, rest], 2)[0].bool()
+
+
+def _shard(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     vae_state, vae_config, seed, count, num_frames, size, mean, std, style = args
     from diffusers import AutoencoderKLWan
 
@@ -37,7 +47,7 @@ def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     shape = (1, -1, 1, 1, 1)
     batch = max(1, ENCODE_PIXELS // (num_frames * size * size))  # small convolutions waste less time in batches
-    out, which = [], []
+    out, which, objects = [], [], []
     with torch.no_grad():
         for start in range(0, count, batch):
             indices = [int(rng.integers(len(combos))) for _ in range(min(batch, count - start))]
@@ -46,7 +56,8 @@ def _shard(args) -> tuple[torch.Tensor, torch.Tensor]:
             latent = vae.encode(frames).latent_dist.mean
             out.extend((latent - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape))
             which.extend(indices)
-    return torch.stack(out), torch.tensor(which)
+            objects.extend(object_cells(clip.masks) for clip in clips)
+    return torch.stack(out), torch.tensor(which), torch.stack(objects)
 
 
 def encode_clips(
@@ -63,4 +74,4 @@ def encode_clips(
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         for part in tqdm(pool.map(_shard, jobs), total=len(jobs), desc=f"encode {size}px x {num_frames}", unit="shard"):
             parts.append(part)
-    return LatentSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    return LatentSet(*(torch.cat([p[i] for p in parts]) for i in range(3)))

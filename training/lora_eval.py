@@ -60,6 +60,7 @@ def generate(pipe, prompt: str, seed: int, preset: str = "preview") -> np.ndarra
         num_inference_steps=p.num_inference_steps,
         guidance_scale=settings.guidance_scale,
         guidance_scale_2=settings.guidance_scale_2,
+        max_sequence_length=pipe.tokenizer.model_max_length,  # the checkpoint's text length, as served
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
     ).frames[0]

@@ -68,7 +68,7 @@ def _carry(conv: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
-def init_for_training(vae: AutoencoderKLWan) -> None:
+def init_for_training(vae: AutoencoderKLWan, coders: tuple[str, ...] = ("encoder", "decoder")) -> None:
     """Start as a working autoencoder: the encoder averages each 8x8x4 block's colour into three
     latent channels, the decoder repeats it back (24 dB on the world's clips before the first step,
     where a randomly initialised VAE is at 15 dB after 600 steps).
@@ -78,7 +78,9 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
     convolutions as 2x2 averages and nearest-neighbour copies. The only non-linearity on that path is
     SiLU after each `norm_out`, and silu(x) - silu(-x) = x recovers the colour exactly. Every other
     channel keeps a small random start (edges and positions within a block, for the training to
-    turn into detail); nothing reads them into the colour path until the training does."""
+    turn into detail); nothing reads them into the colour path until the training does.
+
+    `coders=("decoder",)` starts a new decoder alone, leaving a trained encoder as it is."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import (
         WanAttentionBlock,
         WanCausalConv3d,
@@ -86,10 +88,11 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
         WanResidualBlock,
     )
 
-    narrowest = vae.config.base_dim * min(vae.config.dim_mult) // 2  # the decoder's upsamplers halve
-    if narrowest < _CARRIED:
+    parts = [getattr(vae, coder) for coder in coders]
+    narrowest = min(m.weight.shape[0] for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d))
+    if narrowest < _CARRIED:  # the upsamplers' convolutions are the narrowest: they halve
         raise ValueError(f"the VAE's narrowest stage has {narrowest} channels; the colour path needs {_CARRIED}")
-    for module in vae.modules():
+    for module in (m for part in parts for m in part.modules()):
         if isinstance(module, WanResidualBlock):
             _zero(module.conv2)
             if isinstance(module.conv_shortcut, WanCausalConv3d):
@@ -118,7 +121,7 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
     # The latent's other channels keep their random start too: if both sides of them started at
     # zero, neither would ever get a gradient and the latent would stay three channels wide.
     z = vae.config.z_dim
-    for coder in (vae.encoder, vae.decoder):
+    for coder in parts:
         _start(coder.conv_in)
         for c in _COLOUR:
             coder.conv_in.weight[c, c, -1, 1, 1] = 1.0
@@ -131,8 +134,9 @@ def init_for_training(vae: AutoencoderKLWan) -> None:
         for c, negative in zip(_COLOUR, _NEGATIVE, strict=True):
             out.weight[c, c, -1, 1, 1] = scale
             out.weight[c, negative, -1, 1, 1] = -scale
-    vae.encoder.conv_out.weight[z:] = 0.0  # log-variance: 0
-    for conv in (vae.quant_conv, vae.post_quant_conv):
+    if "encoder" in coders:
+        vae.encoder.conv_out.weight[z:] = 0.0  # log-variance: 0
+    for conv in [{"encoder": vae.quant_conv, "decoder": vae.post_quant_conv}[coder] for coder in coders]:
         _zero(conv)
         for c in range(conv.weight.shape[0]):
             conv.weight[c, c] = 1.0
