@@ -52,6 +52,8 @@ def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | 
     the high-noise expert's adapters (name, version, scale), and how many steps are shared
     (None: the whole phase)."""
     phase = request.model_dump(include=BOUNDARY_FIELDS)
+    if request.flow_shift is not None:  # no key changes for requests on the model's own shift
+        phase["flow_shift"] = request.flow_shift
     adapters = adapters_for(request.lora, ExpertKind.HIGH_NOISE)
     if adapters:  # no key changes for requests without adapters: their cached latents stay valid
         phase["lora"] = [a.model_dump(include={"name", "revision", "scale"}) for a in adapters]
@@ -63,5 +65,8 @@ def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | 
 def result_key(model: ModelIdentity, request: GenerationRequest, owner: str | None = None) -> str:
     """Everything that shapes the mp4 (the preset only through the values it filled in), and
     whose it is: one API key's results never answer another's requests."""
-    fields = request.model_dump(exclude={"preset", "template", "slots", "priority"})  # the same video on any pool
+    # The same video on any pool; where a setting came from does not change it.
+    fields = request.model_dump(exclude={"preset", "template", "slots", "priority", "sampling_from"})
+    if fields["flow_shift"] is None:
+        del fields["flow_shift"]  # the model's own shift: the keys made before the field stay valid
     return cache_key(level="result", **asdict(model), **fields, owner=owner)

@@ -36,6 +36,10 @@ def generate(
     fps: int | None = typer.Option(None),
     guidance_scale: float | None = typer.Option(None, "--guidance", help="CFG scale, high-noise expert."),
     guidance_scale_2: float | None = typer.Option(None, "--guidance-2", help="CFG scale, low-noise expert."),
+    flow_shift: float | None = typer.Option(None, "--flow-shift", help="The scheduler's shift (default: the model's)."),
+    lora: list[str] | None = typer.Option(
+        None, "--lora", help="A LoRA adapter, NAME or NAME=SCALE (repeat for several); it may bring its own steps."
+    ),
     negative_prompt: str | None = typer.Option(None, "--negative-prompt"),
     model: Path | None = typer.Option(None, help="diffusers-format Wan2.x checkpoint (default: embedded tiny model)."),
     url: str | None = typer.Option(None, help="Call a running server (e.g. http://127.0.0.1:8000) instead."),
@@ -57,6 +61,8 @@ def generate(
         fps=fps,
         guidance_scale=guidance_scale,
         guidance_scale_2=guidance_scale_2,
+        flow_shift=flow_shift,
+        lora=[_adapter(text) for text in lora] if lora else None,
         negative_prompt=negative_prompt,
         priority=priority,
     )
@@ -68,6 +74,17 @@ def generate(
         if parallel:
             settings = settings.with_parallel_experts(_parallel_settings(parallel))
         _generate_local(settings, fields, size, output)
+
+
+def _adapter(text: str) -> dict:
+    """`NAME` or `NAME=SCALE` as a request's adapter."""
+    name, _, scale = text.partition("=")
+    if not scale:
+        return {"name": name}
+    try:
+        return {"name": name, "scale": float(scale)}
+    except ValueError:
+        raise typer.BadParameter(f"--lora {text!r}: the scale after '=' must be a number") from None
 
 
 def _parallel_settings(text: str):
@@ -389,13 +406,17 @@ def model_train(
     out: Path = typer.Option(..., help="Directory for the trained model (diffusers layout)."),
     work: Path | None = typer.Option(None, help="Stage checkpoints (default: OUT.work); a rerun resumes from them."),
     quick: bool = typer.Option(False, help="A few steps of every stage: checks the recipe, trains nothing useful."),
+    reuse: Path | None = typer.Option(
+        None, help="A model this recipe trained (e.g. the shipped one): keep its text encoder and VAE, train the rest."
+    ),
 ) -> None:
-    """Train the default model on the world from its seed (about an hour on two cores): see training/."""
+    """Train the default model on the world from its seed (about two hours on two cores): see training/."""
     import json
 
     from training.recipe import TrainingPlan, train
 
-    report = train(out, work or out.with_suffix(".work"), TrainingPlan.quick() if quick else TrainingPlan())
+    plan = TrainingPlan.quick() if quick else TrainingPlan()
+    report = train(out, work or out.with_suffix(".work"), plan, reuse=reuse)
     typer.echo(json.dumps(report, indent=2))
     typer.echo(f"trained model at {out}")
 

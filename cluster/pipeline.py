@@ -124,7 +124,7 @@ class Pipeline:
         }
 
     def plan(self, request: GenerationRequest) -> DenoisingPlan:
-        return self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio)
+        return self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift)
 
     def runner(self, on_step: Callable[[int], None] | None = None) -> JobRunner:
         """The shared stage sequence on this process's stages: each call answers its state."""

@@ -50,6 +50,9 @@ class Job(BaseModel):
     request: dict[str, Any]
     steps_done: int = 0
     steps_total: int
+    # Expert forwards a denoising step takes: 2 with classifier-free guidance (the prompt and the
+    # negative prompt), 1 without (guidance 1, as a distilled adapter samples).
+    forwards_per_step: int = 2
     timings: dict[str, float] = {}  # seconds per stage, plus queue wait
     trace: list[StageSpan] = []
     cache: dict[str, bool | None] = {}  # cache level -> hit; None: the level did not apply

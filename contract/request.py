@@ -99,6 +99,9 @@ class RequestFields(BaseModel):
         validation_alias=AliasChoices("guidance_2", "guidance_scale_2"),
         description="CFG scale of the low-noise expert",
     )
+    flow_shift: FiniteFloat | None = Field(
+        None, gt=0, le=100, description="The scheduler's flow shift; default: the model's scheduler config"
+    )
     cache: bool = Field(True, description="Use the latent cache (and, for templates, the shared high-noise phase)")
     min_physics_score: FiniteFloat | None = Field(
         None, ge=0, le=1, description="Below this physics score the low-noise phase is re-sampled (new seed)"
@@ -176,6 +179,9 @@ class GenerationRequest(RequestFields):
     base_prompt: str | None = Field(None, description="Set from the template: what the high-noise phase sees")
     height: int | None = Field(None, description="Pixels, a multiple of 16")
     width: int | None = Field(None, description="Pixels, a multiple of 16")
+    sampling_from: dict[str, str] | None = Field(
+        None, description="Set by the server: the fields an adapter's sampling settings filled, and which adapter's"
+    )
     # pydantic runs "after" validators again on an instance placed in another model (a message):
     # a resolved request is not resolved twice.
     _resolved: bool = PrivateAttr(False)
@@ -297,6 +303,7 @@ class GenerationRequest(RequestFields):
             raise FieldError("prompt", "a prompt (or a template) is required")
         else:
             self.base_prompt = None
+        self._adapter_sampling(settings)
         self.preset = self.preset or settings.default_preset
         preset = settings.presets[self.preset]
         for name in ("height", "width", "num_frames", "fps", "num_inference_steps"):
@@ -320,6 +327,31 @@ class GenerationRequest(RequestFields):
             self.seed = secrets.randbelow(2**31)
         self._resolved = True
         return self
+
+    def _adapter_sampling(self, settings: Settings) -> None:
+        """Fill the fields the request left unset from its adapters' sampling settings; two adapters
+        that would fill one field with different values are refused, naming both."""
+        chosen: dict[str, tuple[str, int | float]] = {}
+        for adapter in self.lora or []:
+            for field, value in (adapter.sampling.fields() if adapter.sampling else {}).items():
+                if getattr(self, field) is not None:
+                    continue  # the request's own value wins
+                if field in chosen and chosen[field][1] != value:
+                    other, theirs = chosen[field]
+                    raise FieldError(
+                        "lora",
+                        f"adapters {other!r} and {adapter.name!r} sample differently: {field} {theirs:g} against "
+                        f"{value:g}; set {field} in the request",
+                    )
+                chosen[field] = (adapter.name, value)
+        limits = settings.limits
+        highest = {"num_inference_steps": limits.max_steps, "guidance_scale": limits.max_guidance}
+        highest["guidance_scale_2"] = limits.max_guidance
+        for field, (name, value) in chosen.items():
+            if value > highest.get(field, math.inf):
+                raise FieldError("lora", f"adapter {name!r} sets {field} {value:g}; at most {highest[field]:g} here")
+            setattr(self, field, value)
+        self.sampling_from = {field: name for field, (name, _) in chosen.items()} or None
 
     def matched_to(self, template) -> GenerationRequest:
         """This free-form request sharing `template`'s high-noise phase (approximate match)."""

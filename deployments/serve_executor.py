@@ -138,7 +138,7 @@ def serve_runner(
     return JobRunner(
         calls,
         checkpoint.has_low_noise_expert,
-        plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio),
+        plan=lambda request: scheduler.plan(request.num_inference_steps, checkpoint.boundary_ratio, request.flow_shift),
         results=ResultCache(LatentCache.from_settings(settings), checkpoint.identity),
         outputs=StoreOutputs(store),
         events=JobStoreEvents(jobs),

@@ -5,6 +5,13 @@ keys prefixed by the pipeline component they go into: `transformer.` (the high-n
 expert), `transformer_2.` (the low-noise expert), or both; an optional `adapter.json`
 describes it, and its `"load_into_transformer_2": true` puts one set of `transformer.` weights
 into both experts (diffusers' `WanLoraLoaderMixin.load_lora_weights(load_into_transformer_2=True)`).
+A folder may instead hold a published pair as lightx2v ships it, `high_noise_model.safetensors`
+and `low_noise_model.safetensors`, each for its own expert; and any weights file may be in a
+published Wan layout (`diffusion_model.` / `lora_unet_` keys, `lora_down` / `lora_up`, alphas),
+read through diffusers' conversion (stages/lora_layouts.py).
+It may also say how the adapter is sampled (`steps`, `guidance`, `guidance_2`, `flow_shift`:
+`contract.adapters.AdapterSampling`): a distilled few-step pair runs 4 steps without guidance,
+and a request naming it gets those wherever it sets nothing itself.
 diffusers loads each part with `load_lora_adapter(prefix=...)` and peft does the rest. The store is a local folder or any `pyarrow.fs` URI (settings `adapters.uri`).
 
 `AdapterStore` lists the adapters and checks each against the model's architecture from
@@ -32,14 +39,16 @@ from functools import cached_property
 from pathlib import Path
 
 import pyarrow.fs as pafs
+from pydantic import ValidationError
 
 from contract import nesting
-from contract.adapters import ADAPTER_NAME, AdapterRef
+from contract.adapters import ADAPTER_NAME, SAMPLING_FIELDS, AdapterRef, AdapterSampling
 from contract.errors import FieldError
 from contract.experts import ExpertKind
 from contract.settings import Settings
 from monitoring.metrics import metrics
 from stages.checkpoint import Checkpoint
+from stages.lora_layouts import PAIR_FILES, header_shapes, retarget, to_diffusers
 
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DESCRIPTION_FILE = "adapter.json"
@@ -59,10 +68,16 @@ class AdapterInfo:
     description: str = ""
     problem: str | None = None  # why it cannot be used with this model; None: it fits
     shared: bool = False  # adapter.json's load_into_transformer_2: its transformer. weights in both experts
+    sampling: AdapterSampling | None = None  # adapter.json's steps, guidance, guidance_2, flow_shift
+    pair: bool = False  # published as a pair of files, one per expert (PAIR_FILES)
 
     def prefix(self, kind: ExpertKind) -> str:
-        """The key prefix of `kind`'s weights in the file."""
-        return ExpertKind.HIGH_NOISE.subfolder if self.shared else kind.subfolder
+        """The key prefix of `kind`'s weights in its file (in diffusers' layout)."""
+        return ExpertKind.HIGH_NOISE.subfolder if self.shared or self.pair else kind.subfolder
+
+    def file(self, kind: ExpertKind) -> str:
+        """The file holding `kind`'s weights."""
+        return PAIR_FILES[kind] if self.pair else WEIGHTS_FILE
 
     def public(self) -> dict:
         return {
@@ -73,6 +88,7 @@ class AdapterInfo:
             "revision": self.revision,
             "description": self.description,
             "compatible": self.problem is None,
+            **({"sampling": self.sampling.model_dump(exclude_none=True)} if self.sampling else {}),
             **({"problem": self.problem} if self.problem else {}),
         }
 
@@ -161,13 +177,21 @@ class AdapterStore:
                     found[info.name] = info
         return found
 
+    def _weight_files(self, name: str) -> dict[str, pafs.FileInfo]:
+        """The folder's weights: its diffusers file, else the published pair's files that are there."""
+        names = [WEIGHTS_FILE, *PAIR_FILES.values()]
+        infos = self.fs.get_file_info([f"{self.root}/{name}/{file}" for file in names])
+        found = {file: info for file, info in zip(names, infos, strict=True) if info.type == pafs.FileType.File}
+        return {WEIGHTS_FILE: found[WEIGHTS_FILE]} if WEIGHTS_FILE in found else found
+
     def _describe(self, name: str) -> AdapterInfo | None:
         """The adapter in folder `name`, or None when the folder holds no weights file. A problem
         names what is wrong in the folder's own terms: never a path, a bucket or a raw error."""
-        weights = self.fs.get_file_info(f"{self.root}/{name}/{WEIGHTS_FILE}")
-        if weights.type != pafs.FileType.File:
+        files = self._weight_files(name)
+        if not files:
             return None  # not an adapter folder
-        revision = hashlib.sha256(f"{name}:{weights.size}:{weights.mtime_ns}".encode()).hexdigest()[:16]
+        stamp = ":".join(f"{file}:{info.size}:{info.mtime_ns}" for file, info in sorted(files.items()))
+        revision = hashlib.sha256(f"{name}:{stamp}".encode()).hexdigest()[:16]
 
         def refused(problem: str, description: str = "") -> AdapterInfo:
             return AdapterInfo(name, revision, (), 0, description, problem)
@@ -181,12 +205,31 @@ class AdapterStore:
         # diffusers' `load_into_transformer_2`: one set of `transformer.` weights for both experts
         shared = about.get("load_into_transformer_2") is True
         try:
-            header = self._header(name)
-        except (OSError, ValueError) as error:
-            logger.warning("adapter store: %s/%s unreadable: %r", name, WEIGHTS_FILE, error)
-            return refused(f"unreadable {WEIGHTS_FILE} (empty, cut short or not safetensors)", description)
-        experts, rank, problem = self._check(header, shared)
-        return AdapterInfo(name, revision, experts, rank, description, problem, shared)
+            given = {k: about[k] for k in SAMPLING_FIELDS if k in about}
+            sampling = AdapterSampling.model_validate(given) if given else None
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            return refused(f"its {DESCRIPTION_FILE} sets {field}: {first['msg'].lower()}", description)
+        pair = WEIGHTS_FILE not in files
+        if pair and shared:
+            return refused("it is a pair of files, one per expert, and asks to load one into both")
+        shapes = {}
+        for file in files:
+            try:
+                header = self._header(name, file)
+            except (OSError, ValueError) as error:
+                logger.warning("adapter store: %s/%s unreadable: %r", name, file, error)
+                return refused(f"unreadable {file} (empty, cut short or not safetensors)", description)
+            try:
+                keys = header_shapes(header, lambda start, end, file=file: self._data(name, file, start, end))
+            except (OSError, ValueError) as error:
+                return refused(f"{file}: {error}", description)
+            if pair:
+                keys = retarget(keys, next(kind for kind, own in PAIR_FILES.items() if own == file))
+            shapes |= keys
+        experts, rank, problem = self._check({key: {"shape": shape} for key, shape in shapes.items()}, shared)
+        return AdapterInfo(name, revision, experts, rank, description, problem, shared, sampling, pair)
 
     def _about(self, name: str) -> dict | None:
         """The folder's adapter.json ({} when there is none); None when it cannot be read as an object."""
@@ -200,10 +243,17 @@ class AdapterStore:
             return None
         return about if isinstance(about, dict) else None
 
-    def _header(self, name: str) -> dict[str, dict]:
+    def _data(self, name: str, file: str, start: int, end: int) -> bytes:
+        """Bytes `start:end` of a safetensors file's data section (after its header)."""
+        with self.fs.open_input_file(f"{self.root}/{name}/{file}") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + length + start)
+            return f.read(end - start)
+
+    def _header(self, name: str, file: str = WEIGHTS_FILE) -> dict[str, dict]:
         """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read.
         ValueError when it is not one: too short, not a JSON object of objects, shapes not sizes."""
-        with self.fs.open_input_file(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
+        with self.fs.open_input_file(f"{self.root}/{name}/{file}") as f:
             file_size, size = f.size(), f.read(8)
             if len(size) < 8:
                 raise ValueError("shorter than a safetensors header")
@@ -299,11 +349,12 @@ class AdapterStore:
                     f"adapter {adapter.name!r} does not fit model {self.checkpoint.model_id!r}: {info.problem}",
                     "adapter_incompatible",
                 )
-            resolved.append(adapter.model_copy(update={"revision": info.revision, "experts": list(info.experts)}))
+            server = {"revision": info.revision, "experts": list(info.experts), "sampling": info.sampling}
+            resolved.append(adapter.model_copy(update=server))
         return resolved
 
-    def read(self, name: str) -> bytes:
-        with self.fs.open_input_stream(f"{self.root}/{name}/{WEIGHTS_FILE}") as f:
+    def read(self, name: str, file: str = WEIGHTS_FILE) -> bytes:
+        with self.fs.open_input_stream(f"{self.root}/{name}/{file}") as f:
             return f.read()
 
 
@@ -425,7 +476,8 @@ class ExpertAdapters:
         if info is not None and info.revision != revision:
             logger.warning("adapter %s changed since the request was validated: loading the store's", name)
         prefix = info.prefix(self.kind) if info is not None else self.kind.subfolder
-        state = load_safetensors(self.store.read(name))
+        file = info.file(self.kind) if info is not None else WEIGHTS_FILE
+        state = to_diffusers(load_safetensors(self.store.read(name, file)))
         with warnings.catch_warnings():  # "multiple adapters in the model": what this class is for
             warnings.filterwarnings("ignore", "Already found a `peft_config`")
             self.transformer.load_lora_adapter(state, prefix=prefix, adapter_name=self._slot(name, revision))

@@ -76,22 +76,27 @@ class Scheduler:
     def __init__(self, scheduler_class: type, config: dict):
         self.scheduler_class = scheduler_class
         self.config = config
-        self._plans: dict[tuple[int, float | None], DenoisingPlan] = {}  # the ingress plans every job
-        self._blank = None
+        # the ingress plans every job
+        self._plans: dict[tuple[int, float | None, float | None], DenoisingPlan] = {}
+        self._blanks: dict[float | None, object] = {}
 
-    def _new(self):
-        """A fresh scheduler: a copy of one built once (from_config inspects signatures, ~3 ms).
-        Shallow is enough: set_timesteps and `restore` assign every attribute a job changes."""
-        if self._blank is None:
-            self._blank = self.scheduler_class.from_config(self.config)
-        return copy.copy(self._blank)
+    def _new(self, flow_shift: float | None = None):
+        """A fresh scheduler (with `flow_shift` instead of the config's, if given): a copy of one built
+        once (from_config inspects signatures, ~3 ms). Shallow is enough: set_timesteps and
+        `restore` assign every attribute a job changes."""
+        if flow_shift not in self._blanks:
+            config = self.config if flow_shift is None else {**self.config, "flow_shift": flow_shift}
+            self._blanks[flow_shift] = self.scheduler_class.from_config(config)
+        return copy.copy(self._blanks[flow_shift])
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint) -> Scheduler:
         return cls(checkpoint.scheduler_class(), checkpoint.scheduler_config())
 
-    def start(self, num_steps: int, boundary_ratio: float | None) -> tuple[DenoisingPlan, SchedulerState]:
-        scheduler = self._new()
+    def start(
+        self, num_steps: int, boundary_ratio: float | None, flow_shift: float | None = None
+    ) -> tuple[DenoisingPlan, SchedulerState]:
+        scheduler = self._new(flow_shift)
         scheduler.set_timesteps(num_steps, device="cpu")
         scheduler.set_begin_index(0)  # as WanPipeline does: no device sync to find the index
         timesteps = tuple(int(t) for t in scheduler.timesteps)
@@ -103,10 +108,10 @@ class Scheduler:
         sigmas = tuple(float(s) for s in scheduler.sigmas[: len(timesteps)])
         return DenoisingPlan(timesteps, boundary_step, sigmas), self.capture(scheduler)
 
-    def plan(self, num_steps: int, boundary_ratio: float | None) -> DenoisingPlan:
-        key = (num_steps, boundary_ratio)
+    def plan(self, num_steps: int, boundary_ratio: float | None, flow_shift: float | None = None) -> DenoisingPlan:
+        key = (num_steps, boundary_ratio, flow_shift)
         if key not in self._plans:  # building a scheduler costs more than the rest of admitting a job
-            self._plans[key] = self.start(num_steps, boundary_ratio)[0]
+            self._plans[key] = self.start(num_steps, boundary_ratio, flow_shift)[0]
         return self._plans[key]
 
     def restore(self, state: SchedulerState):

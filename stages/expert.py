@@ -136,7 +136,9 @@ class Expert:
         the high-noise expert starts from noise. `resample_seed` re-draws the low-noise phase's
         noise (a physics retry). `source`: the final latent of the preview whose shot a `from`
         request finishes; the low-noise expert starts from it, re-noised, instead of from `state`."""
-        plan, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
+        plan, scheduler_state = self.scheduler.start(
+            request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift
+        )
         adapters = adapters_for(request.lora, self.kind)
         if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
@@ -182,14 +184,18 @@ class Expert:
         Returns (state, hit); hit is None when the request does not share its phase."""
         if cache is None or base is None or not request.template_mode:
             return self.phase(request, embeddings, on_step=on_step), None
-        steps = self.scheduler.plan(request.num_inference_steps, self.checkpoint.boundary_ratio).high_noise_steps
+        steps = self.scheduler.plan(
+            request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift
+        ).high_noise_steps
         shared = self.checkpoint.settings.cache.template_shared_steps
         shared = len(steps) if shared is None else min(shared, len(steps))
         key = boundary_key(self.checkpoint.identity, request, None if shared == len(steps) else shared)
         adapters = adapters_for(request.lora, self.kind)
 
         def compute() -> dict:
-            _, scheduler_state = self.scheduler.start(request.num_inference_steps, self.checkpoint.boundary_ratio)
+            _, scheduler_state = self.scheduler.start(
+                request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift
+            )
             start = self._noise(request, scheduler_state)
             return self(start, base, request.guidance_scale, range(0, shared), on_step, adapters).as_plain()
 

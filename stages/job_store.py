@@ -155,6 +155,7 @@ class JobStore:
             prompt=request.prompt,
             request=request.model_dump(),
             steps_total=new.steps_total,
+            forwards_per_step=2 if request.classifier_free_guidance else 1,
             matched_template=new.matched_template,
             owner=new.owner,
             runner=new.runner,

@@ -8,6 +8,7 @@ before any compute.
 
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 from typing import Any
 
@@ -30,6 +31,7 @@ SHOT_FIELDS = {
     "seed",
     "guidance_scale",
     "guidance_scale_2",
+    "flow_shift",
     "lora",
     "num_frames",
     "fps",
@@ -67,9 +69,20 @@ class RequestValidator:
     def request(self, **fields: Any) -> GenerationRequest:
         """Request fields (canonical names) -> the request that will run; RequestInvalid names the field."""
         try:
-            return GenerationRequest.build(self.settings, self.check_prompt, self.adapters.resolve, **fields)
+            return self._runnable(
+                GenerationRequest.build(self.settings, self.check_prompt, self.adapters.resolve, **fields)
+            )
         except ValidationError as e:
             raise RequestInvalid.from_validation(e) from None
+
+    def _runnable(self, request: GenerationRequest) -> GenerationRequest:
+        """What only the model can say: whether its scheduler takes the request's flow shift."""
+        scheduler = self._checkpoint.scheduler_class()
+        if request.flow_shift is not None and "flow_shift" not in inspect.signature(scheduler).parameters:
+            source = (request.sampling_from or {}).get("flow_shift")
+            where = f" (from adapter {source!r})" if source else ""
+            raise RequestInvalid.of("flow_shift", f"flow_shift{where}: this model's {scheduler.__name__} has none")
+        return request
 
     def final_of(self, preview: GenerationRequest, data: Any, preview_id: str) -> GenerationRequest:
         """The request of a final of `preview`'s shot (`from`): the preview's prompt, seed, guidance,
@@ -95,6 +108,8 @@ class RequestValidator:
 
     def body(self, data: Any) -> GenerationRequest:
         """An HTTP body (or a batch row) in the API's shape -> the request that will run."""
-        return VideoCreateBody.parse(data).to_request(
-            self.settings, self.model_id, self.check_prompt, self.adapters.resolve
+        return self._runnable(
+            VideoCreateBody.parse(data).to_request(
+                self.settings, self.model_id, self.check_prompt, self.adapters.resolve
+            )
         )

@@ -70,12 +70,17 @@ def test_generate_final_preset_and_size(tmp_path, wan22_dir):
         "96x64",
         "--steps",
         "4",
+        "--lora",
+        "studio=0.5",
+        "--flow-shift",
+        "3",
         "--model",
         str(wan22_dir),
     )
     assert run.returncode == 0, run.stderr
     info = probe_mp4(out.read_bytes())
     assert (info["frames"], info["width"], info["height"]) == (33, 96, 64)
+    assert "4/4" in run.stderr
 
 
 def test_generate_bad_input_names_the_field(tmp_path, wan22_dir):
@@ -85,6 +90,10 @@ def test_generate_bad_input_names_the_field(tmp_path, wan22_dir):
     assert not (tmp_path / "x.mp4").exists()
     run = _t2v("generate", "a ball", "--size", "big", "--model", str(wan22_dir))
     assert run.returncode == 2 and "size must be WxH" in run.stderr
+    run = _t2v("generate", "a ball", "--lora", "studio=strong", "--model", str(wan22_dir))
+    assert run.returncode == 2 and "the scale after '=' must be a number" in run.stderr
+    run = _t2v("generate", "a ball", "--lora", "nope", "--model", str(wan22_dir))
+    assert run.returncode == 2 and "unknown adapter 'nope'" in run.stderr
 
 
 def test_model_init_and_first_use_cache(tmp_path):
