@@ -10,8 +10,8 @@ import torch
 
 from stages.default_model import DECODER_BASE_DIM, build_default_pipeline
 from training.clips import random_clip, to_frames, to_tensor
-from training.decoder import bbox_corners, corner_l1, read_back, train_decoder, with_light_decoder
-from training.vae import init_for_training, psnr
+from training.decoder import train_decoder, with_light_decoder
+from training.vae import bbox_corners, corner_l1, init_for_training, psnr, read_back
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def test_the_recipe_runs_from_the_cli_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "vae" in first.stderr and "high-noise expert" in first.stderr  # progress bars
     report = json.loads((out / "training.json").read_text())
-    for key in ("text_loss", "vae_l1", "decoder_loss", "decoder_read_back_object", "high_loss_set0", "low_loss_set0"):
+    for key in ("text_loss", "vae_loss", "decoder_loss", "decoder_read_back_object", "high_loss_set0", "low_loss_set0"):
         assert key in report
     assert report["seconds_total"] >= report["seconds_experts"] > 0
     # the high-noise expert's videos, read back as it trains: in the log and a file

@@ -27,14 +27,14 @@ from pydantic import BaseModel, Field
 from stages.cpu_convolution import use_onednn_conv3d
 from stages.default_model import DECODER_BASE_DIM, SEED, build_default_pipeline, save_pipeline
 from training.clips import training_combinations
-from training.decoder import read_back, train_decoder, with_light_decoder
+from training.decoder import train_decoder, with_light_decoder
 from training.experts import train_expert
 from training.flow_matching import TextTable
 from training.latents import encode_clips
 from training.progress import Progress
 from training.snapshots import Snapshots
 from training.text import caption_table, embed_captions, pretrain_text_encoder
-from training.vae import latent_statistics, train_vae
+from training.vae import latent_statistics, read_back, train_vae
 
 TRAINED_MODEL_NAME = "t2v-world-wan2.2-a14b"
 
@@ -226,7 +226,14 @@ def train(out: Path, work: Path, plan: TrainingPlan, reuse: Path | None = None) 
         config = pipe.vae.config
         vae = AutoencoderKLWan.from_config({**config, "decoder_base_dim": config.base_dim})
         snapshots = Snapshots(work / "vae.snapshot.pt")
-        result = train_vae(vae, plan.vae_steps, plan.seed, snapshots=snapshots)
+        result = train_vae(
+            vae,
+            plan.vae_steps,
+            plan.seed,
+            snapshots=snapshots,
+            eval_every=plan.eval_every // 2,
+            eval_clips=plan.eval_clips,
+        )
         mean, std = latent_statistics(vae, plan.seed, plan.statistics_clips)
         _save_vae(vae, work / "vae.pt", mean, std)
         snapshots.clear()

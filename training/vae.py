@@ -7,7 +7,9 @@ each, added. With a plain L1 even one clip overfit for 100 steps decodes the obj
 (background error 7, object error 90 levels: it is 3 % of the pixels); balanced over the object's
 own pixels the colour comes right, but a ball decodes as its 8x8 block, since the block's
 corners count only in the background term; hence the object term covers the object grown by a
-few pixels. Decoded from the posterior's mean (sampling its unit-variance start drowns the
+few pixels. A third term is the mean error over the object's bounding-box corners (outside the
+box's inscribed ellipse): there a box and a ball of one size differ, and without it every box came
+back a ball. Decoded from the posterior's mean (sampling its unit-variance start drowns the
 signal for the short time we train) with a small KL term that keeps the latents bounded.
 Afterwards the latents' per-channel mean and standard deviation go into the config
 (`latents_mean`, `latents_std`), as Wan's VAE ships them, so that the experts see unit-variance
@@ -17,16 +19,22 @@ latents.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from tqdm import tqdm
 
-from training.clips import random_clip, to_tensor
+from stages.cpu_convolution import use_onednn_conv3d
+from training.clips import random_clip, to_frames, to_tensor
 from training.snapshots import Snapshots
+from world.reading import read_clip
 
 KL_WEIGHT = 1e-6
+# Of the loss's corner term, beside the balanced L1's object and background terms: a box and a ball
+# of one size differ only there, and the L1 alone let every box decode as a ball.
+CORNER_WEIGHT = 1.0
 # The loss's object term covers this much around the object: a disc decoded as its 8x8 block
 # errs only outside the disc, where a mask of the object alone would not look.
 NEAR_OBJECT_PX = 4
@@ -174,8 +182,46 @@ def balanced_l1(recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor) ->
     return background + (error * mask).sum() / mask.sum().clamp(min=1)
 
 
-def train_vae(
+def bbox_corners(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, H, W) object masks -> the pixels of each frame's bounding box outside its inscribed
+    ellipse (grown 10 %, as `world.reading` measures corner fill); frames with objects under 4 px: none."""
+    out = torch.zeros_like(mask)
+    h, w = mask.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    for b, t in (mask[:, 0].flatten(2).amax(2) > 0).nonzero().tolist():
+        ys, xs = mask[b, 0, t].nonzero(as_tuple=True)
+        x0, x1, y0, y1 = xs.min().item(), xs.max().item() + 1, ys.min().item(), ys.max().item() + 1
+        if min(x1 - x0, y1 - y0) < 4:
+            continue
+        u = (xx - (x0 + x1) / 2) / ((x1 - x0) / 2)
+        v = (yy - (y0 + y1) / 2) / ((y1 - y0) / 2)
+        inside = (xx > x0) & (xx < x1) & (yy > y0) & (yy < y1)
+        out[b, 0, t] = (inside & (torch.hypot(u, v) > 1.1)).float()
+    return out
+
+
+def corner_l1(recon: torch.Tensor, video: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the bounding-box corners (0 when no frame has any)."""
+    error = (recon - video).abs().mean(1, keepdim=True)
+    return (error * corners).sum() / corners.sum().clamp(min=1)
+
+
+def reconstruction_loss(recon: torch.Tensor, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The balanced L1 (object grown a few pixels, and background) plus the bounding-box corners,
+    where a box and a ball differ."""
+    return balanced_l1(recon, video, near_object(mask)) + CORNER_WEIGHT * corner_l1(recon, video, bbox_corners(mask))
+
+
+def train_vae(vae: AutoencoderKLWan, steps: int, seed: int, **options) -> dict:
+    """Train encoder and decoder together, from the colour-carrying start (`init_for_training`)."""
+    init_for_training(vae)
+    return train_reconstruction(vae, list(vae.parameters()), "vae", steps, seed, **options)
+
+
+def train_reconstruction(
     vae: AutoencoderKLWan,
+    params: list[torch.nn.Parameter],
+    name: str,
     steps: int,
     seed: int,
     batch: int = 2,
@@ -183,37 +229,67 @@ def train_vae(
     frames: int = 9,
     crop: int = 64,
     snapshots: Snapshots | None = None,
+    frozen_encoder: bool = False,
+    eval_every: int = 0,
+    eval_clips: int = 24,
 ) -> dict:
+    """Train `params` of `vae` on world crops (`reconstruction_loss`, a small KL term while the encoder
+    trains); every `eval_every` steps its reconstructions are read back into the log (`read_back`)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    init_for_training(vae)
-    vae.train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    (vae.decoder if frozen_encoder else vae).train()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    floor = 0.05 if frozen_encoder else 0.0  # of the cosine: a new decoder still learns at the end
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))
+        opt, lambda i: min(1.0, (i + 1) / 50) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * i / steps)))
     )
     snapshots = snapshots or Snapshots(None)
     parts = {"model": vae, "opt": opt, "schedule": schedule}
     first = snapshots.restore(parts, rng)
     recent = []
-    bar = tqdm(range(first, steps), desc="vae", unit="step", initial=first, total=steps)
+    bar = tqdm(range(first, steps), desc=name, unit="step", initial=first, total=steps)
     for step in bar:
         video, mask = crop_batch(rng, batch, frames, crop)
-        posterior = vae.encode(video).latent_dist
+        with torch.set_grad_enabled(not frozen_encoder):
+            posterior = vae.encode(video).latent_dist
         recon = vae.decode(posterior.mean).sample
-        l1 = balanced_l1(recon, video, near_object(mask))
-        kl = posterior.kl().mean() / video[0].numel()
-        loss = l1 + KL_WEIGHT * kl
+        loss = reconstruction_loss(recon, video, mask)
+        recent = (recent + [loss.item()])[-50:]
+        if not frozen_encoder:
+            loss = loss + KL_WEIGHT * posterior.kl().mean() / video[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         schedule.step()
-        recent = (recent + [l1.item()])[-50:]
-        bar.set_postfix(l1=f"{np.mean(recent):.4f}")
+        bar.set_postfix(loss=f"{np.mean(recent):.4f}")
         snapshots.maybe_save(step + 1, parts, rng)
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:  # the stage reads the last
+            vae.eval()
+            bar.write(" ".join(f"{k}={v}" for k, v in {name: step + 1, **read_back(vae, eval_clips)}.items()))
+            (vae.decoder if frozen_encoder else vae).train()
     vae.eval()
-    return {"vae_l1": float(np.mean(recent))}
+    return {f"{name}_loss": float(np.mean(recent))}
+
+
+@torch.no_grad()
+def read_back(vae: AutoencoderKLWan, clips: int = 24, size: int = 64, seed: int = 7) -> dict:
+    """`world.reading` on reconstructions of world clips against what each clip shows: how often
+    colour, object and motion read back right, and the decode's seconds per clip."""
+    rng = np.random.default_rng(seed)
+    use_onednn_conv3d(vae)  # as the served stages decode (training keeps the native kernels)
+    right = {"color": [], "object": [], "motion": []}
+    seconds = 0.0
+    for _ in range(clips):
+        clip = random_clip(rng, 17, size)
+        latent = vae.encode(to_tensor(clip.frames)[None]).latent_dist.mean
+        start = time.perf_counter()
+        recon = vae.decode(latent).sample[0]
+        seconds += time.perf_counter() - start
+        reading = read_clip(to_frames(recon))
+        for key in right:
+            right[key].append(getattr(reading, key) == getattr(clip.scene, key))
+    return {key: round(float(np.mean(v)), 3) for key, v in right.items()} | {"decode_s": round(seconds / clips, 3)}
 
 
 @torch.no_grad()
