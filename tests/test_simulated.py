@@ -80,6 +80,21 @@ def test_a_720p_video_takes_the_cost_model_s_seconds_per_stage(wan22_dir, tmp_pa
     assert result.physics.score == 0.5
 
 
+def test_an_unguided_few_step_video_is_charged_one_forward_a_step(wan22_dir, tmp_path):
+    """A distilled adapter's sampling (4 steps, guidance 1): no unconditional pass, no negative prompt."""
+    settings = sim_settings(wan22_dir, tmp_path, cache={"enabled": False})
+    pipeline = Pipeline.from_settings(settings)
+    loaded = pipeline.simulated_seconds()
+    request = request_720p(settings, num_inference_steps=4, guidance_scale=1.0, guidance_scale_2=1.0)
+    pipeline(request)
+    spent = {k: v - loaded[k] for k, v in pipeline.simulated_seconds().items()}
+    cost = CostModel("h100")
+    one_forward = cost.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81, guidance=False)
+    assert spent["high_noise"] + spent["low_noise"] == pytest.approx(4 * one_forward)
+    assert spent["encode"] == pytest.approx(cost.encode_seconds(guidance=False))
+    assert sum(spent.values()) == pytest.approx(cost.video_seconds(720, 1280, 81, 4, guidance=False), rel=0.01)
+
+
 def test_a_simulated_expert_of_eight_ranks_takes_the_cost_model_s_parallel_time(wan22_dir, tmp_path):
     """`parallel.ulysses: 8`: each step takes 1/(8 x efficiency) of one GPU's time, and counts
     eight GPUs' seconds."""
