@@ -77,8 +77,10 @@ class RequestValidator:
 
     def _runnable(self, request: GenerationRequest) -> GenerationRequest:
         """What only the model can say: whether its scheduler takes the request's flow shift."""
+        if request.flow_shift is None:
+            return request
         scheduler = self._checkpoint.scheduler_class()
-        if request.flow_shift is not None and "flow_shift" not in inspect.signature(scheduler).parameters:
+        if "flow_shift" not in inspect.signature(scheduler).parameters:
             source = (request.sampling_from or {}).get("flow_shift")
             where = f" (from adapter {source!r})" if source else ""
             raise RequestInvalid.of("flow_shift", f"flow_shift{where}: this model's {scheduler.__name__} has none")
