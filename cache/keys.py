@@ -40,6 +40,7 @@ BOUNDARY_FIELDS = {
     "num_frames",
     "num_inference_steps",
     "guidance_scale",
+    "flow_shift",
 }
 
 
@@ -52,8 +53,8 @@ def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | 
     the high-noise expert's adapters (name, version, scale), and how many steps are shared
     (None: the whole phase)."""
     phase = request.model_dump(include=BOUNDARY_FIELDS)
-    if request.flow_shift is not None:  # no key changes for requests on the model's own shift
-        phase["flow_shift"] = request.flow_shift
+    if phase["flow_shift"] is None:
+        del phase["flow_shift"]  # the model's own shift: the keys made before the field stay valid
     adapters = adapters_for(request.lora, ExpertKind.HIGH_NOISE)
     if adapters:  # no key changes for requests without adapters: their cached latents stay valid
         phase["lora"] = [a.model_dump(include={"name", "revision", "scale"}) for a in adapters]

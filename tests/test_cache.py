@@ -353,7 +353,7 @@ def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
             continue
         other = request.model_copy(update={name: _other(getattr(request, name))})
         assert (boundary_key(model, other) != boundary_key(model, request)) == (name in BOUNDARY_FIELDS), name
-        if name == "priority":  # which pool's experts run it: the same video
+        if name in ("priority", "sampling_from"):  # which pool runs it, where a value came from: the same video
             assert result_key(model, other) == result_key(model, request)
         elif name not in ("preset", "template", "slots"):  # those only through the fields they fill in
             assert result_key(model, other) != result_key(model, request), name
