@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -93,6 +93,18 @@ class AdapterInfo:
         }
 
 
+def _data_reader(f) -> Callable[[int, int], bytes]:
+    """read(start, end): bytes of an open safetensors file's data section (after its header)."""
+    f.seek(0)
+    (length,) = struct.unpack("<Q", f.read(8))
+
+    def read(start: int, end: int) -> bytes:
+        f.seek(8 + length + start)
+        return f.read(end - start)
+
+    return read
+
+
 def _linear_shapes(checkpoint: Checkpoint, kind: ExpertKind) -> dict[str, tuple[int, int]]:
     """module name -> (in_features, out_features) of every Linear of an expert, from its config
     alone: the model is built on the meta device, so no weights are read or allocated."""
@@ -120,6 +132,8 @@ class AdapterStore:
         self._listing: tuple[float, dict[str, AdapterInfo]] | None = None
         self._refreshing = False
         self._lock = threading.Lock()
+        # (name, revision) -> (its adapter.json, its description): a listing reads only what changed
+        self._described: dict[tuple[str, str], tuple[dict | None, AdapterInfo]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, checkpoint: Checkpoint | None = None) -> AdapterStore:
@@ -192,13 +206,24 @@ class AdapterStore:
             return None  # not an adapter folder
         stamp = ":".join(f"{file}:{info.size}:{info.mtime_ns}" for file, info in sorted(files.items()))
         revision = hashlib.sha256(f"{name}:{stamp}".encode()).hexdigest()[:16]
+        about = self._about(name)
+        known = self._described.get((name, revision))
+        if known is not None and known[0] == about:  # unchanged since the last listing: no header read again
+            return known[1]
+        info = self._describe_files(name, revision, files, about)
+        self._described = {key: v for key, v in self._described.items() if key[0] != name}  # its older revisions
+        self._described[(name, revision)] = (about, info)
+        return info
+
+    def _describe_files(
+        self, name: str, revision: str, files: dict[str, pafs.FileInfo], about: dict | None
+    ) -> AdapterInfo:
 
         def refused(problem: str, description: str = "") -> AdapterInfo:
             return AdapterInfo(name, revision, (), 0, description, problem)
 
         if not re.match(ADAPTER_NAME, name):
             return refused(f"folder name {name!r} is not an adapter name")
-        about = self._about(name)
         if about is None:
             return refused(f"its {DESCRIPTION_FILE} is not a readable JSON object")
         description = str(about.get("description", ""))
@@ -222,7 +247,8 @@ class AdapterStore:
                 logger.warning("adapter store: %s/%s unreadable: %r", name, file, error)
                 return refused(f"unreadable {file} (empty, cut short or not safetensors)", description)
             try:
-                keys = header_shapes(header, lambda start, end, file=file: self._data(name, file, start, end))
+                with self.fs.open_input_file(f"{self.root}/{name}/{file}") as f:
+                    keys = header_shapes(header, _data_reader(f))
             except (OSError, ValueError) as error:
                 return refused(f"{file}: {error}", description)
             if pair:
@@ -242,13 +268,6 @@ class AdapterStore:
         except (OSError, ValueError):
             return None
         return about if isinstance(about, dict) else None
-
-    def _data(self, name: str, file: str, start: int, end: int) -> bytes:
-        """Bytes `start:end` of a safetensors file's data section (after its header)."""
-        with self.fs.open_input_file(f"{self.root}/{name}/{file}") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            f.seek(8 + length + start)
-            return f.read(end - start)
 
     def _header(self, name: str, file: str = WEIGHTS_FILE) -> dict[str, dict]:
         """The safetensors header: tensor name -> {dtype, shape, data_offsets}; no tensor is read.

@@ -177,3 +177,18 @@ def test_the_conversion_folds_alphas_and_leaves_diffusers_keys_alone():
         "transformer_2.blocks.0.attn1.to_q.lora_A.weight",
         "transformer_2.blocks.0.attn1.to_q.lora_B.weight",
     }
+
+
+def test_a_listing_reads_again_only_the_adapters_that_changed(pipe, store, monkeypatch):
+    adapters = pipe.validator.adapters
+    adapters._read_listing()
+    reads = []
+    header = adapters._header
+    monkeypatch.setattr(adapters, "_header", lambda name, file: reads.append(name) or header(name, file))
+    adapters._read_listing()
+    assert reads == []  # nothing changed: no header read
+    about = store / "comfyui-high" / "adapter.json"
+    about.write_text(json.dumps({"description": "now with a description"}))
+    listing = adapters._read_listing()
+    assert reads == ["comfyui-high"] and listing["comfyui-high"].description == "now with a description"
+    about.unlink()
