@@ -218,6 +218,7 @@ class AdapterStore:
     def _describe_files(
         self, name: str, revision: str, files: dict[str, pafs.FileInfo], about: dict | None
     ) -> AdapterInfo:
+        """What `_describe` says of a folder whose weight files or adapter.json changed."""
 
         def refused(problem: str, description: str = "") -> AdapterInfo:
             return AdapterInfo(name, revision, (), 0, description, problem)
