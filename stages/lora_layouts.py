@@ -16,17 +16,19 @@ in an adapter folder under those names, each goes into its own expert.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from contract.experts import ExpertKind
+
+if TYPE_CHECKING:
+    import torch
 
 PUBLISHED_PREFIXES = ("diffusion_model.", "lora_unet_")
 PAIR_FILES = {
     ExpertKind.HIGH_NOISE: "high_noise_model.safetensors",
     ExpertKind.LOW_NOISE: "low_noise_model.safetensors",
 }
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors names; torch's are looked up when read
 
 
 def is_published(keys) -> bool:
@@ -53,13 +55,16 @@ def header_shapes(header: dict[str, dict], read: Callable[[int, int], bytes]) ->
     the file's data section (only the published layouts' scalar `.alpha` tensors are read)."""
     if not is_published(header):
         return {key: tensor["shape"] for key, tensor in header.items()}
+    import torch  # here, not at the top: the ingress lists adapters without loading torch
+
+    dtypes = dict(zip(_DTYPES, (torch.float64, torch.float32, torch.float16, torch.bfloat16), strict=True))
     state = {}
     for key, tensor in header.items():
         if key.endswith(".alpha"):
             if tensor.get("dtype") not in _DTYPES:
                 raise ValueError(f"{key!r} is of dtype {tensor.get('dtype')!r}")
             start, end = tensor["data_offsets"]
-            value = torch.frombuffer(bytearray(read(start, end)), dtype=_DTYPES[tensor["dtype"]])
+            value = torch.frombuffer(bytearray(read(start, end)), dtype=dtypes[tensor["dtype"]])
             state[key] = value.reshape(tensor["shape"]).float()
         else:
             state[key] = torch.empty(tensor["shape"], device="meta")
