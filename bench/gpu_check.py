@@ -1,6 +1,7 @@
 """A check on a real GPU: the stages' times on CUDA in bf16, in under 5 minutes.
 
     python bench/gpu_check.py [--model DIR] [--device cuda] [--dtype bfloat16] [--ulysses 2] [--cfg 2]
+                              [--quantization fp8]
 
 Needs only torch, diffusers and transformers: it loads a diffusers-format Wan2.2 checkpoint
 (default: the embedded default model shipped in stages/weights/) with diffusers'
@@ -11,8 +12,10 @@ are installed too, it then runs the project's in-process pipeline (`cluster.pipe
 the stage classes the Serve deployments wrap) on the same device and prints its per-stage
 timings beside diffusers'. `--ulysses 2` then runs each expert on two sequence-parallel ranks
 (two GPUs, NCCL: stages/parallel.py), `--cfg 2` on two CFG ranks, both together on four, and
-prints how far each final latent is from one GPU's, and each expert's seconds a step. Nothing
-here is simulated: these are the device's own seconds.
+prints how far each final latent is from one GPU's, and each expert's seconds a step.
+`--quantization fp8` (or int8_weight_only, int8_dynamic) runs the project's pipeline once more with
+both experts quantized as they load (torchao, stages/quantization.py), beside the unquantized run.
+Nothing here is simulated: these are the device's own seconds.
 
 Prints a table, then one JSON line. `--device cpu --dtype float32` runs it here (a smoke run).
 """
@@ -111,8 +114,9 @@ def diffusers_run(model: Path, device: torch.device, dtype: torch.dtype, sizes) 
     return rows
 
 
-def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str:
-    """The project's in-process pipeline on the same device; a reason instead when it cannot run."""
+def project_run(model: Path, device: str, dtype: str, sizes, quantization: str = "none") -> list[dict] | str:
+    """The project's in-process pipeline on the same device (its experts quantized as `quantization`
+    says); a reason instead when it cannot run."""
     sys.path.insert(0, str(ROOT))
     try:
         from cluster.pipeline import Pipeline
@@ -121,7 +125,8 @@ def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str
         return f"skipped: the project's dependencies are not installed ({error.name})"
     biggest = max(max(w, h) for w, h, _, _ in sizes)
     limits = Limits(max_height=biggest, max_width=biggest, max_frames=max(f for *_, f, _ in sizes))
-    settings = Settings(model=model, device=device, dtype=dtype, limits=limits)
+    quantized = {"high_noise": quantization, "low_noise": quantization}
+    settings = Settings(model=model, device=device, dtype=dtype, limits=limits, quantization=quantized)
     settings = settings.model_copy(update={"cache": settings.cache.model_copy(update={"enabled": False})})
     pipeline = Pipeline.from_settings(settings)
     rows = []
@@ -135,7 +140,7 @@ def project_run(model: Path, device: str, dtype: str, sizes) -> list[dict] | str
             total = time.perf_counter() - start
         rows.append(
             {
-                "engine": "project",
+                "engine": "project" if quantization == "none" else quantization,
                 "size": f"{width}x{height}",
                 "frames": frames,
                 "steps": steps,
@@ -218,6 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         choices=[0, 2],
         help="also run each expert on two CFG ranks (with --ulysses: both)",
     )
+    parser.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "int8_weight_only", "int8_dynamic", "fp8"],
+        help="also run the project's pipeline with both experts quantized (fp8: Ada or Hopper GPUs)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -228,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     project = project_run(args.model, args.device, args.dtype, sizes)
     if isinstance(project, list):
         rows += project
+    if isinstance(project, list) and args.quantization != "none":
+        rows += project_run(args.model, args.device, args.dtype, sizes, args.quantization)
     layouts = [{"ulysses": args.ulysses}] if args.ulysses > 1 else []
     layouts += [{"cfg": 2}] if args.cfg == 2 else []
     layouts += [{"ulysses": args.ulysses, "cfg": 2}] if len(layouts) == 2 else []
@@ -236,12 +249,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"== Stage times on {name}, {args.dtype}, {args.model.name} (seconds, second run at each size)")
     print(
-        f"{'engine':>9} {'size':>9} {'frames':>6} {'steps':>5} {'encode':>8} {'high':>8} {'low':>8} {'decode':>8} {'total':>8}"
+        f"{'engine':>16} {'size':>9} {'frames':>6} {'steps':>5} {'encode':>8} {'high':>8} {'low':>8} {'decode':>8} {'total':>8}"
     )
     for r in rows:
         s = r["stages_s"]
         print(
-            f"{r['engine']:>9} {r['size']:>9} {r['frames']:>6} {r['steps']:>5} {s.get('encode', 0):>8.3f} "
+            f"{r['engine']:>16} {r['size']:>9} {r['frames']:>6} {r['steps']:>5} {s.get('encode', 0):>8.3f} "
             f"{s.get('high_noise', 0):>8.3f} {s.get('low_noise', 0):>8.3f} {s.get('decode', 0):>8.3f} "
             f"{r['total_s']:>8.3f}"
         )

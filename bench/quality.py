@@ -2,6 +2,8 @@
 and what each speed feature costs in quality on the same prompts.
 
     python -m bench.quality [--prompts 34] [--final-prompts 16] [--model DIR]
+    python -m bench.quality --prompts 0 --final-prompts 0 --adapter-prompts 0 --shot-prompts 0 \
+        --features 16 --only quantization      # one feature's rows against the plain path
 
 Prompts are (colour, object, motion, setting) combinations the training set never held
 (`world.scene.held_out_combinations`), each with a camera, in sentence frames the training
@@ -19,7 +21,9 @@ Speed features, on the preview prompts in English (each against the plain path, 
   the latent cache (slot adherence: does a cached `red` template still make a red object?);
 - step caches: FirstBlockCache and TaylorSeer on both experts;
 - batching: the requests run four at a time through the experts' step batcher;
-- repair: `min_physics_score` with two re-samples of the detail phase.
+- repair: `min_physics_score` with two re-samples of the detail phase;
+- quantization: both experts' weights in int8 (torchao, `quantization` settings), weight-only and
+  with dynamic int8 activations.
 
 The ad studio's workflow, on moving held-out prompts (`--adapter-prompts`, `--shot-prompts`):
 - the `studio` LoRA pair (stages/weights/test-adapters, `t2v model train-lora`) at scales
@@ -46,7 +50,7 @@ import numpy as np
 from bench.toolkit import log, model_settings, rounded
 from cluster.pipeline import Pipeline
 from contract.request import GenerationRequest
-from contract.settings import Settings, StepCacheSettings
+from contract.settings import QuantizationSettings, Settings, StepCacheSettings
 from world.captions import EN, caption, phrasings
 from world.reading import read_clip, shot_difference
 from world.scene import held_out_combinations
@@ -66,6 +70,12 @@ STEP_CACHES = {
     "first_block 0.05": StepCacheSettings(kind="first_block", options={"threshold": 0.05}),
     "taylorseer 2": StepCacheSettings(kind="taylorseer", options={"cache_interval": 2, "disable_cache_before_step": 2}),
 }
+
+QUANTIZED = {
+    "int8 weight-only": QuantizationSettings(high_noise="int8_weight_only", low_noise="int8_weight_only"),
+    "int8 dynamic": QuantizationSettings(high_noise="int8_dynamic", low_noise="int8_dynamic"),
+}
+FEATURES = ("template", "step_cache", "batching", "repair", "quantization")
 
 
 def prompts(language: str, count: int) -> list[tuple[dict[str, str], str, int]]:
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--adapter-prompts", type=int, default=8, help="prompts for the studio adapter")
     parser.add_argument("--shot-prompts", type=int, default=8, help="moving prompts for preview -> final")
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", choices=FEATURES, default=FEATURES, help="speed features to measure")
     args = parser.parse_args(argv)
 
     base = model_settings()
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cases = prompts("en", args.prompts if args.features is None else args.features)
     if cases:
-        features(results, pipe, base, plain, cache_dir, cases)
+        features(results, pipe, base, plain, cache_dir, cases, args.only)
         # The plain path on the same prompts: the first rows of "preview en" when it ran them.
         same = rows.get("preview en", [])[: len(cases)]
         if len(same) < len(cases):
@@ -338,10 +349,37 @@ def shot_table(rows: dict) -> None:
     )
 
 
-def features(results: dict, pipe: Pipeline, base: Settings, plain: Settings, cache_dir: Path, cases) -> None:
-    """The speed features' rows, on `cases` at the preview preset."""
-    # Template: the same combinations through the `world` template (its seed), cold, then
-    # sharing k of the high-noise steps from the base prompt through the cache.
+def features(
+    results: dict, pipe: Pipeline, base: Settings, plain: Settings, cache_dir: Path, cases, only=FEATURES
+) -> None:
+    """The speed features' rows (those in `only`), on `cases` at the preview preset."""
+    if "template" in only:
+        template_rows(results, pipe, base, plain, cache_dir, cases)
+    for name, step_cache in STEP_CACHES.items() if "step_cache" in only else ():
+        log(f"step cache {name}")
+        settings = plain.model_copy(update={"step_cache": step_cache})
+        results[f"step cache {name}"] = summary(
+            run(Pipeline.from_settings(settings), settings, cases, "preview", cache=False)
+        )
+    if "batching" in only:
+        log("batching, 4 at a time")
+        results["batching x4"] = summary(run_batched(pipe, plain, cases, "preview"))
+    if "repair" in only:
+        log("repair: min_physics_score 0.9, 2 re-samples")
+        results["repair (min 0.9)"] = summary(
+            run(pipe, plain, cases, "preview", cache=False, min_physics_score=0.9, max_retries=2)
+        )
+    for name, quantization in QUANTIZED.items() if "quantization" in only else ():
+        log(f"quantization: {name}")
+        settings = plain.model_copy(update={"quantization": quantization})
+        results[f"experts {name}"] = summary(
+            run(Pipeline.from_settings(settings), settings, cases, "preview", cache=False)
+        )
+
+
+def template_rows(results: dict, pipe: Pipeline, base: Settings, plain: Settings, cache_dir: Path, cases) -> None:
+    """The same combinations through the `world` template (its seed), cold, then sharing k of the
+    high-noise steps from the base prompt through the cache."""
     log("template: uncached")
     results["template, uncached"] = summary(run(pipe, plain, cases, "preview", template="world", cache=False))
     for k in SHARED_STEPS:
@@ -352,18 +390,6 @@ def features(results: dict, pipe: Pipeline, base: Settings, plain: Settings, cac
         results[f"template, shares {k or 'all'} steps"] = summary(
             run(shared, settings, cases, "preview", template="world")
         )
-    for name, step_cache in STEP_CACHES.items():
-        log(f"step cache {name}")
-        settings = plain.model_copy(update={"step_cache": step_cache})
-        results[f"step cache {name}"] = summary(
-            run(Pipeline.from_settings(settings), settings, cases, "preview", cache=False)
-        )
-    log("batching, 4 at a time")
-    results["batching x4"] = summary(run_batched(pipe, plain, cases, "preview"))
-    log("repair: min_physics_score 0.9, 2 re-samples")
-    results["repair (min 0.9)"] = summary(
-        run(pipe, plain, cases, "preview", cache=False, min_physics_score=0.9, max_retries=2)
-    )
 
 
 def targets(results: dict, rows: dict) -> dict:

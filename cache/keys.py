@@ -23,6 +23,8 @@ class ModelIdentity:
     boundary_ratio: float | None = None
     max_sequence_length: int = 512
     template_shared_steps: int | None = None  # a template's high-noise steps from its base prompt
+    quantization: str = "none"  # of the high-noise expert's weights (settings `quantization`)
+    quantization_2: str = "none"  # of the low-noise expert's
 
     @property
     def weights(self) -> dict[str, str]:
@@ -59,6 +61,8 @@ def boundary_key(model: ModelIdentity, request: GenerationRequest, steps: int | 
     if adapters:  # no key changes for requests without adapters: their cached latents stay valid
         phase["lora"] = [a.model_dump(include={"name", "revision", "scale"}) for a in adapters]
     experts = {"boundary_ratio": model.boundary_ratio, "step_cache": model.step_cache}
+    if model.quantization != "none":  # unquantized experts keep the keys made before the setting
+        experts["quantization"] = model.quantization
     shared = {} if steps is None else {"shared_steps": steps}
     return cache_key(level="boundary", **model.weights, **experts, **phase, **shared)
 
@@ -70,4 +74,5 @@ def result_key(model: ModelIdentity, request: GenerationRequest, owner: str | No
     fields = request.model_dump(exclude={"preset", "template", "slots", "priority", "sampling_from"})
     if fields["flow_shift"] is None:
         del fields["flow_shift"]  # the model's own shift: the keys made before the field stay valid
-    return cache_key(level="result", **asdict(model), **fields, owner=owner)
+    identity = {k: v for k, v in asdict(model).items() if not (k.startswith("quantization") and v == "none")}
+    return cache_key(level="result", **identity, **fields, owner=owner)

@@ -227,6 +227,27 @@ class StepCacheSettings(BaseModel):
     options: dict[str, Any] = {}
 
 
+# Weight quantization of an expert as it loads (stages/quantization.py): torchao through diffusers'
+# TorchAoConfig. int8 runs anywhere torchao does; fp8 needs a GPU with FP8 tensor cores (Ada, Hopper).
+Quantization = Literal["none", "int8_weight_only", "int8_dynamic", "fp8"]
+
+
+class QuantizationSettings(BaseModel):
+    """Each expert's weights, quantized when it loads; `none` keeps the checkpoint's dtype.
+    bench/quality.py measures int8 against the unquantized experts on this CPU (BENCHMARKS.md)."""
+
+    high_noise: Quantization = "none"
+    low_noise: Quantization = "none"
+
+    def of(self, kind: ExpertKind) -> Quantization:
+        return getattr(self, kind.stage)
+
+    @property
+    def both(self) -> Quantization:
+        """What one GPU holding both experts holds them in: unquantized unless both are alike."""
+        return self.high_noise if self.high_noise == self.low_noise else "none"
+
+
 # The GPUs the cost model knows (sim/cost_model.py has a row for each, and a test checks
 # the two lists agree); named here so a wrong name fails when the settings are read.
 SimGpu = Literal["h100", "h200", "a100", "l40s"]
@@ -416,6 +437,7 @@ class Settings(BaseSettings):
     labels: LabelSettings = LabelSettings()
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
+    quantization: QuantizationSettings = QuantizationSettings()
     sim: SimSettings = SimSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
     # disaggregated: each expert its own deployment, its replicas on GPUs of their own (requests

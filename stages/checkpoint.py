@@ -101,7 +101,7 @@ class Checkpoint:
     @property
     def identity(self) -> ModelIdentity:
         """What cached values of this model depend on."""
-        step_cache = self.settings.step_cache
+        step_cache, quantization = self.settings.step_cache, self.settings.quantization
         return ModelIdentity(
             model=self.model_id,
             revision=self.revision,
@@ -109,6 +109,8 @@ class Checkpoint:
             device="sim" if self.simulated else self.device.type,
             vae_dtype=str(self.vae_dtype),
             step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
+            quantization=quantization.high_noise,
+            quantization_2=quantization.low_noise,
             boundary_ratio=self.boundary_ratio,
             max_sequence_length=self.max_sequence_length,
             template_shared_steps=self.settings.cache.template_shared_steps,
@@ -158,7 +160,10 @@ class Checkpoint:
             raise ValueError(f"expert must be one of {[k.name for k in ExpertKind]}, not {kind!r}")
         if kind is ExpertKind.LOW_NOISE and not self.has_low_noise_expert:
             raise CheckpointError(f"{self.path} is a single-transformer (Wan2.1-style) checkpoint")
-        return self._load(kind.subfolder, self.dtype)
+        from stages.quantization import quantization_config
+
+        quantization = quantization_config(self.settings.quantization.of(kind), self.device)
+        return self._load(kind.subfolder, self.dtype, quantization_config=quantization)
 
     def vae(self) -> torch.nn.Module:
         from stages.cpu_convolution import use_onednn_conv3d
@@ -191,6 +196,6 @@ class Checkpoint:
         library, class_name = self._component_class(name)
         return getattr(importlib.import_module(library), class_name)
 
-    def _load(self, name: str, dtype: torch.dtype) -> torch.nn.Module:
-        model = self._class_of(name).from_pretrained(self.path / name, torch_dtype=dtype)
+    def _load(self, name: str, dtype: torch.dtype, **options) -> torch.nn.Module:
+        model = self._class_of(name).from_pretrained(self.path / name, torch_dtype=dtype, **options)
         return model.to(self.device).eval().requires_grad_(False)

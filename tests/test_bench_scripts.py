@@ -43,12 +43,15 @@ def test_the_gpu_check_runs_its_stages_here_on_the_cpu() -> None:
     import json
 
     command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--dtype", "float32", "--quick", "--cfg", "2"]
+    command += ["--quantization", "int8_weight_only"]  # fp8 is for the GPU; the same path on int8 here
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     # (its --ulysses 2 runs the code tests/test_parallel.py runs; here the CFG check alone, for time)
-    assert result["project"] == "ran" and [r["engine"] for r in result["rows"]] == ["diffusers", "project", "cfg2"]
-    diffusers, project, ranks = result["rows"]
+    engines = [r["engine"] for r in result["rows"]]
+    assert result["project"] == "ran" and engines == ["diffusers", "project", "int8_weight_only", "cfg2"]
+    diffusers, project, quantized, ranks = result["rows"]
+    assert quantized["stages_s"]["high_noise"] > 0 and quantized["calls"] == project["calls"]
     assert result["parallel"] == ["cfg 2"]
     assert ranks["max_abs_diff"] <= 1e-5 and ranks["step_s"]["high_noise"] > 0, ranks
     for stage in ("encode", "high_noise", "low_noise", "decode"):

@@ -336,6 +336,8 @@ def test_every_input_of_a_cached_value_is_in_its_key(wan22_dir):
         "vae_dtype": {"result"},
         "max_sequence_length": {"embeddings", "result"},
         "template_shared_steps": {"result"},  # the boundary key takes the shared steps themselves
+        "quantization": {"boundary", "result"},  # the high-noise expert's weights
+        "quantization_2": {"result"},  # the low-noise expert's
     }
     assert set(changes) == {f.name for f in fields(ModelIdentity)}, "a new input needs its place in the keys"
     for name, changed_levels in changes.items():

@@ -69,6 +69,7 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     expected = {"preview en", "preview zh", "final en", "final zh", "template, uncached", "batching x4"}
     expected |= {f"template, shares {k or 'all'} steps" for k in quality.SHARED_STEPS}
     expected |= {f"step cache {name}" for name in quality.STEP_CACHES}
+    expected |= {f"experts {name}" for name in quality.QUANTIZED}
     # the static-camera and the panning prompts apart (cameras in turn: the first is static)
     expected |= {f"preview {language}, {kind}" for language in ("en", "zh") for kind in quality.CAMERA_ROWS}
     assert expected <= set(rows) and "final en, panning" not in rows
@@ -129,7 +130,8 @@ def test_a_stopped_stage_resumes_from_its_snapshot_on_the_same_path(tmp_path, mo
 
 
 def test_the_experts_loss_weighs_the_object_s_latent_cells(tmp_path):
-    """Wan's VAE turns the first frame and then every 4 frames, 8x8 pixels each, into a latent cell:
+    """Wan's VAE turns the first frame and then every 4 frames, 8x8 pixels each, into a latent cell (the
+    default model's, 4x4):
     the object's cells are those its pixels touch; with `object_weight` k each of them counts 1 + k times."""
     import numpy as np
 
@@ -142,6 +144,8 @@ def test_the_experts_loss_weighs_the_object_s_latent_cells(tmp_path):
     cells = object_cells(masks)
     assert cells.shape == (1, 5, 8, 8) and cells.sum() == 2
     assert cells[0, 0, 1, 2] and cells[0, 2, 5, 1]
+    finer = object_cells(masks, spatial=4)  # the default model's VAE: 4x4 pixels a cell
+    assert finer.shape == (1, 5, 16, 16) and finer[0, 0, 2, 5] and finer[0, 2, 10, 2]
 
     torch.manual_seed(0)
     objects = torch.zeros(1, 1, 2, 4, 4, dtype=torch.bool)
