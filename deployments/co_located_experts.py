@@ -21,7 +21,8 @@ class CoLocatedExperts:
 
     def __init__(self, settings: Settings, jobs: DeploymentHandle):
         parallel = settings.deployments[ExpertKind.HIGH_NOISE.deployment].parallel
-        gpu = SimulatedGpu(settings.sim, "experts", parallel) if settings.device == "sim" else None
+        simulated = settings.device == "sim"
+        gpu = SimulatedGpu(settings.sim, "experts", parallel, settings.quantization.both) if simulated else None
         self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
 
     def check_health(self) -> None:

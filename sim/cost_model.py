@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from contract.experts import ExpertKind
-from contract.settings import SimGpu, SimSettings
+from contract.settings import Quantization, SimGpu, SimSettings
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,13 @@ class Gpu:
     hbm_tbps: float  # memory bandwidth: how fast a forward can stream the weights
     host_gbps: float  # effective host-to-device copies from pinned memory (loading, swapping experts)
     interconnect_gbps: float  # GPU-to-GPU, both directions (NVLink, or PCIe where there is none)
+    fp8: bool = True  # FP8 tensor cores (Ada, Hopper and later)
 
 
 GPUS: dict[SimGpu, Gpu] = {
     "h100": Gpu("h100", peak_tflops=989, memory_gb=80, hbm_tbps=3.35, host_gbps=50, interconnect_gbps=900),
     "h200": Gpu("h200", peak_tflops=989, memory_gb=141, hbm_tbps=4.8, host_gbps=50, interconnect_gbps=900),
-    "a100": Gpu("a100", peak_tflops=312, memory_gb=80, hbm_tbps=2.04, host_gbps=25, interconnect_gbps=600),
+    "a100": Gpu("a100", peak_tflops=312, memory_gb=80, hbm_tbps=2.04, host_gbps=25, interconnect_gbps=600, fp8=False),
     # PCIe 4.0 only: no NVLink, so sequence parallelism talks over the same ~32 GB/s each way.
     "l40s": Gpu("l40s", peak_tflops=362, memory_gb=48, hbm_tbps=0.864, host_gbps=25, interconnect_gbps=64),
 }
@@ -106,15 +107,20 @@ def tokens(height: int, width: int, frames: int, model: WanA14B = WAN_A14B) -> i
 
 
 def expert_forward_flops(n_tokens: int, model: WanA14B = WAN_A14B) -> float:
-    """FLOPs of one expert forward for one sample: the linear layers at 2 FLOPs per weight per token
-    (self-attention q/k/v/out, cross-attention q/out on the video tokens and k/v on the 512 text
-    tokens, the FFN), plus attention's scores and weighted sums (4 x tokens x keys x hidden).
-    Attention grows with tokens squared: at 720p it is ~72 % of the total. Embeddings, norms and
-    the output head are left out (< 0.1 %)."""
+    """FLOPs of one expert forward for one sample (`expert_flops_by_kind`, summed)."""
+    return sum(expert_flops_by_kind(n_tokens, model))
+
+
+def expert_flops_by_kind(n_tokens: int, model: WanA14B = WAN_A14B) -> tuple[float, float]:
+    """(linear, attention) FLOPs of one expert forward for one sample: the linear layers at 2 FLOPs
+    per weight per token (self-attention q/k/v/out, cross-attention q/out on the video tokens and
+    k/v on the 512 text tokens, the FFN), and attention's scores and weighted sums (4 x tokens x
+    keys x hidden). Attention grows with tokens squared: at 720p it is ~72 % of the total.
+    Embeddings, norms and the output head are left out (< 0.1 %)."""
     d, text = model.hidden, model.text_tokens
     linear = 2 * n_tokens * (6 * d * d + 2 * d * model.ffn) + 2 * text * 2 * d * d
     attention = 4 * n_tokens * n_tokens * d + 4 * n_tokens * text * d
-    return model.layers * (linear + attention)
+    return model.layers * linear, model.layers * attention
 
 
 def text_encoder_flops(prompts: int, model: WanA14B = WAN_A14B) -> float:
@@ -154,6 +160,22 @@ DEFAULT_CALIBRATION = "wan2.2"  # the conservative one: replicas run diffusers, 
 # latent a step, so the same efficiency is taken for every GPU of the table.
 CFG_PARALLEL_EFFICIENCY = 342.04 / (2 * 179.96)
 
+# Quantized experts (stages/quantization.py: torchao's configs on the linear layers; attention, norms
+# and embeddings stay bf16). One published run per kind: diffusers-torchao's README, CogVideoX-5B,
+# 50 steps, one H100, torch.compile with fused QKV: bf16 87.455 s, int8 weight-only 87.026 s, int8
+# dynamic 78.945 s, fp8 (dynamic activations) 75.255 s; the weights 21.98 GB in bf16, ~11.4 GB in
+# each of the others. Its linear layers are 51 % of a forward's FLOPs at 720x480x49 (42 layers,
+# hidden 3072, FFN 12288, 17,550 video + 226 text tokens in joint attention, `COGVIDEOX_LINEAR_SHARE`),
+# so the linear layers run `QUANTIZED_LINEAR_SPEEDUP` times faster: share / (t_q / t - (1 - share)).
+# The whole run's time is taken as denoising (its decode and text encoding are left in): the
+# conservative reading, as those did not get faster.
+COGVIDEOX_LINEAR_SHARE = 0.5090
+_COGVIDEOX_SECONDS = {"none": 87.455, "int8_weight_only": 87.026, "int8_dynamic": 78.945, "fp8": 75.255}
+QUANTIZED_LINEAR_SPEEDUP: dict[Quantization, float] = {
+    kind: COGVIDEOX_LINEAR_SHARE / (seconds / _COGVIDEOX_SECONDS["none"] - (1 - COGVIDEOX_LINEAR_SHARE))
+    for kind, seconds in _COGVIDEOX_SECONDS.items()
+}
+
 # Estimates, not fitted (each far below the fitted terms at the sizes the published runs used):
 FORWARD_LAUNCH_S = 0.005  # kernel launches of one forward: 40 blocks x ~30 kernels x ~4 us
 ENCODE_LATENCY_S = 0.05  # tokenising and launching the text encoder, beyond its FLOPs
@@ -165,7 +187,9 @@ class CostModel:
     """Seconds of Wan2.2-T2V-A14B's stages on one simulated GPU (or `gpus` of them in parallel).
 
     `gpu`: a name of the table; `efficiency` overrides the fitted fraction of peak the denoiser
-    and text encoder reach; `calibration`: a name of FITTED, or constants (the fit tries its own).
+    and text encoder reach; `calibration`: a name of FITTED, or constants (the fit tries its own);
+    `quantization`: of the experts' weights (one byte a weight, and faster linear layers, as
+    `QUANTIZED_LINEAR_SPEEDUP`).
     """
 
     def __init__(
@@ -174,6 +198,7 @@ class CostModel:
         efficiency: float | None = None,
         calibration: str | Calibration = DEFAULT_CALIBRATION,
         model: WanA14B = WAN_A14B,
+        quantization: Quantization = "none",
     ):
         if gpu not in GPUS:
             raise ValueError(f"unknown GPU {gpu!r} for the cost model; known: {', '.join(sorted(GPUS))}")
@@ -185,14 +210,23 @@ class CostModel:
             if not 0 < efficiency <= 1:
                 raise ValueError(f"efficiency is a fraction of the GPU's peak, in (0, 1]; got {efficiency}")
             calibration = replace(calibration, efficiency=efficiency)
+        if quantization not in QUANTIZED_LINEAR_SPEEDUP:
+            raise ValueError(f"unknown quantization {quantization!r}; known: {', '.join(QUANTIZED_LINEAR_SPEEDUP)}")
+        if quantization == "fp8" and not GPUS[gpu].fp8:
+            raise ValueError(f"quantization fp8 needs FP8 tensor cores, which the {gpu} does not have")
         self.gpu, self.calibration, self.model = GPUS[gpu], calibration, model
+        self.quantization = quantization
 
     @classmethod
-    def from_settings(cls, sim: SimSettings) -> CostModel:
-        return cls(sim.gpu, sim.efficiency)
+    def from_settings(cls, sim: SimSettings, quantization: Quantization = "none") -> CostModel:
+        return cls(sim.gpu, sim.efficiency, quantization=quantization)
 
     def __repr__(self) -> str:
-        return f"CostModel({self.gpu.name!r}, {self.calibration})"
+        return f"CostModel({self.gpu.name!r}, {self.calibration}, quantization={self.quantization!r})"
+
+    def expert_gb(self) -> float:
+        """One expert's weights on the GPU: bf16, or one byte a weight quantized."""
+        return self.model.expert_gb() / (1 if self.quantization == "none" else self.model.bytes_per_param)
 
     @property
     def _flops_per_second(self) -> float:
@@ -203,11 +237,13 @@ class CostModel:
     def forward_fixed_seconds(self) -> float:
         """What a forward costs whatever its size: streaming the expert's weights from HBM, and
         launching its kernels. Requests batched into one forward share it."""
-        return self.model.expert_gb() / (self.gpu.hbm_tbps * 1e3) + FORWARD_LAUNCH_S
+        return self.expert_gb() / (self.gpu.hbm_tbps * 1e3) + FORWARD_LAUNCH_S
 
     def forward_compute_seconds(self, height: int, width: int, frames: int) -> float:
-        """What one request adds to a forward: its FLOPs at the fitted fraction of peak."""
-        return expert_forward_flops(tokens(height, width, frames, self.model), self.model) / self._flops_per_second
+        """What one request adds to a forward: its FLOPs at the fitted fraction of peak, the linear
+        layers' faster when the weights are quantized."""
+        linear, attention = expert_flops_by_kind(tokens(height, width, frames, self.model), self.model)
+        return (linear / QUANTIZED_LINEAR_SPEEDUP[self.quantization] + attention) / self._flops_per_second
 
     def batch_saturation(self, height: int, width: int, frames: int) -> float:
         """How much each extra request in a batch adds, as a share of a lone request's forward:
@@ -254,7 +290,7 @@ class CostModel:
         `decoder`). Reading the checkpoint from disk and converting fp32 files to bf16 come before
         this and are not modelled."""
         sizes = {
-            "expert": self.model.expert_gb(),
+            "expert": self.expert_gb(),
             "text_encoder": self.model.encoder_gb(),
             "decoder": self.model.vae_params * 4 / 1e9,  # fp32, as the reference decodes
         }
@@ -266,16 +302,16 @@ class CostModel:
         """Whether `gpus` GPUs (weights sharded over them, as FSDP does) cannot hold both experts
         and a forward's workspace at once: then the experts take turns on the GPU. An L40S-48GB
         cannot hold two 28.6 GB experts; an H100-80GB holds both."""
-        return 2 * self.model.expert_gb() / gpus + WORKSPACE_GB > self.gpu.memory_gb
+        return 2 * self.expert_gb() / gpus + WORKSPACE_GB > self.gpu.memory_gb
 
     def fits_one_expert(self) -> bool:
         """Whether one expert replica per GPU (the cluster's layout) fits without swapping."""
-        return self.model.expert_gb() + WORKSPACE_GB <= self.gpu.memory_gb
+        return self.expert_gb() + WORKSPACE_GB <= self.gpu.memory_gb
 
     def swap_seconds(self) -> float:
         """Bringing one expert onto the GPU from pinned host memory. The outgoing expert is dropped,
         not copied back: the host keeps its copy."""
-        return self.model.expert_gb() / self.gpu.host_gbps
+        return self.expert_gb() / self.gpu.host_gbps
 
     # -- one video -----------------------------------------------------------------------------
 

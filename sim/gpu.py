@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from contract.settings import ParallelSettings, SimSettings
+from contract.settings import ParallelSettings, Quantization, SimSettings
 from monitoring.metrics import metrics
 from sim.cost_model import CFG_PARALLEL_EFFICIENCY, CostModel
 
@@ -51,12 +51,19 @@ class SimulatedGpu:
     cannot hold the two at once (`CostModel.needs_swap`): each forward of the expert that is not
     resident first pays `swap_seconds`."""
 
-    def __init__(self, sim: SimSettings, stage: str, parallel: ParallelSettings | None = None):
+    def __init__(
+        self,
+        sim: SimSettings,
+        stage: str,
+        parallel: ParallelSettings | None = None,
+        quantization: Quantization = "none",
+    ):
         """`parallel`: a replica that is a group of ranks (stages/parallel.py) computes on
         `parallel.degree` GPUs at once: its forwards take the cost model's parallel time, and
-        each simulated second charged is that many GPU-seconds."""
+        each simulated second charged is that many GPU-seconds. `quantization`: of the experts'
+        weights on it."""
         parallel = parallel or ParallelSettings()
-        self.cost = CostModel.from_settings(sim)
+        self.cost = CostModel.from_settings(sim, quantization)
         self.time_scale = sim.time_scale
         self.stage = stage
         self.gpus, self.cfg = parallel.degree, parallel.cfg

@@ -57,7 +57,8 @@ class Expert:
         self.simulated = checkpoint.simulated
         if self.simulated:
             parallel = checkpoint.settings.deployments[kind.deployment].parallel
-            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage, parallel)
+            quantization = checkpoint.settings.quantization.of(kind)
+            gpu = gpu or SimulatedGpu(checkpoint.settings.sim, kind.stage, parallel, quantization)
             gpu.load("expert")
             self.transformer = SimulatedTransformer(gpu, kind.stage)
         else:

@@ -58,13 +58,17 @@ def test_a_small_simulated_fleet_serves_every_request_and_says_it_is_simulated(s
     assert capacity["control_plane_only_jobs_per_second"] > capacity["ceiling_jobs_per_second"]
 
     # disaggregated against co-located on L40S-48GB, which cannot hold both experts: the GPUs
-    # running both swap them, so a lone video takes longer than on GPUs of their own
-    placements = {f["placement"]: f for f in result["placements"]}
-    assert set(placements) == {"disaggregated", "co_located"} and placements["co_located"]["split"] is None
+    # running both swap them, so a lone video takes longer than on GPUs of their own; in FP8 (one
+    # byte a weight) it holds the two, and the swaps are gone
+    placements = {(f["placement"], f["quantization"]): f for f in result["placements"]}
+    assert set(placements) == {("disaggregated", "none"), ("co_located", "none"), ("co_located", "fp8")}
+    assert placements["co_located", "none"]["split"] is None
     assert all(
         f["gpu"] == "l40s" and f["failed"] == 0 and f["videos_per_hour_per_gpu"] > 0 for f in result["placements"]
     )
-    assert placements["co_located"]["pure_compute_s"] > placements["disaggregated"]["pure_compute_s"]  # the swaps
+    bf16, fp8 = placements["co_located", "none"], placements["co_located", "fp8"]
+    assert bf16["pure_compute_s"] > placements["disaggregated", "none"]["pure_compute_s"]  # the swaps
+    assert fp8["pure_compute_s"] < bf16["pure_compute_s"] and fp8["split_bound_per_hour"] > bf16["split_bound_per_hour"]
     # the autoscaling ramp: experts scale up from one replica under the load step, back after it,
     # and no request fails on the way
     ramp = result["autoscaling"]

@@ -95,6 +95,25 @@ def test_an_unguided_few_step_video_is_charged_one_forward_a_step(wan22_dir, tmp
     assert sum(spent.values()) == pytest.approx(cost.video_seconds(720, 1280, 81, 4, guidance=False), rel=0.01)
 
 
+def test_a_simulated_expert_in_fp8_is_charged_the_fp8_cost(wan22_dir, tmp_path):
+    """The `quantization` setting reaches the simulated GPU of each expert: FP8 weights on the
+    high-noise expert, bf16 on the low-noise one."""
+    settings = sim_settings(wan22_dir, tmp_path, cache={"enabled": False}, quantization={"high_noise": "fp8"})
+    pipeline = Pipeline.from_settings(settings)
+    loaded = pipeline.simulated_seconds()
+    pipeline(request_720p(settings, num_inference_steps=4, guidance_scale=1.0, guidance_scale_2=1.0))
+    spent = {k: v - loaded[k] for k, v in pipeline.simulated_seconds().items()}
+    fp8, bf16 = CostModel("h100", quantization="fp8"), CostModel("h100")
+    forward = {c: c.step_seconds(ExpertKind.HIGH_NOISE, 720, 1280, 81, guidance=False) for c in (fp8, bf16)}
+    high_steps = round(spent["high_noise"] / forward[fp8])
+    assert spent["high_noise"] == pytest.approx(high_steps * forward[fp8])
+    assert spent["low_noise"] == pytest.approx((4 - high_steps) * forward[bf16])
+    assert 0 < high_steps < 4
+    assert loaded["high_noise"] == pytest.approx(fp8.load_seconds()) and loaded["low_noise"] == pytest.approx(
+        bf16.load_seconds()
+    )
+
+
 def test_a_simulated_expert_of_eight_ranks_takes_the_cost_model_s_parallel_time(wan22_dir, tmp_path):
     """`parallel.ulysses: 8`: each step takes 1/(8 x efficiency) of one GPU's time, and counts
     eight GPUs' seconds."""

@@ -47,7 +47,15 @@ def on_nodes(args: argparse.Namespace, base: Settings, shape: Shape) -> tuple:
         if args.placement_gpus:
             with timed("placements"):
                 placed = placements.bench_placements(
-                    nodes, base, args.placement_gpus, shape, args.placement_types, args.output_uri, fleets, **measure
+                    nodes,
+                    base,
+                    args.placement_gpus,
+                    shape,
+                    args.placement_types,
+                    args.output_uri,
+                    fleets,
+                    args.fp8_types,
+                    **measure,
                 )
     return capacity, fleets, placed, ramp
 

@@ -37,7 +37,7 @@ from bench.fleet.harness import (
 from bench.toolkit import log, model_settings
 from cluster.sizing import expert_split
 from contract.experts import ExpertKind
-from contract.settings import Settings, SimSettings
+from contract.settings import Quantization, QuantizationSettings, Settings, SimSettings
 from contract.storage import OutputStore, child_uri
 from sim.cost_model import SWAPS_PER_VIDEO, CostModel
 
@@ -57,20 +57,22 @@ def bench_fleet(
     alone: int = 3,
     rate: float = WALL_VIDEOS_PER_SECOND,
     window: int = WINDOW,
+    quantization: Quantization = "none",
 ) -> dict:
     """Saturation throughput and low-load latency of one fleet, in simulated seconds; job records
     and videos under `output_uri` when given (counted there afterwards). `placement`:
     disaggregated (experts split as `t2v plan` says) or co_located (every GPU runs both).
     `alone`: low-load requests, the first of which (a small one) warms the routes; `rate`: wall videos a second
     of the ideal fleet (sets the time scale); `window`: completions the saturation rate is read
-    over, between the first wave and the drain."""
-    cost = CostModel(gpu)
+    over, between the first wave and the drain; `quantization`: of both experts' weights."""
+    cost = CostModel(gpu, quantization=quantization)
     step = cost.step_seconds(ExpertKind.HIGH_NOISE, shape.height, shape.width, shape.frames)
     ideal = gpus / (shape.steps * step)  # videos per simulated second: GPUs / expert GPU-seconds per video
     time_scale = round(ideal / rate, 6)  # the ideal fleet makes `rate` videos a wall second
     work = Path(tempfile.mkdtemp(prefix="fleet", dir="/tmp"))
     settings = sim_settings(base, work, SimSettings(gpu=gpu, time_scale=time_scale), shape)
-    settings = settings.model_copy(update={"experts_placement": placement})
+    both = QuantizationSettings(high_noise=quantization, low_noise=quantization)
+    settings = settings.model_copy(update={"experts_placement": placement, "quantization": both})
     high_steps, low_steps = schedule(settings, shape.steps)
     co_located = placement == "co_located"
     split = expert_split(gpus, high_steps, low_steps)
@@ -78,8 +80,10 @@ def bench_fleet(
     concurrency = 2 * gpus
     n = 2 * concurrency + window
     layout = "both experts on each" if co_located else f"{split.high_noise} high-noise, {split.low_noise} low-noise"
-    log(f"{gpus} {gpu} GPUs ({layout}), time scale {time_scale:g}")
-    output = child_uri(output_uri, f"fleet-{gpus}-{gpu}-{placement}") if output_uri else None
+    weights = "" if quantization == "none" else f", experts in {quantization}"
+    log(f"{gpus} {gpu} GPUs ({layout}{weights}), time scale {time_scale:g}")
+    name = f"fleet-{gpus}-{gpu}-{placement}" + ("" if quantization == "none" else f"-{quantization}")
+    output = child_uri(output_uri, name) if output_uri else None
     try:
         with Fleet(nodes, settings, experts, output) as fleet:
             log(f"  up in {fleet.startup_seconds:.0f} s; low load: {alone} videos one at a time")
@@ -121,6 +125,7 @@ def bench_fleet(
         "nodes": -(-gpus // nodes.gpus_per_node),
         "gpu": gpu,
         "placement": placement,
+        "quantization": quantization,
         "split": None if co_located else [split.high_noise, split.low_noise],
         "steps": [high_steps, low_steps],
         "time_scale": time_scale,
