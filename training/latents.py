@@ -26,12 +26,12 @@ class LatentSet:
     objects: torch.Tensor | None = None  # (n, 1, t, h, w) bool: latent cells the object touches
 
 
-def object_cells(masks: np.ndarray) -> torch.Tensor:
-    """(T, H, W) pixel masks -> (1, t, h, w): the latent cells (the first frame alone, then 4 frames,
-    8x8 pixels each, as Wan's VAE compresses) that any of the object's pixels fall in."""
+def object_cells(masks: np.ndarray, spatial: int = 8, temporal: int = 4) -> torch.Tensor:
+    """(T, H, W) pixel masks -> (1, t, h, w): the latent cells (the first frame alone, then `temporal`
+    frames, `spatial` x `spatial` pixels each, as Wan's VAE compresses) the object's pixels fall in."""
     m = torch.from_numpy(masks).float()[None, None]
-    first = torch.nn.functional.max_pool3d(m[:, :, :1], (1, 8, 8))
-    rest = torch.nn.functional.max_pool3d(m[:, :, 1:], (4, 8, 8))
+    first = torch.nn.functional.max_pool3d(m[:, :, :1], (1, spatial, spatial))
+    rest = torch.nn.functional.max_pool3d(m[:, :, 1:], (temporal, spatial, spatial))
     return torch.cat([first, rest], 2)[0].bool()
 
 
@@ -56,7 +56,8 @@ def _shard(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             latent = vae.encode(frames).latent_dist.mean
             out.extend((latent - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape))
             which.extend(indices)
-            objects.extend(object_cells(clip.masks) for clip in clips)
+            strides = vae_config["scale_factor_spatial"], vae_config["scale_factor_temporal"]
+            objects.extend(object_cells(clip.masks, *strides) for clip in clips)
     return torch.stack(out), torch.tensor(which), torch.stack(objects)
 
 

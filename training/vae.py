@@ -77,9 +77,9 @@ def _carry(conv: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def init_for_training(vae: AutoencoderKLWan, coders: tuple[str, ...] = ("encoder", "decoder")) -> None:
-    """Start as a working autoencoder: the encoder averages each 8x8x4 block's colour into three
-    latent channels, the decoder repeats it back (24 dB on the world's clips before the first step,
-    where a randomly initialised VAE is at 15 dB after 600 steps).
+    """Start as a working autoencoder: the encoder averages each latent cell's block of pixels (Wan's
+    4x8x8) into three latent channels, the decoder repeats it back (24 dB on the world's clips
+    before the first step, where a randomly initialised VAE is at 15 dB after 600 steps).
 
     Every residual branch and the attention output start at zero (the identity, as residual networks
     train fastest from); the main path carries (rgb, -rgb, K) through the strided and upsampling
