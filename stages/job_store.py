@@ -93,6 +93,11 @@ class JobStore:
                 self._deleted.update(due)
                 self._written.notify_all()
         failed = []
+        # A runner is lost when it is silent while others get through. When no heartbeat at all
+        # has arrived for as long, the store is the one cut off (its process starved of CPU, its
+        # calls queued behind others): it waits instead of failing every runner's jobs at once.
+        heard = max(self._heartbeats.values(), default=None)
+        others_heard = heard is not None and now - heard <= self.runner_lost
         for job in [j for i in list(self._active) if (j := self._jobs.get(i)) is not None and j.active]:
             silent = now - (job.stage_since or now)
             if self.stage_timeout and job.status == "in_progress" and silent > self.stage_timeout:
@@ -106,7 +111,7 @@ class JobStore:
                 message = f"not started within {self.stage_timeout:g} s of being accepted; submit it again"
                 failed.append(job.id)
                 self.fail(job.id, JobError(code="stalled", message=message))
-            elif self.runner_lost and job.runner:
+            elif self.runner_lost and job.runner and others_heard:
                 # A store restarted since has heard from no one yet: give runners the grace too.
                 seen = self._heartbeats.get(job.runner, max(self._started, job.created))
                 if now - seen > self.runner_lost:

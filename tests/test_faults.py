@@ -168,6 +168,9 @@ def test_the_watchdog_fails_every_kind_of_forgotten_job(tmp_path, settings):
     store.heartbeat("ingress-1")
     store.heartbeat("ingress-2")
     assert store.check(now + 5) == []
+    # No heartbeat from anyone for longer than that: the store is the one cut off (starved of CPU,
+    # its calls queued), and it fails no one
+    assert store.check(now + 11) == []
     store._heartbeats["ingress-1"] = now + 10  # ingress-1 keeps beating, ingress-2 went silent
     assert store.check(now + 11) == [orphan.id]
     assert store.get(orphan.id).error.code == "ingress_lost" and store.get(running.id).active
