@@ -46,17 +46,7 @@ def on_nodes(args: argparse.Namespace, base: Settings, shape: Shape) -> tuple:
                 ramp = autoscaling.bench_autoscale(nodes, base, args.ramp_gpus, shape, args.gpu, args.plot, phases)
         if args.placement_gpus:
             with timed("placements"):
-                placed = placements.bench_placements(
-                    nodes,
-                    base,
-                    args.placement_gpus,
-                    shape,
-                    args.placement_types,
-                    args.output_uri,
-                    fleets,
-                    args.fp8_types,
-                    **measure,
-                )
+                placed = placements.from_arguments(nodes, base, shape, args, fleets)
     return capacity, fleets, placed, ramp
 
 

@@ -51,6 +51,22 @@ def bench_placements(
     return placements
 
 
+def from_arguments(nodes: Nodes, base: Settings, shape: Shape, args, measured: Sequence[dict] = ()) -> list[dict]:
+    """`bench_placements` as the command line (`add_arguments`, and the fleet's measure arguments) asks."""
+    return bench_placements(
+        nodes,
+        base,
+        args.placement_gpus,
+        shape,
+        args.placement_types,
+        args.output_uri,
+        measured,
+        args.fp8_types,
+        rate=args.rate,
+        window=args.window,
+    )
+
+
 def print_table(placements: list[dict], gpus: int, shape: Shape) -> None:
     print(f"\n== Disaggregated vs co-located experts, {gpus} GPUs, {shape.size} ({LABEL})")
     print(
@@ -94,17 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     placements = []
     if args.placement_gpus:
         with nodes_for(args.placement_gpus, args.gpus_per_node) as nodes:
-            measure = {"rate": args.rate, "window": args.window}
-            placements = bench_placements(
-                nodes,
-                base,
-                args.placement_gpus,
-                shape,
-                args.placement_types,
-                args.output_uri,
-                fp8_types=args.fp8_types,
-                **measure,
-            )
+            placements = from_arguments(nodes, base, shape, args)
         print_table(placements, args.placement_gpus, shape)
     return finish("fleet.placements", size=shape.size, placements=placements)
 
