@@ -167,8 +167,9 @@ class Checkpoint:
 
     def vae(self) -> torch.nn.Module:
         from stages.cpu_convolution import use_onednn_conv3d
+        from stages.cpu_rms_norm import use_rsqrt_rms_norm
 
-        return use_onednn_conv3d(self._load("vae", self.vae_dtype))
+        return use_rsqrt_rms_norm(use_onednn_conv3d(self._load("vae", self.vae_dtype)))
 
     def scheduler_config(self) -> dict:
         config = dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))

@@ -25,6 +25,7 @@ from diffusers import AutoencoderKLWan
 from pydantic import BaseModel, Field
 
 from stages.cpu_convolution import use_onednn_conv3d
+from stages.cpu_rms_norm import use_rsqrt_rms_norm
 from stages.default_model import DECODER_BASE_DIM, SEED, build_default_pipeline, save_pipeline
 from training.clips import training_combinations
 from training.decoder import train_decoder, with_light_decoder
@@ -110,7 +111,7 @@ def _after_high_noise_step(work: Path, plan: TrainingPlan, threads: int):
             if progress is None:
                 pipe = build_default_pipeline()
                 load_parts(pipe, work)
-                use_onednn_conv3d(pipe.vae)
+                use_rsqrt_rms_norm(use_onednn_conv3d(pipe.vae))
                 pipe.scheduler.register_to_config(flow_shift=plan.flow_shift)
                 progress = Progress(pipe, work, "high", plan.eval_per_motion)
             return progress(step, ema.state_dict())

@@ -27,6 +27,7 @@ from diffusers import AutoencoderKLWan
 from tqdm import tqdm
 
 from stages.cpu_convolution import use_onednn_conv3d
+from stages.cpu_rms_norm import use_rsqrt_rms_norm
 from training.clips import random_clip, to_frames, to_tensor
 from training.snapshots import Snapshots
 from world.reading import read_clip
@@ -277,7 +278,7 @@ def read_back(vae: AutoencoderKLWan, clips: int = 24, size: int = 64, seed: int 
     """`world.reading` on reconstructions of world clips against what each clip shows: how often
     colour, object and motion read back right, and the decode's seconds per clip."""
     rng = np.random.default_rng(seed)
-    use_onednn_conv3d(vae)  # as the served stages decode (training keeps the native kernels)
+    use_rsqrt_rms_norm(use_onednn_conv3d(vae))  # as the served stages decode (training keeps the native kernels)
     right = {"color": [], "object": [], "motion": []}
     seconds = 0.0
     for _ in range(clips):
