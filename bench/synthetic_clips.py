@@ -8,24 +8,25 @@ import math
 import cv2
 import numpy as np
 
-KINDS = (
-    "bounce",
-    "roll",
-    "rise",
-    "slide",
-    "two_balls",
+PLAUSIBLE = ("bounce", "roll", "rise", "slide", "two_balls", "land")
+VIOLATIONS = (
     "reversed_gravity",
     "teleport",
     "flicker",
     "size_change",
+    "mass_change",
     "energy_gain",
     "vanish",
-    "static",
+    "disappear",
+    "stutter",
+    "reversed",
 )
+KINDS = (*PLAUSIBLE, *VIOLATIONS, "static")
 # rise: a balloon going up at a steady speed; slide: sliding to a stop under friction;
-# two_balls: one bounces while another rolls the other way.
-PLAUSIBLE = ("bounce", "roll", "rise", "slide", "two_balls")
-VIOLATIONS = ("reversed_gravity", "teleport", "flicker", "size_change", "energy_gain", "vanish")
+# two_balls: one bounces while another rolls the other way; land: dropped from rest, it lands
+# dead and stays; mass_change: the ball grows by half mid-flight; disappear: gone mid-flight for
+# good; stutter: a frame held three frames more, then the bounce where it had got to; reversed:
+# `land` played backwards (a ball at rest leaps up by itself).
 
 
 def _background(size: int, rng: np.random.Generator, width: int | None = None) -> np.ndarray:
@@ -74,6 +75,12 @@ def synthetic_clip(
     camera right by that many frame widths per second (the scene, ball included, is the same)."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic clip kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind == "reversed":
+        return synthetic_clip("land", frames, size, fps, seed, pan)[::-1].copy()
+    if kind == "stutter":
+        clip = synthetic_clip("bounce", frames, size, fps, seed, pan)
+        clip[frames // 2 - 2 : frames // 2 + 1] = clip[frames // 2 - 3]
+        return clip
     rng = np.random.default_rng(seed)
     travel = abs(pan) * size * (frames - 1) / fps  # px the camera moves over the clip
     margin = int(math.ceil(travel)) + 2 if pan else 0
@@ -94,6 +101,9 @@ def synthetic_clip(
         t = np.minimum(times, stop)
         x = 0.15 * size + size * (0.6 * t - 0.5 * 0.35 * t * t)
         y = np.full(frames, floor)
+    elif kind == "land":
+        x = np.full(frames, 0.45 * size)
+        y = np.minimum(0.25 * size + 0.5 * g * times**2, floor)
     elif kind == "energy_gain":
         y = _bounce_track(times, 0.47 * size, floor, g, 1.3)
     else:
@@ -105,9 +115,13 @@ def synthetic_clip(
     radii = np.full(frames, radius)
     if kind == "size_change":
         radii = radius * (0.75 + np.arange(frames) / max(1, frames - 1))
+    if kind == "mass_change":
+        radii[frames // 2 :] *= 1.5
     hidden = np.zeros(frames, bool)
     if kind == "vanish":
         hidden[int(0.55 * frames) : int(0.7 * frames)] = True
+    if kind == "disappear":
+        hidden[int(0.6 * frames) :] = True
     offsets = np.zeros(frames)
     if kind == "flicker":
         offsets = (-1.0) ** np.arange(frames) * rng.uniform(12, 24, frames)

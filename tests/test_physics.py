@@ -12,14 +12,23 @@ import numpy as np
 import pytest
 
 from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
-from monitoring.physics import NO_EVIDENCE, SUBSCORES, score_video
+from contract.messages import PhysicsResult
+from monitoring.physics import NO_EVIDENCE, SUBSCORES, VIOLATION_KINDS, laws, score_video
+from monitoring.physics.tracks import Track
 
 FPS = 16
 MARGIN = 0.15
 
 # The subscores each violation must pull down; every other subscore should barely notice it,
 # except those in NOTICED (a jump or a gap is also a break between frames).
-NOTICED = {"teleport": ("frame_continuity",), "vanish": ("frame_continuity",)}
+NOTICED = {
+    "teleport": ("frame_continuity",),
+    "vanish": ("frame_continuity",),
+    "disappear": ("frame_continuity",),
+    # a freeze stops the ball in mid-air, then it jumps on: a start from rest, a teleport, a bent flight
+    "stutter": ("object_continuity", "arrow_of_time", "gravity"),
+    "reversed": ("frame_continuity",),
+}
 # What each violation is reported as in "violations".
 REPORTED = {
     "reversed_gravity": "gravity",
@@ -27,7 +36,11 @@ REPORTED = {
     "vanish": "vanish",
     "flicker": "flicker",
     "size_change": "size_change",
+    "mass_change": "size_change",
     "energy_gain": "energy_gain",
+    "disappear": "disappear",
+    "stutter": "freeze",
+    "reversed": "spontaneous_start",
 }
 TARGETS = {
     "reversed_gravity": ("gravity",),
@@ -35,13 +48,17 @@ TARGETS = {
     "vanish": ("object_continuity",),
     "flicker": ("flicker", "temporal_consistency"),
     "size_change": ("mass_conservation",),
+    "mass_change": ("mass_conservation",),
     "energy_gain": ("energy_conservation",),
+    "disappear": ("object_continuity",),
+    "stutter": ("frame_continuity",),
+    "reversed": ("arrow_of_time",),
 }
 
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    # 12 clips of 33 frames at 128x128, scored once for the whole module.
+    # 17 clips of 33 frames at 128x128, scored once for the whole module.
     return {kind: score_video(synthetic_clip(kind), FPS) for kind in KINDS}
 
 
@@ -90,7 +107,9 @@ def test_plausible_clips_use_the_subscores_that_apply(results):
     for kind in PLAUSIBLE:
         assert results[kind]["violations"] == [], (kind, results[kind]["violations"])
     assert bounce["object_tracked"] and roll["object_tracked"]
-    assert all(v is not None for v in bounce["subscores"].values()), bounce["notes"]
+    # every law but time's arrow: the ball never starts or stops at once, so nothing shows which way time runs
+    assert [k for k, v in bounce["subscores"].items() if v is None] == ["arrow_of_time"], bounce["notes"]
+    assert "which way time runs" in bounce["notes"]["arrow_of_time"]
     # a rolling ball never flies nor bounces: those two do not apply, and say why
     assert roll["subscores"]["gravity"] is None and "free flight" in roll["notes"]["gravity"]
     assert roll["subscores"]["energy_conservation"] is None and "bounce" in roll["notes"]["energy_conservation"]
@@ -101,7 +120,7 @@ def test_plausible_clips_use_the_subscores_that_apply(results):
 
 @pytest.mark.parametrize("violation", VIOLATIONS)
 def test_each_violation_hits_its_subscore(results, violation):
-    bounce = results["bounce"]["subscores"]
+    bounce = results["land" if violation == "reversed" else "bounce"]["subscores"]  # what it was made from
     broken = results[violation]["subscores"]
     for name in TARGETS[violation]:
         assert broken[name] is not None, results[violation]["notes"]
@@ -123,13 +142,56 @@ def test_violations_are_reported_with_their_frames_and_object(results):
     for kind, reported in REPORTED.items():
         found = [v for v in results[kind]["violations"] if v["kind"] == reported]
         assert found, (kind, results[kind]["violations"])
-        if kind != "flicker":
+        if kind not in ("flicker", "stutter"):  # whole-frame violations name no object
             assert all(v["track"] == 0 for v in found)
     frames = len(synthetic_clip("bounce"))
     (teleport,) = [v for v in results["teleport"]["violations"] if v["kind"] == "teleport"]
     assert teleport["frames"] == [frames // 2 - 1, frames // 2]  # where the clip makes it jump
     (vanish,) = [v for v in results["vanish"]["violations"] if v["kind"] == "vanish"]
     assert vanish["frames"] == [int(0.55 * frames), int(0.7 * frames) - 1]  # the frames it is hidden
+    (gone,) = [v for v in results["disappear"]["violations"] if v["kind"] == "disappear"]
+    assert gone["frames"] == [int(0.6 * frames) - 1] * 2  # the last frame it is seen
+    (freeze,) = [v for v in results["stutter"]["violations"] if v["kind"] == "freeze"]
+    assert freeze["frames"] == [frames // 2 - 2, frames // 2 + 1]  # the held frames and the jump after them
+    (start,) = [v for v in results["reversed"]["violations"] if v["kind"] == "spontaneous_start"]
+    assert start["frames"] == [21, 22]  # `land` lands between its frames 10 and 11
+
+
+def test_an_object_at_rest_is_followed_not_lost(results):
+    # Dropped, it lands and rests: the still background holds it, the track carries it on at rest
+    land = results["land"]
+    assert land["violations"] == [] and land["score"] >= 0.9
+    (track,) = land["details"]["tracks"]
+    assert track["frames"] == [0, 32] and track["stops"] == [11] and track["starts"] == []
+    assert land["subscores"]["arrow_of_time"] == 1.0  # a stop is what forwards looks like
+    # Played backwards, the ball at rest leaps up by itself: time runs the wrong way
+    reversed_ = results["reversed"]
+    assert reversed_["subscores"]["arrow_of_time"] <= 0.2 and reversed_["details"]["tracks"][0]["starts"] == [22]
+
+
+def test_a_size_step_is_a_change_of_mass(results):
+    # the ball grows by half at once mid-flight: its area steps, whatever the spread of areas says
+    step = results["mass_change"]["details"]
+    assert step["area_step"] > 0.6 and results["bounce"]["details"]["area_step"] < 0.1
+    for kind in ("mass_change", "energy_gain"):  # one broken law is enough to fail a clip
+        assert results[kind]["score"] <= 0.6, results[kind]
+
+
+def test_an_object_hidden_by_another_has_not_vanished():
+    # a ball unseen for five frames mid-clip, away from the border: a vanish, unless another moving
+    # thing covers where it was (it passed behind it)
+    t, size = 20, (64, 64)
+    track = Track(*(np.full(t, np.nan) for _ in range(5)), np.zeros(t, bool), np.zeros((t, *size), bool), size)
+    for i in [*range(8), *range(13, t)]:
+        track.cx[i] = track.wx[i] = 10.0 + 2 * i
+        track.cy[i] = track.wy[i] = 32.0
+        track.area[i] = 50.0
+        track.masks[i, 28:36, 6 + 2 * i : 14 + 2 * i] = True
+    events, _ = laws.continuity(track, 0)
+    assert [e["kind"] for e in events] == ["vanish"] and events[0]["frames"] == [8, 12]
+    passing = np.zeros((t, *size), bool)
+    passing[6:10, 20:44, 16:40] = True  # something moving across its place as it goes unseen
+    assert laws.continuity(track, 0, passing)[0] == []
 
 
 def test_gravity_judges_flights_only(results):
@@ -148,7 +210,7 @@ def test_every_object_is_tracked_and_judged(results):
     assert two["subscores"]["gravity"] >= 0.9  # the bouncing one; the rolling one has no flight
 
 
-@pytest.mark.parametrize("kind", ["bounce", "roll", "two_balls"])
+@pytest.mark.parametrize("kind", ["bounce", "roll", "two_balls", "land"])
 @pytest.mark.parametrize("pan", [0.25, -0.15])
 def test_a_camera_pan_changes_nothing(results, kind, pan):
     """The same scene filmed by a panning camera scores as the still camera's (within 0.05)."""
@@ -279,3 +341,11 @@ def test_a_fade_is_neither_a_break_nor_flicker(results):
     flickering = score_video(np.clip(clip * back_and_forth[:, None, None, None], 0, 255).astype(np.uint8), FPS)
     assert "flicker" in {v["kind"] for v in flickering["violations"]}
     assert flickering["score"] < results["bounce"]["score"] - 0.3
+
+
+def test_every_kind_found_is_one_the_counters_and_records_know(results):
+    # the job record keeps the scorer's violations as found; Prometheus has a series per kind
+    found = {v["kind"] for result in results.values() for v in result["violations"]}
+    assert {"freeze", "spontaneous_start", "size_change", "disappear"} <= found <= set(VIOLATION_KINDS)
+    record = PhysicsResult.of(results["stutter"])
+    assert [v["kind"] for v in record.violations][0] == "freeze"

@@ -14,6 +14,8 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from monitoring.physics.parallel import pmap
+
 CORNERS = 300
 MIN_CORNERS = 12  # fewer trackable corners (a flat frame): the camera is taken as still
 FIT_TOLERANCE = 0.5  # px of reprojection error that count as explained, at the analysis scale
@@ -51,10 +53,14 @@ class CameraPath:
 
     def to_first(self) -> list[np.ndarray]:
         """(3, 3) per frame: frame i's coordinates -> frame 0's."""
+        return list(self._to_first)
+
+    @cached_property
+    def _to_first(self) -> tuple[np.ndarray, ...]:
         out = [np.eye(3)]
         for s in self.steps:
             out.append(out[-1] @ np.linalg.inv(np.vstack([s, [0, 0, 1]])))
-        return out
+        return tuple(out)
 
     def summary(self) -> dict:
         if not self.steps:
@@ -98,4 +104,4 @@ def estimate_camera(gray: np.ndarray) -> CameraPath:
     # Each frame brought to the same mean brightness: Lucas-Kanade assumes it, and flicker breaks it.
     level = gray.reshape(len(gray), -1).mean(1)
     steady = np.clip(gray.astype(np.float32) - (level - level.mean())[:, None, None], 0, 255).astype(np.uint8)
-    return CameraPath([_step(steady[i], steady[i + 1]) for i in range(len(gray) - 1)], gray.shape[1:3])
+    return CameraPath(pmap(_step, steady[:-1], steady[1:]), gray.shape[1:3])

@@ -1,5 +1,6 @@
 """The laws a tracked object must obey: it persists, it falls as gravity says when it flies, bounces do
-not add energy, and its size holds. Each law reads one track; positions are camera-free (`wx`, `wy`).
+not add energy, its size holds, and it does not start moving by itself. Each law reads one track;
+positions are camera-free (`wx`, `wy`).
 
 Each violation found is an event `{"kind", "frames": [first, last], "track"}`.
 """
@@ -16,6 +17,11 @@ from monitoring.physics.tracks import MIN_TRACK_FRAMES, Track
 TAU_GRAVITY_FIT = 0.08  # rms residual / object diameter
 TAU_ENERGY = 0.2  # energy ratio above 1.05
 TAU_MASS = 0.12  # robust coefficient of variation of the area
+TAU_STEP = 0.2  # a lasting step in log area, beyond STEP_FREE
+STEP_FREE = 0.1
+STEP_SPAN = 4  # frames on each side whose median area a step compares
+REST_SPEED = 0.03  # diameters per frame: slower is at rest
+ABRUPT = 0.25  # diameters per frame gained or lost at once: a start or a stop with no time to speed up
 BALLISTIC = 0.5  # share of a straight line's misfit that one constant acceleration must explain
 
 
@@ -24,23 +30,35 @@ def soft(x: float, tau: float) -> float:
     return 1.0 / (1.0 + (x / tau) ** 2)
 
 
-def continuity(track: Track, index: int) -> tuple[list[dict], dict]:
-    """Teleports, vanishings, and appearances or disappearances away from the border and the clip's ends."""
+def _hidden(track: Track, frame: int, occluders: np.ndarray | None) -> bool:
+    """Another moving thing covers the object's place around `frame`: it may be behind it."""
+    if occluders is None:
+        return False
+    frames = slice(max(0, frame - 1), frame + 2)
+    return bool((occluders[frames] & track.masks[frame]).any())
+
+
+def continuity(track: Track, index: int, occluders: np.ndarray | None = None) -> tuple[list[dict], dict]:
+    """Teleports, vanishings, and appearances or disappearances away from the border, the clip's ends
+    and other moving things that could hide it (`occluders`: (T, h, w) bool, theirs)."""
     present, border = track.present, track.border
     idx = np.flatnonzero(present)
     t = len(present)
     events: list[dict] = []
     steps = [(i, j) for i, j in itertools.pairwise(idx) if j == i + 1]
     jumps = np.array([math.hypot(track.wx[j] - track.wx[i], track.wy[j] - track.wy[i]) for i, j in steps])
-    limit = max(4.0 * float(np.median(jumps)), 0.5 * track.diameter, 2.0) if len(jumps) else float("inf")
+    # how far it usually moves, read where it was detected moving (not while carried at rest)
+    moving = np.array([bool(track.found[i] and track.found[j]) for i, j in steps], bool)
+    typical = float(np.median(jumps[moving])) if moving.any() else float(np.median(jumps)) if len(jumps) else 0.0
+    limit = max(4.0 * typical, 0.5 * track.diameter, 2.0) if len(jumps) else float("inf")
     teleports = [int(j) for (_, j), d in zip(steps, jumps, strict=True) if d > limit]
     events += [{"kind": "teleport", "frames": [f - 1, f], "track": index} for f in teleports]
     for i, j in itertools.pairwise(idx):
-        if j > i + 1 and not (border[i] or border[j]):
+        if j > i + 1 and not (border[i] or border[j] or _hidden(track, i, occluders)):
             events.append({"kind": "vanish", "frames": [int(i) + 1, int(j) - 1], "track": index})
-    if idx[0] > 0 and not border[idx[0]]:
+    if idx[0] > 0 and not (border[idx[0]] or _hidden(track, idx[0], occluders)):
         events.append({"kind": "appear", "frames": [int(idx[0]), int(idx[0])], "track": index})
-    if idx[-1] < t - 1 and not border[idx[-1]]:
+    if idx[-1] < t - 1 and not (border[idx[-1]] or _hidden(track, idx[-1], occluders)):
         events.append({"kind": "disappear", "frames": [int(idx[-1]), int(idx[-1])], "track": index})
     return events, {
         "teleport_limit_px": round(limit, 2) if math.isfinite(limit) else None,
@@ -59,15 +77,24 @@ def contacts(track: Track) -> list[int]:
     v = np.stack([np.diff(track.wx[usable]), np.diff(track.wy[usable])], 1) / step
     dv = np.linalg.norm(np.diff(v, axis=0), axis=1)
     speed = np.linalg.norm(v, axis=1)
-    jump = max(4.0 * float(np.median(dv)), 2.0)
-    limit = max(4.0 * float(np.median(speed)), 0.5 * track.diameter)
+    found = track.found[usable]
+    moving = found[:-1] & found[1:]  # the usual speed and change, read where it was detected moving
+    jump = max(4.0 * float(np.median(dv[moving[1:] & moving[:-1]] if (moving[1:] & moving[:-1]).any() else dv)), 2.0)
+    limit = max(4.0 * float(np.median(speed[moving] if moving.any() else speed)), 0.5 * track.diameter)
     return [int(usable[k + 1]) for k in range(len(dv)) if dv[k] > jump and max(speed[k], speed[k + 1]) <= limit]
 
 
 def _pieces(track: Track, teleports: list[int]) -> tuple[list[np.ndarray], list[int]]:
     """Free-flight candidates: the usable track cut at bounces, teleports and long gaps; and the bounce
-    frame between each piece and the next (-1 where the cut is not a bounce)."""
-    usable = np.flatnonzero(track.present & ~track.border)
+    frame between each piece and the next (-1 where the cut is not a bounce). Frames at rest (it landed,
+    or waits to be launched) are no flight."""
+    seen = np.flatnonzero(track.present & ~track.border)
+    resting = set()
+    if len(seen) >= 2:
+        speed = np.hypot(np.diff(track.wx[seen]), np.diff(track.wy[seen])) / np.diff(seen) / track.diameter
+        after = np.append(speed, speed[-1])  # each frame's step on (the last frame's: the step into it)
+        resting = set(seen[after < REST_SPEED].tolist())
+    usable = np.array([i for i in np.flatnonzero(track.found & ~track.border) if i not in resting], int)
     if len(usable) < 4:
         return [], []
     y = track.wy[usable]
@@ -76,7 +103,11 @@ def _pieces(track: Track, teleports: list[int]) -> tuple[list[np.ndarray], list[
     jump = max(4.0 * float(np.median(np.abs(dv))), 2.0) if len(dv) else float("inf")
     bounces = {k for k in range(1, len(usable) - 1) if v[k - 1] * v[k] < 0 and abs(v[k] - v[k - 1]) > jump}
     gaps = np.diff(usable)
-    cut_after = {k for k, g in enumerate(gaps) if g > 3 or usable[k + 1] in teleports}
+    cut_after = {
+        k
+        for k, g in enumerate(gaps)
+        if g > 3 or usable[k + 1] in teleports or resting & set(range(usable[k] + 1, usable[k + 1]))
+    }
     pieces, current, between = [], [], []
     for k in range(len(usable)):
         if k in bounces:
@@ -179,11 +210,39 @@ def gravity_energy(track: Track, teleports: list[int], fps: float) -> dict:
 
 
 def mass(track: Track) -> tuple[float | None, dict]:
-    """WorldModelBench's mass check: the object's area holds (robust coefficient of variation)."""
-    usable = track.present & ~track.border
+    """WorldModelBench's mass check: the object's area holds (robust coefficient of variation), and
+    does not step to another size (median log area over `STEP_SPAN` frames before against after)."""
+    usable = track.found & ~track.border
     areas = track.area[usable]
     if len(areas) < MIN_TRACK_FRAMES:
         return None, {"mass_reason": "object away from the border in too few frames"}
     p10, p50, p90 = np.percentile(areas, [10, 50, 90])
     cv = float((p90 - p10) / (2.56 * p50))
-    return soft(cv, TAU_MASS), {"area_cv": round(cv, 4), "area_median_px": float(p50)}
+    log = np.log(areas)
+    steps = [
+        abs(np.median(log[k - STEP_SPAN : k]) - np.median(log[k : k + STEP_SPAN]))
+        for k in range(STEP_SPAN, len(log) - STEP_SPAN + 1)
+    ]
+    step = float(max(steps, default=0.0))
+    value = min(soft(cv, TAU_MASS), soft(max(0.0, step - STEP_FREE), TAU_STEP))
+    return value, {"area_cv": round(cv, 4), "area_step": round(step, 4), "area_median_px": float(p50)}
+
+
+def starts(track: Track, occluders: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    """Frames where the object, at rest, moves off at once by itself (no other moving thing touches it),
+    and frames where it stops at once from moving (a landing, an impact). Forwards, a stop is common
+    and a start needs a cause: played backwards, every stop is a start with none."""
+    usable = np.flatnonzero(track.present & ~track.border)
+    if len(usable) < 4:
+        return [], []
+    step = np.diff(usable)
+    speed = np.hypot(np.diff(track.wx[usable]), np.diff(track.wy[usable])) / step / track.diameter
+    rest = (speed < REST_SPEED) & (step == 1)
+    abrupt = (speed > ABRUPT) & (step == 1)
+    began, stopped = [], []
+    for k in range(1, len(speed)):
+        if abrupt[k] and rest[max(0, k - 2) : k].all() and not _hidden(track, int(usable[k]), occluders):
+            began.append(int(usable[k + 1]))
+        if abrupt[k - 1] and rest[k : k + 2].all():
+            stopped.append(int(usable[k]))
+    return began, stopped

@@ -10,6 +10,8 @@ import numpy as np
 
 from monitoring.physics import laws
 from monitoring.physics.camera import estimate_camera
+from monitoring.physics.held import held_frames
+from monitoring.physics.parallel import pmap
 from monitoring.physics.pixels import Guide, measure
 from monitoring.physics.tracks import MIN_TRACK_FRAMES, find_tracks
 
@@ -22,12 +24,12 @@ BREAK_WINDOW = 3  # pairs on each side that a pair's warping error is compared w
 BREAK_FREE = 0.3  # a pair's excess warping error (over its neighbours', per the clip's median) that costs nothing
 TAU_BREAK = 0.6
 LOCAL_BREAK = 0.3  # weight of the worst pixels' break against the mean's
+OBJECT_BREAK = 0.3  # weight of a tracked object's own break against the whole frame's
+OBJECT_FLOOR = 4.0  # levels added to an object's median error: a textureless object's is near 0
 CONTINUITY_PER_EVENT = 2.0
 FLOOR = 0.01
 STILL = 0.03  # dynamics (frame sizes per second) below which the scene does not move
 NO_EVIDENCE = 0.5  # the most a clip without any motion can score: nothing to judge it by
-REPEAT = 0.25  # a frame is a repeat where it changes less than this share of its neighbours' change
-REPEAT_LEVELS = 1.0  # ... and by under this many 8-bit levels on average (compression noise)
 
 SUBSCORES = (
     "temporal_consistency",
@@ -38,6 +40,7 @@ SUBSCORES = (
     "gravity",
     "energy_conservation",
     "mass_conservation",
+    "arrow_of_time",
 )
 OBJECT_SUBSCORES = SUBSCORES[4:]
 # What "violations" may name (docs/physics.md, section 5)
@@ -49,21 +52,27 @@ VIOLATION_KINDS = (
     "gravity",
     "energy_gain",
     "size_change",
+    "spontaneous_start",
     "break",
+    "freeze",
     "flicker",
 )
 WEIGHTS = dict.fromkeys(SUBSCORES, 1.0)
+WORST_EXTRA = 2.0  # the lowest subscore counts this much more: one clearly broken law is enough
+OCCLUDER_MARGIN = 5  # px at the tracking scale: another moving thing this close may hide or push an object
 soft = laws.soft
 
 
 def combine(subscores: dict[str, float | None]) -> float:
-    """Weighted geometric mean of the subscores that apply (floored at FLOOR); 0.5 when none does."""
-    used = {k: v for k, v in subscores.items() if v is not None}
+    """Weighted geometric mean of the subscores that apply (floored at FLOOR), the lowest weighted
+    `WORST_EXTRA` more; 0.5 when none applies."""
+    used = {k: max(FLOOR, min(1.0, v)) for k, v in subscores.items() if v is not None}
     if not used:
         return NO_EVIDENCE
-    total = sum(WEIGHTS[k] for k in used)
-    log = sum(WEIGHTS[k] * math.log(max(FLOOR, min(1.0, v))) for k, v in used.items())
-    return float(min(1.0, max(0.0, math.exp(log / total))))
+    weights = {k: WEIGHTS[k] for k in used}
+    weights[min(used, key=used.get)] += WORST_EXTRA
+    log = sum(weights[k] * math.log(v) for k, v in used.items())
+    return float(min(1.0, max(0.0, math.exp(log / sum(weights.values())))))
 
 
 def _validate(frames, fps) -> tuple[np.ndarray, float]:
@@ -88,7 +97,7 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
     if scale >= 1:
         return frames
     dsize = (max(8, round(w * scale)), max(8, round(h * scale)))
-    return np.stack([cv2.resize(f, dsize, interpolation=cv2.INTER_AREA) for f in frames])
+    return np.stack(pmap(lambda f: cv2.resize(f, dsize, interpolation=cv2.INTER_AREA), frames))
 
 
 def _to_flow_scale(tracks, size: tuple[int, int]) -> tuple[np.ndarray | None, list[Guide]]:
@@ -106,42 +115,31 @@ def _to_flow_scale(tracks, size: tuple[int, int]) -> tuple[np.ndarray | None, li
                 for m in track.masks
             ]
         )
-        guides.append(Guide(regions, track.cx * scale, track.cy * scale))
+        guides.append(Guide(regions, track.cx * scale, track.cy * scale, track.found & ~track.border))
     return np.any([g.regions for g in guides], axis=0), guides
-
-
-def repeated_frames(frames: np.ndarray) -> list[int]:
-    """Frames that repeat the one before while the frames around them change: a frame-rate conversion
-    (20 to 25 fps inserts every fourth frame twice) or a stutter, not motion that stopped."""
-    small = _resize(frames, FLOW_SIZE).astype(np.float32)
-    change = np.abs(np.diff(small, axis=0)).mean(axis=(1, 2, 3))
-    repeats = []
-    for i, c in enumerate(change):
-        around = change[max(0, i - 1) : i].tolist() + change[i + 1 : i + 2].tolist()
-        if around and c < REPEAT_LEVELS and c < REPEAT * min(around):
-            repeats.append(i + 1)
-    return repeats
 
 
 def score_video(frames: np.ndarray, fps: float) -> dict:
     """Physics-plausibility of a clip in [0, 1]; see docs/physics.md for the method."""
     frames, fps = _validate(frames, fps)
-    repeats = repeated_frames(frames) if len(frames) >= 3 else []
-    if repeats:
-        # Repeats carry no motion; without them the clip plays at its content's own frame rate.
-        kept = np.setdiff1d(np.arange(len(frames)), repeats)
-        result = _score(frames[kept], fps * len(kept) / len(frames))
+    if len(frames) < 3:
+        return _score(frames, fps, [])
+    held = held_frames(_resize(frames, FLOW_SIZE))
+    # A conversion's repeats carry no motion: without them the clip plays at its content's own rate.
+    kept = np.setdiff1d(np.arange(len(frames)), held.converted)
+    freezes = [[int(np.searchsorted(kept, f)) for f in freeze] for freeze in held.freezes]
+    result = _score(frames[kept], fps * len(kept) / len(frames), freezes)
+    if held.converted:
         for v in result["violations"]:
             v["frames"] = [int(kept[f]) for f in v["frames"]]
         if "break" in result["details"]:
             result["details"]["break"]["frames"] = [int(kept[f]) for f in result["details"]["break"]["frames"]]
-        result["details"]["repeated_frames"] = repeats
+        result["details"]["repeated_frames"] = held.converted
         result["frames"], result["fps"] = len(frames), fps
-        return result
-    return _score(frames, fps)
+    return result
 
 
-def _score(frames: np.ndarray, fps: float) -> dict:
+def _score(frames: np.ndarray, fps: float, freezes: list[list[int]]) -> dict:
     t = len(frames)
     subscores: dict[str, float | None] = dict.fromkeys(SUBSCORES)
     notes: dict[str, str] = {}
@@ -166,7 +164,7 @@ def _score(frames: np.ndarray, fps: float) -> dict:
         px = measure(small, camera, objects, guides)
         dynamics = float(np.mean(px["fastest"])) * fps / max(small.shape[1:3])
         contacts = {c for track in tracks if track.rigid for c in laws.contacts(track)}
-        _pixel_subscores(px, small.shape[1:3], contacts, subscores, notes, details, violations)
+        _pixel_subscores(px, small.shape[1:3], contacts, freezes, subscores, notes, details, violations)
     evidence = "motion" if tracks or dynamics >= STILL else "camera" if camera.moving else "none"
 
     # 3. The laws, object by object
@@ -217,40 +215,64 @@ def _score(frames: np.ndarray, fps: float) -> dict:
 
 def _excess(series: list[float], floor: float) -> np.ndarray:
     """Each pair's excess over the median of its neighbours (`BREAK_WINDOW` each side), in units of the
-    series' median + `floor`."""
+    series' median + `floor`; NaN pairs (no reading) are left out and have none."""
     e = np.asarray(series, float)
-    around = [np.concatenate([e[max(0, i - BREAK_WINDOW) : i], e[i + 1 : i + 1 + BREAK_WINDOW]]) for i in range(len(e))]
-    return np.maximum(0.0, e - np.array([np.median(a) for a in around])) / (float(np.median(e)) + floor)
+    known = ~np.isnan(e)
+    if known.sum() < 2 * BREAK_WINDOW:
+        return np.zeros(len(e))
+    around = [
+        np.delete(e[max(0, i - BREAK_WINDOW) : i + 1 + BREAK_WINDOW], min(i, BREAK_WINDOW)) for i in range(len(e))
+    ]
+    medians = np.array([np.median(a[~np.isnan(a)]) if (~np.isnan(a)).any() else np.nan for a in around])
+    out = np.maximum(0.0, e - medians) / (float(np.median(e[known])) + floor)
+    return np.nan_to_num(out, nan=0.0)
 
 
 def breaks(px: dict, explained: set[int] = frozenset()) -> tuple[float, int]:
     """How far the worst pair of frames stands out from the pairs around it; and that pair.
 
     Real motion, fast or slow, changes the warping error gradually; a cut, dropped frames, a pasted
-    patch or a jump in scale makes a pair stand out. Two readings of the error: its mean over the
-    pixels the flow follows (a global break), and its worst `WORST` share of pixels, where a local
-    break shows (an object that jumps or vanishes), weighted down since it is noisier. Pairs in
-    `explained` (a tracked object's contact) are left out."""
+    patch or a jump in scale makes a pair stand out. Three readings of the error: its mean over the
+    pixels the flow follows (a global break); its worst `WORST` share of pixels, where a local break
+    shows, weighted down since it is noisier; and its mean over each tracked object's pixels (an
+    object that jumps or vanishes, whatever the rest of the frame does). Pairs in `explained` (a
+    tracked object's contact, a freeze) are left out."""
     if len(px["structure"]) < 3:
         return 0.0, 0
     excess = np.maximum(_excess(px["structure"], 1.0), LOCAL_BREAK * _excess(px["worst"], 10.0))
+    for series in px.get("objects", ()):
+        excess = np.maximum(excess, OBJECT_BREAK * _excess(series, OBJECT_FLOOR))
     excess[[i for i in explained if i < len(excess)]] = 0.0
     pair = int(np.argmax(excess))
     return float(excess[pair]), pair
 
 
 def _pixel_subscores(
-    px: dict, size, contacts: set[int], subscores: dict, notes: dict, details: dict, violations: list
+    px: dict,
+    size,
+    contacts: set[int],
+    freezes: list[list[int]],
+    subscores: dict,
+    notes: dict,
+    details: dict,
+    violations: list,
 ) -> None:
     warp = float(np.mean(px["warp"]))
     subscores["temporal_consistency"] = soft(warp, TAU_WARP)
     details["warp_error"] = round(warp, 3)
     if len(px["warp"]) >= 3:
-        excess, pair = breaks(px, {i for c in contacts for i in (c - 1, c)})
-        subscores["frame_continuity"] = soft(max(0.0, excess - BREAK_FREE), TAU_BREAK)
+        # A contact's pairs are the laws' to judge, a freeze's are reported as the freeze
+        explained = {i for c in contacts for i in (c - 2, c - 1, c)} | {i for a, b in freezes for i in range(a - 1, b)}
+        excess, pair = breaks(px, explained)
+        subscores["frame_continuity"] = soft(max(0.0, excess - BREAK_FREE), TAU_BREAK) * math.exp(
+            -CONTINUITY_PER_EVENT * len(freezes)
+        )
         details["break"] = {"excess": round(excess, 3), "frames": [pair, pair + 1]}
         if excess > BREAK_FREE + TAU_BREAK:
             violations.append({"kind": "break", "frames": [pair, pair + 1], "track": None})
+        violations += [{"kind": "freeze", "frames": freeze, "track": None} for freeze in freezes]
+        if freezes:
+            details["freezes"] = freezes
     else:
         notes["frame_continuity"] = "too short: needs at least 4 frames"
     if px["flicker"]:
@@ -276,9 +298,19 @@ def _object_subscores(tracks, fps: float, subscores: dict, notes: dict, details:
     """Each law over every tracked object: the worst object sets the subscore (one broken law is enough)."""
     events, per_track, values = [], [], {name: [] for name in OBJECT_SUBSCORES}
     reasons: dict[str, str] = {}
+    kernel = np.ones((2 * OCCLUDER_MARGIN + 1,) * 2, np.uint8)
+    moving = [np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in t.masks]) for t in tracks]
+    changes = 0
     for index, track in enumerate(t for t in tracks if t.rigid):
-        found, cont = laws.continuity(track, index)
+        others = [m for k, m in enumerate(moving) if tracks[k] is not track]
+        occluders = np.any(others, axis=0) if others else None
+        found, cont = laws.continuity(track, index, occluders)
         events += found
+        began, stopped = laws.starts(track, occluders)
+        changes += len(began) + len(stopped)
+        violations += [{"kind": "spontaneous_start", "frames": [f - 1, f], "track": index} for f in began]
+        cont |= {"starts": began, "stops": stopped}
+        values["arrow_of_time"].append(math.exp(-CONTINUITY_PER_EVENT * len(began)))
         ge = laws.gravity_energy(track, cont["teleports"], fps)
         m, mass_details = laws.mass(track)
         record = {"track": index, "frames": [int(np.flatnonzero(track.present)[[0, -1]][i]) for i in (0, 1)]}
@@ -302,7 +334,10 @@ def _object_subscores(tracks, fps: float, subscores: dict, notes: dict, details:
             violations.append({"kind": "size_change", "frames": [int(present[0]), int(present[-1])], "track": index})
     violations += events
     subscores["object_continuity"] = math.exp(-CONTINUITY_PER_EVENT * len(events))
-    for name in ("gravity", "energy_conservation", "mass_conservation"):
+    if not changes:
+        values["arrow_of_time"] = []
+        reasons["arrow_of_time"] = "no object starts or stops at once: nothing shows which way time runs"
+    for name in ("gravity", "energy_conservation", "mass_conservation", "arrow_of_time"):
         if values[name]:
             subscores[name] = min(values[name])
         else:
