@@ -251,6 +251,10 @@ def plan(
     gpu: str = typer.Option("h100", help="The GPU the cost model times (with --target / --latency-seconds)."),
     size: str = typer.Option("1280x720", help="The video's WxH (with --target / --latency-seconds)."),
     frames: int = typer.Option(81, help="The video's frames (with --target / --latency-seconds)."),
+    quantization: str = typer.Option(
+        "none",
+        help="Both experts' weights: none, int8_weight_only, int8_dynamic or fp8 (with --target / --latency-seconds).",
+    ),
     json_line: bool = typer.Option(False, "--json", help="Print the chosen layout as one JSON line."),
 ) -> None:
     """Split GPUs between the experts so that neither is the bottleneck (cluster/sizing.py); with
@@ -270,6 +274,8 @@ def plan(
     checkpoint = Checkpoint.from_settings(settings)
     split = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
     high, low = len(split.high_noise_steps), len(split.low_noise_steps)
+    if quantization != "none" and not costed:
+        raise typer.BadParameter("the cost model times quantized experts: add --target or --latency-seconds")
     if not costed:
         try:
             result = expert_split(gpus, high, low, high_cost, low_cost)
@@ -288,19 +294,27 @@ def plan(
     if gpu not in GPUS:
         raise typer.BadParameter(f"unknown GPU {gpu!r}; the cost model knows {', '.join(GPUS)}", param_hint="--gpu")
     width, height = parse_size(size)
-    found = layouts(gpus, high, low, CostModel(gpu), height, width, frames)
+    try:
+        model_costs = CostModel(gpu, quantization=quantization)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--quantization") from None
+    found = layouts(gpus, high, low, model_costs, height, width, frames)
     if not found:
         raise typer.BadParameter("each expert needs at least one replica: --gpus must be >= 2", param_hint="--gpus")
     try:
         chosen = choose(found, target or "throughput", latency_seconds)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--latency-seconds" if latency_seconds else "--target") from None
+    settings = chosen.as_settings()
+    if quantization != "none":
+        settings["quantization"] = {"high_noise": quantization, "low_noise": quantization}
     if json_line:
-        typer.echo(json.dumps({**chosen.summary(), "settings": chosen.as_settings()}))
+        typer.echo(json.dumps({**chosen.summary(), "quantization": quantization, "settings": settings}))
         return
     typer.echo(
         f"SIMULATED (cost model of Wan2.2-T2V-A14B on {gpu}, docs/scaling.md): {size} x {frames} frames, "
         f"{steps} steps ({high} high-noise, {low} low-noise), {gpus} expert GPUs"
+        + ("" if quantization == "none" else f", {quantization} experts")
     )
     typer.echo(
         f"{'placement':<14} {'GPUs/replica':>12} {'ranks':>18} {'replicas':>10} {'one video s':>12} {'videos/hour':>12}"
@@ -314,7 +328,7 @@ def plan(
             f"{layout.placement:<14} {layout.degree:>12} {layout.name:>18} {replicas:>10} {layout.latency_s:>12.1f} "
             f"{layout.videos_per_hour:>12.2f}{mark}"
         )
-    typer.echo(yaml.safe_dump(chosen.as_settings(), sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(settings, sort_keys=False).rstrip())
 
 
 @app.command()

@@ -98,3 +98,25 @@ def test_plan_for_latency_prints_settings_that_load_and_one_json_line(wan22_dir)
     assert (fastest["ulysses"], fastest["cfg"], fastest["gpus"]) == (8, 2, 16) and fastest["latency_s"] < 100
     refused = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--latency-seconds", "10", "--model", str(wan22_dir)])
     assert refused.exit_code == 2 and "no layout makes a video in 10 s" in refused.output
+
+
+def test_plan_with_quantized_experts_times_them_and_says_so(wan22_dir):
+    import json
+
+    def chosen(*extra: str) -> dict:
+        args = ["plan", "--gpus", "8", "--target", "latency", "--gpu", "l40s", "--json", "--model", str(wan22_dir)]
+        result = CliRunner().invoke(cli, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1])
+
+    plain, fp8 = chosen(), chosen("--quantization", "fp8")
+    assert fp8["quantization"] == "fp8" and fp8["latency_s"] < plain["latency_s"]  # faster linear layers
+    settings = Settings(model=wan22_dir, **fp8["settings"])
+    assert settings.quantization.high_noise == settings.quantization.low_noise == "fp8"
+    # the A100 has no FP8 tensor cores; without a target there is nothing to time
+    refused = CliRunner().invoke(
+        cli, ["plan", "--gpus", "8", "--target", "latency", "--gpu", "a100", "--quantization", "fp8"]
+    )
+    assert refused.exit_code == 2 and "FP8 tensor cores" in refused.output
+    untimed = CliRunner().invoke(cli, ["plan", "--gpus", "8", "--quantization", "fp8", "--model", str(wan22_dir)])
+    assert untimed.exit_code == 2 and "--target" in untimed.output
