@@ -49,9 +49,12 @@ def browser(tmp_path_factory):
 
 
 def wait(driver, condition, timeout: float = 180):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    # The page re-renders its lists as jobs move: an element read mid-render is read again next poll
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=ignored).until(condition)
 
 
 def field(driver, element_id: str, value: str) -> None:
