@@ -30,6 +30,12 @@ def soft(x: float, tau: float) -> float:
     return 1.0 / (1.0 + (x / tau) ** 2)
 
 
+def _usual(values: np.ndarray, moving: np.ndarray) -> float:
+    """Median of `values` where the object was detected moving (not carried on at rest), else of all."""
+    chosen = values[moving] if moving.any() else values
+    return float(np.median(chosen)) if len(chosen) else 0.0
+
+
 def _hidden(track: Track, frame: int, occluders: np.ndarray | None) -> bool:
     """Another moving thing covers the object's place around `frame`: it may be behind it."""
     if occluders is None:
@@ -47,10 +53,8 @@ def continuity(track: Track, index: int, occluders: np.ndarray | None = None) ->
     events: list[dict] = []
     steps = [(i, j) for i, j in itertools.pairwise(idx) if j == i + 1]
     jumps = np.array([math.hypot(track.wx[j] - track.wx[i], track.wy[j] - track.wy[i]) for i, j in steps])
-    # how far it usually moves, read where it was detected moving (not while carried at rest)
     moving = np.array([bool(track.found[i] and track.found[j]) for i, j in steps], bool)
-    typical = float(np.median(jumps[moving])) if moving.any() else float(np.median(jumps)) if len(jumps) else 0.0
-    limit = max(4.0 * typical, 0.5 * track.diameter, 2.0) if len(jumps) else float("inf")
+    limit = max(4.0 * _usual(jumps, moving), 0.5 * track.diameter, 2.0) if len(jumps) else float("inf")
     teleports = [int(j) for (_, j), d in zip(steps, jumps, strict=True) if d > limit]
     events += [{"kind": "teleport", "frames": [f - 1, f], "track": index} for f in teleports]
     for i, j in itertools.pairwise(idx):
@@ -78,9 +82,9 @@ def contacts(track: Track) -> list[int]:
     dv = np.linalg.norm(np.diff(v, axis=0), axis=1)
     speed = np.linalg.norm(v, axis=1)
     found = track.found[usable]
-    moving = found[:-1] & found[1:]  # the usual speed and change, read where it was detected moving
-    jump = max(4.0 * float(np.median(dv[moving[1:] & moving[:-1]] if (moving[1:] & moving[:-1]).any() else dv)), 2.0)
-    limit = max(4.0 * float(np.median(speed[moving] if moving.any() else speed)), 0.5 * track.diameter)
+    moving = found[:-1] & found[1:]
+    jump = max(4.0 * _usual(dv, moving[1:] & moving[:-1]), 2.0)
+    limit = max(4.0 * _usual(speed, moving), 0.5 * track.diameter)
     return [int(usable[k + 1]) for k in range(len(dv)) if dv[k] > jump and max(speed[k], speed[k + 1]) <= limit]
 
 

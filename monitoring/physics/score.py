@@ -134,6 +134,8 @@ def score_video(frames: np.ndarray, fps: float) -> dict:
             v["frames"] = [int(kept[f]) for f in v["frames"]]
         if "break" in result["details"]:
             result["details"]["break"]["frames"] = [int(kept[f]) for f in result["details"]["break"]["frames"]]
+        if "freezes" in result["details"]:
+            result["details"]["freezes"] = held.freezes
         result["details"]["repeated_frames"] = held.converted
         result["frames"], result["fps"] = len(frames), fps
     return result
