@@ -14,6 +14,7 @@ import pytest
 from bench.synthetic_clips import KINDS, PLAUSIBLE, VIOLATIONS, synthetic_clip
 from contract.messages import PhysicsResult
 from monitoring.physics import NO_EVIDENCE, SUBSCORES, VIOLATION_KINDS, laws, score_video
+from monitoring.physics.held import held_frames
 from monitoring.physics.tracks import Track
 
 FPS = 16
@@ -349,3 +350,16 @@ def test_every_kind_found_is_one_the_counters_and_records_know(results):
     assert {"freeze", "spontaneous_start", "size_change", "disappear"} <= found <= set(VIOLATION_KINDS)
     record = PhysicsResult.of(results["stutter"])
     assert [v["kind"] for v in record.violations][0] == "freeze"
+
+
+def test_a_regular_pattern_of_holds_is_a_conversion_and_a_lone_one_a_freeze():
+    clip = synthetic_clip("roll", frames=12, size=64)
+    tripled = clip[np.repeat(np.arange(len(clip)), 3)]  # 8 fps shown at 24: every frame thrice
+    held = held_frames(tripled)
+    assert held.freezes == [] and len(held.converted) >= 2 * (len(clip) - 2)
+    frozen = synthetic_clip("roll", frames=20, size=64)
+    frozen[9:12] = frozen[8]  # held for three frames, once
+    assert held_frames(frozen).freezes == [[9, 12]]
+    still_start = synthetic_clip("roll", frames=20, size=64)
+    still_start[:4] = still_start[0]  # the clip starts on a still stretch: the scene at rest, not a freeze
+    assert held_frames(still_start).freezes == []
