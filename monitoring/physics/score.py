@@ -122,13 +122,14 @@ def _to_flow_scale(tracks, size: tuple[int, int]) -> tuple[np.ndarray | None, li
 def score_video(frames: np.ndarray, fps: float) -> dict:
     """Physics-plausibility of a clip in [0, 1]; see docs/physics.md for the method."""
     frames, fps = _validate(frames, fps)
+    small = _resize(frames, FLOW_SIZE)
     if len(frames) < 3:
-        return _score(frames, fps, [])
-    held = held_frames(_resize(frames, FLOW_SIZE))
+        return _score(frames, small, fps, [])
+    held = held_frames(small)
     # A conversion's repeats carry no motion: without them the clip plays at its content's own rate.
     kept = np.setdiff1d(np.arange(len(frames)), held.converted)
     freezes = [[int(np.searchsorted(kept, f)) for f in freeze] for freeze in held.freezes]
-    result = _score(frames[kept], fps * len(kept) / len(frames), freezes)
+    result = _score(frames[kept], small[kept], fps * len(kept) / len(frames), freezes)
     if held.converted:
         for v in result["violations"]:
             v["frames"] = [int(kept[f]) for f in v["frames"]]
@@ -141,7 +142,8 @@ def score_video(frames: np.ndarray, fps: float) -> dict:
     return result
 
 
-def _score(frames: np.ndarray, fps: float, freezes: list[list[int]]) -> dict:
+def _score(frames: np.ndarray, small: np.ndarray, fps: float, freezes: list[list[int]]) -> dict:
+    """The score of `frames` (and of `small`: the same at the flow scale) once held frames are sorted out."""
     t = len(frames)
     subscores: dict[str, float | None] = dict.fromkeys(SUBSCORES)
     notes: dict[str, str] = {}
@@ -159,7 +161,6 @@ def _score(frames: np.ndarray, fps: float, freezes: list[list[int]]) -> dict:
         details.update(found)
 
     # 2. Pixels: warping error, flicker, smoothness, how much the scene moves
-    small = _resize(frames, FLOW_SIZE)
     objects, guides = _to_flow_scale(tracks, small.shape[1:3])
     dynamics = 0.0
     if t >= 2:

@@ -303,8 +303,7 @@ def _match(frame: np.ndarray, template: np.ndarray, inside: np.ndarray, x: int, 
         (search.shape[0] - th + 1, search.shape[1] - tw + 1),
     )
     x, y = int(bx) + sx0, int(by) + sy0
-    patch = frame[y : y + th, x : x + tw][inside].astype(np.float32)
-    return x, y, float(np.abs(patch - template[inside]).max(-1).mean())
+    return x, y, _error(frame, x, y, template, inside)
 
 
 def _carry_at_rest(track: Track, frames: np.ndarray, path: CameraPath) -> None:
