@@ -146,12 +146,13 @@ class Scheduler:
         num_steps: int,
         boundary_ratio: float | None,
         strength: float,
+        flow_shift: float | None = None,
     ) -> DenoisingState:
         """Where the final of a previewed shot starts (SDEdit): the preview's clean latent `source`,
         resized to `shape` (frames, height and width of the latent), re-noised with the request's own
         noise to the first refinement step, x = (1 - sigma) x0 + sigma * noise; the solver starts
         there with no history."""
-        plan, state = self.start(num_steps, boundary_ratio)
+        plan, state = self.start(num_steps, boundary_ratio, flow_shift)
         steps = plan.refinement_steps(strength)
         upsampled = F.interpolate(source.float(), size=tuple(shape[2:]), mode="trilinear", align_corners=False)
         sigma = plan.sigmas[steps.start] if steps else 0.0

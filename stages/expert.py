@@ -168,6 +168,7 @@ class Expert:
             request.num_inference_steps,
             self.checkpoint.boundary_ratio,
             settings.finalize_strength,
+            request.flow_shift,
         )
         return DenoisingState(state.latents, state.scheduler, state.step, size)
 

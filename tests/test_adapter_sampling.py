@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from cache.keys import boundary_key, result_key
 from cluster.pipeline import Pipeline
@@ -19,6 +20,7 @@ from contract.settings import Settings
 from contract.storage import OutputStore
 from stages.checkpoint import Checkpoint
 from stages.denoising import Scheduler
+from stages.expert import Expert
 from stages.job_store import JobStore
 from stages.validation import RequestValidator
 from tests.test_adapters import write_adapter
@@ -99,6 +101,27 @@ def test_a_final_of_a_fast_shot_samples_as_its_adapter_says(validator):
     preview = validator.request(prompt="a red ball", lora=[{"name": "fast"}], seed=3)
     final = validator.final_of(preview, {}, "video_" + "0" * 32)
     assert final.preset == "final" and final.num_inference_steps == 4 and final.flow_shift == 5.0
+    assert final.sampling_from["num_inference_steps"] == "fast"
+    # finished by the base low-noise expert: the final preset's steps, guided, the scheduler's own shift
+    full = validator.final_of(preview, {"lora": []}, "video_" + "0" * 32)
+    assert not full.lora and full.sampling_from is None and full.flow_shift is None
+    assert full.num_inference_steps == 20 and full.classifier_free_guidance and full.seed == 3
+    # a guidance the shot set itself stays with it
+    own = validator.request(prompt="a red ball", lora=[{"name": "fast"}], guidance=2.0)
+    assert validator.final_of(own, {"lora": []}, "video_" + "0" * 32).guidance_scale == 2.0
+
+
+def test_a_final_of_a_fast_shot_starts_on_its_adapter_s_schedule(validator, settings):
+    """The final's re-noised start and its solver follow the adapter's flow shift, as its plan does."""
+    checkpoint = Checkpoint.from_settings(settings)
+    preview = validator.request(prompt="a red ball", lora=[{"name": "fast"}], seed=3)
+    final = validator.final_of(preview, {}, "video_" + "0" * 32)
+    low = Expert(checkpoint, ExpertKind.LOW_NOISE, batching=False)
+    shape = checkpoint.latent_shape(preview.num_frames, preview.height, preview.width)
+    start = low.refine_start(final, torch.zeros(shape))
+    planned = Scheduler.from_checkpoint(checkpoint).plan(4, checkpoint.boundary_ratio, 5.0)
+    assert [round(float(s), 6) for s in start.scheduler["sigmas"][:4]] == [round(s, 6) for s in planned.sigmas]
+    assert start.step == planned.refinement_steps(settings.finalize_strength).start
 
 
 def test_a_scheduler_without_a_flow_shift_refuses_one(wan22_dir, store, tmp_path):
