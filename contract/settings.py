@@ -225,6 +225,9 @@ class StepCacheSettings(BaseModel):
 
     kind: Literal["none", "first_block", "taylorseer"] = "none"
     options: dict[str, Any] = {}
+    # Below this many steps (a distilled adapter's 4) consecutive steps share too little to
+    # reuse: such a request is refused by name rather than run with its few steps skipped.
+    min_steps: int = Field(8, ge=1)
 
 
 # Weight quantization of an expert as it loads (stages/quantization.py): torchao through diffusers'

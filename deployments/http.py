@@ -128,11 +128,12 @@ def inlined(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 # The create routes read their body by hand (size limit, JSON or form): OpenAPI learns its schema here.
+CREATE_SCHEMA = inlined(VideoCreateBody.model_json_schema(by_alias=False))
 CREATE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            media: {"schema": inlined(VideoCreateBody.model_json_schema(by_alias=False))}
+            media: {"schema": CREATE_SCHEMA}
             for media in ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
         },
     }
@@ -148,8 +149,8 @@ FINALIZE_BODY = {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        name: VideoCreateBody.model_json_schema(by_alias=False)["properties"][name]
-                        for name in ("preset", "size", "num_inference_steps", "cache")
+                        name: CREATE_SCHEMA["properties"][name]
+                        for name in ("preset", "size", "num_inference_steps", "cache", "lora")
                     },
                 }
             }

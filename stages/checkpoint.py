@@ -108,7 +108,7 @@ class Checkpoint:
             dtype=str(self.dtype),
             device="sim" if self.simulated else self.device.type,
             vae_dtype=str(self.vae_dtype),
-            step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(),
+            step_cache="none" if step_cache.kind == "none" else step_cache.model_dump_json(exclude={"min_steps"}),
             quantization=quantization.high_noise,
             quantization_2=quantization.low_noise,
             boundary_ratio=self.boundary_ratio,

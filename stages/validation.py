@@ -36,7 +36,8 @@ SHOT_FIELDS = {
     "num_frames",
     "fps",
 }
-FINAL_FIELDS = {"from", "from_video", "preset", "size", "steps", "num_inference_steps", "model", "cache"}
+# `lora` too: a fast preview may be finished by the base low-noise expert (`lora: []`).
+FINAL_FIELDS = {"from", "from_video", "preset", "size", "steps", "num_inference_steps", "model", "cache", "lora"}
 
 
 class RequestValidator:
@@ -76,19 +77,29 @@ class RequestValidator:
             raise RequestInvalid.from_validation(e) from None
 
     def _runnable(self, request: GenerationRequest) -> GenerationRequest:
-        """What only the model can say: whether its scheduler takes the request's flow shift."""
+        """What only the served model can say: whether its scheduler takes the request's flow
+        shift, and whether its step cache has steps enough to reuse."""
+        step_cache = self.settings.step_cache
+        if step_cache.kind != "none" and request.num_inference_steps < step_cache.min_steps:
+            raise RequestInvalid.of(
+                "num_inference_steps",
+                f"num_inference_steps {request.num_inference_steps}{_from_adapter(request, 'num_inference_steps')}: "
+                f"this server's step cache ({step_cache.kind}) reuses work between steps and needs at least "
+                f"{step_cache.min_steps}; ask for more steps, or use a server without step_cache",
+            )
         if request.flow_shift is None:
             return request
         scheduler = self._checkpoint.scheduler_class()
         if "flow_shift" not in inspect.signature(scheduler).parameters:
-            source = (request.sampling_from or {}).get("flow_shift")
-            where = f" (from adapter {source!r})" if source else ""
+            where = _from_adapter(request, "flow_shift")
             raise RequestInvalid.of("flow_shift", f"flow_shift{where}: this model's {scheduler.__name__} has none")
         return request
 
     def final_of(self, preview: GenerationRequest, data: Any, preview_id: str) -> GenerationRequest:
         """The request of a final of `preview`'s shot (`from`): the preview's prompt, seed, guidance,
-        adapters, frames and fps, at the final preset's (or the body's) size and steps."""
+        adapters, frames and fps, at the final preset's (or the body's) size and steps. The body may
+        name other adapters (the final runs only the low-noise expert): their sampling settings, or
+        the preset's, replace what the preview's adapters set."""
         if not isinstance(data, dict):
             raise RequestInvalid.of("body", "request body must be a JSON object or a form")
         data = dict(data)
@@ -99,7 +110,8 @@ class RequestValidator:
                 raise RequestInvalid.of(
                     name, f"the final of a shot keeps its preview's {name}; give only {', '.join(sorted(FINAL_FIELDS))}"
                 )
-        shot = preview.model_dump(include=SHOT_FIELDS, exclude_none=True)
+        # What the preview's adapters filled in is theirs, not the shot's: the final's adapters fill it again.
+        shot = preview.model_dump(include=SHOT_FIELDS - set(preview.sampling_from or ()), exclude_none=True)
         if preview.template is not None:
             shot.pop("prompt")  # the template fills it in again
         if preview.lora:  # by name and scale: resolved again against the store (it may have changed)
@@ -115,3 +127,9 @@ class RequestValidator:
                 self.settings, self.model_id, self.check_prompt, self.adapters.resolve
             )
         )
+
+
+def _from_adapter(request: GenerationRequest, field: str) -> str:
+    """ " (from adapter 'fast')" where an adapter's sampling settings set `field`, else ""."""
+    source = (request.sampling_from or {}).get(field)
+    return f" (from adapter {source!r})" if source else ""
