@@ -153,6 +153,9 @@ def manifest_entry(row: Row, outcome: Outcome, output: str | None, seconds: floa
         "size": f"{request['width']}x{request['height']}" if request else None,
         "num_frames": request.get("num_frames"),
         "num_inference_steps": request.get("num_inference_steps"),
+        "guidance_scale": request.get("guidance_scale"),
+        "guidance_scale_2": request.get("guidance_scale_2"),
+        "lora": [{"name": a["name"], "scale": a["scale"]} for a in request.get("lora") or []] if request else None,
         "physics_score": physics.get("score"),
         "physics_subscores": physics.get("subscores"),
         "physics_attempts": len(physics.get("attempts") or []) or None,
@@ -238,9 +241,11 @@ class BatchRun:
         model_id = await self.engine.model_id()
         earlier = self.manifest.load()
         todo = [r for r in self.rows if not self._done_before(r, earlier.get(r.id), model_id)]
-        # One template's rows together: the first computes the shared high-noise phase,
-        # the rest find it in the cache (or wait for it: single flight).
-        todo.sort(key=lambda r: (r.template is None, r.template or "", r.index))
+        # Rows of the same adapters together (an expert loads them once, and batches only
+        # requests of the same weights), and within them one template's rows together: the
+        # first computes the shared high-noise phase, the rest find it in the cache (or wait
+        # for it: single flight).
+        todo.sort(key=lambda r: (r.adapters, r.template is None, r.template or "", r.index))
         self.log(
             f"{len(self.rows)} rows: {len(self.rows) - len(todo)} already done, {len(todo)} to run "
             f"on the {self.engine.name} engine ({model_id}), {self.engine.how(self.concurrency)}"

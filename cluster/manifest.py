@@ -42,6 +42,9 @@ SCHEMA = pa.schema(
         ("size", pa.string()),
         ("num_frames", pa.int64()),
         ("num_inference_steps", pa.int64()),
+        ("guidance_scale", pa.float64()),  # 1: no unconditional pass (a distilled adapter's)
+        ("guidance_scale_2", pa.float64()),
+        ("lora", pa.list_(pa.struct([("name", pa.string()), ("scale", pa.float64())]))),
         ("physics_score", pa.float64()),
         ("physics_subscores", pa.map_(pa.string(), pa.float64())),
         ("physics_attempts", pa.int64()),  # 1 + re-samples made for min_physics_score

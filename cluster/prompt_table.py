@@ -66,6 +66,13 @@ class Row:
         template = self.fields.get("template")
         return template if isinstance(template, str) else None
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """The names of the adapters the row asks for (as given: a malformed `lora` fails later)."""
+        lora = self.fields.get("lora")
+        names = (a.get("name") for a in lora if isinstance(a, dict)) if isinstance(lora, list) else ()
+        return tuple(sorted(str(n) for n in names if n is not None))
+
     def request_fields(self) -> dict:
         """The fields to send. A free-form row without a seed gets one derived from its
         content, so a rerun or a resumed run makes the same video (HTTP draws a random one)."""

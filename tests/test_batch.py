@@ -277,6 +277,62 @@ def test_a_row_that_breaks_anything_fails_alone(settings, tmp_path):
     assert entries["fine"]["status"] == "completed"
 
 
+@pytest.fixture(scope="module")
+def fast_store(wan22_dir, tmp_path_factory) -> Path:
+    """An adapter store with a distilled-style adapter (`fast`: 4 steps, no guidance) and a plain one."""
+    from contract.experts import ExpertKind
+    from tests.test_adapter_sampling import FAST, describe
+    from tests.test_adapters import write_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    for seed, name in enumerate(("fast", "plain")):
+        write_adapter(root, name, wan22_dir, list(ExpertKind), seed, rank=2)
+    describe(root, "fast", FAST)
+    return root
+
+
+def test_rows_of_one_adapter_run_together_and_the_manifest_says_how_they_ran(settings, fast_store, tmp_path):
+    """A fast adapter's rows (4 steps, unguided) run as a group, a template's among them first (the
+    second finds the first's high-noise phase, 2 of the 4 steps), and the manifest records the
+    steps, guidance and adapters each row ran with."""
+    fast, plain = [{"name": "fast"}], [{"name": "plain"}]
+    table = [
+        {"id": "fast-ball", "prompt": "a red ball bouncing", "lora": fast, "seed": 1},
+        {"id": "plain-box", "prompt": "a blue box sliding", "lora": plain, "steps": 2, "seed": 2},
+        {"id": "bare", "prompt": "a green ball rolling", "steps": 2, "seed": 3},
+        {"id": "fast-shoe", "template": "product_showcase", "slots": {"product": "a running shoe"}, "lora": fast},
+        {"id": "fast-box", "prompt": "a yellow box falling", "lora": fast, "seed": 4},
+        {"id": "fast-mug", "template": "product_showcase", "slots": {"product": "a ceramic mug"}, "lora": fast},
+    ]
+    rows, _ = read_table(str(write_table(table, tmp_path / "p.jsonl")))
+    with_store = settings.model_copy(update={"adapters": settings.adapters.model_copy(update={"uri": str(fast_store)})})
+    order: list[str] = []
+
+    class Recording(LocalEngine):
+        async def generate(self, fields):
+            order.append(fields.get("prompt") or fields["slots"]["product"])
+            return await super().generate(fields)
+
+    out = tmp_path / "out"
+    summary = asyncio.run(BatchRun(rows, Recording(with_store), OutputStore(str(out)), log=lambda _: None).run())
+    assert summary["completed"] == 6
+    assert order == [
+        "a green ball rolling",
+        "a running shoe",
+        "a ceramic mug",
+        "a red ball bouncing",
+        "a yellow box falling",
+        "a blue box sliding",
+    ]
+    entries = manifest_rows(out)
+    for name in ("fast-ball", "fast-box", "fast-shoe", "fast-mug"):
+        entry = entries[name]
+        assert (entry["num_inference_steps"], entry["guidance_scale"], entry["guidance_scale_2"]) == (4, 1.0, 1.0)
+        assert entry["lora"] == [{"name": "fast", "scale": 1.0}]
+    assert "boundary" in entries["fast-mug"]["cache_hits"]  # the template's shared phase, in 4 steps
+    assert entries["bare"]["lora"] == [] and entries["plain-box"]["guidance_scale"] > 1
+
+
 # -- real `ray job submit` against the session's Serve app ----------------------------------
 
 
@@ -307,7 +363,7 @@ def test_ray_job_mixed_file_then_rerun(serve_app, tmp_path):
     assert [e["status"] for e in entries.values()] == ["completed"] * 4 + ["failed"] * 3
     assert entries["bad-size"]["error_code"] == "invalid_request" and "width" in entries["bad-size"]["error"]
     assert entries["unsafe"]["error_code"] == "content_policy_violation"
-    assert entries["row-000006"]["error"].startswith("line 7: not valid JSON")
+    assert entries["row-000008"]["error"].startswith("line 9: not valid JSON")
     for name in ("cat", "ball", "shoe", "mug"):
         entry = entries[name]
         video = probe_mp4(Path(entry["output"]).read_bytes())
@@ -378,29 +434,45 @@ def test_ray_job_reads_parquet_and_csv(serve_app, tmp_path, fmt):
 # -- the Ray Data engine, by `ray job submit` on the session's cluster -------------------------------
 
 
-def data_job(serve_app, tmp_path: Path, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+def data_job(
+    serve_app, tmp_path: Path, *args: str, wait: bool = True, adapters: Path | None = None
+) -> subprocess.CompletedProcess:
     """`ray job submit ... --engine data` on the session's model, with a cache of its own."""
     env = {"T2V_CACHE_DIR": str(tmp_path / "cache"), "T2V_MODEL": str(serve_app.model_dir)}
+    env |= {"T2V_ADAPTERS__URI": str(adapters)} if adapters else {}
     return ray_job(serve_app, *args, wait=wait, timeout=900, env=env)
 
 
-def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
+FAST_ROWS = [
+    {"id": "fast-shoe", "template": "product_showcase", "slots": {"product": "a shoe"}, "lora": [{"name": "fast"}]},
+    {"id": "fast-mug", "template": "product_showcase", "slots": {"product": "a mug"}, "lora": [{"name": "fast"}]},
+]
+
+
+def test_data_engine_mixed_file_then_rerun(serve_app, fast_store, tmp_path):
     """Good rows, template rows, an invalid row, a blocked prompt and a non-JSON line through Ray Data's
     actor pools (chosen because the job's Serve app is not on the cluster): each row ends in the
-    manifest once, the template's rows share the high-noise phase; a rerun with `--engine data`
-    runs only the rows not done."""
-    source = write_table(VALID + BAD, tmp_path / "prompts.jsonl", extra_lines=["{not json"])
+    manifest once, the template's rows share the high-noise phase, also at a fast adapter's 4
+    unguided steps; a rerun with `--engine data` runs only the rows not done."""
+    source = write_table(VALID + BAD + FAST_ROWS, tmp_path / "prompts.jsonl", extra_lines=["{not json"])
     out = tmp_path / "out"
     # No Serve app of that name on the cluster: the job runs on the data engine and says why.
-    job = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--app", "no-such-app")
+    args = ("--input", str(source), "--output", str(out))
+    job = data_job(serve_app, tmp_path, *args, "--app", "no-such-app", adapters=fast_store)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "engine: data (no Serve app 'no-such-app' on this Ray cluster)" in job.stdout
-    assert "one actor pool per stage" in job.stdout and "[7/7]" in job.stdout
+    assert "one actor pool per stage" in job.stdout and "[9/9]" in job.stdout
     entries = manifest_rows(out)
-    assert [e["status"] for e in entries.values()] == ["completed"] * 4 + ["failed"] * 3
+    statuses = ["completed"] * 4 + ["failed"] * 2 + ["completed"] * 2 + ["failed"]
+    assert [e["status"] for e in entries.values()] == statuses
+    fast = [entries["fast-shoe"], entries["fast-mug"]]
+    assert [(e["num_inference_steps"], e["guidance_scale"], e["lora"][0]["name"]) for e in fast] == [
+        (4, 1.0, "fast")
+    ] * 2
+    assert "boundary" in fast[0]["cache_hits"] + fast[1]["cache_hits"]
     assert entries["bad-size"]["error_code"] == "invalid_request" and "width" in entries["bad-size"]["error"]
     assert entries["unsafe"]["error_code"] == "content_policy_violation"
-    assert entries["row-000006"]["error"].startswith("line 7: not valid JSON")
+    assert entries["row-000008"]["error"].startswith("line 9: not valid JSON")
     for name in ("cat", "ball", "shoe", "mug"):
         entry = entries[name]
         video = probe_mp4(Path(entry["output"]).read_bytes())
@@ -417,11 +489,11 @@ def test_data_engine_mixed_file_then_rerun(serve_app, tmp_path):
 
     before = pool_actors()
     assert before >= 6  # the first run's: one pool per stage
-    rerun = data_job(serve_app, tmp_path, "--input", str(source), "--output", str(out), "--engine", "data")
+    rerun = data_job(serve_app, tmp_path, *args, "--engine", "data", adapters=fast_store)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "7 rows: 4 already done, 3 to run" in rerun.stdout
+    assert "9 rows: 6 already done, 3 to run" in rerun.stdout
     assert pool_actors() == before
-    assert [e["status"] for e in manifest_rows(out).values()] == ["completed"] * 4 + ["failed"] * 3
+    assert [e["status"] for e in manifest_rows(out).values()] == statuses
 
 
 def test_data_engine_killed_midway_resumes_without_duplicates(serve_app, tmp_path):
