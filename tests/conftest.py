@@ -57,6 +57,23 @@ class RunningApp:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
+def served_adapters(model_dir: Path, store: Path) -> Path:
+    """The shipped test adapters and `few-step`, random weights that sample as a distilled pair
+    does (4 steps, no guidance): what the session's app serves."""
+    import json
+    import shutil
+
+    from contract.experts import ExpertKind
+    from stages.adapter_store import TEST_ADAPTERS_DIR
+    from tests.test_adapters import write_adapter
+
+    shutil.copytree(TEST_ADAPTERS_DIR, store)
+    write_adapter(store, "few-step", model_dir, list(ExpertKind), 7, rank=2)
+    sampling = {"steps": 4, "guidance": 1.0, "guidance_2": 1.0, "flow_shift": 5.0}
+    (store / "few-step" / "adapter.json").write_text(json.dumps({"description": "4 steps, no guidance", **sampling}))
+    return store
+
+
 @pytest.fixture(scope="session")
 def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     """The real Serve app on a real local Ray, started once per session (~10-45 s here)."""
@@ -69,6 +86,7 @@ def serve_app(wan22_dir, tmp_path_factory) -> RunningApp:
     settings = Settings(
         model=wan22_dir,
         cache_dir=root / "cache",
+        adapters={"uri": str(served_adapters(wan22_dir, root / "adapters"))},
         serving=ServingSettings(
             port=free_port(),
             output_uri=str(root / "outputs"),

@@ -164,3 +164,25 @@ def test_an_adapter_is_chosen_from_the_served_ones(serve_app, browser):
     job = httpx.get(f"{serve_app.url}/v1/videos/{text(browser, '#job-id')}", headers=serve_app.headers).json()
     assert [(a["name"], a["scale"]) for a in job["request"]["lora"]] == [("studio", 0.5)]
     Select(browser.find_element(By.ID, "adapter")).select_by_value("")
+
+
+def test_a_few_step_adapter_shows_how_it_samples_and_the_job_what_ran(serve_app, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#adapter option")) > 2, 30)
+    steps = browser.find_element(By.ID, "steps")
+    field(browser, "steps", "")
+    field(browser, "guidance", "")
+    field(browser, "prompt", "a blue box slides to the left")
+    Select(browser.find_element(By.ID, "adapter")).select_by_value("few-step")
+    assert steps.get_attribute("placeholder") == "4 (few-step)"
+    assert browser.find_element(By.ID, "guidance").get_attribute("placeholder") == "1 (few-step)"
+    note = text(browser, "#adapter-sampling")
+    assert "4 steps" in note and "one forward a step" in note and "flow shift 5" in note
+    before = text(browser, "#job-id")  # the last test's job, until this one is shown
+    browser.find_element(By.ID, "submit").click()
+    wait(browser, lambda d: text(d, "#job-id") != before and text(d, "#job-status") == "completed")
+    assert text(browser, "#job-sampling") == "4 steps, guidance 1, 1 forward a step (set by few-step)"
+    Select(browser.find_element(By.ID, "adapter")).select_by_value("")
+    assert steps.get_attribute("placeholder") == "preset" and text(browser, "#adapter-sampling") == ""

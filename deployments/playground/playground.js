@@ -49,10 +49,27 @@ async function loadAdapters() {
     const { data } = await api("GET", "/v1/adapters");
     const select = $("#adapter");
     const usable = data.filter((a) => a.compatible);
+    state.adapters = Object.fromEntries(usable.map((a) => [a.id, a]));
     select.replaceChildren(select.firstElementChild, ...usable.map((a) => new Option(`${a.id}: ${a.description || a.experts.join(" + ")}`, a.id)));
+    showSampling();
   } catch (error) {
     $("#form-error").textContent = describe(error);
   }
+}
+
+// A distilled adapter says how it is sampled: its settings are what the empty fields will get.
+function showSampling() {
+  const id = $("#adapter").value;
+  const sampling = (state.adapters && state.adapters[id] && state.adapters[id].sampling) || {};
+  $("#steps").placeholder = sampling.steps ? `${sampling.steps} (${id})` : "preset";
+  $("#guidance").placeholder = sampling.guidance != null ? `${sampling.guidance} (${id})` : "4.0";
+  const said = [
+    sampling.steps && `${sampling.steps} steps`,
+    sampling.guidance != null && `guidance ${sampling.guidance}${sampling.guidance === 1 ? " (one forward a step)" : ""}`,
+    sampling.guidance_2 != null && `low-noise guidance ${sampling.guidance_2}`,
+    sampling.flow_shift != null && `flow shift ${sampling.flow_shift}`,
+  ].filter(Boolean);
+  $("#adapter-sampling").textContent = said.length ? `${id} samples with ${said.join(", ")}, unless you set them.` : "";
 }
 
 async function loadTemplates() {
@@ -151,6 +168,7 @@ async function render(job) {
   $("#job-stage").textContent = job.stage ? `(${job.stage.replace("_", " ")})` : "";
   $("#job-progress").value = job.progress;
   $("#job-percent").textContent = `${job.progress} % (${job.steps_done}/${job.steps_total} steps)`;
+  $("#job-sampling").textContent = sampled(job);
   $("#job-cancel").hidden = !["queued", "in_progress"].includes(job.status);
   // A finished preview can be made final: the same shot at the final preset's size
   $("#job-finalize").hidden = !(job.status === "completed" && job.request.preset === "preview" && !job.request.from_video);
@@ -177,6 +195,16 @@ async function render(job) {
     Object.assign($("#job-download"), { href: url, hidden: false, download: `${job.id}.mp4` });
   }
   loadGallery();
+}
+
+// What ran: steps, guidance and forwards per step, and which adapter chose them.
+function sampled(job) {
+  const r = job.request || {};
+  const guidance = r.guidance_scale_2 == null || r.guidance_scale_2 === r.guidance_scale
+    ? `guidance ${r.guidance_scale}` : `guidance ${r.guidance_scale} / ${r.guidance_scale_2}`;
+  const chosen = [...new Set(Object.values(r.sampling_from || {}))];
+  const from = chosen.length ? ` (set by ${chosen.join(", ")})` : "";
+  return `${r.num_inference_steps} steps, ${guidance}, ${job.forwards_per_step} forward${job.forwards_per_step === 1 ? "" : "s"} a step${from}`;
 }
 
 async function finalize() {
@@ -241,6 +269,7 @@ $("#key-form").addEventListener("submit", (event) => {
   loadGallery();
 });
 $("#template").addEventListener("change", showSlots);
+$("#adapter").addEventListener("change", showSampling);
 $("#create-form").addEventListener("submit", submit);
 $("#job-cancel").addEventListener("click", cancel);
 $("#job-finalize").addEventListener("click", finalize);
