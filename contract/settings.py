@@ -93,7 +93,9 @@ class DeploymentSettings(BaseModel):
     downscale_delay_s: float | None = None  # None: Serve's (600 s): idle this long before a replica goes
     upscale_delay_s: float | None = None  # None: Serve's (30 s): loaded this long before a replica is added
     look_back_period_s: float | None = None  # None: Serve's (30 s): the window its load is averaged over
-    parallel: ParallelSettings = ParallelSettings()  # experts only: a replica as a group of ranks
+    # A replica as a group of ranks: an expert's (stages/parallel.py), or the decoder's, whose
+    # `ulysses` ranks each decode a share of the VAE's tiles (`decoding.tiled`).
+    parallel: ParallelSettings = ParallelSettings()
 
     @property
     def replica_resources(self) -> dict[str, float]:
@@ -228,6 +230,25 @@ class StepCacheSettings(BaseModel):
     # Below this many steps (a distilled adapter's 4) consecutive steps share too little to
     # reuse: such a request is refused by name rather than run with its few steps skipped.
     min_steps: int = Field(8, ge=1)
+
+
+class DecodingSettings(BaseModel):
+    """The VAE decode (stages/decoder.py, stages/vae_tiles.py). Tiled: diffusers' Wan VAE tiling,
+    overlapping tiles decoded one by one and blended, which bounds a decode's memory; a Decoder
+    replica of several ranks (`deployments.Decoder.parallel.ulysses`) decodes a share of the tiles
+    on each. Sizes in pixels of the video (diffusers' defaults: 256 and 192)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tiled: bool = False
+    tile_px: int = Field(256, ge=8)
+    stride_px: int = Field(192, ge=8)
+
+    @model_validator(mode="after")
+    def _tiles_overlap(self) -> DecodingSettings:
+        if self.stride_px > self.tile_px:
+            raise ValueError(f"stride_px ({self.stride_px}) must be at most tile_px ({self.tile_px}): tiles must meet")
+        return self
 
 
 # Weight quantization of an expert as it loads (stages/quantization.py): torchao through diffusers'
@@ -441,6 +462,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     step_cache: StepCacheSettings = StepCacheSettings()
     quantization: QuantizationSettings = QuantizationSettings()
+    decoding: DecodingSettings = DecodingSettings()
     sim: SimSettings = SimSettings()
     deployments: dict[str, DeploymentSettings] = Field(default_factory=_default_deployments)
     # disaggregated: each expert its own deployment, its replicas on GPUs of their own (requests
@@ -454,11 +476,22 @@ class Settings(BaseSettings):
     def _step_cache_on_one_rank(self) -> Settings:
         # A step cache decides per rank whether to skip a forward; ranks that disagree would wait on
         # each other's collectives forever.
-        parallel = [n for n, d in self.deployments.items() if d.parallel.degree > 1]
+        parallel = [n for n, d in self.deployments.items() if d.parallel.degree > 1 and n != "Decoder"]
         if self.interactive.enabled and self.interactive.experts.parallel.degree > 1:
             parallel.append("interactive.experts")
         if parallel and self.step_cache.kind != "none":
             raise ValueError(f"step_cache ({self.step_cache.kind}) does not run on parallel experts ({parallel})")
+        return self
+
+    @model_validator(mode="after")
+    def _decoder_ranks_share_tiles(self) -> Settings:
+        # A decoder's ranks split the VAE's tiles between them: there is nothing else to split.
+        parallel = self.deployments["Decoder"].parallel
+        if parallel.degree > 1 and (parallel.cfg != 1 or not self.decoding.tiled):
+            raise ValueError(
+                f"deployments.Decoder.parallel: a decoder of {parallel.degree} ranks shares the VAE's tiles "
+                "(decoding.tiled: true) over parallel.ulysses ranks; cfg must be 1"
+            )
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """The `Decoder` Serve deployment: the decode stage (stages/stage_list.py, on stages/decoder.py:
 VAE decode, mp4, physics score) per replica. The mp4 goes to the shared output store, only its
 key and score go back. The final latent goes there too: a final of the same shot (`from`)
-starts from it."""
+starts from it. A replica may be a group of ranks that share the VAE's tiles (`decoding`)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ class DecoderDeployment:
         self.store.write(key, mp4)
         self.store.write(latent_key(state.job_id, state.attempt), latent_bytes(state.final.latents))
         return key
+
+    def check_health(self) -> None:
+        """Serve replaces a decoder whose group of ranks is broken (a rank died, or failed)."""
+        if broken := self.stage.decoder.ranks_broken:
+            raise RuntimeError(f"Decoder: its group of ranks is broken ({broken})")
 
     def run(self, state: JobState, attempt: int | None = None) -> JobState:
         """The decoded state, without its tensors: it goes back to the ingress."""

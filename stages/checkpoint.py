@@ -171,6 +171,13 @@ class Checkpoint:
 
         return use_rsqrt_rms_norm(use_onednn_conv3d(self._load("vae", self.vae_dtype)))
 
+    def vae_without_weights(self) -> torch.nn.Module:
+        """The VAE's class and config on the meta device: its arithmetic (tiling, blending), no weights."""
+        import torch
+
+        with torch.device("meta"):
+            return self._class_of("vae").from_config(self.component_config("vae"))
+
     def scheduler_config(self) -> dict:
         config = dict(self._class_of("scheduler").load_config(self.path, subfolder="scheduler"))
         if self.simulated and self.settings.sim.flow_shift is not None:

@@ -9,7 +9,10 @@ peft methods, each of which every rank runs on its own copy (`RankWorker`). The 
 torch.distributed group, NCCL on CUDA and gloo on a CPU; the output leaves through the
 coordinator (the expert's process), as a single GPU's does.
 `ProcessRanks` starts the ranks as processes of this machine (`t2v generate --parallel`,
-tests); `ActorRanks`, in a Serve replica, as Ray actors in the replica's placement group."""
+tests); `ActorRanks`, in a Serve replica, as Ray actors in the replica's placement group.
+
+A decoder's ranks (`DecodeRank`) use the same groups without collectives: each decodes a share
+of the VAE's tiles (stages/vae_tiles.py) and the coordinator blends them."""
 
 from __future__ import annotations
 
@@ -158,12 +161,59 @@ class RankWorker:
             torch.distributed.destroy_process_group()
 
 
-def _serve_rank(connection: multiprocessing.connection.Connection, threads: int, *args) -> None:
-    """A rank process: builds its RankWorker, then runs what the coordinator sends until it
+class DecodeRank:
+    """One rank of a decoder: its copy of the VAE, tiled as `decoding` says; decodes its share of a
+    latent's tiles (every ranks-th). Its ranks need no group: each returns its tiles whole."""
+
+    endpoint = staticmethod(RankWorker.endpoint)
+
+    def __init__(self, settings: Settings, role: str, rank: int, init_method: str | None = None):
+        self.settings, self.rank = settings, rank
+        if init_method is not None:
+            self.start(init_method)
+
+    def start(self, init_method: str) -> int:
+        from stages.checkpoint import Checkpoint
+        from stages.vae_tiles import tiled
+
+        checkpoint = Checkpoint.from_settings(self.settings)
+        if checkpoint.device.type == "cuda":
+            torch.cuda.set_device(self.rank % torch.cuda.device_count())
+        self.ranks = self.settings.deployments[DECODER].parallel.degree
+        self.vae = tiled(checkpoint.vae().to(checkpoint.device), self.settings.decoding)
+        return self.rank
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+        """This rank's tiles of `latents` (normalised as the VAE takes them), decoded, on the CPU."""
+        from stages.vae_tiles import decode_tiles, grid_of
+
+        share = grid_of(self.vae, latents).share(self.rank, self.ranks)
+        parameter = next(self.vae.parameters())
+        tiles = decode_tiles(self.vae, latents.to(parameter.device, parameter.dtype), share)
+        return {origin: tile.cpu() for origin, tile in tiles.items()}
+
+    def close(self) -> None:
+        pass
+
+
+DECODER = "Decoder"  # the role (and deployment) of a decoder's ranks; an expert's role is its ExpertKind
+Role = ExpertKind | str
+
+
+def _rank_class(role: Role) -> tuple[type, str]:
+    """The class of a rank of `role` and the deployment whose settings place it."""
+    return (DecodeRank, DECODER) if role == DECODER else (RankWorker, role.deployment)
+
+
+def _serve_rank(
+    connection: multiprocessing.connection.Connection, threads: int, role: Role, settings: Settings, *args
+) -> None:
+    """A rank process: builds its rank of `role`, then runs what the coordinator sends until it
     says stop or goes away (its end of the pipe closes)."""
     torch.set_num_threads(threads)
     try:
-        worker = RankWorker(*args)
+        worker = _rank_class(role)[0](settings, role, *args)
         connection.send(("ready", None))
     except Exception:
         connection.send(("error", traceback.format_exc()))
@@ -195,11 +245,12 @@ class RankError(RuntimeError):
 class ProcessRanks:
     """g ranks as processes of this machine, started with torch's `spawn`."""
 
-    def __init__(self, settings: Settings, kind: ExpertKind, threads: int = 1):
+    def __init__(self, settings: Settings, role: Role, threads: int = 1):
         import torch.multiprocessing as mp
 
         context = mp.get_context("spawn")
-        world = settings.deployments[kind.deployment].parallel.degree
+        deployment = _rank_class(role)[1]
+        world = settings.deployments[deployment].parallel.degree
         self.broken = None
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         self.connections, self.processes = [], []
@@ -207,8 +258,8 @@ class ProcessRanks:
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_serve_rank,
-                args=(theirs, threads, settings, kind, rank, init_method),
-                name=f"{kind.stage}-rank-{rank}",
+                args=(theirs, threads, role, settings, rank, init_method),
+                name=f"{deployment}-rank-{rank}",
                 daemon=True,
             )
             process.start()
@@ -261,12 +312,13 @@ class ActorRanks:
     starts (ranks that started one by one as CPUs or GPUs came free could wait on each other
     forever). They are the caller's actors: they go when it goes."""
 
-    def __init__(self, settings: Settings, kind: ExpertKind, threads: int):
+    def __init__(self, settings: Settings, role: Role, threads: int):
         import ray
         from ray.util import get_current_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        deployment = settings.deployments[kind.deployment]
+        worker_class, name = _rank_class(role)
+        deployment = settings.deployments[name]
         world = deployment.parallel.degree
         group, first, self.own_group = get_current_placement_group(), 1, None
         if group is None:
@@ -276,14 +328,14 @@ class ActorRanks:
             if not group.wait(timeout_seconds=wait):
                 ray.util.remove_placement_group(group)
                 raise RankError(f"{world} ranks of {bundle} could not be reserved on one node in {wait:g} s")
-        worker = ray.remote(RankWorker)
+        worker = ray.remote(worker_class)
         self.actors = [
             worker.options(
                 num_cpus=deployment.num_cpus,
                 num_gpus=deployment.num_gpus,
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}},
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=first + rank),
-            ).remote(settings, kind, rank)
+            ).remote(settings, role, rank)
             for rank in range(world)
         ]
         self._lock = threading.Lock()

@@ -12,6 +12,7 @@ import torch
 from cluster.pipeline import Pipeline
 from contract.experts import ExpertKind
 from contract.settings import ParallelSettings, Settings, StepCacheSettings
+from tests.test_vae_tiles import SMALL_TILES
 
 # Ulysses moves whole heads between ranks and gathers the output: each rank computes exactly the
 # numbers one rank would, in the same order. Zero is the expectation; the bound leaves room for
@@ -109,7 +110,7 @@ def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
 def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
     """One app, two pools: the default one (one rank a replica) and the interactive one, each
     expert replica a group of four rank actors in its placement group (two CFG groups of two
-    Ulysses ranks). `priority: interactive` runs on the ranks, batch on the default pool, and
+    Ulysses ranks), and a decoder of two ranks that share the VAE's tiles. `priority: interactive` runs on the ranks, batch on the default pool, and
     both make the video one rank makes; a rank killed fails its job with a clear error, Serve
     replaces the whole group (health check) and the next job completes; deleting the app
     leaves no rank."""
@@ -133,10 +134,12 @@ def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
     )
     ranked = settings.with_parallel_experts(ParallelSettings(ulysses=2, cfg=2, collective_timeout_seconds=30))
     interactive = InteractiveSettings(enabled=True, experts=ranked.deployments[ExpertKind.HIGH_NOISE.deployment])
-    settings = settings.model_copy(update={"interactive": interactive})
+    # ... and a decoder of two ranks, each decoding half the VAE's tiles
+    small["Decoder"] = small["Decoder"].model_copy(update={"parallel": ParallelSettings(ulysses=2)})
+    settings = settings.model_copy(update={"interactive": interactive, "decoding": SMALL_TILES})
 
-    def ranks() -> list:
-        return list_actors(filters=[("class_name", "=", "RankWorker"), ("state", "=", "ALIVE")])
+    def ranks(worker: str = "RankWorker") -> list:
+        return list_actors(filters=[("class_name", "=", worker), ("state", "=", "ALIVE")])
 
     def deployments_of(job: dict) -> dict[str, str]:
         """Stage -> the deployment of the replica that ran it (replica actors are named app#deployment#id)."""
@@ -159,15 +162,17 @@ def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
                 job = http.get(f"/v1/videos/{video.headers['X-Video-Id']}").json()
                 made[request.get("priority", "batch")] = (digest(video.content), deployments_of(job))
             assert len(ranks()) == 8  # the interactive pool's two experts, four ranks each
+            assert len(ranks("DecodeRank")) == 2
             (on_ranks, ran_on_ranks), (on_one, ran_on_one) = made["interactive"], made["batch"]
             assert (ran_on_ranks["high_noise"], ran_on_ranks["low_noise"]) == (
                 "HighNoiseExpertInteractive",
                 "LowNoiseExpertInteractive",
             ), ran_on_ranks
             assert (ran_on_one["high_noise"], ran_on_one["low_noise"]) == ("HighNoiseExpert", "LowNoiseExpert")
-            pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update={"cache_dir": tmp_path / "one"}))
+            one_process = {"cache_dir": tmp_path / "one", "decoding": SMALL_TILES}
+            pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update=one_process))
             one = pipeline(pipeline.validator.body(body))
-            assert on_ranks == on_one == digest(one.mp4)
+            assert on_ranks == on_one == digest(one.mp4)  # as one process, tiles and all
             refused = http.post("/v1/videos/sync", json={**body, "priority": "urgent"})
             assert refused.status_code == 400 and "priority" in refused.json()["error"]["param"]
 
@@ -183,7 +188,7 @@ def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
     finally:
         serve.delete(name)
     deadline = time.monotonic() + 30
-    while ranks():
+    while ranks() or ranks("DecodeRank"):
         assert time.monotonic() < deadline, f"rank actors left after the app was deleted: {ranks()}"
         time.sleep(1)
 
