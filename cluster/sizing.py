@@ -103,24 +103,36 @@ class Layout:
         }
 
 
-def layouts(gpus: int, high_steps: int, low_steps: int, cost, height: int, width: int, frames: int) -> list[Layout]:
+def layouts(
+    gpus: int,
+    high_steps: int,
+    low_steps: int,
+    cost,
+    height: int,
+    width: int,
+    frames: int,
+    guidance: bool = True,
+    decode_share: float = 1.0,
+) -> list[Layout]:
     """Every layout of `gpus` expert GPUs the cost model allows (a sequence-parallel degree
     divides the model's heads; a replica of g GPUs runs ulysses g, or ulysses g/2 x cfg 2):
     disaggregated, each expert its own replicas of g GPUs, split for throughput; and
     co-located, replicas of g GPUs each running a video's both phases (swapping the experts
-    where g GPUs cannot hold both)."""
+    where g GPUs cannot hold both). `guidance=False`: one forward a step (a distilled adapter),
+    and no CFG-parallel layouts (nothing for the second group to do). `decode_share`: the decode's
+    time as a share of one GPU's untiled decode (a decoder of ranks, stages/vae_tiles.py)."""
     from contract.experts import ExpertKind
 
-    one_gpu_step = cost.step_seconds(ExpertKind.HIGH_NOISE, height, width, frames)
-    ends = cost.encode_seconds() + cost.decode_seconds(height, width, frames)
+    one_gpu_step = cost.step_seconds(ExpertKind.HIGH_NOISE, height, width, frames, guidance=guidance)
+    ends = cost.encode_seconds(guidance) + cost.decode_seconds(height, width, frames) * decode_share
     steps = high_steps + low_steps
     found = []
     for degree in range(1, gpus + 1):
-        for cfg in (1, 2):
+        for cfg in (1, 2) if guidance else (1,):
             ulysses, rest = divmod(degree, cfg)
             if rest or cost.model.heads % ulysses:
                 continue
-            step = one_gpu_step / cost.parallel_speedup(ulysses, cfg)
+            step = one_gpu_step / cost.parallel_speedup(ulysses, cfg, guidance)
             if gpus // degree >= 2:
                 split = expert_split(gpus // degree, high_steps, low_steps, step, step)
                 rate = split.jobs_per_second_per_step_second

@@ -349,18 +349,20 @@ class CostModel:
         guidance: bool = True,
         offload: bool | None = None,
         cfg: int = 1,
+        decode_share: float = 1.0,
     ) -> float:
         """One video end to end on `gpus` x `cfg` GPUs working on it together: text encoding,
         `steps` denoising steps split over `gpus` sequence-parallel GPUs (and the guided halves
         over `cfg` groups of them), VAE decoding (on one GPU, as the reference does), and the
         expert swaps where memory needs them (`offload=True` forces them, as Wan2.2's single-GPU
-        run does with --offload_model)."""
+        run does with --offload_model). `decode_share`: the decode's time as a share of one GPU's
+        untiled decode (a decoder whose ranks share the VAE's tiles: stages/vae_tiles.py)."""
         denoise = steps * self.step_seconds(ExpertKind.HIGH_NOISE, height, width, frames, guidance=guidance)
         denoise /= self.parallel_speedup(gpus, cfg, guidance)
         swap = self.needs_swap(gpus) if offload is None else offload
         return (
             self.encode_seconds(guidance)
             + denoise
-            + self.decode_seconds(height, width, frames)
+            + self.decode_seconds(height, width, frames) * decode_share
             + (SWAPS_PER_VIDEO * self.swap_seconds() if swap else 0.0)
         )

@@ -104,8 +104,31 @@ def test_the_layouts_benchmark_measures_every_layout_of_the_latency_and_trade_of
     assert [c.degree for c in tradeoff_layouts(8, cost, (26, 14), shape)] == [1, 4, 8]
     assert [c.degree for c in tradeoff_layouts(32, cost, (26, 14), shape)] == [1, 4, 8, 16]
     rows = [{"gpus": 8, "latency_s": 155.5}, {"gpus": 16, "latency_s": 91.0}]
-    assert met({"latency": rows, "tradeoff": {}}) == {
+    rows += [{"gpus": 16, "decoder_gpus": 4, "latency_s": 80.0}]  # 19 GPUs in all: not a 16-GPU figure
+    assert met({"latency": rows, "few_step": [{"gpus": 8, "latency_s": 31.0}], "tradeoff": {}}) == {
         "latency_8_gpus": True,
         "latency_16_gpus": False,
+        "few_step_8_gpus": False,
         "no_failures": True,
     }
+
+
+def test_the_few_step_section_splits_the_decode_that_dominates_an_unguided_video(settings):
+    """4 unguided steps (2 + 2 at shift 5): one GPU and the fastest 8-GPU layout, with the decode
+    on one GPU and shared over 4; no CFG-parallel layout (an unguided step has one forward); the
+    adapter's videos need more decoder GPUs a fleet, each stage counted."""
+    from bench.fleet.harness import Shape
+    from bench.fleet.layouts import few_step_layouts, per_gpu
+    from sim.cost_model import CostModel
+
+    cost, shape = CostModel("h100"), Shape(1280, 720)
+    cases = few_step_layouts(cost, (2, 2), shape, settings, 4)
+    assert [(layout.gpus <= 8, ranks) for layout, ranks in cases] == [(True, 1), (True, 1), (True, 4), (True, 4)]
+    assert [layout.gpus for layout, _ in cases][::2] == [1, 1] and all(layout.cfg == 1 for layout, _ in cases)
+    (one, _), (eight, _), (one_split, _), (eight_split, _) = cases
+    decode = cost.decode_seconds(720, 1280, 81)
+    assert eight.latency_s - eight_split.latency_s > decode / 2  # the decode was most of it; split, it is not
+    assert one.latency_s > eight.latency_s and one_split.latency_s > eight_split.latency_s
+    guided, fast = per_gpu(cost, shape, (26, 14), True), per_gpu(cost, shape, (2, 2), False)
+    assert fast["decoder_gpus"] > guided["decoder_gpus"] == 1
+    assert fast["videos_per_hour_per_gpu"] > 5 * guided["videos_per_hour_per_gpu"]

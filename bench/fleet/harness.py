@@ -46,12 +46,12 @@ def sim_settings(base: Settings, work: Path, sim: SimSettings, shape: Shape) -> 
     return base.model_copy(update={"device": "sim", "sim": sim, "limits": limits, "cache_dir": work / "cache"})
 
 
-def schedule(settings: Settings, steps: int) -> tuple[int, int]:
+def schedule(settings: Settings, steps: int, flow_shift: float | None = None) -> tuple[int, int]:
     from stages.checkpoint import Checkpoint
     from stages.denoising import Scheduler
 
     checkpoint = Checkpoint.from_settings(settings)
-    plan = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio)
+    plan = Scheduler.from_checkpoint(checkpoint).plan(steps, checkpoint.boundary_ratio, flow_shift)
     return len(plan.high_noise_steps), len(plan.low_noise_steps)
 
 
@@ -167,10 +167,11 @@ class Fleet:
                 }
             )
         for name in ("TextEncoder", "Decoder", "Ingress"):
-            # On the head: one of each keeps up (a VAE decode is 2 % of a video's GPU time)
+            # On the head: one of each keeps up (a VAE decode is 2 % of a 40-step video's GPU time).
+            # A decoder of ranks reserves a small bundle a rank: simulated, its ranks are not started.
             deployments[name] = deployments[name].model_copy(
                 update={
-                    "num_cpus": 0.5,
+                    "num_cpus": 0.5 if deployments[name].parallel.degree == 1 else 0.05,
                     "threads": 1,
                     "min_replicas": 1,
                     "max_replicas": 1,
