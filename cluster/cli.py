@@ -1,4 +1,4 @@
-"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init|train|train-lora`, `t2v cache`, `t2v monitor`."""
+"""`t2v`: the command line: `t2v serve`, `t2v generate`, `t2v batch`, `t2v model init|train|train-lora|train-distill`, `t2v cache`, `t2v monitor`."""
 
 from __future__ import annotations
 
@@ -454,6 +454,29 @@ def model_train_lora(
     plan = LoraPlan.quick(style) if quick else LoraPlan(style=style)
     try:
         info = train(out, work or out.with_suffix(".work"), plan, experts, model)
+    except AdapterError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(info, indent=2))
+    typer.echo(f"adapter at {out}")
+
+
+@model_app.command("train-distill")
+def model_train_distill(
+    out: Path = typer.Option(..., help="Directory for pytorch_lora_weights.safetensors and adapter.json."),
+    work: Path | None = typer.Option(None, help="Stage checkpoints (default: OUT.work); a rerun resumes from them."),
+    model: Path | None = typer.Option(None, help="Two-expert checkpoint to distil (default: the shipped model)."),
+    quick: bool = typer.Option(False, help="A few steps of every stage: checks the command, learns nothing useful."),
+) -> None:
+    """Distil the model's guided preview into a 4-step unguided LoRA pair: see training/distill.py."""
+    import json
+
+    from training.distill import DistillPlan, train
+    from training.lora import AdapterError
+
+    plan = DistillPlan.quick() if quick else DistillPlan()
+    try:
+        info = train(out, work or out.with_suffix(".work"), plan, model)
     except AdapterError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

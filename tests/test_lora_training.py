@@ -147,7 +147,7 @@ def test_the_shipped_high_noise_adapter_is_the_studio_adapters_high_noise_part()
 
 def test_a_stopped_adapter_training_resumes_from_its_snapshot_on_the_same_path(tmp_path, monkeypatch):
     from training import flow_matching, lora
-    from training.flow_matching import TextTable
+    from training.flow_matching import FlowMatching, TextTable
     from training.latents import LatentSet
     from training.snapshots import Snapshots
 
@@ -159,7 +159,8 @@ def test_a_stopped_adapter_training_resumes_from_its_snapshot_on_the_same_path(t
 
     def run(snapshots=None):
         expert = checkpoint.expert(ExpertKind.HIGH_NOISE)
-        return lora.train_adapter(expert, "high", [(data, 2, 1.0)], text, 0.875, plan, snapshots=snapshots)[1]
+        objective = FlowMatching("high", 0.875, [(data, 2, 1.0)], text)
+        return lora.train_adapter(expert, "high", objective, plan, snapshots=snapshots)[1]
 
     straight = run()
     batches, calls = flow_matching.text_batch, []

@@ -39,7 +39,7 @@ from stages.checkpoint import Checkpoint
 from stages.default_model import SEED
 from training.clips import training_combinations
 from training.flow_matching import FlowMatching, TextTable, lr_schedule
-from training.latents import LatentSet, encode_clips
+from training.latents import encode_clips
 from training.snapshots import Snapshots
 from training.text import caption_table, embed_captions
 from world.styles import STYLES
@@ -85,14 +85,15 @@ def selected(experts: Experts) -> list[str]:
 def train_adapter(
     transformer,
     expert: str,
-    sets: list[tuple[LatentSet, int, float]],  # (latents, batch size, share of the steps)
-    text: TextTable,
-    boundary: float,
+    objective,
     plan: LoraPlan,
     position: int = 0,
     snapshots: Snapshots | None = None,
+    name: str = "lora",
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Train a LoRA on `transformer` (frozen); returns the losses and the adapter's state (peft's keys)."""
+    """Train a LoRA on `transformer` (frozen) on `objective` (its `step`: FlowMatching's, or
+    training/distill.py's reflow); `plan` gives the seed, rank, learning rate and steps. Returns
+    the losses and the adapter's state (peft's keys)."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -106,17 +107,16 @@ def train_adapter(
     params = [p.requires_grad_(True) for n, p in transformer.named_parameters() if "lora_" in n]
     opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
     schedule = lr_schedule(opt, warmup=min(50, plan.steps // 10 + 1), steps=plan.steps)
-    objective = FlowMatching(expert, boundary, sets, text)
-    first, recent = [], {i: [] for i in range(len(sets))}
+    first, recent = [], {}
     snapshots = snapshots or Snapshots(None)
     parts = {"model": transformer, "opt": opt, "schedule": schedule}
     start = snapshots.restore(parts, rng, generator)
-    bar = tqdm(range(start, plan.steps), desc=f"{expert}-noise lora", unit="step", position=position, initial=start)
+    bar = tqdm(range(start, plan.steps), desc=f"{expert}-noise {name}", unit="step", position=position, initial=start)
     for step in bar:
         which, loss = objective.step(transformer, params, opt, schedule, rng, generator)
         if step < 50:
-            first.append(loss)  # the frozen model's loss on the style, as the adapter starts
-        recent[which] = (recent[which] + [loss])[-100:]
+            first.append(loss)  # the frozen model's loss on the objective, as the adapter starts
+        recent[which] = (recent.get(which, []) + [loss])[-100:]
         bar.set_postfix({f"loss{i}": f"{np.mean(v):.4f}" for i, v in recent.items() if v})
         snapshots.maybe_save(step + 1, parts, rng, generator)
     losses = {f"{expert}_loss_set{i}": float(np.mean(v)) for i, v in recent.items() if v}
@@ -135,7 +135,7 @@ def _worker(args) -> tuple[dict, dict]:
     if plan.final_clips and plan.final_share > 0:
         sets.append((torch.load(work / "latents_final.pt", weights_only=False), plan.final_batch, plan.final_share))
     snapshots = Snapshots(work / f"{expert}.snapshot.pt", every=100)
-    result = train_adapter(transformer, expert, sets, text, boundary, plan, position, snapshots)
+    result = train_adapter(transformer, expert, FlowMatching(expert, boundary, sets, text), plan, position, snapshots)
     snapshots.clear()
     return result
 
