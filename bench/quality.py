@@ -25,6 +25,12 @@ Speed features, on the preview prompts in English (each against the plain path, 
 - quantization: both experts' weights in int8 (torchao, `quantization` settings), weight-only and
   with dynamic int8 activations.
 
+A distilled few-step adapter (`--distilled fast`, `t2v model train-distill`; skipped when the
+adapter store has none): the held-out preview prompts in each language through the adapter (4
+steps, no guidance, as its adapter.json says) against the 10-step guided preview that taught it,
+time per video included; and a 4-step preview made final by the distilled low-noise expert (the
+shot's adapter again) and by the full one (`lora: []`: the final preset's guided steps).
+
 The ad studio's workflow, on moving held-out prompts (`--adapter-prompts`, `--shot-prompts`):
 - the `studio` LoRA pair (stages/weights/test-adapters, `t2v model train-lora`) at scales
   0, 0.5 and 1 against no adapter: how much of the frames show its backdrop
@@ -49,7 +55,6 @@ import numpy as np
 
 from bench.toolkit import log, model_settings, rounded
 from cluster.pipeline import Pipeline
-from contract.request import GenerationRequest
 from contract.settings import QuantizationSettings, Settings, StepCacheSettings
 from world.captions import EN, caption, phrasings
 from world.reading import read_clip, shot_difference
@@ -120,7 +125,7 @@ def run(pipe: Pipeline, settings: Settings, cases, preset: str, **fields) -> lis
     for attrs, prompt, seed in cases:
         # A template's requests take its seed: that is how they meet in the cache.
         seeded = {} if fields.get("template") else {"seed": seed}
-        request = GenerationRequest.build(settings, preset=preset, **seeded, **fields_for(prompt, attrs, fields))
+        request = pipe.validator.request(preset=preset, **seeded, **fields_for(prompt, attrs, fields))
         start = time.perf_counter()
         result = pipe(request)
         row = judge(attrs, result.frames)
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shot-prompts", type=int, default=8, help="moving prompts for preview -> final")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--only", nargs="+", choices=FEATURES, default=FEATURES, help="speed features to measure")
+    parser.add_argument("--distilled", default="fast", help="a few-step adapter to measure against its teacher")
+    parser.add_argument("--distilled-prompts", type=int, default=None, help="its prompts (default: --prompts)")
     args = parser.parse_args(argv)
 
     base = model_settings()
@@ -202,6 +209,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nquality of the default model from its frames ({pipe.model_id}); held-out combinations and phrasings")
         table(results)
     result = {"model": pipe.model_id, "results": results, "targets": targets(results, rows)}
+    count = args.prompts if args.distilled_prompts is None else args.distilled_prompts
+    if count and args.distilled in pipe.validator.adapters.listing():
+        result["distilled"] = distilled_rows(pipe, plain, args.distilled, count, rows)
+        distilled_table(result["distilled"], args.distilled)
+        if args.shot_prompts:
+            log(f"a {args.distilled} preview made final two ways: {args.shot_prompts} moving prompts")
+            result["distilled_shots"] = distilled_shot_rows(pipe, args.distilled, moving_prompts(args.shot_prompts))
+            distilled_shot_table(result["distilled_shots"])
     if args.adapter_prompts:
         log(f"studio adapter: {args.adapter_prompts} prompts at scales 0, 0.5, 1")
         result["adapters"] = adapter_rows(pipe, moving_prompts(args.adapter_prompts))
@@ -347,6 +362,103 @@ def shot_table(rows: dict) -> None:
         f"{saved['denoise_seconds'] * 100:.0f} % of the denoising time ({saved['with_preview_seconds'] * 100:.0f} % "
         "counting the preview's too)"
     )
+
+
+# A distilled adapter against its teacher (issue goals): time, and quality points it may give up.
+DISTILLED_TARGETS = {
+    "seconds_ratio": 0.3,
+    "color": -0.05,
+    "setting": -0.05,
+    "motion": 0.0,
+    "object": 0.0,
+    "physics": -0.05,
+}
+
+
+def distilled_rows(pipe: Pipeline, plain: Settings, adapter: str, count: int, rows: dict) -> dict:
+    """Each language's held-out preview prompts through `adapter` (its own steps and guidance),
+    against the guided preview of the same prompts and seeds: summaries, and the targets met."""
+    out = {}
+    for language in ("en", "zh"):
+        cases = prompts(language, count)
+        teacher = rows.get(f"preview {language}", [])[:count]
+        if len(teacher) < count:
+            log(f"teacher, preview {language}: {count} prompts")
+            teacher = run(pipe, plain, cases, "preview", cache=False)
+        log(f"distilled '{adapter}', {language}: {count} prompts")
+        student = run(pipe, plain, cases, "preview", cache=False, lora=[{"name": adapter}])
+        ours, theirs = summary(student), summary(teacher)
+        delta = {k: ours[k] - theirs[k] for k in ("color", "setting", "motion", "object", "physics")}
+        ratio = ours["seconds"] / theirs["seconds"]
+        met = {k: delta[k] >= floor for k, floor in DISTILLED_TARGETS.items() if k != "seconds_ratio"}
+        met["seconds_ratio"] = ratio <= DISTILLED_TARGETS["seconds_ratio"]
+        out[language] = {"teacher": theirs, "student": ours, "delta": delta, "seconds_ratio": ratio, "met": met}
+    return out
+
+
+def distilled_table(rows: dict, adapter: str) -> None:
+    print(f"\ndistilled adapter '{adapter}' against its teacher (the guided preview), same prompts and seeds")
+    table({f"{who} {lang}": row[who] for lang, row in rows.items() for who in ("teacher", "student")})
+    for lang, row in rows.items():
+        missed = [k for k, ok in row["met"].items() if not ok]
+        print(
+            f"{lang}: time {row['seconds_ratio']:.2f}x the teacher's; "
+            + ", ".join(
+                f"{k} {v * 100:+.0f} pts" if k != "physics" else f"physics {v:+.3f}" for k, v in row["delta"].items()
+            )
+            + (f"; missed: {', '.join(missed)}" if missed else "; every target met")
+        )
+
+
+def distilled_shot_rows(pipe: Pipeline, adapter: str, cases) -> dict:
+    """A preview made by `adapter`, made final by the adapter's low-noise expert (its 4 steps) and by
+    the full one (no adapter: the final preset's guided steps): what each keeps, its detail, its time."""
+    runs: dict[str, list[dict]] = {f"final with '{adapter}'": [], "final, full low-noise expert": []}
+    for attrs, prompt, seed in cases:
+        preview = pipe(
+            pipe.validator.request(prompt=prompt, seed=seed, preset="preview", cache=False, lora=[{"name": adapter}])
+        )
+        seen = read_clip(preview.frames)
+        for name, fields in zip(runs, ({}, {"lora": []}), strict=True):
+            final = pipe.final_of(preview, cache=False, **fields)
+            row = shot_difference(seen, read_clip(final.frames)) | judge(attrs, final.frames)
+            row.update(
+                detail=detail(final.frames),
+                physics=final.physics.score,
+                steps=sum(final.steps.values()),
+                denoise_seconds=final.timings.get("low_noise", 0.0),
+            )
+            runs[name].append(row)
+    out = {}
+    for name, rows in runs.items():
+        mean = lambda key, rows=rows: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
+        out[name] = {
+            "keeps_color": mean("color"),
+            "keeps_object": mean("object"),
+            "keeps_motion": mean("motion"),
+            "path": mean("path"),
+            "right": {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS[:3]},
+            "detail": mean("detail"),
+            "physics": mean("physics"),
+            "steps": mean("steps"),
+            "denoise_seconds": mean("denoise_seconds"),
+            "videos": len(rows),
+        }
+    return out
+
+
+def distilled_shot_table(rows: dict) -> None:
+    videos = next(iter(rows.values()))["videos"]
+    print(f"\na 4-step preview made final, {videos} moving prompts; kept = same as the preview")
+    print(
+        f"{'run':<32}{'colour':>8}{'object':>8}{'motion':>8}{'path':>7}{'detail':>8}{'physics':>8}{'steps':>7}{'denoise s':>10}"
+    )
+    for name, row in rows.items():
+        kept = "".join(f"{row[k] * 100:>7.0f}%" for k in ("keeps_color", "keeps_object", "keeps_motion"))
+        print(
+            f"{name:<32}{kept}{row['path']:>7.3f}{row['detail']:>8.2f}{row['physics']:>8.3f}"
+            f"{row['steps']:>7.1f}{row['denoise_seconds']:>10.2f}"
+        )
 
 
 def features(

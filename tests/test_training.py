@@ -60,10 +60,14 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     of fractions read from the frames, and the last line is the JSON."""
     from bench import quality
 
+    from tests.conftest import served_adapters
+
     monkeypatch.setenv("T2V_MODEL", str(wan22_dir))
     monkeypatch.setenv("T2V_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("T2V_ADAPTERS__URI", str(served_adapters(wan22_dir, tmp_path / "adapters")))
     result = quality.main(
         ["--prompts", "2", "--final-prompts", "1", "--features", "1", "--adapter-prompts", "1", "--shot-prompts", "1"]
+        + ["--distilled", "few-step"]
     )
     rows = result["results"]
     expected = {"preview en", "preview zh", "final en", "final zh", "template, uncached", "batching x4"}
@@ -92,6 +96,13 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     shots = result["shots"]
     assert shots["final of the preview"]["steps"] < shots["plain final, same seed"]["steps"]
     assert 0 < shots["saved"]["steps"] < 1
+    # a few-step adapter against its teacher, each language, and its preview made final two ways
+    for language in ("en", "zh"):
+        distilled = result["distilled"][language]
+        assert distilled["student"]["videos"] == distilled["teacher"]["videos"] == 2
+        assert set(distilled["met"]) == set(quality.DISTILLED_TARGETS) and distilled["seconds_ratio"] > 0
+    finals = result["distilled_shots"]
+    assert finals["final with 'few-step'"]["steps"] < finals["final, full low-noise expert"]["steps"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model"] == result["model"]
 
 
