@@ -59,7 +59,6 @@ def test_the_quality_benchmark_reads_every_run(wan22_dir, tmp_path, monkeypatch,
     """bench/quality.py end to end on a tiny run: every preset, language and speed feature gets a row
     of fractions read from the frames, and the last line is the JSON."""
     from bench import quality
-
     from tests.conftest import served_adapters
 
     monkeypatch.setenv("T2V_MODEL", str(wan22_dir))
