@@ -313,22 +313,7 @@ def shot_rows(pipe: Pipeline, cases, strength: float) -> dict:
             row["steps"] = sum(result.steps.values())
             row["denoise_seconds"] = result.timings.get("high_noise", 0) + result.timings.get("low_noise", 0)
             runs[name].append(row)
-    out = {}
-    for name, rows in runs.items():
-        mean = lambda key, rows=rows: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
-        out[name] = {
-            "keeps_color": mean("color"),
-            "keeps_object": mean("object"),
-            "keeps_motion": mean("motion"),
-            "path": mean("path"),
-            "path_max": mean("path_max"),
-            "right": {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS[:3]},
-            "detail": mean("detail"),
-            "physics": mean("physics"),
-            "steps": mean("steps"),
-            "denoise_seconds": mean("denoise_seconds"),
-            "videos": len(rows),
-        }
+    out = {name: shot_summary(rows) for name, rows in runs.items()}
     final, plain = out["final of the preview"], out["plain final, same seed"]
     out["saved"] = {
         "strength": strength,
@@ -339,6 +324,24 @@ def shot_rows(pipe: Pipeline, cases, strength: float) -> dict:
         - (final["denoise_seconds"] + out["preview, upscaled"]["denoise_seconds"]) / plain["denoise_seconds"],
     }
     return out
+
+
+def shot_summary(rows: list[dict]) -> dict:
+    """Means of a shot's rows: what of the preview each final keeps, reads right, its detail and cost."""
+    mean = lambda key: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
+    return {
+        "keeps_color": mean("color"),
+        "keeps_object": mean("object"),
+        "keeps_motion": mean("motion"),
+        "path": mean("path"),
+        "path_max": mean("path_max"),
+        "right": {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS[:3]},
+        "detail": mean("detail"),
+        "physics": mean("physics"),
+        "steps": mean("steps"),
+        "denoise_seconds": mean("denoise_seconds"),
+        "videos": len(rows),
+    }
 
 
 def shot_table(rows: dict) -> None:
@@ -429,22 +432,7 @@ def distilled_shot_rows(pipe: Pipeline, adapter: str, cases) -> dict:
                 denoise_seconds=final.timings.get("low_noise", 0.0),
             )
             runs[name].append(row)
-    out = {}
-    for name, rows in runs.items():
-        mean = lambda key, rows=rows: float(np.nanmean([r[key] for r in rows]))  # noqa: E731
-        out[name] = {
-            "keeps_color": mean("color"),
-            "keeps_object": mean("object"),
-            "keeps_motion": mean("motion"),
-            "path": mean("path"),
-            "right": {k: float(np.mean([r["right"][k] for r in rows])) for k in KEYS[:3]},
-            "detail": mean("detail"),
-            "physics": mean("physics"),
-            "steps": mean("steps"),
-            "denoise_seconds": mean("denoise_seconds"),
-            "videos": len(rows),
-        }
-    return out
+    return {name: shot_summary(rows) for name, rows in runs.items()}
 
 
 def distilled_shot_table(rows: dict) -> None:

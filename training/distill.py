@@ -24,11 +24,7 @@ settings (steps, guidance, flow shift): a request that names it samples as it wa
 
 from __future__ import annotations
 
-import json
-import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +36,16 @@ from stages.checkpoint import Checkpoint
 from stages.default_model import SEED
 from training.clips import training_combinations
 from training.flow_matching import FlowMatching, sample_sigmas
-from training.lora import EXPERTS, TARGETS, AdapterError, _cpu_settings, train_adapter, write_adapter
+from training.lora import (
+    EXPERTS,
+    TARGETS,
+    AdapterError,
+    WorkDir,
+    _cpu_settings,
+    side_by_side,
+    train_adapter,
+    write_adapter,
+)
 from training.snapshots import Snapshots
 from training.text import training_captions
 
@@ -143,38 +148,12 @@ def train(out: Path, work: Path, plan: DistillPlan, model: Path | None = None) -
     checkpoint = Checkpoint.from_settings(_cpu_settings(model))
     if not checkpoint.has_low_noise_expert:
         raise AdapterError(f"{checkpoint.path} has one transformer: the adapter is for a two-expert (Wan2.2) model")
-    work.mkdir(parents=True, exist_ok=True)
-    plan_path, this = work / "plan.json", {"model": str(checkpoint.path.resolve()), **plan.model_dump()}
-    if plan_path.exists() and json.loads(plan_path.read_text()) != this:
-        raise AdapterError(
-            f"{work} holds the stages of another plan or model ({plan_path}); use another work directory"
-        )
-    plan_path.write_text(json.dumps(this, indent=2))
-    report_path = work / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-
-    def stage(name: str, done: list[Path], run) -> None:
-        if all(p.exists() for p in done):
-            return
-        start = time.monotonic()
-        report.update(run() or {})
-        report[f"seconds_{name}"] = round(time.monotonic() - start, 1)
-        report_path.write_text(json.dumps(report, indent=2))
-
-    stage("pairs", [work / "pairs.pt"], lambda: torch.save(teacher_pairs(checkpoint, plan), work / "pairs.pt"))
-
-    def students_stage():
-        todo = [e for e in ("high", "low") if not (work / f"{e}.pt").exists()]
-        jobs = [(e, checkpoint.path, work, plan, checkpoint.boundary_ratio, i) for i, e in enumerate(todo)]
-        with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_worker, jobs))
-        losses = {}
-        for (expert, *_), (loss, state) in zip(jobs, results, strict=True):
-            torch.save(state, work / f"{expert}.pt")
-            losses.update(loss)
-        return losses
-
-    stage("students", [work / "high.pt", work / "low.pt"], students_stage)
+    work_dir = WorkDir(work, checkpoint, plan)
+    pairs = work / "pairs.pt"
+    work_dir.stage("pairs", [pairs], lambda: torch.save(teacher_pairs(checkpoint, plan), pairs))
+    students = [work / "high.pt", work / "low.pt"]
+    work_dir.stage("students", students, lambda: side_by_side(_worker, ["high", "low"], checkpoint, work, plan))
+    report = work_dir.report
     states = {e: torch.load(work / f"{e}.pt") for e in ("high", "low")}
     seconds = {k: report[f"seconds_{k}"] for k in ("pairs", "students") if f"seconds_{k}" in report}
     info = {

@@ -146,6 +146,45 @@ def _cpu_settings(model: Path | None) -> Settings:
     return Settings(device="cpu", dtype="float32", **({"model": model} if model else {}))
 
 
+class WorkDir:
+    """A resumable training command's work directory: the plan and model it holds the stages of
+    (another's is refused: two trainings would mix), and its stages, each skipped when its results
+    exist, their reports and times in report.json."""
+
+    def __init__(self, path: Path, checkpoint: Checkpoint, plan: BaseModel):
+        path.mkdir(parents=True, exist_ok=True)
+        plan_path, this = path / "plan.json", {"model": str(checkpoint.path.resolve()), **plan.model_dump()}
+        if plan_path.exists() and json.loads(plan_path.read_text()) != this:
+            raise AdapterError(
+                f"{path} holds the stages of another plan or model ({plan_path}); use another work directory"
+            )
+        plan_path.write_text(json.dumps(this, indent=2))
+        self.report_path = path / "report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
+
+    def stage(self, name: str, done: list[Path], run) -> None:
+        if all(p.exists() for p in done):
+            return
+        start = time.monotonic()
+        self.report.update(run() or {})
+        self.report[f"seconds_{name}"] = round(time.monotonic() - start, 1)
+        self.report_path.write_text(json.dumps(self.report, indent=2))
+
+
+def side_by_side(worker, experts: list[str], checkpoint: Checkpoint, work: Path, plan: BaseModel) -> dict:
+    """`worker` for each expert whose adapter is not in `work` yet, a process each, side by side; each
+    adapter's state saved as <work>/<expert>.pt. Returns their losses."""
+    todo = [e for e in experts if not (work / f"{e}.pt").exists()]
+    jobs = [(e, checkpoint.path, work, plan, checkpoint.boundary_ratio, i) for i, e in enumerate(todo)]
+    with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(worker, jobs))
+    losses = {}
+    for (expert, *_), (loss, state) in zip(jobs, results, strict=True):
+        torch.save(state, work / f"{expert}.pt")
+        losses.update(loss)
+    return losses
+
+
 def write_adapter(out: Path, states: dict[str, dict[str, torch.Tensor]], info: dict) -> Path:
     """One diffusers LoRA file of the given experts' states (each under its checkpoint subfolder's
     prefix) in half precision, and `adapter.json`; written atomically."""
@@ -172,25 +211,8 @@ def train(out: Path, work: Path, plan: LoraPlan, experts: Experts = "both", mode
     checkpoint = Checkpoint.from_settings(_cpu_settings(model))
     if not checkpoint.has_low_noise_expert:
         raise AdapterError(f"{checkpoint.path} has one transformer: the adapter is for a two-expert (Wan2.2) model")
-    work.mkdir(parents=True, exist_ok=True)
-    # The stages are the plan's on this model: a work directory of another would mix two trainings.
-    plan_path, this = work / "plan.json", {"model": str(checkpoint.path.resolve()), **plan.model_dump()}
-    if plan_path.exists() and json.loads(plan_path.read_text()) != this:
-        raise AdapterError(
-            f"{work} holds the stages of another plan or model ({plan_path}); use another work directory"
-        )
-    plan_path.write_text(json.dumps(this, indent=2))
-    report_path = work / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-
-    def stage(name: str, done: list[Path], run) -> None:
-        if all(p.exists() for p in done):
-            return
-        start = time.monotonic()
-        report.update(run() or {})
-        report[f"seconds_{name}"] = round(time.monotonic() - start, 1)
-        report_path.write_text(json.dumps(report, indent=2))
-
+    work_dir = WorkDir(work, checkpoint, plan)
+    stage, report = work_dir.stage, work_dir.report
     combos = training_combinations()
 
     def captions_stage():
@@ -224,18 +246,11 @@ def train(out: Path, work: Path, plan: LoraPlan, experts: Experts = "both", mode
 
     wanted = selected(experts)
 
-    def adapters_stage():
-        todo = [e for e in wanted if not (work / f"{e}.pt").exists()]
-        jobs = [(e, checkpoint.path, work, plan, checkpoint.boundary_ratio, i) for i, e in enumerate(todo)]
-        with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_worker, jobs))
-        losses = {}
-        for (expert, *_), (loss, state) in zip(jobs, results, strict=True):
-            torch.save(state, work / f"{expert}.pt")
-            losses.update(loss)
-        return losses
-
-    stage(f"lora_{experts}", [work / f"{e}.pt" for e in wanted], adapters_stage)
+    stage(
+        f"lora_{experts}",
+        [work / f"{e}.pt" for e in wanted],
+        lambda: side_by_side(_worker, wanted, checkpoint, work, plan),
+    )
 
     states = {e: torch.load(work / f"{e}.pt") for e in wanted}
     keep = ("captions", "latents_preview", "latents_final", *(f"lora_{e}" for e in ("high", "low", "both")))
