@@ -297,21 +297,16 @@ def bench_tradeoff(
 def run(args: argparse.Namespace, base: Settings, shape: Shape) -> dict:
     cost = CostModel(args.gpu)
     work = Path(tempfile.mkdtemp(prefix="layouts", dir="/tmp"))
-    try:  # the simulated checkpoint's schedule: Wan2.2 A14B's (26 high-noise, 14 low-noise of 40)
-        steps = schedule(sim_settings(base, work, SimSettings(gpu=args.gpu), shape), shape.steps)
+    try:  # the simulated checkpoint's schedules: Wan2.2 A14B's (26 high-noise, 14 low-noise of 40), and the adapter's
+        simulated = sim_settings(base, work, SimSettings(gpu=args.gpu), shape)
+        steps = schedule(simulated, shape.steps)
+        few_steps = schedule(simulated, FEW_STEP["steps"], FEW_STEP["flow_shift"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cases = [(c, 1) for c in latency_layouts(args.latency_degrees, cost, steps, shape)] if args.latency_degrees else []
     if cases and args.decode_ranks > 1:
         cases += split_decode_layouts(cost, steps, shape, base, args.decode_ranks)
-    few = []
-    if args.decode_ranks:
-        work = Path(tempfile.mkdtemp(prefix="layouts", dir="/tmp"))
-        try:
-            few_steps = schedule(sim_settings(base, work, SimSettings(gpu=args.gpu), shape), 4, FEW_STEP["flow_shift"])
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        few = few_step_layouts(cost, few_steps, shape, base, args.decode_ranks)
+    few = few_step_layouts(cost, few_steps, shape, base, args.decode_ranks) if args.decode_ranks else []
     trade = {n: tradeoff_layouts(n, cost, steps, shape) for n in args.tradeoff_gpus}
     largest = max([c.gpus for c, _ in cases + few] + list(args.tradeoff_gpus) or [0])
     latency, few_step, tradeoff = [], [], {}
