@@ -363,7 +363,7 @@ def test_ray_job_mixed_file_then_rerun(serve_app, tmp_path):
     assert [e["status"] for e in entries.values()] == ["completed"] * 4 + ["failed"] * 3
     assert entries["bad-size"]["error_code"] == "invalid_request" and "width" in entries["bad-size"]["error"]
     assert entries["unsafe"]["error_code"] == "content_policy_violation"
-    assert entries["row-000008"]["error"].startswith("line 9: not valid JSON")
+    assert entries["row-000006"]["error"].startswith("line 7: not valid JSON")
     for name in ("cat", "ball", "shoe", "mug"):
         entry = entries[name]
         video = probe_mp4(Path(entry["output"]).read_bytes())
