@@ -161,6 +161,11 @@ class InteractiveSettings(BaseModel):
     # None: as the default pool's `experts_placement`. co_located: one replica of g GPUs runs both
     # phases of a video, so a fast video takes g GPUs, not 2g.
     placement: Literal["disaggregated", "co_located"] | None = None
+    # Batch jobs an ingress replica lends the pool at once (0: none), so its GPUs make batch videos
+    # while no director waits. The pool's replicas then schedule steps (the step batcher): an
+    # interactive video's steps go first, a lent job yields within one step. Give the pool's
+    # replicas `max_ongoing_requests` above their share of these, or interactive requests queue.
+    backfill: int = Field(0, ge=0)
 
 
 def _default_deployments() -> dict[str, DeploymentSettings]:
@@ -532,7 +537,10 @@ class Settings(BaseSettings):
         experts = {kind.deployment for kind in ExpertKind}
         deployments = {name: self.interactive.experts if name in experts else d for name, d in self.deployments.items()}
         placement = self.interactive.placement or self.experts_placement
-        return self.model_copy(update={"deployments": deployments, "experts_placement": placement})
+        update = {"deployments": deployments, "experts_placement": placement}
+        if self.interactive.backfill:  # lent batch jobs yield to interactive ones step by step
+            update["batching"] = self.batching.model_copy(update={"enabled": True})
+        return self.model_copy(update=update)
 
     def templates(self) -> TemplateRegistry:
         """The template registry (loaded once per file)."""

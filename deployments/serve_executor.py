@@ -100,6 +100,32 @@ def expert_methods(
     return experts
 
 
+class ExpertPools:
+    """Which pool of experts runs a job: the interactive pool for `priority: interactive`, and for
+    up to `backfill` batch jobs at once (lent while the pool would idle: its replicas let an
+    interactive job's steps go first); every other job the default pool. A job keeps its pool
+    from its first stage to its last."""
+
+    def __init__(self, pools: dict, backfill: int = 0):
+        self.pools, self.backfill = pools, backfill if "interactive" in pools else 0
+        self.lent: set[str] = set()  # the batch jobs on the interactive pool now
+
+    def name(self, job: JobState) -> str:
+        if job.request.priority in self.pools:
+            if job.request.priority == "batch" and (job.job_id in self.lent or len(self.lent) < self.backfill):
+                self.lent.add(job.job_id)
+                return "interactive"
+            return job.request.priority
+        return "batch"
+
+    def __call__(self, job: JobState) -> dict:
+        return self.pools[self.name(job)]
+
+    def release(self, job: JobState) -> None:
+        """The job ended: its loan (if any) is free for the next batch job."""
+        self.lent.discard(job.job_id)
+
+
 def serve_runner(
     settings: Settings,
     checkpoint: Checkpoint,
@@ -119,11 +145,12 @@ def serve_runner(
     pools = {"batch": expert_methods(high_noise_expert, low_noise_expert)}
     if interactive_high_noise is not None:
         pools["interactive"] = expert_methods(interactive_high_noise, interactive_low_noise)
+    pools = ExpertPools(pools, settings.interactive.backfill)
 
     def calls(job: JobState) -> dict[str, StageCall]:
-        """Stage name -> the call of the deployment that serves it; the job's priority picks the
-        experts' pool, its adapters an expert's replica."""
-        experts = pools.get(job.request.priority, pools["batch"])
+        """Stage name -> the call of the deployment that serves it; the job's priority (and the
+        pools' backfill) picks the experts' pool, its adapters an expert's replica."""
+        experts = pools(job)
         calls = {
             EncodePrompt.name: text_encoder.run.remote,
             HighNoisePhase.name: expert_call(*experts[ExpertKind.HIGH_NOISE], ExpertKind.HIGH_NOISE, job),
@@ -146,4 +173,5 @@ def serve_runner(
         min_dynamics=settings.repair_min_dynamics,
         replica_died=replica_died,
         finalize_strength=settings.finalize_strength,
+        ended=pools.release,
     )

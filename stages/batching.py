@@ -7,6 +7,10 @@ request: the UniPC scheduler and its multistep history, the guidance scale, prog
 cancellation. A request joins at the next step boundary and leaves when its phase ends,
 as continuous batching does for LLM decoding. An idle engine waits up to `max_wait` for
 company before its first forward; a busy one never waits.
+
+Interactive requests (`priority: interactive`) go first at every step boundary and batch only
+with each other: a batch job lent to an interactive replica yields to a director's video within
+one step of it, instead of within a whole phase.
 """
 
 from __future__ import annotations
@@ -39,15 +43,17 @@ class _Member:
     stop: int  # the step index after the phase
     stands_for: tuple[int, int, int] | None = None  # the video a simulated stand-in latent stands for
     adapters: list[AdapterRef] = field(default_factory=list)  # this expert's LoRAs for the request
+    interactive: bool = False  # steps before every batch request's
     future: Future = field(default_factory=Future)
     ready_since: float = field(default_factory=time.monotonic)  # when it last stepped (or arrived)
 
     @property
     def key(self) -> tuple:
         """Requests batch with their own kind: same latent shape, guidance on or off, same adapters
-        at the same scales (one forward runs one set of weights)."""
+        at the same scales (one forward runs one set of weights), and the same priority (a batch
+        request in an interactive one's forward would slow it)."""
         adapters = tuple((a.name, a.revision, a.scale) for a in self.adapters)
-        return tuple(self.latents.shape), self.stands_for, self.negative is not None, adapters
+        return tuple(self.latents.shape), self.stands_for, self.negative is not None, adapters, self.interactive
 
 
 class StepBatcher:
@@ -90,8 +96,10 @@ class StepBatcher:
         steps: range,
         on_step: Callable[[int], None] | None = None,
         adapters: list[AdapterRef] | None = None,
+        interactive: bool = False,
     ) -> DenoisingState:
-        """The same contract as `Expert.__call__`; blocks until this request's phase is done."""
+        """The same contract as `Expert.__call__`; blocks until this request's phase is done.
+        `interactive`: this request's steps go before every batch request's."""
         negative = None if embeddings.negative is None else embeddings.negative.to(self.device, self.dtype)
         member = _Member(
             self.scheduler.restore(state.scheduler),
@@ -104,6 +112,7 @@ class StepBatcher:
             steps.stop,
             state.stands_for,
             list(adapters or []),
+            interactive,
         )
         if not member.steps:
             return DenoisingState(state.latents, state.scheduler, steps.stop, state.stands_for)
@@ -129,10 +138,10 @@ class StepBatcher:
     def _work(self) -> None:
         while True:
             self._admit()
-            # The kind whose request has waited longest for a step goes next, so requests of
-            # another shape take turns instead of starving behind a bigger group.
+            # Interactive requests first; then the kind whose request has waited longest for a
+            # step, so requests of another shape take turns instead of starving behind a bigger group.
             groups: dict[tuple, list[_Member]] = {}
-            for member in sorted(self._active, key=lambda m: m.ready_since):
+            for member in sorted(self._active, key=lambda m: (not m.interactive, m.ready_since)):
                 groups.setdefault(member.key, []).append(member)
             batch = next(iter(groups.values()))[: self.max_batch]
             try:

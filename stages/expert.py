@@ -141,10 +141,13 @@ class Expert:
             request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift
         )
         adapters = adapters_for(request.lora, self.kind)
+        interactive = request.priority == "interactive"
         if self.kind is ExpertKind.HIGH_NOISE:
             if state is None:
                 state = self._noise(request, scheduler_state)
-            return self(state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step, adapters)
+            return self(
+                state, embeddings, request.guidance_scale, plan.high_noise_steps, on_step, adapters, interactive
+            )
         if state is None and source is not None:
             state = self.refine_start(request, source)
         if state is None:
@@ -152,7 +155,7 @@ class Expert:
         if resample_seed is not None:
             state = self.scheduler.resample(state, resample_seed)
         steps = range(max(state.step, plan.boundary_step), plan.num_steps)
-        return self(state, embeddings, request.guidance_scale_2, steps, on_step, adapters)
+        return self(state, embeddings, request.guidance_scale_2, steps, on_step, adapters, interactive)
 
     def refine_start(self, request: GenerationRequest, source: torch.Tensor) -> DenoisingState:
         """The preview's latent at this request's size, re-noised to `finalize_strength` (SDEdit)."""
@@ -193,13 +196,16 @@ class Expert:
         shared = len(steps) if shared is None else min(shared, len(steps))
         key = boundary_key(self.checkpoint.identity, request, None if shared == len(steps) else shared)
         adapters = adapters_for(request.lora, self.kind)
+        interactive = request.priority == "interactive"
 
         def compute() -> dict:
             _, scheduler_state = self.scheduler.start(
                 request.num_inference_steps, self.checkpoint.boundary_ratio, request.flow_shift
             )
             start = self._noise(request, scheduler_state)
-            return self(start, base, request.guidance_scale, range(0, shared), on_step, adapters).as_plain()
+            return self(
+                start, base, request.guidance_scale, range(0, shared), on_step, adapters, interactive
+            ).as_plain()
 
         plain, hit = cache.get_or_compute("boundary", key, compute)
         state = DenoisingState.from_plain(plain)
@@ -207,7 +213,9 @@ class Expert:
             for i in range(state.step):  # the steps count as done: progress stays true
                 on_step(i)
         if shared < len(steps):
-            state = self(state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step, adapters)
+            state = self(
+                state, embeddings, request.guidance_scale, range(shared, steps.stop), on_step, adapters, interactive
+            )
         return state, hit
 
     def _noise(self, request: GenerationRequest, scheduler_state) -> DenoisingState:
@@ -227,13 +235,15 @@ class Expert:
         steps: range,
         on_step: StepCallback | None = None,
         adapters: list[AdapterRef] | None = None,
+        interactive: bool = False,
     ) -> DenoisingState:
-        """`steps` of this expert from `state`, with `adapters` (this expert's LoRAs) active."""
+        """`steps` of this expert from `state`, with `adapters` (this expert's LoRAs) active.
+        `interactive`: with a step batcher, these steps go before every batch request's."""
         if steps.start != state.step:
             raise ValueError(f"{self.kind.stage}: asked to start at step {steps.start}, state is at {state.step}")
         adapters = adapters or []
         if self.batcher is not None:
-            return self.batcher.run(state, embeddings, guidance_scale, steps, on_step, adapters)
+            return self.batcher.run(state, embeddings, guidance_scale, steps, on_step, adapters, interactive)
         with self.adapters.active(adapters):
             if not self.step_cache:
                 with standing_for(state.stands_for):

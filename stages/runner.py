@@ -114,6 +114,7 @@ class JobRunner:
     min_dynamics: float = 0.8  # a repair attempt must move at least this share as much as the first
     replica_died: Callable[[BaseException], bool] = lambda error: False
     finalize_strength: float = 0.6  # where the final of a previewed shot starts (settings.finalize_strength)
+    ended: Callable[[JobState], None] = lambda state: None  # after every run, however it ended
 
     def steps_total(self, request: GenerationRequest) -> int:
         """The denoising steps a job runs (its progress is measured against them)."""
@@ -125,6 +126,12 @@ class JobRunner:
     async def run(self, state: JobState, owner: str | None = None) -> Outcome:
         """The stages, run again (up to `retries` times) when a stage's replica died under the
         job. Ends completed, failed or cancelled; never raises for a stage's failure."""
+        try:
+            return await self._run(state, owner)
+        finally:
+            self.ended(state)
+
+    async def _run(self, state: JobState, owner: str | None) -> Outcome:
         job_id = state.job_id
         for attempt in range(self.retries + 1):
             try:

@@ -80,6 +80,37 @@ def test_requests_join_and_leave_between_steps(wan22_dir, parts):
         assert (results[name].latents - parts[2].phase(*j).latents).abs().max() <= 1e-4
 
 
+def test_an_interactive_request_steps_first_and_apart(wan22_dir, parts):
+    """A batch phase under way yields to an interactive one at the next step boundary: every step
+    of the interactive request runs before the batch one's next, in forwards of its own; both end
+    with the latents they would make alone."""
+    expert = batching_expert(wan22_dir, max_wait_ms=0)
+    settings, encoder, alone = parts
+    lent = job(parts, "a batch video lent to the interactive pool", 14, steps=20)
+    request = GenerationRequest.build(settings, prompt="a director's shot", seed=15, num_inference_steps=8)
+    urgent = (request.model_copy(update={"priority": "interactive"}), lent[1])
+    order: list[str] = []
+    second_step = threading.Event()
+    results = {}
+
+    def batch_run():
+        results["batch"] = expert.phase(*lent, on_step=lambda i: (order.append("batch"), i == 1 and second_step.set()))
+
+    runner = threading.Thread(target=batch_run)
+    runner.start()
+    second_step.wait(60)
+    results["interactive"] = expert.phase(*urgent, on_step=lambda i: order.append("interactive"))
+    runner.join(60)
+
+    first = order.index("interactive")
+    interactive_steps = results["interactive"].step
+    # at most one batch step (the one under way when it arrived) before it, none among its steps
+    assert first <= 3 and order[first : first + interactive_steps] == ["interactive"] * interactive_steps
+    assert 2 not in expert.batcher.batch_sizes  # never in one forward together
+    for name, j in (("batch", lent), ("interactive", urgent)):
+        assert (results[name].latents - alone.phase(*j).latents).abs().max() <= 1e-4
+
+
 def test_an_idle_expert_waits_at_most_max_wait_for_company(wan22_dir, parts):
     expert = batching_expert(wan22_dir, max_wait_ms=400)
     first_step = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -110,8 +111,9 @@ def test_t2v_generate_runs_its_experts_on_ranks(settings, wan22_dir, tmp_path):
 def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
     """One app, two pools: the default one (one rank a replica) and the interactive one, each
     expert replica a group of four rank actors in its placement group (two CFG groups of two
-    Ulysses ranks), and a decoder of two ranks that share the VAE's tiles. `priority: interactive` runs on the ranks, batch on the default pool, and
-    both make the video one rank makes; a rank killed fails its job with a clear error, Serve
+    Ulysses ranks), and a decoder of two ranks that share the VAE's tiles. `priority: interactive`
+    runs on the ranks, batch on the default pool but for one job the interactive pool may borrow
+    (backfill 1), and all make the video one rank makes; a rank killed fails its job with a clear error, Serve
     replaces the whole group (health check) and the next job completes; deleting the app
     leaves no rank."""
     import signal
@@ -133,7 +135,9 @@ def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
         update={"deployments": small, "cache_dir": tmp_path / "cache", "serving": serving}
     )
     ranked = settings.with_parallel_experts(ParallelSettings(ulysses=2, cfg=2, collective_timeout_seconds=30))
-    interactive = InteractiveSettings(enabled=True, experts=ranked.deployments[ExpertKind.HIGH_NOISE.deployment])
+    interactive = InteractiveSettings(
+        enabled=True, experts=ranked.deployments[ExpertKind.HIGH_NOISE.deployment], backfill=1
+    )
     # ... and a decoder of two ranks, each decoding half the VAE's tiles
     small["Decoder"] = small["Decoder"].model_copy(update={"parallel": ParallelSettings(ulysses=2)})
     settings = settings.model_copy(update={"interactive": interactive, "decoding": SMALL_TILES})
@@ -155,24 +159,24 @@ def test_a_serve_app_whose_interactive_pool_runs_on_ranks(serve_app, tmp_path):
     serve.run(bind_app(settings), name=name, route_prefix="/parallel")
     try:
         with httpx.Client(base_url=f"{serve_app.url}/parallel", headers=serve_app.headers, timeout=300) as http:
-            made = {}
-            for request in (fast, body):
+
+            def make(request: dict) -> tuple[str, tuple[str, str]]:
                 video = http.post("/v1/videos/sync", json=request)
                 assert video.status_code == 200, video.text
-                job = http.get(f"/v1/videos/{video.headers['X-Video-Id']}").json()
-                made[request.get("priority", "batch")] = (digest(video.content), deployments_of(job))
+                ran_on = deployments_of(http.get(f"/v1/videos/{video.headers['X-Video-Id']}").json())
+                return digest(video.content), (ran_on["high_noise"], ran_on["low_noise"])
+
+            on_ranks, ran_on_ranks = make(fast)
+            assert ran_on_ranks == ("HighNoiseExpertInteractive", "LowNoiseExpertInteractive")
+            with ThreadPoolExecutor(2) as pool:  # two batch jobs at once: the pool borrows one
+                batch = list(pool.map(make, [body, body]))
             assert len(ranks()) == 8  # the interactive pool's two experts, four ranks each
             assert len(ranks("DecodeRank")) == 2
-            (on_ranks, ran_on_ranks), (on_one, ran_on_one) = made["interactive"], made["batch"]
-            assert (ran_on_ranks["high_noise"], ran_on_ranks["low_noise"]) == (
-                "HighNoiseExpertInteractive",
-                "LowNoiseExpertInteractive",
-            ), ran_on_ranks
-            assert (ran_on_one["high_noise"], ran_on_one["low_noise"]) == ("HighNoiseExpert", "LowNoiseExpert")
+            assert {ran_on for _, ran_on in batch} == {ran_on_ranks, ("HighNoiseExpert", "LowNoiseExpert")}
             one_process = {"cache_dir": tmp_path / "one", "decoding": SMALL_TILES}
             pipeline = Pipeline.from_settings(serve_app.settings.model_copy(update=one_process))
             one = pipeline(pipeline.validator.body(body))
-            assert on_ranks == on_one == digest(one.mp4)  # as one process, tiles and all
+            assert on_ranks == batch[0][0] == batch[1][0] == digest(one.mp4)  # as one process, tiles and all
             refused = http.post("/v1/videos/sync", json={**body, "priority": "urgent"})
             assert refused.status_code == 400 and "priority" in refused.json()["error"]["param"]
 

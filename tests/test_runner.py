@@ -250,6 +250,20 @@ def test_a_replica_death_runs_the_job_again_then_fails_naming_the_stage():
     assert outcome.status == "cancelled"  # cancelled while the replica was being replaced: that stands
 
 
+def test_the_runner_says_when_each_job_ended_however_it_ended():
+    """What lent a job a pool of experts (deployments/serve_executor.py) takes it back here."""
+    for stages, status in [
+        (FakeStages(), "completed"),
+        (FakeStages(raise_in={"decode": [ValueError("bad latents")]}), "failed"),
+        (FakeStages(scores=[0.1], cancelled_at=("decode", 0)), "cancelled"),
+    ]:
+        ended = []
+        job_runner = runner(stages)
+        job_runner.ended = ended.append
+        outcome = asyncio.run(job_runner.run(JobState("job-1", request())))
+        assert outcome.status == status and [state.job_id for state in ended] == ["job-1"]
+
+
 def test_any_other_stage_error_fails_the_job_at_once():
     stages, events = FakeStages(raise_in={"decode": [ValueError("latents have the wrong shape")]}), Events()
     outcome = run(runner(stages, events=events, retries=3), request())
