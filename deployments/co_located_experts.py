@@ -10,6 +10,7 @@ from contract.experts import CO_LOCATED_DEPLOYMENT, ExpertKind
 from contract.settings import Settings
 from deployments.expert_phase import ExpertPhase
 from sim.gpu import SimulatedGpu
+from stages.batching import StepGate
 from stages.job_state import JobState
 
 
@@ -23,7 +24,8 @@ class CoLocatedExperts:
         parallel = settings.deployments[ExpertKind.HIGH_NOISE.deployment].parallel
         simulated = settings.device == "sim"
         gpu = SimulatedGpu(settings.sim, "experts", parallel, settings.quantization.both) if simulated else None
-        self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu) for kind in ExpertKind}
+        gate = StepGate()  # an interactive step of either expert goes before the other's batch steps
+        self.phases = {kind: ExpertPhase(settings, jobs, kind, gpu, gate) for kind in ExpertKind}
 
     def check_health(self) -> None:
         for phase in self.phases.values():

@@ -26,6 +26,7 @@ from contract.storage import OutputStore
 from deployments.reporting import JobReporter
 from monitoring.metrics import metrics
 from sim.gpu import SimulatedGpu
+from stages.batching import StepGate
 from stages.checkpoint import Checkpoint
 from stages.denoising import latent_from_bytes
 from stages.expert import Expert
@@ -37,9 +38,17 @@ class ExpertPhase:
     """One expert's phase as a replica serves it: the expert's stage (stages/stage_list.py), the
     template cache, the request's adapters, job reports."""
 
-    def __init__(self, settings: Settings, jobs: DeploymentHandle, kind: ExpertKind, gpu: SimulatedGpu | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: DeploymentHandle,
+        kind: ExpertKind,
+        gpu: SimulatedGpu | None = None,
+        gate: StepGate | None = None,
+    ):
+        """`gpu`, `gate`: what this expert shares with the other one on the same GPU (co-located)."""
         self.kind = kind
-        self.expert = Expert(Checkpoint.from_settings(settings), kind, gpu=gpu)
+        self.expert = Expert(Checkpoint.from_settings(settings), kind, gpu=gpu, gate=gate)
         self.outputs = OutputStore(settings.output_uri)  # where a preview's latent waits for its final
         if kind is ExpertKind.HIGH_NOISE:  # a template's high-noise phase is shared through the node's cache
             self.stage = HighNoisePhase(self.expert, LatentCache.from_settings(settings))

@@ -10,7 +10,8 @@ company before its first forward; a busy one never waits.
 
 Interactive requests (`priority: interactive`) go first at every step boundary and batch only
 with each other: a batch job lent to an interactive replica yields to a director's video within
-one step of it, instead of within a whole phase.
+one step of it, instead of within a whole phase. The batchers of one GPU (co-located experts)
+share a `StepGate`: a batch step waits while the other expert steps an interactive request.
 """
 
 from __future__ import annotations
@@ -29,6 +30,31 @@ from stages.adapter_store import ExpertAdapters
 from stages.denoising import DenoisingState, Scheduler
 from stages.guidance import GuidancePair
 from stages.text_encoder import PromptEmbeddings
+
+
+class StepGate:
+    """The interactive requests stepping in the batchers of one GPU, so that each batcher's batch
+    steps wait for the others' interactive ones too."""
+
+    POLL_SECONDS = 0.05  # how soon a waiting batch step sees its own batcher's new arrivals
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.interactive = 0
+
+    def entered(self, count: int) -> None:
+        with self._cond:
+            self.interactive += count
+
+    def left(self) -> None:
+        with self._cond:
+            self.interactive -= 1
+            self._cond.notify_all()
+
+    def wait(self) -> bool:
+        """Wait (a poll's time at most) for no interactive request to be stepping; True if none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.interactive == 0, self.POLL_SECONDS)
 
 
 @dataclass
@@ -69,10 +95,13 @@ class StepBatcher:
         max_wait: float,
         pair: GuidancePair | None = None,
         adapters: ExpertAdapters | None = None,
+        gate: StepGate | None = None,
     ):
         """`pair`: run the conditional and unconditional halves as two forwards side by side (CPU).
-        `adapters`: the expert's LoRAs, set for each forward to its batch's."""
+        `adapters`: the expert's LoRAs, set for each forward to its batch's. `gate`: shared with
+        the other batchers of this GPU (default: its own)."""
         self.transformer, self.scheduler, self.pair = transformer, scheduler, pair
+        self.gate = gate or StepGate()
         self.adapters = adapters
         self.device, self.dtype = device, dtype
         self.max_batch, self.max_wait = max_batch, max_wait
@@ -132,6 +161,7 @@ class StepBatcher:
                 deadline = time.monotonic() + self.max_wait
                 while len(self._waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+            self.gate.entered(sum(m.interactive for m in self._waiting))
             self._active += self._waiting
             self._waiting = []
 
@@ -144,6 +174,8 @@ class StepBatcher:
             for member in sorted(self._active, key=lambda m: (not m.interactive, m.ready_since)):
                 groups.setdefault(member.key, []).append(member)
             batch = next(iter(groups.values()))[: self.max_batch]
+            if not batch[0].interactive and not self.gate.wait():  # another expert's interactive step
+                continue
             try:
                 if self.adapters is None:
                     self._step(batch)
@@ -201,6 +233,8 @@ class StepBatcher:
         with self._cond:
             if member in self._active:
                 self._active.remove(member)
+                if member.interactive:
+                    self.gate.left()
         if member.future.done():
             return
         if error is not None:

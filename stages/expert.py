@@ -20,7 +20,7 @@ from contract.experts import ExpertKind
 from contract.request import GenerationRequest
 from sim.gpu import STAND_IN_LATENT, SimulatedGpu, SimulatedTransformer, standing_for
 from stages.adapter_store import AdapterStore, ExpertAdapters
-from stages.batching import StepBatcher
+from stages.batching import StepBatcher, StepGate
 from stages.checkpoint import Checkpoint
 from stages.denoising import DenoisingState, Scheduler, prepare_latents
 from stages.guidance import pair_for
@@ -47,11 +47,17 @@ def enable_step_cache(transformer, settings) -> bool:
 
 class Expert:
     def __init__(
-        self, checkpoint: Checkpoint, kind: ExpertKind, batching: bool | None = None, gpu: SimulatedGpu | None = None
+        self,
+        checkpoint: Checkpoint,
+        kind: ExpertKind,
+        batching: bool | None = None,
+        gpu: SimulatedGpu | None = None,
+        gate: StepGate | None = None,
     ):
         """`batching`: share each step's forward with concurrent callers (a Serve replica's
         requests); default from `settings.batching.enabled`. `gpu`: on the simulated accelerator,
-        the GPU this expert shares with the other (co-located experts); default: its own."""
+        the GPU this expert shares with the other (co-located experts); default: its own. `gate`:
+        the step batchers' gate shared with that other expert (interactive steps go first on both)."""
         self.kind = kind
         self.checkpoint = checkpoint
         self.simulated = checkpoint.simulated
@@ -98,6 +104,7 @@ class Expert:
                 config.max_wait_ms / 1000,
                 self.pair,
                 self.adapters,
+                gate,
             )
 
     @staticmethod

@@ -14,7 +14,7 @@ from contract.experts import ExpertKind
 from contract.jobs import JobCancelled
 from contract.request import GenerationRequest
 from contract.settings import BatchingSettings, Settings
-from stages.batching import _Member
+from stages.batching import StepGate, _Member
 from stages.checkpoint import Checkpoint
 from stages.expert import Expert
 from stages.text_encoder import TextEncoder
@@ -109,6 +109,32 @@ def test_an_interactive_request_steps_first_and_apart(wan22_dir, parts):
     assert 2 not in expert.batcher.batch_sizes  # never in one forward together
     for name, j in (("batch", lent), ("interactive", urgent)):
         assert (results[name].latents - alone.phase(*j).latents).abs().max() <= 1e-4
+
+
+def test_experts_of_one_gpu_share_the_gate(wan22_dir, parts):
+    """Co-located experts run a batcher each on one GPU: a batch request's steps in one wait while
+    the other steps an interactive request (past the one step under way when it arrived)."""
+    settings = Settings(model=wan22_dir, batching=BatchingSettings(enabled=True, max_wait_ms=0))
+    gate = StepGate()
+    lending, urgent_one = (Expert(Checkpoint(wan22_dir, settings), ExpertKind.HIGH_NOISE, gate=gate) for _ in range(2))
+    settings_, _, _ = parts
+    lent = job(parts, "a batch video lent to the interactive pool", 16, steps=30)
+    request = GenerationRequest.build(settings_, prompt="a director's shot", seed=17, num_inference_steps=8)
+    urgent = (request.model_copy(update={"priority": "interactive"}), lent[1])
+    order: list[str] = []
+    second_step = threading.Event()
+
+    def batch_run():
+        lending.phase(*lent, on_step=lambda i: (order.append("batch"), i == 1 and second_step.set()))
+
+    runner = threading.Thread(target=batch_run)
+    runner.start()
+    second_step.wait(60)
+    done = urgent_one.phase(*urgent, on_step=lambda i: order.append("interactive"))
+    runner.join(60)
+    first, last = order.index("interactive"), len(order) - 1 - order[::-1].index("interactive")
+    assert last - first + 1 - done.step <= 1, order  # at most the batch step under way
+    assert gate.interactive == 0
 
 
 def test_an_idle_expert_waits_at_most_max_wait_for_company(wan22_dir, parts):

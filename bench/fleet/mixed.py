@@ -1,12 +1,14 @@
 """Mixed traffic on one fleet: interactive videos on a wide, low-latency expert pool beside batch
 videos on the throughput pool, against a throughput-only fleet of the same GPUs. SIMULATED GPUs.
 
-    python -m bench.fleet.mixed [--gpus 32] [--pool-ulysses 4] [--interactive-share 0.1] [--size 1280x720]
+    python -m bench.fleet.mixed [--gpus 32] [--pool-ulysses 4] [--pool-replicas 1] [--backfill 0]
+                                [--interactive-share 0.1] [--size 1280x720]
 
 - throughput-only: every GPU in the default pool (split as `t2v plan` says), batch videos kept in
   flight (2 x GPUs): videos per hour over the window the mixed run measures.
-- mixed: one co-located replica of `--pool-ulysses` GPUs in the interactive pool (settings
-  `interactive`), the rest in the default pool; the same batch load, and interactive videos
+- mixed: `--pool-replicas` co-located replicas of `--pool-ulysses` GPUs in the interactive pool
+  (settings `interactive`), the rest in the default pool; with `--backfill N`, up to N batch jobs
+  at once lent to the pool (its replicas step interactive videos first). The same batch load, and interactive videos
   (`priority: interactive`) arriving as a Poisson stream at `--interactive-share` of the
   throughput-only fleet's rate. Goals: batch videos per hour >= 0.9 of throughput-only, and the
   interactive videos' p95 <= 1.3x one alone on the interactive pool.
@@ -104,7 +106,16 @@ def run_fleet(
 
 
 def bench_mixed(
-    nodes: Nodes, base: Settings, gpus: int, shape: Shape, gpu: str, pool_ulysses: int, share: float, count: int
+    nodes: Nodes,
+    base: Settings,
+    gpus: int,
+    shape: Shape,
+    gpu: str,
+    pool_ulysses: int,
+    share: float,
+    count: int,
+    pool_replicas: int = 1,
+    backfill: int = 0,
 ) -> dict:
     cost = CostModel(gpu)
     step = cost.step_seconds(ExpertKind.HIGH_NOISE, shape.height, shape.width, shape.frames)
@@ -134,13 +145,24 @@ def bench_mixed(
         everyone = fixed(expert_split(gpus, *steps))
         only = run_fleet(nodes, settings, everyone, shape, time_scale, batch, None, alone, seed=60_000)
 
-        narrow = gpus - pool_ulysses
+        narrow = gpus - pool_replicas * pool_ulysses
+        # room on each replica for its lent jobs and an interactive video (the router's limit)
+        ongoing = 2 + -(-backfill // pool_replicas)
         pool = DeploymentSettings(
-            num_cpus=0.5, num_gpus=1, threads=1, max_ongoing_requests=2, parallel=ParallelSettings(ulysses=pool_ulysses)
+            num_cpus=0.5,
+            num_gpus=1,
+            threads=1,
+            min_replicas=pool_replicas,
+            max_replicas=pool_replicas,
+            max_ongoing_requests=ongoing,
+            parallel=ParallelSettings(ulysses=pool_ulysses),
         )
-        interactive = InteractiveSettings(enabled=True, experts=pool, placement="co_located")
+        interactive = InteractiveSettings(enabled=True, experts=pool, placement="co_located", backfill=backfill)
         mixed_settings = settings.model_copy(update={"interactive": interactive})
-        log(f"mixed: {narrow} GPUs batch + 1 x {pool_ulysses} interactive, {count} interactive at {share:.0%}")
+        log(
+            f"mixed: {narrow} GPUs batch + {pool_replicas} x {pool_ulysses} interactive (backfill {backfill}), "
+            f"{count} interactive at {share:.0%}"
+        )
         mixed = run_fleet(
             nodes,
             mixed_settings,
@@ -157,7 +179,7 @@ def bench_mixed(
     return {
         "gpus": gpus,
         "gpu": gpu,
-        "pool": {"ulysses": pool_ulysses, "placement": "co_located"},
+        "pool": {"ulysses": pool_ulysses, "replicas": pool_replicas, "placement": "co_located", "backfill": backfill},
         "interactive_share": share,
         "time_scale": time_scale,
         "throughput_only_per_hour": only["batch_per_hour"],
@@ -174,13 +196,14 @@ def bench_mixed(
 
 def print_report(result: dict) -> None:
     print(f"\n== Mixed traffic, {result['gpus']} {result['gpu']} GPUs ({LABEL})")
-    pool = result["pool"]["ulysses"]
-    print(f"{'fleet':>34} {'batch videos/h':>15} {'interactive p50 s':>18} {'p95 s':>8} {'alone s':>8}")
+    pool = result["pool"]
+    label = f"mixed ({pool['replicas']} x {pool['ulysses']}-GPU interactive, backfill {pool['backfill']})"
+    print(f"{'fleet':>50} {'batch videos/h':>15} {'interactive p50 s':>18} {'p95 s':>8} {'alone s':>8}")
     print(
-        f"{'throughput-only (all GPUs batch)':>34} {result['throughput_only_per_hour']:>15.1f} {'-':>18} {'-':>8} {'-':>8}"
+        f"{'throughput-only (all GPUs batch)':>50} {result['throughput_only_per_hour']:>15.1f} {'-':>18} {'-':>8} {'-':>8}"
     )
     print(
-        f"{f'mixed ({pool}-GPU interactive replica)':>34} {result['mixed_batch_per_hour']:>15.1f} "
+        f"{label:>50} {result['mixed_batch_per_hour']:>15.1f} "
         f"{result['interactive_p50_s']:>18.1f} {result['interactive_p95_s']:>8.1f} {result['interactive_alone_s']:>8.1f}"
     )
     print(
@@ -195,7 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet.mixed", description=__doc__.splitlines()[0])
     add_common_arguments(parser, output=False)
     parser.add_argument("--gpus", type=int, default=32, help="the fleet's expert GPUs (default 32)")
-    parser.add_argument("--pool-ulysses", type=int, default=4, help="GPUs of the interactive replica (default 4)")
+    parser.add_argument("--pool-ulysses", type=int, default=4, help="GPUs of an interactive replica (default 4)")
+    parser.add_argument("--pool-replicas", type=int, default=1, help="replicas of the interactive pool (default 1)")
+    parser.add_argument(
+        "--backfill", type=int, default=0, help="batch jobs lent to the interactive pool at once (default 0: none)"
+    )
     parser.add_argument("--interactive-share", type=float, default=0.1, help="interactive share of the load (0.1)")
     parser.add_argument("--interactive-videos", type=int, default=20, help="interactive videos (default 20)")
     args = parser.parse_args(argv)
@@ -204,7 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
     # leave no node with the interactive replica's g GPUs free together (STRICT_PACK waits forever)
     with nodes_for(args.gpus, max(args.gpus, args.gpus_per_node)) as nodes:
         result = bench_mixed(
-            nodes, base, args.gpus, shape, args.gpu, args.pool_ulysses, args.interactive_share, args.interactive_videos
+            nodes,
+            base,
+            args.gpus,
+            shape,
+            args.gpu,
+            args.pool_ulysses,
+            args.interactive_share,
+            args.interactive_videos,
+            args.pool_replicas,
+            args.backfill,
         )
     print_report(result)
     met = {
