@@ -20,6 +20,7 @@ from deployments.co_located_experts import CoLocatedExperts
 from deployments.decoder import DecoderDeployment
 from deployments.high_noise_expert import HighNoiseExpert
 from deployments.ingress import Ingress
+from deployments.interactive_router import ROUTER_PATH
 from deployments.job_store import JobStoreDeployment
 from deployments.low_noise_expert import LowNoiseExpert
 from deployments.text_encoder import TextEncoderDeployment
@@ -75,6 +76,9 @@ def _experts(settings: Settings, checkpoint: Checkpoint, jobs, pool: str = "") -
     """One pool's expert deployments, (high-noise, low-noise or None): the default pool, or
     (`pool` INTERACTIVE) the interactive one, its names suffixed and its settings its own."""
     options = _options(settings)
+    if pool == INTERACTIVE:  # no two interactive videos on one replica while another has room
+        for expert in ExpertKind:
+            options[expert.deployment]["request_router_config"] = {"request_router_class": ROUTER_PATH}
     high = options[ExpertKind.HIGH_NOISE.deployment]
     if settings.experts_placement == "co_located" and checkpoint.has_low_noise_expert:
         both = CoLocatedExperts.options(name=CO_LOCATED_DEPLOYMENT + pool, **high).bind(settings, jobs)

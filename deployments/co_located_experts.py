@@ -31,8 +31,8 @@ class CoLocatedExperts:
         for phase in self.phases.values():
             phase.check_health()
 
-    async def high_noise(self, state: JobState, attempt: int | None = None) -> JobState:
+    async def high_noise(self, state: JobState, attempt: int | None = None, priority: str = "batch") -> JobState:
         return await self.phases[ExpertKind.HIGH_NOISE].run(state, attempt)
 
-    async def low_noise(self, state: JobState, attempt: int | None = None) -> JobState:
+    async def low_noise(self, state: JobState, attempt: int | None = None, priority: str = "batch") -> JobState:
         return await self.phases[ExpertKind.LOW_NOISE].run(state, attempt)

@@ -86,10 +86,11 @@ class ExpertPhase:
         if broken := self.expert.ranks_broken:
             raise RuntimeError(f"{self.kind.deployment}: its group of ranks is broken ({broken})")
 
-    async def run(self, state: JobState, attempt: int | None = None) -> JobState:
+    async def run(self, state: JobState, attempt: int | None = None, priority: str = "batch") -> JobState:
         """The phase on a worker thread, the request's adapters loaded first when Serve routed it
         here with a multiplexed model id (a replica that had them is a hit). `attempt`: a repair
-        attempt starting from this state (the boundary)."""
+        attempt starting from this state (the boundary). `priority`: the job's, for the router
+        (the phase reads the job's own)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.adapter_sets(model_id)

@@ -79,10 +79,12 @@ def replica_died(error: BaseException) -> bool:
 
 def expert_call(handle: DeploymentHandle, method: str, kind: ExpertKind, job: JobState) -> StageCall:
     """A stage call to an expert deployment's `method`, routed by Serve model multiplexing to a
-    replica that holds the job's adapters for that expert (any replica when it has none)."""
+    replica that holds the job's adapters for that expert (any replica when it has none); its
+    `priority` is for the interactive pool's router (deployments/interactive_router.py)."""
     model_id = job.adapter_set(kind)
     target = getattr(handle.options(multiplexed_model_id=model_id) if model_id else handle, method)
-    return target.remote
+    priority = job.request.priority
+    return lambda state, attempt: target.remote(state, attempt, priority=priority)
 
 
 def expert_methods(
