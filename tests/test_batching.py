@@ -80,35 +80,41 @@ def test_requests_join_and_leave_between_steps(wan22_dir, parts):
         assert (results[name].latents - parts[2].phase(*j).latents).abs().max() <= 1e-4
 
 
-def test_an_interactive_request_steps_first_and_apart(wan22_dir, parts):
-    """A batch phase under way yields to an interactive one at the next step boundary: every step
-    of the interactive request runs before the batch one's next, in forwards of its own; both end
-    with the latents they would make alone."""
-    expert = batching_expert(wan22_dir, max_wait_ms=0)
-    settings, encoder, alone = parts
-    lent = job(parts, "a batch video lent to the interactive pool", 14, steps=20)
-    request = GenerationRequest.build(settings, prompt="a director's shot", seed=15, num_inference_steps=8)
-    urgent = (request.model_copy(update={"priority": "interactive"}), lent[1])
+def beside_a_batch_phase(parts, lending: Expert, urgent_expert: Expert, seed: int) -> tuple[list[str], dict, tuple]:
+    """A batch phase of 20 steps under way on `lending`; from its second step on, an interactive
+    phase of 8 on `urgent_expert`. Returns the order their steps ran in, both results and jobs."""
+    settings = parts[0]
+    lent = job(parts, "a batch video lent to the interactive pool", seed, steps=20)
+    request = GenerationRequest.build(settings, prompt="a director's shot", seed=seed + 1, num_inference_steps=8)
+    jobs = {"batch": lent, "interactive": (request.model_copy(update={"priority": "interactive"}), lent[1])}
     order: list[str] = []
     second_step = threading.Event()
     results = {}
 
     def batch_run():
-        results["batch"] = expert.phase(*lent, on_step=lambda i: (order.append("batch"), i == 1 and second_step.set()))
+        results["batch"] = lending.phase(*lent, on_step=lambda i: (order.append("batch"), i == 1 and second_step.set()))
 
     runner = threading.Thread(target=batch_run)
     runner.start()
     second_step.wait(60)
-    results["interactive"] = expert.phase(*urgent, on_step=lambda i: order.append("interactive"))
+    results["interactive"] = urgent_expert.phase(*jobs["interactive"], on_step=lambda i: order.append("interactive"))
     runner.join(60)
+    return order, results, jobs
 
+
+def test_an_interactive_request_steps_first_and_apart(wan22_dir, parts):
+    """A batch phase under way yields to an interactive one at the next step boundary: every step
+    of the interactive request runs before the batch one's next, in forwards of its own; both end
+    with the latents they would make alone."""
+    expert = batching_expert(wan22_dir, max_wait_ms=0)
+    order, results, jobs = beside_a_batch_phase(parts, expert, expert, seed=14)
     first = order.index("interactive")
     interactive_steps = results["interactive"].step
     # at most one batch step (the one under way when it arrived) before it, none among its steps
     assert first <= 3 and order[first : first + interactive_steps] == ["interactive"] * interactive_steps
     assert 2 not in expert.batcher.batch_sizes  # never in one forward together
-    for name, j in (("batch", lent), ("interactive", urgent)):
-        assert (results[name].latents - alone.phase(*j).latents).abs().max() <= 1e-4
+    for name, j in jobs.items():
+        assert (results[name].latents - parts[2].phase(*j).latents).abs().max() <= 1e-4
 
 
 def test_experts_of_one_gpu_share_the_gate(wan22_dir, parts):
@@ -116,24 +122,10 @@ def test_experts_of_one_gpu_share_the_gate(wan22_dir, parts):
     the other steps an interactive request (past the one step under way when it arrived)."""
     settings = Settings(model=wan22_dir, batching=BatchingSettings(enabled=True, max_wait_ms=0))
     gate = StepGate()
-    lending, urgent_one = (Expert(Checkpoint(wan22_dir, settings), ExpertKind.HIGH_NOISE, gate=gate) for _ in range(2))
-    settings_, _, _ = parts
-    lent = job(parts, "a batch video lent to the interactive pool", 16, steps=30)
-    request = GenerationRequest.build(settings_, prompt="a director's shot", seed=17, num_inference_steps=8)
-    urgent = (request.model_copy(update={"priority": "interactive"}), lent[1])
-    order: list[str] = []
-    second_step = threading.Event()
-
-    def batch_run():
-        lending.phase(*lent, on_step=lambda i: (order.append("batch"), i == 1 and second_step.set()))
-
-    runner = threading.Thread(target=batch_run)
-    runner.start()
-    second_step.wait(60)
-    done = urgent_one.phase(*urgent, on_step=lambda i: order.append("interactive"))
-    runner.join(60)
+    lending, urgent = (Expert(Checkpoint(wan22_dir, settings), ExpertKind.HIGH_NOISE, gate=gate) for _ in range(2))
+    order, results, _ = beside_a_batch_phase(parts, lending, urgent, seed=16)
     first, last = order.index("interactive"), len(order) - 1 - order[::-1].index("interactive")
-    assert last - first + 1 - done.step <= 1, order  # at most the batch step under way
+    assert last - first + 1 - results["interactive"].step <= 1, order  # at most the batch step under way
     assert gate.interactive == 0
 
 

@@ -102,6 +102,7 @@ def run_fleet(
         "interactive_p50_s": statistics.median(latencies) if latencies else None,
         "interactive_p95_s": latencies[int(0.95 * (len(latencies) - 1))] if latencies else None,
         "window_s": (end - start) / time_scale,
+        "interactive_latencies_s": [round(x, 1) for x in latencies],
     }
 
 
@@ -190,6 +191,7 @@ def bench_mixed(
         "interactive_p95_s": mixed["interactive_p95_s"],
         "interactive_p95_ratio": mixed["interactive_p95_s"] / alone,
         "interactive": mixed["interactive"],
+        "interactive_latencies_s": mixed["interactive_latencies_s"],  # sorted: where the tail comes from
         "failed": only["failed"] + mixed["failed"],
     }
 
