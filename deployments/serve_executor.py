@@ -109,15 +109,17 @@ class ExpertPools:
     from its first stage to its last."""
 
     def __init__(self, pools: dict, backfill: int = 0):
-        self.pools, self.backfill = pools, backfill if "interactive" in pools else 0
+        self.pools, self.backfill = pools, backfill
         self.lent: set[str] = set()  # the batch jobs on the interactive pool now
 
     def name(self, job: JobState) -> str:
-        if job.request.priority in self.pools:
-            if job.request.priority == "batch" and (job.job_id in self.lent or len(self.lent) < self.backfill):
-                self.lent.add(job.job_id)
-                return "interactive"
-            return job.request.priority
+        if "interactive" not in self.pools:
+            return "batch"
+        if job.request.priority == "interactive":
+            return "interactive"
+        if job.job_id in self.lent or len(self.lent) < self.backfill:
+            self.lent.add(job.job_id)
+            return "interactive"
         return "batch"
 
     def __call__(self, job: JobState) -> dict:
